@@ -1,0 +1,308 @@
+//! Running one process in a container: create the container and its task,
+//! capture stdout and stderr through FIFOs, wait for the exit code, and
+//! always remove the task and the container again — on success, on failure
+//! and on cancellation.
+//!
+//! The root filesystem is given as mounts of a snapshot the caller prepared;
+//! what happens to that snapshot afterwards (commit or remove) is the
+//! caller's business.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    container::Runtime,
+};
+use containerd_client::tonic::Code;
+use containerd_client::types::Mount;
+use prost_types::Any;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::containerd::{Containerd, SNAPSHOTTER};
+use crate::owner::{OWNER_LABEL, Owner};
+use crate::spec::{ExtraMount, ProcessSpec, build_spec};
+
+const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const SIGKILL: u32 = 9;
+
+/// One process to run in a fresh container.
+pub struct ContainerRun {
+    /// Container id, unique in the namespace.
+    pub id: String,
+    /// The active snapshot the root filesystem was prepared as (recorded on the container).
+    pub snapshot_key: String,
+    /// Mounts of that snapshot, as `Snapshots.Prepare` returned them.
+    pub rootfs: Vec<Mount>,
+    pub process: ProcessSpec,
+    pub mounts: Vec<ExtraMount>,
+    pub labels: HashMap<String, String>,
+    /// A private directory where the stdio FIFOs are made.
+    pub io_dir: PathBuf,
+    /// Receives output as it is produced, for live progress.
+    pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub bytes: Vec<u8>,
+}
+
+/// How the process ended and what it wrote.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOutcome {
+    pub exit_code: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Containerd {
+    /// Runs the process to completion. The container and its task are gone
+    /// when this returns, whatever the outcome; the FIFO directory too.
+    pub async fn run(
+        &self,
+        run: ContainerRun,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessOutcome, Error> {
+        let io_dir = run.io_dir.join(&run.id);
+        std::fs::create_dir_all(&io_dir)
+            .map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
+        let result = self.run_in(&run, &io_dir, cancel).await;
+        let cleanup = self.remove_container(&run.id).await;
+        let _ = std::fs::remove_dir_all(&io_dir);
+        let outcome = result?;
+        cleanup?;
+        Ok(outcome)
+    }
+
+    async fn run_in(
+        &self,
+        run: &ContainerRun,
+        io_dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessOutcome, Error> {
+        let stdout_path = io_dir.join("stdout");
+        let stderr_path = io_dir.join("stderr");
+        // The read ends must be open before Tasks.Create, which blocks until
+        // the shim can open the write ends.
+        let stdout = open_fifo(&stdout_path)?;
+        let stderr = open_fifo(&stderr_path)?;
+
+        let spec = build_spec(&run.id, self.namespace(), &run.process, &run.mounts)?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
+        let mut labels = run.labels.clone();
+        labels.insert(OWNER_LABEL.into(), Owner::current().label());
+        let container = Container {
+            id: run.id.clone(),
+            labels,
+            image: String::new(),
+            runtime: Some(Runtime {
+                name: RUNC_RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec_json,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: run.snapshot_key.clone(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(self.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(|s| Error::rpc("create container", &run.id, s))?;
+
+        self.tasks()
+            .create(self.request(CreateTaskRequest {
+                container_id: run.id.clone(),
+                rootfs: run.rootfs.clone(),
+                stdin: String::new(),
+                stdout: stdout_path.to_string_lossy().into_owned(),
+                stderr: stderr_path.to_string_lossy().into_owned(),
+                terminal: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| Error::rpc("create task", &run.id, s))?;
+
+        let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
+        let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
+
+        // Wait before Start, so that a process that exits at once cannot be missed.
+        let waiter = {
+            let mut tasks = self.tasks();
+            let req = self.request(WaitRequest {
+                container_id: run.id.clone(),
+                exec_id: String::new(),
+            });
+            tokio::spawn(async move { tasks.wait(req).await })
+        };
+        self.tasks()
+            .start(self.request(StartRequest {
+                container_id: run.id.clone(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("start task", &run.id, s))?;
+
+        let mut waiter = waiter;
+        let exit = tokio::select! {
+            r = &mut waiter => r,
+            _ = cancel.cancelled() => {
+                self.kill(&run.id).await;
+                // The task reports its exit once killed; don't wait forever on a wedged shim.
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut waiter).await;
+                return Err(Error::Cancelled);
+            }
+        };
+        let exit = exit
+            .map_err(|e| Error::Spec(format!("wait task panicked: {e}")))?
+            .map_err(|s| Error::rpc("wait for task", &run.id, s))?
+            .into_inner();
+
+        // Deleting the task makes the shim close its end of the FIFOs, which
+        // ends the readers even if a background process kept them open.
+        self.delete_task(&run.id).await?;
+        let stdout = stdout_reader.await.unwrap_or_default();
+        let stderr = stderr_reader.await.unwrap_or_default();
+        Ok(ProcessOutcome {
+            exit_code: exit.exit_status,
+            stdout,
+            stderr,
+        })
+    }
+
+    async fn kill(&self, id: &str) {
+        let _ = self
+            .tasks()
+            .kill(self.request(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: SIGKILL,
+                all: true,
+            }))
+            .await;
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<(), Error> {
+        match self
+            .tasks()
+            .delete(self.request(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(Error::rpc("delete task", id, s)),
+        }
+    }
+
+    /// Kills and deletes a container's task, then the container. Idempotent.
+    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        if self.delete_task(id).await.is_err() {
+            // Still running: kill it, wait until it is stopped, delete again.
+            self.kill(id).await;
+            let mut tasks = self.tasks();
+            let req = self.request(WaitRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(req)).await;
+            self.delete_task(id).await?;
+        }
+        match self
+            .containers()
+            .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(Error::rpc("delete container", id, s)),
+        }
+    }
+
+    /// Removes containers left behind by rbuild processes that no longer run
+    /// (killed, crashed). Returns how many were removed.
+    pub async fn remove_orphan_containers(&self) -> Result<usize, Error> {
+        let resp = self
+            .containers()
+            .list(self.request(ListContainersRequest {
+                filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
+            }))
+            .await
+            .map_err(|s| Error::rpc("list containers", self.namespace(), s))?;
+        let mut removed = 0;
+        for c in resp.into_inner().containers {
+            let dead = c
+                .labels
+                .get(OWNER_LABEL)
+                .and_then(|l| Owner::parse(l))
+                .is_some_and(|o| !o.is_alive());
+            if dead {
+                self.remove_container(&c.id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(Error::io(
+            "create FIFO",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    pipe::OpenOptions::new()
+        .open_receiver(path)
+        .map_err(|e| Error::io("open FIFO", path, e))
+}
+
+async fn drain(
+    mut rx: pipe::Receiver,
+    stream: Stream,
+    sink: Option<mpsc::UnboundedSender<OutputChunk>>,
+) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                all.extend_from_slice(&buf[..n]);
+                if let Some(sink) = &sink {
+                    let _ = sink.send(OutputChunk {
+                        stream,
+                        bytes: buf[..n].to_vec(),
+                    });
+                }
+            }
+        }
+    }
+    all
+}

@@ -1,0 +1,215 @@
+//! containerd's content store: checking for blobs, writing them (streamed,
+//! digest-checked by containerd on commit), and labelling them for its
+//! garbage collector.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use rbuild_runtime::containerd_client::services::v1::{
+    Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
+};
+use rbuild_runtime::containerd_client::tonic::Code;
+use rbuild_runtime::{Containerd, LeaseId};
+use tokio::sync::mpsc;
+
+use crate::Error;
+
+/// containerd's gRPC server accepts messages up to 4 MiB; stay well below.
+const CHUNK: usize = 1 << 20;
+
+/// What a blob write found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The blob was written and committed now.
+    New,
+    /// The content store already had it.
+    Present,
+}
+
+/// A blob to write: its digest and size as the manifest declares them.
+pub struct BlobTarget<'a> {
+    pub digest: &'a str,
+    pub size: i64,
+    pub labels: HashMap<String, String>,
+}
+
+pub async fn info(ctd: &Containerd, digest: &str) -> Result<Option<Info>, Error> {
+    match ctd
+        .content()
+        .info(ctd.request(InfoRequest {
+            digest: digest.to_string(),
+        }))
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().info),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(rbuild_runtime::Error::rpc("look up content", digest, s).into()),
+    }
+}
+
+/// Sets labels on a blob, leaving its other labels alone.
+pub async fn set_labels(
+    ctd: &Containerd,
+    digest: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), Error> {
+    let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+    ctd.content()
+        .update(ctd.request(UpdateRequest {
+            info: Some(Info {
+                digest: digest.to_string(),
+                labels,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        }))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("label content", digest, s))?;
+    Ok(())
+}
+
+/// Writes a small blob held in memory.
+pub async fn write_bytes(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    target: BlobTarget<'_>,
+    data: Bytes,
+) -> Result<Written, Error> {
+    write_stream(ctd, lease, target, futures::stream::iter([Ok(data)])).await
+}
+
+/// Streams a blob into the content store. containerd checks size and digest
+/// at commit; a blob already present is not written again. When another
+/// writer holds the same blob (a concurrent pull), waits for it to finish.
+pub async fn write_stream<S>(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    target: BlobTarget<'_>,
+    data: S,
+) -> Result<Written, Error>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let mut data = Some(data);
+    for _attempt in 0..3000 {
+        match try_write(ctd, lease, &target, &mut data).await {
+            Err(Error::Containerd(e)) if is_locked(&e) => {
+                // Someone else is writing this blob; it appears when they commit.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if info(ctd, target.digest).await?.is_some() {
+                    return Ok(Written::Present);
+                }
+            }
+            other => return other,
+        }
+    }
+    Err(Error::BadImage {
+        reference: target.digest.to_string(),
+        reason: "another writer held this blob for more than 5 minutes".into(),
+    })
+}
+
+fn is_locked(e: &rbuild_runtime::Error) -> bool {
+    matches!(e, rbuild_runtime::Error::Rpc { code, message, .. }
+        if *code == Code::Unavailable || message.contains("locked"))
+}
+
+async fn try_write<S>(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    target: &BlobTarget<'_>,
+    data: &mut Option<S>,
+) -> Result<Written, Error>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let rpc_err =
+        |s| -> Error { rbuild_runtime::Error::rpc("write content", target.digest, s).into() };
+    let (tx, mut rx) = mpsc::channel::<WriteContentRequest>(8);
+    let requests = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    // The first message opens the writer; containerd answers AlreadyExists
+    // right away when it has the blob.
+    tx.send(WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: format!("rbuild-{}", target.digest),
+        total: target.size,
+        expected: target.digest.to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("receiver alive");
+    let mut responses = match ctd.content().write(ctd.leased(requests, lease)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::AlreadyExists => return Ok(Written::Present),
+        Err(s) => return Err(rpc_err(s)),
+    };
+    // Responses come one per request; drain them alongside so that gRPC flow
+    // control never stalls the upload.
+    let drain = tokio::spawn(async move {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(s),
+            }
+        }
+    });
+
+    let Some(mut stream) = data.take() else {
+        return Err(Error::BadImage {
+            reference: target.digest.to_string(),
+            reason: "blob stream was already consumed by a failed attempt".into(),
+        });
+    };
+    let mut offset: i64 = 0;
+    let mut send_failed = false;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                drop(tx);
+                let _ = drain.await;
+                return Err(Error::Download {
+                    digest: target.digest.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        for piece in chunk.chunks(CHUNK) {
+            let msg = WriteContentRequest {
+                action: WriteAction::Write as i32,
+                offset,
+                data: piece.to_vec(),
+                ..Default::default()
+            };
+            offset += piece.len() as i64;
+            if tx.send(msg).await.is_err() {
+                send_failed = true;
+                break;
+            }
+        }
+        if send_failed {
+            break;
+        }
+    }
+    if !send_failed {
+        let _ = tx
+            .send(WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                offset,
+                total: target.size,
+                expected: target.digest.to_string(),
+                labels: target.labels.clone(),
+                ..Default::default()
+            })
+            .await;
+    }
+    drop(tx);
+    match drain.await.expect("response drain panicked") {
+        Ok(()) => Ok(Written::New),
+        Err(s) if s.code() == Code::AlreadyExists => Ok(Written::Present),
+        Err(s) => Err(rpc_err(s)),
+    }
+}

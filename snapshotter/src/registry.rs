@@ -1,0 +1,336 @@
+//! Talking to OCI registries: resolving tags, fetching manifests and blobs,
+//! with credentials from the Docker config and errors that name the image.
+//!
+//! Built on `oci-client`, which does the HTTP, token and basic auth and
+//! digest verification. This module adds what rbuild decides: plain HTTP for
+//! loopback registries and for hosts the user lists, where credentials come
+//! from, and turning registry failures into messages a user can act on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, RegistryOperation};
+
+use crate::Error;
+use crate::reference::ImageRef;
+
+const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+];
+
+/// Registry settings a user can change.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Hosts (`host:port`) spoken to over plain HTTP besides loopback ones.
+    pub insecure_hosts: Vec<String>,
+}
+
+/// Clients for the registries a run talks to, one per host, with their credentials.
+#[derive(Clone)]
+pub struct Registry {
+    options: RegistryOptions,
+    clients: Arc<Mutex<HashMap<String, Host>>>,
+}
+
+#[derive(Clone)]
+struct Host {
+    client: Arc<Client>,
+    auth: RegistryAuth,
+    /// Where the credentials came from, for error messages; None when anonymous.
+    credential_source: Option<String>,
+}
+
+impl Registry {
+    pub fn new(options: RegistryOptions) -> Registry {
+        Registry {
+            options,
+            clients: Arc::default(),
+        }
+    }
+
+    fn host(&self, image: &ImageRef) -> Host {
+        let registry = image.registry().to_string();
+        let mut clients = self.clients.lock().expect("registry client map poisoned");
+        clients
+            .entry(registry.clone())
+            .or_insert_with(|| {
+                let plain_http =
+                    image.is_loopback_registry() || self.options.insecure_hosts.contains(&registry);
+                let config = ClientConfig {
+                    protocol: if plain_http {
+                        ClientProtocol::Http
+                    } else {
+                        ClientProtocol::Https
+                    },
+                    connect_timeout: Some(Duration::from_secs(10)),
+                    read_timeout: Some(Duration::from_secs(120)),
+                    user_agent: concat!("rbuild/", env!("CARGO_PKG_VERSION")),
+                    ..Default::default()
+                };
+                let (auth, credential_source) = credentials_for(&registry);
+                Host {
+                    client: Arc::new(Client::new(config)),
+                    auth,
+                    credential_source,
+                }
+            })
+            .clone()
+    }
+
+    /// The digest a reference points at now (an index or a manifest), with one HEAD request.
+    pub async fn resolve_digest(&self, image: &ImageRef) -> Result<String, Error> {
+        if let Some(d) = image.digest() {
+            return Ok(d.to_string());
+        }
+        let host = self.host(image);
+        host.client
+            .fetch_manifest_digest(image.as_oci(), &host.auth)
+            .await
+            .map_err(|e| self.classify(image, &host, e))
+    }
+
+    /// A manifest or index by digest, verified against it.
+    pub async fn fetch_manifest(&self, image: &ImageRef, digest: &str) -> Result<Bytes, Error> {
+        let host = self.host(image);
+        let pinned = image.with_digest(digest);
+        let (body, _) = host
+            .client
+            .pull_manifest_raw(pinned.as_oci(), &host.auth, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|e| self.classify(image, &host, e))?;
+        Ok(body)
+    }
+
+    /// A small blob (an image config) in memory, digest verified.
+    pub async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        desc: &OciDescriptor,
+    ) -> Result<Vec<u8>, Error> {
+        let host = self.host(image);
+        self.authenticate(image, &host).await?;
+        let mut out = Vec::with_capacity(desc.size.max(0) as usize);
+        host.client
+            .pull_blob(image.as_oci(), desc, &mut out)
+            .await
+            .map_err(|e| self.classify(image, &host, e))?;
+        Ok(out)
+    }
+
+    /// A blob as a stream; the stream fails at its end if the digest does not match.
+    pub async fn blob_stream(
+        &self,
+        image: &ImageRef,
+        desc: &OciDescriptor,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, Error> {
+        let host = self.host(image);
+        self.authenticate(image, &host).await?;
+        let sized = host
+            .client
+            .pull_blob_stream(image.as_oci(), desc)
+            .await
+            .map_err(|e| self.classify(image, &host, e))?;
+        Ok(sized.stream)
+    }
+
+    /// Blob requests do not log in by themselves; manifest requests do.
+    async fn authenticate(&self, image: &ImageRef, host: &Host) -> Result<(), Error> {
+        host.client
+            .store_auth_if_needed(image.registry(), &host.auth)
+            .await;
+        Ok(())
+    }
+
+    /// Names of the tags in a repository, to explain a missing tag.
+    async fn tags(&self, image: &ImageRef, host: &Host) -> Option<Vec<String>> {
+        host.client
+            .auth(image.as_oci(), &host.auth, RegistryOperation::Pull)
+            .await
+            .ok()?;
+        host.client
+            .list_tags(image.as_oci(), &host.auth, Some(20), None)
+            .await
+            .ok()
+            .map(|t| t.tags)
+    }
+
+    fn classify(&self, image: &ImageRef, host: &Host, err: OciDistributionError) -> Error {
+        classify(image, host.credential_source.as_deref(), err)
+    }
+
+    /// Turns a "not found" into "no such repository" or "no such tag", by
+    /// asking the registry for the repository's tags.
+    pub async fn explain_not_found(&self, image: &ImageRef, err: Error) -> Error {
+        let Error::ImageNotFound { reference, .. } = &err else {
+            return err;
+        };
+        let host = self.host(image);
+        let detail = match (self.tags(image, &host).await, image.tag()) {
+            (Some(tags), Some(tag)) if !tags.is_empty() => format!(
+                "repository {} exists but has no tag {tag:?} (tags: {})",
+                image.repository(),
+                tags.join(", ")
+            ),
+            (Some(_), _) | (None, _) => format!(
+                "registry {} has no repository {}",
+                image.registry(),
+                image.repository()
+            ),
+        };
+        Error::ImageNotFound {
+            reference: reference.clone(),
+            detail,
+        }
+    }
+}
+
+/// Credentials for a registry from `$DOCKER_CONFIG/config.json` or
+/// `~/.docker/config.json`, helpers included; anonymous when there are none.
+fn credentials_for(registry: &str) -> (RegistryAuth, Option<String>) {
+    let server = match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    };
+    let source = std::env::var("DOCKER_CONFIG")
+        .map(|d| format!("{d}/config.json"))
+        .unwrap_or_else(|_| "~/.docker/config.json".to_string());
+    match docker_credential::get_credential(server) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, pass)) => (
+            RegistryAuth::Basic(user.clone(), pass),
+            Some(format!("user {user:?} from {source}")),
+        ),
+        Ok(docker_credential::DockerCredential::IdentityToken(token)) => (
+            RegistryAuth::Bearer(token),
+            Some(format!("identity token from {source}")),
+        ),
+        Err(e) => {
+            tracing::debug!(registry, error = %e, "no registry credentials; pulling anonymously");
+            (RegistryAuth::Anonymous, None)
+        }
+    }
+}
+
+fn classify(image: &ImageRef, credentials: Option<&str>, err: OciDistributionError) -> Error {
+    let reference = image.to_string();
+    let registry = image.registry().to_string();
+    let unauthorized = || Error::Unauthorized {
+        reference: reference.clone(),
+        registry: registry.clone(),
+        credentials: credentials
+            .map(|c| format!("the credentials used ({c}) were refused"))
+            .unwrap_or_else(|| "no credentials were found for it".to_string()),
+    };
+    let not_found = |detail: String| Error::ImageNotFound {
+        reference: reference.clone(),
+        detail,
+    };
+    match err {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => unauthorized(),
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => unauthorized(),
+        OciDistributionError::ServerError { code: 404, .. }
+        | OciDistributionError::ImageManifestNotFoundError(_) => {
+            not_found(format!("registry {registry} does not know it"))
+        }
+        OciDistributionError::RegistryError { ref envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                unauthorized()
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                not_found(err.to_string())
+            } else {
+                Error::Registry {
+                    reference,
+                    reason: err.to_string(),
+                }
+            }
+        }
+        OciDistributionError::RequestError(ref e) if e.is_connect() || e.is_timeout() => {
+            Error::RegistryUnreachable {
+                reference,
+                registry,
+                reason: root_cause(e),
+            }
+        }
+        other => Error::Registry {
+            reference,
+            reason: match &other {
+                OciDistributionError::RequestError(e) => root_cause(e),
+                _ => other.to_string(),
+            },
+        },
+    }
+}
+
+/// The innermost cause of an HTTP error ("Connection refused"), which is
+/// what a user needs, rather than reqwest's outer "error sending request".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busybox() -> ImageRef {
+        ImageRef::parse("127.0.0.1:5000/busybox:latest").unwrap()
+    }
+
+    #[test]
+    fn unauthorized_names_the_reference_and_the_credentials() {
+        let e = classify(
+            &busybox(),
+            Some("user \"bob\" from /tmp/config.json"),
+            OciDistributionError::UnauthorizedError { url: "u".into() },
+        )
+        .to_string();
+        assert!(e.contains("127.0.0.1:5000/busybox:latest"), "{e}");
+        assert!(e.contains("bob"), "{e}");
+        assert!(e.contains("docker login 127.0.0.1:5000"), "{e}");
+    }
+
+    #[test]
+    fn not_found_names_the_reference() {
+        let e = classify(
+            &busybox(),
+            None,
+            OciDistributionError::ServerError {
+                code: 404,
+                url: "u".into(),
+                message: String::new(),
+            },
+        );
+        assert!(matches!(e, Error::ImageNotFound { .. }));
+        assert!(e.to_string().contains("127.0.0.1:5000/busybox:latest"));
+    }
+}

@@ -1,0 +1,160 @@
+//! Snapshots in containerd's overlayfs snapshotter: the handful of verbs the
+//! engine needs (stat, prepare, commit, remove, label), and the sweep that
+//! removes active snapshots left behind by a crashed rbuild.
+
+use std::collections::HashMap;
+
+use rbuild_runtime::containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, Info, ListSnapshotsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest,
+};
+use rbuild_runtime::containerd_client::tonic::Code;
+use rbuild_runtime::containerd_client::types::Mount;
+use rbuild_runtime::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
+
+use crate::Error;
+
+/// containerd's snapshot kinds (`snapshots.Kind`).
+const KIND_ACTIVE: i32 = 2;
+
+pub async fn stat(ctd: &Containerd, name: &str) -> Result<Option<Info>, Error> {
+    match ctd
+        .snapshots()
+        .stat(ctd.request(StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: name.to_string(),
+        }))
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().info),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(rbuild_runtime::Error::rpc("stat snapshot", name, s).into()),
+    }
+}
+
+/// Prepares an active (writable) snapshot `key` on top of `parent` (None: empty).
+/// The snapshot carries this process as its owner, so a crash cannot orphan it for good.
+pub async fn prepare(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    key: &str,
+    parent: Option<&str>,
+    mut labels: HashMap<String, String>,
+) -> Result<Vec<Mount>, Error> {
+    labels.insert(OWNER_LABEL.into(), Owner::current().label());
+    let resp = ctd
+        .snapshots()
+        .prepare(ctd.leased(
+            PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.to_string(),
+                parent: parent.unwrap_or_default().to_string(),
+                labels,
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("prepare snapshot", key, s))?;
+    Ok(resp.into_inner().mounts)
+}
+
+/// Commits active snapshot `key` as the read-only snapshot `name`.
+pub async fn commit(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    key: &str,
+    name: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), Error> {
+    ctd.snapshots()
+        .commit(ctd.leased(
+            CommitSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                name: name.to_string(),
+                key: key.to_string(),
+                labels,
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("commit snapshot", name, s))?;
+    Ok(())
+}
+
+/// Removes a snapshot; one that is already gone is fine.
+pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), Error> {
+    match ctd
+        .snapshots()
+        .remove(ctd.request(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_string(),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(rbuild_runtime::Error::rpc("remove snapshot", key, s).into()),
+    }
+}
+
+/// Sets labels on a snapshot, leaving its other labels alone.
+pub async fn set_labels(
+    ctd: &Containerd,
+    name: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), Error> {
+    let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+    ctd.snapshots()
+        .update(ctd.request(UpdateSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            info: Some(Info {
+                name: name.to_string(),
+                labels,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        }))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("label snapshot", name, s))?;
+    Ok(())
+}
+
+/// Snapshots matching a containerd filter, e.g. `labels."rbuild.key"`.
+pub async fn list(ctd: &Containerd, filter: &str) -> Result<Vec<Info>, Error> {
+    let mut stream = ctd
+        .snapshots()
+        .list(ctd.request(ListSnapshotsRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            filters: vec![filter.to_string()],
+        }))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("list snapshots", filter, s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(page) = stream
+        .message()
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("list snapshots", filter, s))?
+    {
+        out.extend(page.info);
+    }
+    Ok(out)
+}
+
+/// Removes active snapshots whose owning rbuild process is gone. Returns
+/// how many were removed.
+pub async fn remove_orphans(ctd: &Containerd) -> Result<usize, Error> {
+    let mut removed = 0;
+    for info in list(ctd, &format!("labels.\"{OWNER_LABEL}\"")).await? {
+        let dead = info
+            .labels
+            .get(OWNER_LABEL)
+            .and_then(|l| Owner::parse(l))
+            .is_some_and(|o| !o.is_alive());
+        if dead && info.kind == KIND_ACTIVE {
+            remove(ctd, &info.name).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

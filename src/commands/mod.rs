@@ -1,0 +1,3 @@
+//! One module per subcommand: parse nothing, decide nothing, call the engine.
+
+pub mod run;

@@ -1,0 +1,127 @@
+//! The engine inside `rbuild run`: opens the index, connects to containerd,
+//! cleans up after crashed runs, serves the pipeline's session, and stops
+//! everything cleanly on exit, failure or Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rbuild_runtime::Containerd;
+use rbuild_snapshotter::{Registry, RegistryOptions, host_platform};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::GlobalOpts;
+use crate::index::Index;
+use crate::machinery::ContainerdMachinery;
+use crate::pipeline;
+use crate::progress::Progress;
+use crate::session::Session;
+use crate::solver::Solver;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub root: PathBuf,
+    pub cache_dir: PathBuf,
+    pub address: PathBuf,
+    pub namespace: String,
+    pub jobs: usize,
+    pub insecure_registries: Vec<String>,
+}
+
+impl From<&GlobalOpts> for EngineConfig {
+    fn from(g: &GlobalOpts) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EngineConfig {
+            root: g.root.clone(),
+            cache_dir: g.cache_dir.clone().unwrap_or_else(|| g.root.join("cache")),
+            address: g.address.clone(),
+            namespace: g.namespace.clone(),
+            jobs: g.jobs.unwrap_or(cores.max(2)),
+            insecure_registries: g.insecure_registries.clone(),
+        }
+    }
+}
+
+pub struct Engine {
+    pub solver: Arc<Solver<ContainerdMachinery>>,
+    pub progress: Arc<Progress>,
+}
+
+impl Engine {
+    pub async fn start(config: &EngineConfig) -> Result<Engine> {
+        std::fs::create_dir_all(&config.root)
+            .with_context(|| format!("create state root {}", config.root.display()))?;
+        let scratch = config.root.join("tmp");
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("create {}", scratch.display()))?;
+        let index = Arc::new(Index::open(&config.root.join("index.db"))?);
+        let ctd = Containerd::connect(&config.address, &config.namespace).await?;
+        let registry = Registry::new(RegistryOptions {
+            insecure_hosts: config.insecure_registries.clone(),
+        });
+        let machinery = ContainerdMachinery::new(ctd, registry, scratch);
+        machinery
+            .remove_orphans()
+            .await
+            .context("clean up after an interrupted run")?;
+        let progress = Arc::new(Progress::stderr());
+        let solver = Solver::new(
+            machinery,
+            index,
+            progress.clone(),
+            host_platform(),
+            config.jobs,
+        );
+        Ok(Engine { solver, progress })
+    }
+}
+
+/// `rbuild run`: builds the pipeline, runs it against a fresh session, and
+/// returns the exit code to leave with (the pipeline's own).
+pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -> Result<i32> {
+    let started = Instant::now();
+    // Compile while the engine connects; cargo's output goes straight to stderr.
+    let build = {
+        let path = path.to_path_buf();
+        let cache = config.cache_dir.clone();
+        tokio::task::spawn_blocking(move || pipeline::build(&path, &cache))
+    };
+    let engine = Engine::start(config).await;
+    let built = build.await.context("pipeline build task")??;
+    let engine = engine?;
+
+    let session = Session::start(engine.solver.clone()).context("start the pipeline session")?;
+    let mut child = tokio::process::Command::new(&built.executable)
+        .args(args)
+        .envs(session.env())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start pipeline {}", built.executable.display()))?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let status = tokio::select! {
+        s = child.wait() => Some(s?),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    // Whatever the pipeline left running is of no use to anyone now: stop
+    // it, and wait until every container, task and snapshot is cleaned up.
+    engine.solver.shutdown().await;
+    engine.solver.machinery().finish().await;
+    drop(session);
+    let code = match status {
+        None => {
+            let _ = child.kill().await;
+            eprintln!("rbuild: interrupted; running steps were stopped and cleaned up");
+            130
+        }
+        Some(s) => s.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + s.signal().unwrap_or(0)
+        }),
+    };
+    engine.progress.summary(started.elapsed().as_millis());
+    Ok(code)
+}

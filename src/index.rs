@@ -1,0 +1,237 @@
+//! The cache index: SQLite in WAL mode under the state root.
+//!
+//! A `steps` row exists only for a complete result (DESIGN.md invariant 2):
+//! the engine commits the step's snapshot first and writes the row second.
+//! The `images` table remembers what a tag's digest resolved to for a
+//! platform; both sides are content-addressed, so it never goes stale.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::key::CacheKey;
+
+/// The name of a committed step snapshot in containerd.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotId(pub String);
+
+/// A cached step result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRecord {
+    pub key: CacheKey,
+    pub snapshot: SnapshotId,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i64,
+    pub duration_ms: u64,
+    /// What made it (the command), for humans.
+    pub description: String,
+}
+
+pub struct Index {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cache index {path}: {source}")]
+pub struct IndexError {
+    path: String,
+    #[source]
+    source: rusqlite::Error,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS steps (
+    key          TEXT PRIMARY KEY,
+    snapshot     TEXT NOT NULL,
+    stdout       BLOB NOT NULL,
+    stderr       BLOB NOT NULL,
+    exit_code    INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    created      INTEGER NOT NULL,
+    last_used    INTEGER NOT NULL,
+    description  TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS images (
+    digest    TEXT NOT NULL,
+    platform  TEXT NOT NULL,
+    resolved  TEXT NOT NULL,
+    PRIMARY KEY (digest, platform)
+) STRICT;
+";
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let err = |source| IndexError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Index {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, IndexError> {
+        let conn = self.conn.lock().expect("index mutex poisoned");
+        f(&conn).map_err(|source| IndexError {
+            path: conn.path().unwrap_or("?").to_string(),
+            source,
+        })
+    }
+
+    /// Looks up a step and marks it used.
+    pub fn get_step(&self, key: &CacheKey) -> Result<Option<StepRecord>, IndexError> {
+        let hex = key.to_hex();
+        self.with(|c| {
+            let rec = c
+                .query_row(
+                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description
+                     FROM steps WHERE key = ?1",
+                    params![hex],
+                    |r| {
+                        Ok(StepRecord {
+                            key: *key,
+                            snapshot: SnapshotId(r.get(0)?),
+                            stdout: r.get(1)?,
+                            stderr: r.get(2)?,
+                            exit_code: r.get(3)?,
+                            duration_ms: r.get::<_, i64>(4)? as u64,
+                            description: r.get(5)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if rec.is_some() {
+                c.execute(
+                    "UPDATE steps SET last_used = ?2 WHERE key = ?1",
+                    params![hex, now_secs()],
+                )?;
+            }
+            Ok(rec)
+        })
+    }
+
+    /// Records a complete step. Call only after its snapshot is committed.
+    pub fn put_step(&self, rec: &StepRecord) -> Result<(), IndexError> {
+        let now = now_secs();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
+                                    created, last_used, description)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+                 ON CONFLICT(key) DO UPDATE SET
+                    snapshot = excluded.snapshot, stdout = excluded.stdout,
+                    stderr = excluded.stderr, exit_code = excluded.exit_code,
+                    duration_ms = excluded.duration_ms, last_used = excluded.last_used,
+                    description = excluded.description",
+                params![
+                    rec.key.to_hex(),
+                    rec.snapshot.0,
+                    rec.stdout,
+                    rec.stderr,
+                    rec.exit_code,
+                    rec.duration_ms as i64,
+                    now,
+                    rec.description
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a step whose snapshot turned out to be gone.
+    pub fn delete_step(&self, key: &CacheKey) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute("DELETE FROM steps WHERE key = ?1", params![key.to_hex()])?;
+            Ok(())
+        })
+    }
+
+    pub fn get_image(&self, digest: &str, platform: &str) -> Result<Option<String>, IndexError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT resolved FROM images WHERE digest = ?1 AND platform = ?2",
+                params![digest, platform],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_image(
+        &self,
+        digest: &str,
+        platform: &str,
+        resolved: &str,
+    ) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO images (digest, platform, resolved) VALUES (?1, ?2, ?3)",
+                params![digest, platform, resolved],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyBuilder;
+
+    fn record(cmd: &str) -> StepRecord {
+        StepRecord {
+            key: KeyBuilder::new("exec").field("cmd", cmd).finish(),
+            snapshot: SnapshotId(format!("snap-{cmd}")),
+            stdout: b"out\n".to_vec(),
+            stderr: vec![0xff, 0x00],
+            exit_code: 0,
+            duration_ms: 12,
+            description: cmd.into(),
+        }
+    }
+
+    #[test]
+    fn steps_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let rec = record("echo hi");
+        {
+            let idx = Index::open(&path).unwrap();
+            assert_eq!(idx.get_step(&rec.key).unwrap(), None);
+            idx.put_step(&rec).unwrap();
+        }
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.get_step(&rec.key).unwrap(), Some(rec.clone()));
+        idx.delete_step(&rec.key).unwrap();
+        assert_eq!(idx.get_step(&rec.key).unwrap(), None);
+    }
+
+    #[test]
+    fn images_are_keyed_by_digest_and_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.db")).unwrap();
+        idx.put_image("sha256:a", "linux/amd64", "{}").unwrap();
+        assert_eq!(
+            idx.get_image("sha256:a", "linux/amd64").unwrap().as_deref(),
+            Some("{}")
+        );
+        assert_eq!(idx.get_image("sha256:a", "linux/arm64").unwrap(), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! rbuild: a programmable build and CI engine. Pipelines are Rust programs;
+//! every step runs in a container on containerd and is cached under a hash
+//! of its definition and the content of its inputs.
+
+mod cli;
+mod commands;
+mod engine;
+mod graph;
+mod index;
+mod key;
+mod machinery;
+mod pipeline;
+mod progress;
+mod session;
+mod solver;
+mod user;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RBUILD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Run { path, args } => commands::run::run(&cli.global, path, args).await,
+        }
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rbuild: {e:#}");
+            1
+        }
+    };
+    // Don't wait for stray background tasks (an idle session server).
+    runtime.shutdown_background();
+    std::process::exit(code);
+}

@@ -1,0 +1,402 @@
+//! Turning a pipeline (a single `.rs` file, or a directory with a
+//! Cargo.toml) into an executable: cargo in a shared target directory under
+//! rbuild's cache dir, skipped entirely when neither the pipeline nor the
+//! SDK changed.
+//!
+//! The SDK's source is embedded in the rbuild binary and written out once
+//! per SDK version, so a pipeline builds against exactly the engine that
+//! runs it, with no registry involved.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The SDK crate's files, as compiled into this binary.
+const SDK_FILES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../sdk/Cargo.toml")),
+    ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
+];
+
+/// Dependencies every single-file pipeline gets without declaring them.
+const DEFAULT_DEPS: &str = r#"
+rbuild-sdk = { path = "@SDK@" }
+tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+"#;
+
+/// A pipeline ready to run.
+pub struct Built {
+    pub executable: PathBuf,
+}
+
+enum Source {
+    File(PathBuf),
+    Crate(PathBuf),
+}
+
+fn locate(path: &Path) -> Result<Source> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("pipeline {} not found", path.display()))?;
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve pipeline path {}", path.display()))?;
+    if meta.is_dir() {
+        if !abs.join("Cargo.toml").is_file() {
+            bail!(
+                "pipeline directory {} has no Cargo.toml: give a .rs file, or a crate that depends on rbuild-sdk",
+                path.display()
+            );
+        }
+        Ok(Source::Crate(abs))
+    } else if abs.extension().is_some_and(|e| e == "rs") {
+        Ok(Source::File(abs))
+    } else {
+        bail!(
+            "pipeline {} is neither a .rs file nor a directory with a Cargo.toml",
+            path.display()
+        )
+    }
+}
+
+fn hash_hex(h: &blake3::Hasher, n: usize) -> String {
+    h.finalize().to_hex()[..n].to_string()
+}
+
+/// Writes the embedded SDK under `cache/sdk/<hash>` (once) and returns that directory.
+fn materialize_sdk(cache: &Path) -> Result<(PathBuf, String)> {
+    let mut h = blake3::Hasher::new();
+    for (name, text) in SDK_FILES {
+        h.update(name.as_bytes());
+        h.update(&(text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    let hash = hash_hex(&h, 16);
+    let dir = cache.join("sdk").join(&hash);
+    if dir.join("Cargo.toml").is_file() {
+        return Ok((dir, hash));
+    }
+    let tmp = cache
+        .join("sdk")
+        .join(format!(".tmp-{}", rbuild_snapshotter::unique_suffix()));
+    for (name, text) in SDK_FILES {
+        let p = tmp.join(name);
+        std::fs::create_dir_all(p.parent().expect("file has a parent"))?;
+        std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+    }
+    // Another rbuild may have won the race; its copy is identical.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok((dir, hash))
+}
+
+/// The cargo manifest block a single-file pipeline may carry:
+/// ```text
+/// //! ```cargo
+/// //! [dependencies]
+/// //! serde = "1"
+/// //! ```
+/// ```
+fn embedded_manifest(source: &str) -> Option<String> {
+    let mut lines = source.lines().map(str::trim_start);
+    lines.find(|l| {
+        l.strip_prefix("//!")
+            .is_some_and(|r| r.trim() == "```cargo")
+    })?;
+    let mut out = String::new();
+    for l in lines {
+        let Some(rest) = l.strip_prefix("//!") else {
+            break;
+        };
+        if rest.trim() == "```" {
+            return Some(out);
+        }
+        out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        out.push('\n');
+    }
+    None
+}
+
+fn package_name(file: &Path, id: &str) -> String {
+    let stem: String = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("pipeline-{}-{}", stem.trim_matches('-'), &id[..8])
+}
+
+/// The generated Cargo.toml for a single-file pipeline.
+fn generated_manifest(file: &Path, source: &str, sdk: &Path, id: &str) -> Result<String> {
+    let name = package_name(file, id);
+    let mut doc: toml::Table = toml::from_str(&format!(
+        "[package]\nname = {name:?}\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\
+         [[bin]]\nname = {name:?}\npath = {:?}\n\
+         [dependencies]\n{}\n\
+         [profile.dev]\ndebug = false\n\
+         [workspace]\n",
+        file.display().to_string(),
+        DEFAULT_DEPS.replace("@SDK@", &sdk.display().to_string())
+    ))?;
+    if let Some(extra) = embedded_manifest(source) {
+        let extra: toml::Table = toml::from_str(&extra).with_context(|| {
+            format!("the ```cargo block in {} is not valid TOML", file.display())
+        })?;
+        for (section, value) in extra {
+            match (doc.get_mut(&section), value) {
+                (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+                    for (k, v) in theirs {
+                        // The SDK dependency stays the embedded one.
+                        if section == "dependencies" && k == "rbuild-sdk" {
+                            continue;
+                        }
+                        mine.insert(k, v);
+                    }
+                }
+                (_, value) => {
+                    doc.insert(section, value);
+                }
+            }
+        }
+    }
+    Ok(toml::to_string(&doc)?)
+}
+
+/// Hashes a crate's files (respecting .gitignore, skipping target/).
+fn hash_crate(dir: &Path, h: &mut blake3::Hasher) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for entry in ignore::WalkBuilder::new(dir)
+        .hidden(false)
+        .filter_entry(|e| e.file_name() != "target" && e.file_name() != ".git")
+        .build()
+    {
+        let entry = entry?;
+        if entry.file_type().is_some_and(|t| t.is_file()) {
+            let rel = entry.path().strip_prefix(dir)?.to_path_buf();
+            files.insert(rel, entry.path().to_path_buf());
+        }
+    }
+    for (rel, abs) in files {
+        let data = std::fs::read(&abs).with_context(|| format!("read {}", abs.display()))?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(&(data.len() as u64).to_le_bytes());
+        h.update(&data);
+    }
+    Ok(())
+}
+
+/// Whether a crate's manifest takes rbuild-sdk from a registry (and so
+/// needs it patched to the embedded copy).
+fn wants_sdk_patch(manifest: &str) -> bool {
+    let Ok(doc) = toml::from_str::<toml::Table>(manifest) else {
+        return false;
+    };
+    let dep = doc.get("dependencies").and_then(|d| d.get("rbuild-sdk"));
+    match dep {
+        Some(toml::Value::String(_)) => true,
+        Some(toml::Value::Table(t)) => !t.contains_key("path") && !t.contains_key("git"),
+        _ => false,
+    }
+}
+
+/// Builds (or finds already built) the pipeline at `path`.
+pub fn build(path: &Path, cache: &Path) -> Result<Built> {
+    let source = locate(path)?;
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("create cache directory {}", cache.display()))?;
+    let (sdk_dir, sdk_hash) = materialize_sdk(cache)?;
+
+    let mut stamp = blake3::Hasher::new();
+    stamp.update(env!("CARGO_PKG_VERSION").as_bytes());
+    stamp.update(sdk_hash.as_bytes());
+    let (project, manifest_path, extra_args) = match &source {
+        Source::File(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("read pipeline {}", file.display()))?;
+            let id = hash_hex(
+                blake3::Hasher::new().update(file.as_os_str().as_encoded_bytes()),
+                16,
+            );
+            let project = cache.join("pipelines").join(&id);
+            let manifest = generated_manifest(file, &text, &sdk_dir, &id)?;
+            std::fs::create_dir_all(&project)?;
+            let manifest_path = project.join("Cargo.toml");
+            if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(manifest.as_str()) {
+                std::fs::write(&manifest_path, &manifest)?;
+            }
+            stamp.update(manifest.as_bytes());
+            stamp.update(text.as_bytes());
+            (project, manifest_path, Vec::new())
+        }
+        Source::Crate(dir) => {
+            let id = hash_hex(
+                blake3::Hasher::new().update(dir.as_os_str().as_encoded_bytes()),
+                16,
+            );
+            let project = cache.join("pipelines").join(&id);
+            std::fs::create_dir_all(&project)?;
+            hash_crate(dir, &mut stamp)?;
+            let manifest_path = dir.join("Cargo.toml");
+            let manifest = std::fs::read_to_string(&manifest_path)?;
+            let mut args = Vec::new();
+            if wants_sdk_patch(&manifest) {
+                args.push("--config".to_string());
+                args.push(format!(
+                    "patch.crates-io.rbuild-sdk.path={:?}",
+                    sdk_dir.display().to_string()
+                ));
+            }
+            (project, manifest_path, args)
+        }
+    };
+    let stamp = hash_hex(&stamp, 24);
+    let bin_dir = project.join("bin");
+    let cached = bin_dir.join(&stamp);
+    if cached.is_file() {
+        return Ok(Built { executable: cached });
+    }
+
+    let built = run_cargo(&manifest_path, &cache.join("target"), &extra_args)
+        .with_context(|| format!("pipeline {}", path.display()))?;
+    std::fs::create_dir_all(&bin_dir)?;
+    let tmp = bin_dir.join(format!(".tmp-{}", rbuild_snapshotter::unique_suffix()));
+    std::fs::copy(&built, &tmp)
+        .with_context(|| format!("copy {} into the pipeline cache", built.display()))?;
+    std::fs::rename(&tmp, &cached)?;
+    // Older builds of this pipeline are dead weight.
+    for entry in std::fs::read_dir(&bin_dir)?.flatten() {
+        if entry.path() != cached {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(Built { executable: cached })
+}
+
+/// Runs `cargo build`, showing its diagnostics as cargo shows them, and
+/// returns the path of the executable it built.
+fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<PathBuf> {
+    let mut child = Command::new("cargo")
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .arg("--message-format=json-render-diagnostics")
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!("cargo is not on PATH: rbuild compiles pipelines with it; install Rust (https://rustup.rs)")
+            } else {
+                anyhow!("cannot start cargo: {e}")
+            }
+        })?;
+    let mut executables = Vec::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            executables.push(PathBuf::from(exe));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("it failed to compile (cargo's messages are above)");
+    }
+    match executables.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "cargo built no executable for {}: the pipeline needs a main function",
+            manifest.display()
+        ),
+        many => bail!(
+            "the pipeline crate {} builds several executables ({}); keep one binary target",
+            manifest.display(),
+            many.iter()
+                .map(|p| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_embedded_cargo_block() {
+        let src = "//! My pipeline\n//! ```cargo\n//! [dependencies]\n//! serde = \"1\"\n//! ```\nfn main() {}\n";
+        assert_eq!(
+            embedded_manifest(src).as_deref(),
+            Some("[dependencies]\nserde = \"1\"\n")
+        );
+        assert_eq!(embedded_manifest("fn main() {}"), None);
+    }
+
+    #[test]
+    fn generated_manifest_merges_declared_dependencies() {
+        let src = "//! ```cargo\n//! [dependencies]\n//! serde = \"1\"\n//! rbuild-sdk = \"9\"\n//! ```\n";
+        let m = generated_manifest(
+            Path::new("/p/ci.rs"),
+            src,
+            Path::new("/sdk"),
+            "0123456789abcdef",
+        )
+        .unwrap();
+        let doc: toml::Table = toml::from_str(&m).unwrap();
+        let deps = doc["dependencies"].as_table().unwrap();
+        assert_eq!(deps["serde"].as_str(), Some("1"));
+        assert_eq!(deps["rbuild-sdk"]["path"].as_str(), Some("/sdk"));
+        assert!(deps.contains_key("tokio"));
+        assert_eq!(
+            doc["package"]["name"].as_str(),
+            Some("pipeline-ci-01234567")
+        );
+        assert_eq!(doc["bin"][0]["path"].as_str(), Some("/p/ci.rs"));
+    }
+
+    #[test]
+    fn sdk_patch_only_for_registry_dependencies() {
+        assert!(wants_sdk_patch("[dependencies]\nrbuild-sdk = \"0.1\"\n"));
+        assert!(wants_sdk_patch(
+            "[dependencies]\nrbuild-sdk = { version = \"0.1\" }\n"
+        ));
+        assert!(!wants_sdk_patch(
+            "[dependencies]\nrbuild-sdk = { path = \"../sdk\" }\n"
+        ));
+        assert!(!wants_sdk_patch("[dependencies]\nserde = \"1\"\n"));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = build(&dir.path().join("missing.rs"), dir.path())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing.rs"), "{e}");
+        let e = build(dir.path(), dir.path()).err().unwrap();
+        assert!(e.to_string().contains("no Cargo.toml"), "{e}");
+    }
+}

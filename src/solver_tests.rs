@@ -1,0 +1,380 @@
+//! Solver logic against a fake machinery: which steps run, which hit, what
+//! a failure leaves behind. (The same behaviour against real containerd is
+//! covered by tests/.)
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rbuild_snapshotter::BlobDesc;
+
+use super::*;
+
+#[derive(Default)]
+struct Fake {
+    execs: Mutex<Vec<Vec<String>>>,
+    /// containerd's snapshots: they outlive a run, so runs of one harness share them.
+    snapshots: Arc<Mutex<HashSet<String>>>,
+    counter: AtomicU64,
+    pulls: AtomicU64,
+}
+
+fn digest(s: &str) -> String {
+    format!("sha256:{}", blake3::hash(s.as_bytes()).to_hex())
+}
+
+impl Machinery for Fake {
+    async fn resolve_digest(&self, image: &ImageRef) -> Result<String, SolveError> {
+        if image.repository().contains("missing") {
+            return Err(SolveError::Image(format!("image {image} not found")));
+        }
+        Ok(digest(&image.to_string()))
+    }
+
+    async fn describe_image(
+        &self,
+        image: &ImageRef,
+        digest_: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, SolveError> {
+        let blob = |d: String| BlobDesc {
+            media_type: "x".into(),
+            digest: d,
+            size: 1,
+        };
+        Ok(ResolvedImage {
+            reference: image.to_string(),
+            platform: platform.clone(),
+            target: blob(digest_.to_string()),
+            index_json: None,
+            manifest: blob(digest_.to_string()),
+            manifest_json: "{}".into(),
+            config: blob(digest("config")),
+            config_json: serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [digest("layer")]},
+                "config": {"Env": ["PATH=/bin"], "WorkingDir": "/srv"}
+            })
+            .to_string(),
+            layers: vec![blob(digest("layer"))],
+            diff_ids: vec![digest("layer")],
+        })
+    }
+
+    async fn pull_image(
+        &self,
+        _image: &ResolvedImage,
+    ) -> Result<(Option<String>, PullReport), SolveError> {
+        self.pulls.fetch_add(1, Ordering::SeqCst);
+        Ok((Some("image-top".into()), PullReport::default()))
+    }
+
+    async fn snapshot_exists(&self, name: &str) -> Result<bool, SolveError> {
+        Ok(self.snapshots.lock().unwrap().contains(name))
+    }
+
+    async fn exec(
+        &self,
+        req: ExecRequest,
+        _c: CancellationToken,
+    ) -> Result<ExecOutcome, SolveError> {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.execs.lock().unwrap().push(req.args.clone());
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        if let Some(code) = req.args.iter().find_map(|a| a.strip_prefix("exit=")) {
+            return Ok(ExecOutcome {
+                exit_code: code.parse().unwrap(),
+                stdout: vec![],
+                stderr: b"line1\nboom\n".to_vec(),
+                snapshot: None,
+            });
+        }
+        let name = format!("snap-{}", req.key);
+        self.snapshots.lock().unwrap().insert(name.clone());
+        Ok(ExecOutcome {
+            exit_code: 0,
+            // A counter makes every real execution's output unique, like random bytes.
+            stdout: format!(
+                "{} run {n} in {} env {}",
+                req.args.join(" "),
+                req.cwd,
+                req.env.join(",")
+            )
+            .into_bytes(),
+            stderr: vec![],
+            snapshot: Some(SnapshotId(name)),
+        })
+    }
+
+    async fn keep(&self, _snapshot: &SnapshotId) -> Result<(), SolveError> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    index: Arc<Index>,
+    snapshots: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(&dir.path().join("index.db")).unwrap());
+        Harness {
+            _dir: dir,
+            index,
+            snapshots: Arc::default(),
+        }
+    }
+
+    /// A solver for one "run" (each run starts with empty in-memory state, like a new process).
+    fn run(&self) -> (Arc<Solver<Fake>>, Captured) {
+        let fake = Fake {
+            snapshots: self.snapshots.clone(),
+            ..Fake::default()
+        };
+        let out = Captured::default();
+        let progress = Arc::new(Progress::new(Box::new(out.clone())));
+        let platform = Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        };
+        (
+            Solver::new(fake, self.index.clone(), progress, platform, 4),
+            out,
+        )
+    }
+}
+
+fn pipeline(steps: &[&[&str]], env: Option<(&str, &str)>) -> ContainerDef {
+    let mut ops = vec![ContainerOp::From {
+        address: "127.0.0.1:5000/busybox:latest".into(),
+    }];
+    for (i, s) in steps.iter().enumerate() {
+        if i == 1
+            && let Some((n, v)) = env
+        {
+            ops.push(ContainerOp::WithEnvVariable {
+                name: n.into(),
+                value: v.into(),
+            });
+        }
+        ops.push(ContainerOp::WithExec {
+            args: s.iter().map(|a| a.to_string()).collect(),
+        });
+    }
+    ContainerDef { ops }
+}
+
+fn execs(s: &Solver<Fake>) -> Vec<String> {
+    s.machinery()
+        .execs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.join(" "))
+        .collect()
+}
+
+async fn stdout(s: &Arc<Solver<Fake>>, def: &ContainerDef) -> String {
+    let st = s.container(def).await.unwrap();
+    String::from_utf8(st.last_exec("stdout").unwrap().stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_second_run_executes_nothing_and_returns_the_same_bytes() {
+    let h = Harness::new();
+    let def = pipeline(&[&["a"], &["b"], &["c"]], None);
+    let (first, _) = h.run();
+    let out1 = stdout(&first, &def).await;
+    assert_eq!(execs(&first), ["a", "b", "c"]);
+    assert_eq!(first.machinery().pulls.load(Ordering::SeqCst), 1);
+
+    let (second, progress) = h.run();
+    let out2 = stdout(&second, &def).await;
+    assert_eq!(out1, out2);
+    assert!(execs(&second).is_empty());
+    assert_eq!(
+        second.machinery().pulls.load(Ordering::SeqCst),
+        0,
+        "a fully cached run pulls nothing"
+    );
+    let text = String::from_utf8(progress.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("CACHED").count(), 3, "{text}");
+}
+
+#[tokio::test]
+async fn changing_argv_reruns_that_step_and_those_after_it() {
+    let h = Harness::new();
+    let (first, _) = h.run();
+    stdout(&first, &pipeline(&[&["a"], &["b"], &["c"]], None)).await;
+    let (second, _) = h.run();
+    stdout(&second, &pipeline(&[&["a"], &["B"], &["c"]], None)).await;
+    assert_eq!(execs(&second), ["B", "c"]);
+}
+
+#[tokio::test]
+async fn changing_env_reruns_the_steps_after_it_only() {
+    let h = Harness::new();
+    let (first, _) = h.run();
+    stdout(
+        &first,
+        &pipeline(&[&["a"], &["b"], &["c"]], Some(("X", "1"))),
+    )
+    .await;
+    let (second, _) = h.run();
+    let out = stdout(
+        &second,
+        &pipeline(&[&["a"], &["b"], &["c"]], Some(("X", "2"))),
+    )
+    .await;
+    assert_eq!(execs(&second), ["b", "c"]);
+    assert!(out.contains("X=2"), "{out}");
+}
+
+#[tokio::test]
+async fn a_failed_step_is_not_cached_and_is_retried() {
+    let h = Harness::new();
+    let def = pipeline(&[&["a"], &["exit=3"], &["c"]], None);
+    let (first, progress) = h.run();
+    let err = first.container(&def).await.unwrap_err();
+    match &err {
+        SolveError::ExecFailed {
+            command,
+            exit_code,
+            stderr_tail,
+        } => {
+            assert_eq!(command, "exit=3");
+            assert_eq!(*exit_code, 3);
+            assert!(stderr_tail.ends_with("boom"), "{stderr_tail}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("exit=3") && msg.contains("exit code: 3") && msg.contains("boom"),
+        "{msg}"
+    );
+    let text = String::from_utf8(progress.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("FAILED") && text.contains("boom"), "{text}");
+    assert_eq!(
+        execs(&first),
+        ["a", "exit=3"],
+        "the step after a failure does not run"
+    );
+
+    let (second, _) = h.run();
+    assert!(second.container(&def).await.is_err());
+    assert_eq!(
+        execs(&second),
+        ["exit=3"],
+        "the failure was retried, its predecessor hit"
+    );
+}
+
+#[tokio::test]
+async fn identical_work_requested_twice_at_once_runs_once() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let def = pipeline(&[&["a"], &["b"]], None);
+    let (x, y) = tokio::join!(s.container(&def), s.container(&def));
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(execs(&s), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn independent_branches_run_concurrently() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let started = Instant::now();
+    let defs: Vec<_> = (0..4)
+        .map(|i| pipeline(&[&[&format!("branch{i}")]], None))
+        .collect();
+    let results = futures::future::join_all(defs.iter().map(|d| s.container(d))).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(execs(&s).len(), 4);
+    // Each fake exec sleeps 20 ms; serial would be >= 80 ms.
+    assert!(started.elapsed() < std::time::Duration::from_millis(75));
+}
+
+#[tokio::test]
+async fn a_lost_snapshot_is_rebuilt_when_a_later_step_needs_it() {
+    let h = Harness::new();
+    let (first, _) = h.run();
+    stdout(&first, &pipeline(&[&["a"], &["b"]], None)).await;
+    // containerd lost the snapshots (pruned behind rbuild's back).
+    h.snapshots.lock().unwrap().clear();
+    let (second, _) = h.run();
+    stdout(&second, &pipeline(&[&["a"], &["b"], &["c"]], None)).await;
+    assert_eq!(
+        execs(&second),
+        ["a", "b", "c"],
+        "each lost ancestor is rebuilt, in order, before the new step"
+    );
+    // Their rows were rewritten: a third run hits everything.
+    let (third, _) = h.run();
+    stdout(&third, &pipeline(&[&["a"], &["b"], &["c"]], None)).await;
+    assert!(execs(&third).is_empty());
+}
+
+#[tokio::test]
+async fn image_defaults_apply_and_workdir_resolves_relative_paths() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithWorkdir {
+        path: "sub/../app".into(),
+    });
+    def.ops.push(ContainerOp::WithExec {
+        args: vec!["pwd".into()],
+    });
+    let out = stdout(&s, &def).await;
+    assert!(out.contains("in /srv/app"), "{out}");
+    assert!(out.contains("PATH=/bin"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_error() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let no_image = ContainerDef {
+        ops: vec![ContainerOp::WithExec {
+            args: vec!["true".into()],
+        }],
+    };
+    let e = s.container(&no_image).await.unwrap_err().to_string();
+    assert!(e.contains(".from("), "{e}");
+    let st = s.container(&pipeline(&[], None)).await.unwrap();
+    let e = st.last_exec("stdout").unwrap_err().to_string();
+    assert!(e.contains("with_exec"), "{e}");
+    let missing = ContainerDef {
+        ops: vec![ContainerOp::From {
+            address: "127.0.0.1:5000/missing:1".into(),
+        }],
+    };
+    let e = s.container(&missing).await.unwrap_err().to_string();
+    assert!(e.contains("127.0.0.1:5000/missing:1"), "{e}");
+}
+
+#[test]
+fn join_path_behaves_like_cd() {
+    assert_eq!(join_path("/", "src"), "/src");
+    assert_eq!(join_path("/a/b", "../c"), "/a/c");
+    assert_eq!(join_path("/a", "/abs/./x"), "/abs/x");
+    assert_eq!(join_path("/", ".."), "/");
+}

@@ -1,0 +1,253 @@
+//! Harness for integration tests: real containerd, real registries (started
+//! by `make setup`), the real `rbuild` binary. Each test gets its own state
+//! root and containerd namespace, removed again when the test ends.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub const REGISTRY: &str = "127.0.0.1:5000";
+pub const AUTH_REGISTRY: &str = "127.0.0.1:5001";
+pub const BUSYBOX: &str = "127.0.0.1:5000/busybox:latest";
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The argument-driven test pipeline (compiled once for all tests).
+pub fn steps_pipeline() -> PathBuf {
+    repo_root().join("fixtures/pipelines/steps.rs")
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub namespace: String,
+    /// A DOCKER_CONFIG directory of the test's own, so the host's credentials never leak in.
+    pub docker_config: PathBuf,
+}
+
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    fn from(out: Output) -> Outcome {
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams when the run did not succeed.
+    pub fn ok(self) -> Outcome {
+        assert_eq!(
+            self.code, 0,
+            "rbuild failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Progress lines that report a step answered from the cache.
+    pub fn cached(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.ends_with(" CACHED"))
+            .count()
+    }
+
+    /// Progress lines that report a step that ran (containers started).
+    pub fn ran(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('#') && l.contains(" exec ") && !l.ends_with(" CACHED"))
+            .count()
+    }
+}
+
+fn require_setup() {
+    let registry = TcpStream::connect_timeout(&REGISTRY.parse().unwrap(), Duration::from_secs(2));
+    assert!(
+        Path::new(CONTAINERD_SOCKET).exists() && registry.is_ok(),
+        "containerd or the test registry is not running: run `make setup` first"
+    );
+}
+
+impl TestEnv {
+    pub fn new(name: &str) -> TestEnv {
+        require_setup();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rbuild-test-{name}-"))
+            .tempdir()
+            .unwrap();
+        let docker_config = dir.path().join("docker");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        let namespace = format!("rbuild-test-{name}-{}", std::process::id());
+        remove_namespace(&namespace);
+        TestEnv {
+            dir,
+            namespace,
+            docker_config,
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+        cmd.env("RBUILD_ROOT", self.root())
+            .env("RBUILD_NAMESPACE", &self.namespace)
+            // Compiled pipelines are shared between tests, so cargo builds the SDK once.
+            .env(
+                "RBUILD_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("rbuild-pipelines"),
+            )
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env_remove("RBUILD_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `rbuild run PIPELINE -- ARGS`
+    pub fn run(&self, pipeline: &Path, args: &[&str]) -> Outcome {
+        let out = self
+            .command()
+            .arg("run")
+            .arg(pipeline)
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("start rbuild");
+        Outcome::from(out)
+    }
+
+    /// Runs the argument-driven pipeline (see fixtures/pipelines/steps.rs).
+    pub fn steps(&self, args: &[&str]) -> Outcome {
+        self.run(&steps_pipeline(), args)
+    }
+
+    pub fn write_docker_config(&self, registry: &str, user: &str, password: &str) {
+        use std::io::Write;
+        let auth = base64(&format!("{user}:{password}"));
+        let mut f = std::fs::File::create(self.docker_config.join("config.json")).unwrap();
+        write!(f, r#"{{"auths": {{"{registry}": {{"auth": "{auth}"}}}}}}"#).unwrap();
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        ctr(&self.namespace, args)
+    }
+
+    /// Containers and active snapshots in the namespace: what a run must never leave behind.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ctr(&["containers", "ls", "-q"])
+            .lines()
+            .map(|l| format!("container {l}"))
+            .collect();
+        out.extend(
+            self.ctr(&["snapshots", "ls"])
+                .lines()
+                .skip(1)
+                .filter(|l| l.trim_end().ends_with("Active"))
+                .map(|l| format!("active snapshot {l}")),
+        );
+        out
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        remove_namespace(&self.namespace);
+    }
+}
+
+pub fn ctr(namespace: &str, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("-n")
+        .arg(namespace)
+        .args(args)
+        .output()
+        .expect("run ctr");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deletes everything in a containerd namespace, then the namespace.
+pub fn remove_namespace(ns: &str) {
+    let ids = |args: &[&str]| -> Vec<String> {
+        ctr(ns, args)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    for task in ids(&["tasks", "ls", "-q"]) {
+        ctr(ns, &["tasks", "kill", "-s", "SIGKILL", &task]);
+        ctr(ns, &["tasks", "rm", "-f", &task]);
+    }
+    for c in ids(&["containers", "ls", "-q"]) {
+        ctr(ns, &["containers", "rm", &c]);
+    }
+    for i in ids(&["images", "ls", "-q"]) {
+        ctr(ns, &["images", "rm", &i]);
+    }
+    for l in ids(&["leases", "ls", "-q"]) {
+        ctr(ns, &["leases", "rm", &l]);
+    }
+    // Children before parents.
+    for _ in 0..100 {
+        let listing = ctr(ns, &["snapshots", "ls"]);
+        let rows: Vec<(String, String)> = listing
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.len() {
+                    3 => Some((f[0].to_string(), f[1].to_string())),
+                    2 => Some((f[0].to_string(), String::new())),
+                    _ => None,
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            break;
+        }
+        for (key, _) in rows
+            .iter()
+            .filter(|(k, _)| !rows.iter().any(|(_, p)| p == k))
+        {
+            ctr(ns, &["snapshots", "rm", key]);
+        }
+    }
+    for d in ids(&["content", "ls", "-q"]) {
+        ctr(ns, &["content", "rm", &d]);
+    }
+    let _ = Command::new("ctr").args(["namespaces", "rm", ns]).output();
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
