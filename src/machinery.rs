@@ -137,10 +137,11 @@ impl ContainerdMachinery {
             &self.ctd,
             lease,
             active,
-            req.parent.as_deref(),
+            req.parent.as_ref().map(|p| p.0.as_str()),
             key_label.clone(),
         )
         .await?;
+        tracing::debug!(key = %req.key.short(), "snapshot prepared");
         let who = self.resolve_user(&req.user, &mounts).await?;
         let run = ContainerRun {
             id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),
@@ -176,6 +177,7 @@ impl ContainerdMachinery {
                 }
                 Err(e) => return Err(e.into()),
             }
+            tracing::debug!(key = %req.key.short(), "snapshot committed");
             Some(name)
         } else {
             None
@@ -226,13 +228,15 @@ impl Machinery for ContainerdMachinery {
     async fn pull_image(
         &self,
         image: &ResolvedImage,
-    ) -> Result<(Option<String>, PullReport), SolveError> {
+    ) -> Result<(Option<SnapshotId>, PullReport), SolveError> {
         let lease = self.lease().await?;
-        Ok(rbuild_snapshotter::pull(&self.ctd, &self.registry, lease, image).await?)
+        let (top, report) =
+            rbuild_snapshotter::pull(&self.ctd, &self.registry, lease, image).await?;
+        Ok((top.map(SnapshotId), report))
     }
 
-    async fn snapshot_exists(&self, name: &str) -> Result<bool, SolveError> {
-        Ok(snapshots::stat(&self.ctd, name).await?.is_some())
+    async fn snapshot_exists(&self, snapshot: &SnapshotId) -> Result<bool, SolveError> {
+        Ok(snapshots::stat(&self.ctd, &snapshot.0).await?.is_some())
     }
 
     async fn exec(

@@ -89,7 +89,7 @@ impl From<crate::index::IndexError> for SolveError {
 pub struct ExecRequest {
     pub key: CacheKey,
     /// Snapshot the root filesystem starts from; None for an empty one.
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -124,8 +124,11 @@ pub trait Machinery: Send + Sync + 'static {
     fn pull_image(
         &self,
         image: &ResolvedImage,
-    ) -> impl Future<Output = Result<(Option<String>, PullReport), SolveError>> + Send;
-    fn snapshot_exists(&self, name: &str) -> impl Future<Output = Result<bool, SolveError>> + Send;
+    ) -> impl Future<Output = Result<(Option<SnapshotId>, PullReport), SolveError>> + Send;
+    fn snapshot_exists(
+        &self,
+        snapshot: &SnapshotId,
+    ) -> impl Future<Output = Result<bool, SolveError>> + Send;
     /// Runs a step; on exit code 0 commits its snapshot under a name derived from the key.
     fn exec(
         &self,
@@ -275,7 +278,7 @@ pub struct Solver<M: Machinery> {
     cancel: CancellationToken,
     tasks: TaskTracker,
     images: Memo<Arc<ResolvedImage>>,
-    pulls: Memo<Option<String>>,
+    pulls: Memo<Option<SnapshotId>>,
     steps: Memo<Arc<StepOutput>>,
     remakes: Memo<SnapshotId>,
 }
@@ -525,7 +528,7 @@ impl<M: Machinery> Solver<M> {
     fn materialize<'a>(
         self: &'a Arc<Self>,
         rootfs: &'a Rootfs,
-    ) -> BoxFuture<'a, Result<Option<String>, SolveError>> {
+    ) -> BoxFuture<'a, Result<Option<SnapshotId>, SolveError>> {
         async move {
             match rootfs {
                 Rootfs::Scratch => Ok(None),
@@ -559,8 +562,8 @@ impl<M: Machinery> Solver<M> {
                         .await
                 }
                 Rootfs::Step { output, plan } => {
-                    if self.machinery.snapshot_exists(&output.snapshot.0).await? {
-                        return Ok(Some(output.snapshot.0.clone()));
+                    if self.machinery.snapshot_exists(&output.snapshot).await? {
+                        return Ok(Some(output.snapshot.clone()));
                     }
                     tracing::warn!(key = %output.key, "cached step's snapshot is gone; running it again");
                     self.index.delete_step(&output.key)?;
@@ -572,7 +575,7 @@ impl<M: Machinery> Solver<M> {
                             this.execute(&plan).await.map(|(s, _)| s)
                         })
                         .await?;
-                    Ok(Some(snap.0))
+                    Ok(Some(snap))
                 }
             }
         }

@@ -64,13 +64,13 @@ impl Machinery for Fake {
     async fn pull_image(
         &self,
         _image: &ResolvedImage,
-    ) -> Result<(Option<String>, PullReport), SolveError> {
+    ) -> Result<(Option<SnapshotId>, PullReport), SolveError> {
         self.pulls.fetch_add(1, Ordering::SeqCst);
-        Ok((Some("image-top".into()), PullReport::default()))
+        Ok((Some(SnapshotId("image-top".into())), PullReport::default()))
     }
 
-    async fn snapshot_exists(&self, name: &str) -> Result<bool, SolveError> {
-        Ok(self.snapshots.lock().unwrap().contains(name))
+    async fn snapshot_exists(&self, snapshot: &SnapshotId) -> Result<bool, SolveError> {
+        Ok(self.snapshots.lock().unwrap().contains(&snapshot.0))
     }
 
     async fn exec(

@@ -396,3 +396,98 @@ fn a_killed_run_is_cleaned_up_by_the_next_one() {
         .ok();
     assert_eq!(again.ran(), 1, "{}", again.stderr);
 }
+
+#[test]
+fn a_pipeline_crate_directory_runs_with_the_embedded_sdk() {
+    let env = TestEnv::new("crate");
+    let dir = env.dir.path().join("ci");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    // Depends on rbuild-sdk as if from a registry: rbuild patches in its own copy.
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"ci\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nrbuild-sdk = \"0.1\"\ntokio = { version = \"1\", features = [\"macros\", \"rt-multi-thread\"] }\n\n\
+         [workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        format!(
+            "use rbuild_sdk as rb;\n#[tokio::main]\nasync fn main() -> rb::Result<()> {{\n\
+             let c = rb::connect().await?;\n\
+             let out = c.container().from({BUSYBOX:?}).with_exec([\"echo\", \"from a crate\"]).stdout().await?;\n\
+             print!(\"{{out}}\");\nOk(())\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = env.run(&dir, &[]).ok();
+    assert_eq!(out.stdout, "from a crate\n");
+    let again = env.run(&dir, &[]).ok();
+    assert!(!again.stderr.contains("Compiling"), "{}", again.stderr);
+    assert_eq!(again.cached(), 1);
+}
+
+#[test]
+fn blobs_and_snapshots_already_in_containerd_are_not_fetched_again() {
+    let env = TestEnv::new("reuse");
+    let args = [
+        &format!("from={BUSYBOX}") as &str,
+        "exec=echo reuse",
+        "print=stdout",
+    ];
+    let first = env.steps(&args).ok();
+    assert!(
+        first.stderr.contains("(1 of 1 layers fetched"),
+        "{}",
+        first.stderr
+    );
+    assert!(first.stderr.contains(", 1 unpacked)"), "{}", first.stderr);
+    // A second state root (empty index) on the same containerd namespace:
+    // the step runs again, but the image is already there.
+    let other_root = env.dir.path().join("root2");
+    let out = env
+        .command()
+        .env("RBUILD_ROOT", &other_root)
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("(0 of 1 layers fetched (0.0 MB), 0 unpacked)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_digest_reference_pulls_that_exact_manifest() {
+    let env = TestEnv::new("digest");
+    let head = std::process::Command::new("curl")
+        .args([
+            "-sfI",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            "http://127.0.0.1:5000/v2/busybox/manifests/latest",
+        ])
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&head.stdout);
+    let digest = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
+        .expect("registry returns the manifest digest")
+        .trim();
+    let reference = format!("127.0.0.1:5000/busybox@{digest}");
+    let out = env
+        .steps(&[
+            &format!("from={reference}"),
+            "exec=echo pinned",
+            "print=stdout",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "pinned\n");
+    assert!(env.ctr(&["images", "ls", "-q"]).contains(&reference));
+}

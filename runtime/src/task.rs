@@ -98,6 +98,7 @@ impl Containerd {
         io_dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<ProcessOutcome, Error> {
+        let t0 = std::time::Instant::now();
         let stdout_path = io_dir.join("stdout");
         let stderr_path = io_dir.join("stderr");
         // The read ends must be open before Tasks.Create, which blocks until
@@ -131,6 +132,11 @@ impl Containerd {
             }))
             .await
             .map_err(|s| Error::rpc("create container", &run.id, s))?;
+        tracing::debug!(
+            id = run.id,
+            ms = t0.elapsed().as_millis(),
+            "container created"
+        );
 
         self.tasks()
             .create(self.request(CreateTaskRequest {
@@ -144,6 +150,7 @@ impl Containerd {
             }))
             .await
             .map_err(|s| Error::rpc("create task", &run.id, s))?;
+        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
 
         let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
         let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
@@ -164,6 +171,7 @@ impl Containerd {
             }))
             .await
             .map_err(|s| Error::rpc("start task", &run.id, s))?;
+        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
 
         let mut waiter = waiter;
         let exit = tokio::select! {
@@ -182,7 +190,9 @@ impl Containerd {
 
         // Deleting the task makes the shim close its end of the FIFOs, which
         // ends the readers even if a background process kept them open.
+        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task exited");
         self.delete_task(&run.id).await?;
+        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task deleted");
         let stdout = stdout_reader.await.unwrap_or_default();
         let stderr = stderr_reader.await.unwrap_or_default();
         Ok(ProcessOutcome {
