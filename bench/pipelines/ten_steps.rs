@@ -1,0 +1,28 @@
+//! Benchmark pipeline: ten trivial steps, each on the previous one's result.
+//!
+//! `bench/run.sh` runs it with `rbuild run`. The first step's command carries
+//! `BENCH_NONCE`, so a new nonce changes all ten cache keys (a cold run that
+//! reuses the compiled pipeline) and the same nonce again hits all ten.
+
+use rbuild_sdk as rb;
+
+const IMAGE: &str = "127.0.0.1:5000/busybox:latest";
+const STEPS: usize = 10;
+
+#[tokio::main]
+async fn main() -> rb::Result<()> {
+    let nonce = std::env::var("BENCH_NONCE").unwrap_or_default();
+    let client = rb::connect().await?;
+
+    let mut container = client.container().from(IMAGE);
+    for n in 1..=STEPS {
+        let cmd = if n == 1 {
+            format!("echo step {n} {nonce}")
+        } else {
+            format!("echo step {n}")
+        };
+        container = container.with_exec(["sh", "-c", cmd.as_str()]);
+    }
+    print!("{}", container.stdout().await?);
+    Ok(())
+}
