@@ -16,8 +16,10 @@ use crate::index::Index;
 use crate::machinery::ContainerdMachinery;
 use crate::pipeline;
 use crate::progress::Progress;
+use crate::secrets::Secrets;
 use crate::session::Session;
-use crate::solver::Solver;
+use crate::solver::{Solver, SolverConfig};
+use crate::volumes::Volumes;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -60,18 +62,24 @@ impl Engine {
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: config.insecure_registries.clone(),
         });
-        let machinery = ContainerdMachinery::new(ctd, registry, scratch);
+        let machinery =
+            ContainerdMachinery::new(ctd, registry, Volumes::new(&config.root), scratch);
         machinery
             .remove_orphans()
             .await
             .context("clean up after an interrupted run")?;
-        let progress = Arc::new(Progress::stderr());
+        let secrets = Arc::new(Secrets::default());
+        let progress = Arc::new(Progress::stderr(secrets.clone()));
         let solver = Solver::new(
             machinery,
             index,
             progress.clone(),
-            host_platform(),
-            config.jobs,
+            SolverConfig {
+                platform: host_platform(),
+                jobs: config.jobs,
+                lock_dir: config.root.join("locks"),
+                secrets,
+            },
         );
         Ok(Engine { solver, progress })
     }

@@ -1,6 +1,6 @@
-//! The pipeline graph as the SDK describes it: values built from chains of
-//! operations, sent over the session as JSON. Pure data; evaluating it is
-//! the solver's job.
+//! The pipeline graph as the SDK describes it: values (containers,
+//! directories, files, secrets) built from chains of operations, sent over
+//! the session as JSON. Pure data; evaluating it is the solver's job.
 
 use serde::Deserialize;
 
@@ -8,10 +8,156 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContainerOp {
-    From { address: String },
-    WithExec { args: Vec<String> },
-    WithEnvVariable { name: String, value: String },
-    WithWorkdir { path: String },
+    From {
+        address: String,
+    },
+    WithExec {
+        args: Vec<String>,
+        #[serde(default)]
+        expect: Expect,
+        #[serde(default)]
+        stdin: Option<String>,
+        #[serde(default)]
+        use_entrypoint: bool,
+    },
+    WithEnvVariable {
+        name: String,
+        value: String,
+        #[serde(default)]
+        expand: bool,
+    },
+    WithoutEnvVariable {
+        name: String,
+    },
+    WithSecretVariable {
+        name: String,
+        secret: SecretDef,
+    },
+    WithWorkdir {
+        path: String,
+    },
+    WithUser {
+        name: String,
+    },
+    WithEntrypoint {
+        args: Vec<String>,
+    },
+    WithDefaultArgs {
+        args: Vec<String>,
+    },
+    WithLabel {
+        name: String,
+        value: String,
+    },
+    WithDirectory {
+        path: String,
+        directory: DirectoryDef,
+        #[serde(default)]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    WithFile {
+        path: String,
+        file: FileDef,
+        #[serde(default)]
+        permissions: Option<u32>,
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    WithNewFile {
+        path: String,
+        contents: String,
+        #[serde(default)]
+        permissions: Option<u32>,
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    WithoutFile {
+        path: String,
+    },
+    WithoutDirectory {
+        path: String,
+    },
+    WithMountedDirectory {
+        path: String,
+        directory: DirectoryDef,
+    },
+    WithMountedFile {
+        path: String,
+        file: FileDef,
+    },
+    WithMountedCache {
+        path: String,
+        volume: String,
+        #[serde(default)]
+        sharing: Sharing,
+    },
+    WithMountedTemp {
+        path: String,
+    },
+    WithMountedSecret {
+        path: String,
+        secret: SecretDef,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    WithoutMount {
+        path: String,
+    },
+}
+
+/// What a `with_exec` must end with to count as a result.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    #[default]
+    Success,
+    Failure,
+    Any,
+}
+
+impl Expect {
+    pub fn accepts(self, exit_code: i64) -> bool {
+        match self {
+            Expect::Success => exit_code == 0,
+            Expect::Failure => exit_code != 0,
+            Expect::Any => true,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Success => "success",
+            Expect::Failure => "failure",
+            Expect::Any => "any",
+        }
+    }
+}
+
+/// How concurrent users share a cache volume.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Everyone uses the same directory at once.
+    #[default]
+    Shared,
+    /// A concurrent user gets a directory of its own.
+    Private,
+    /// Users take turns.
+    Locked,
+}
+
+impl Sharing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Shared => "shared",
+            Sharing::Private => "private",
+            Sharing::Locked => "locked",
+        }
+    }
 }
 
 /// A `Container` value: the operations that built it, oldest first.
@@ -19,6 +165,113 @@ pub enum ContainerOp {
 #[serde(deny_unknown_fields)]
 pub struct ContainerDef {
     pub ops: Vec<ContainerOp>,
+}
+
+/// Where a `Directory` starts.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DirectorySource {
+    /// `client.directory()`
+    Empty,
+    /// `client.host().directory(path, opts)`; `path` is absolute.
+    Host {
+        path: String,
+        #[serde(default)]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+        #[serde(default)]
+        gitignore: bool,
+    },
+    /// `container.directory(path)`
+    Container {
+        container: ContainerDef,
+        path: String,
+    },
+}
+
+/// One builder call on a `Directory`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DirectoryOp {
+    Directory {
+        path: String,
+    },
+    WithNewFile {
+        path: String,
+        contents: String,
+        #[serde(default)]
+        permissions: Option<u32>,
+    },
+    WithFile {
+        path: String,
+        file: FileDef,
+        #[serde(default)]
+        permissions: Option<u32>,
+    },
+    WithDirectory {
+        path: String,
+        directory: DirectoryDef,
+        #[serde(default)]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    WithoutFile {
+        path: String,
+    },
+    WithoutDirectory {
+        path: String,
+    },
+    Filter {
+        #[serde(default)]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    Diff {
+        other: DirectoryDef,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryDef {
+    pub source: DirectorySource,
+    #[serde(default)]
+    pub ops: Vec<DirectoryOp>,
+}
+
+/// A `File` value.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FileDef {
+    /// `client.host().file(path)`; `path` is absolute.
+    Host { path: String },
+    /// `container.file(path)`
+    Container {
+        container: ContainerDef,
+        path: String,
+    },
+    /// `directory.file(path)`
+    Directory {
+        directory: DirectoryDef,
+        path: String,
+    },
+}
+
+/// A `Secret` value: a name (what cache keys and messages show) and where
+/// the plaintext comes from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    pub name: String,
+    /// `env:NAME`, `file:PATH` or `cmd:COMMAND`; absent for `set_secret`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// The plaintext, for `set_secret` only.
+    #[serde(default)]
+    pub plaintext: Option<String>,
 }
 
 /// Quotes argv for display the way a shell would accept it back.
@@ -48,16 +301,29 @@ mod tests {
             {"op": "from", "address": "127.0.0.1:5000/busybox:latest"},
             {"op": "with_env_variable", "name": "A", "value": "1"},
             {"op": "with_workdir", "path": "/src"},
-            {"op": "with_exec", "args": ["sh", "-c", "echo hi"]},
+            {"op": "with_directory", "path": "/src", "directory": {
+                "source": {"source": "host", "path": "/tmp/x", "exclude": ["target/"]},
+                "ops": [{"op": "with_new_file", "path": "a.txt", "contents": "hi"}]
+            }},
+            {"op": "with_mounted_cache", "path": "/cache", "volume": "v", "sharing": "locked"},
+            {"op": "with_exec", "args": ["sh", "-c", "echo hi"], "expect": "any"},
         ]}))
         .unwrap();
-        assert_eq!(def.ops.len(), 4);
-        assert_eq!(
-            def.ops[3],
+        assert_eq!(def.ops.len(), 6);
+        assert!(matches!(
+            def.ops[5],
             ContainerOp::WithExec {
-                args: vec!["sh".into(), "-c".into(), "echo hi".into()]
+                expect: Expect::Any,
+                ..
             }
-        );
+        ));
+        assert!(matches!(
+            def.ops[4],
+            ContainerOp::WithMountedCache {
+                sharing: Sharing::Locked,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -65,6 +331,13 @@ mod tests {
         let r: Result<ContainerDef, _> =
             serde_json::from_value(serde_json::json!({"ops": [{"op": "teleport"}]}));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn expectations() {
+        assert!(Expect::Success.accepts(0) && !Expect::Success.accepts(1));
+        assert!(Expect::Failure.accepts(2) && !Expect::Failure.accepts(0));
+        assert!(Expect::Any.accepts(0) && Expect::Any.accepts(9));
     }
 
     #[test]

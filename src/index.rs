@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rbuild_snapshotter::tree::{KnownHashes, StatKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::key::CacheKey;
@@ -22,6 +23,8 @@ pub struct SnapshotId(pub String);
 pub struct StepRecord {
     pub key: CacheKey,
     pub snapshot: SnapshotId,
+    /// Content identity of the step's result (see `solver::values`).
+    pub output: String,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: i64,
@@ -54,6 +57,15 @@ CREATE TABLE IF NOT EXISTS steps (
     last_used    INTEGER NOT NULL,
     description  TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS host_files (
+    path      TEXT PRIMARY KEY,
+    dev       INTEGER NOT NULL,
+    ino       INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    hash      BLOB NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS images (
     digest    TEXT NOT NULL,
     platform  TEXT NOT NULL,
@@ -82,6 +94,15 @@ impl Index {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Indexes written before results had a content identity.
+        let has_output: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = 'output'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
+        if !has_output {
+            conn.execute_batch("ALTER TABLE steps ADD COLUMN output TEXT NOT NULL DEFAULT ''")
+                .map_err(err)?;
+        }
         Ok(Index {
             conn: Mutex::new(conn),
         })
@@ -101,7 +122,7 @@ impl Index {
         self.with(|c| {
             let rec = c
                 .query_row(
-                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description
+                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output
                      FROM steps WHERE key = ?1",
                     params![hex],
                     |r| {
@@ -113,6 +134,14 @@ impl Index {
                             exit_code: r.get(3)?,
                             duration_ms: r.get::<_, i64>(4)? as u64,
                             description: r.get(5)?,
+                            output: {
+                                let o: String = r.get(6)?;
+                                if o.is_empty() {
+                                    format!("step:{hex}")
+                                } else {
+                                    o
+                                }
+                            },
                         })
                     },
                 )
@@ -133,10 +162,10 @@ impl Index {
         self.with(|c| {
             c.execute(
                 "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
-                                    created, last_used, description)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+                                    created, last_used, description, output)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
                  ON CONFLICT(key) DO UPDATE SET
-                    snapshot = excluded.snapshot, stdout = excluded.stdout,
+                    snapshot = excluded.snapshot, output = excluded.output, stdout = excluded.stdout,
                     stderr = excluded.stderr, exit_code = excluded.exit_code,
                     duration_ms = excluded.duration_ms, last_used = excluded.last_used,
                     description = excluded.description",
@@ -148,7 +177,8 @@ impl Index {
                     rec.exit_code,
                     rec.duration_ms as i64,
                     now,
-                    rec.description
+                    rec.description,
+                    rec.output
                 ],
             )?;
             Ok(())
@@ -161,6 +191,79 @@ impl Index {
             c.execute("DELETE FROM steps WHERE key = ?1", params![key.to_hex()])?;
             Ok(())
         })
+    }
+
+    /// What the stat cache knows about files under `root`, by path relative to it.
+    pub fn known_hashes(&self, root: &Path) -> Result<KnownHashes, IndexError> {
+        let prefix = format!("{}/", root.display().to_string().trim_end_matches('/'));
+        // Everything that starts with "<root>/": the range [prefix, prefix with '/' → '0').
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash FROM host_files
+                 WHERE path >= ?1 AND path < ?2",
+            )?;
+            let rows = stmt.query_map(params![prefix, end], |r| {
+                let path: String = r.get(0)?;
+                let hash: Vec<u8> = r.get(6)?;
+                Ok((
+                    path,
+                    StatKey {
+                        dev: r.get::<_, i64>(1)? as u64,
+                        ino: r.get::<_, i64>(2)? as u64,
+                        size: r.get::<_, i64>(3)? as u64,
+                        mtime_ns: r.get(4)?,
+                        ctime_ns: r.get(5)?,
+                    },
+                    hash,
+                ))
+            })?;
+            let mut out = KnownHashes::new();
+            for row in rows {
+                let (path, stat, hash) = row?;
+                if let (Some(rel), Ok(hash)) =
+                    (path.strip_prefix(&prefix), <[u8; 32]>::try_from(hash))
+                {
+                    out.insert(rel.to_string(), (stat, hash));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records files hashed under `root`.
+    pub fn put_known_hashes(&self, root: &Path, fresh: &KnownHashes) -> Result<(), IndexError> {
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let prefix = root.display().to_string().trim_end_matches('/').to_string();
+        let mut conn = self.conn.lock().expect("index mutex poisoned");
+        let err = |source| IndexError {
+            path: "host_files".into(),
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO host_files (path, dev, ino, size, mtime_ns, ctime_ns, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for (rel, (k, hash)) in fresh {
+                stmt.execute(params![
+                    format!("{prefix}/{rel}"),
+                    k.dev as i64,
+                    k.ino as i64,
+                    k.size as i64,
+                    k.mtime_ns,
+                    k.ctime_ns,
+                    hash.as_slice()
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     pub fn get_image(&self, digest: &str, platform: &str) -> Result<Option<String>, IndexError> {
@@ -199,6 +302,7 @@ mod tests {
         StepRecord {
             key: KeyBuilder::new("exec").field("cmd", cmd).finish(),
             snapshot: SnapshotId(format!("snap-{cmd}")),
+            output: format!("out:{cmd}"),
             stdout: b"out\n".to_vec(),
             stderr: vec![0xff, 0x00],
             exit_code: 0,
@@ -221,6 +325,32 @@ mod tests {
         assert_eq!(idx.get_step(&rec.key).unwrap(), Some(rec.clone()));
         idx.delete_step(&rec.key).unwrap();
         assert_eq!(idx.get_step(&rec.key).unwrap(), None);
+    }
+
+    #[test]
+    fn the_stat_cache_is_per_root_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.db")).unwrap();
+        let k = StatKey {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+        };
+        let mut fresh = KnownHashes::new();
+        fresh.insert("src/a.rs".into(), (k, [7; 32]));
+        idx.put_known_hashes(Path::new("/p/proj"), &fresh).unwrap();
+        let mut other = KnownHashes::new();
+        other.insert("x".into(), (k, [8; 32]));
+        idx.put_known_hashes(Path::new("/p/proj2"), &other).unwrap();
+        let known = idx.known_hashes(Path::new("/p/proj")).unwrap();
+        assert_eq!(
+            known.len(),
+            1,
+            "a sibling with a common prefix is not included"
+        );
+        assert_eq!(known["src/a.rs"], (k, [7; 32]));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Bumped when the meaning of a key changes, so old index rows stop matching.
-const KEY_SCHEMA: &[u8] = b"rbuild-key-v1";
+const KEY_SCHEMA: &[u8] = b"rbuild-key-v2";
 
 /// The identity of a step's result.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,19 +1,24 @@
-//! The solver's [`Machinery`] on real containerd and registries: glues
-//! rbuild-snapshotter (images, snapshots) and rbuild-runtime (containers)
-//! into "run this step on that parent and commit the result".
+//! The solver's [`Machinery`] on real containerd, registries and the host:
+//! glues rbuild-snapshotter (images, snapshots, trees) and rbuild-runtime
+//! (containers) into "run this step / apply these file operations on that
+//! parent and commit the result", and answers reads about trees.
 //!
 //! Owns the run's lease: everything created during a run is held by it
 //! until the solver has recorded it, and containerd expires it if rbuild
 //! dies, so a crash leaves nothing pinned for good.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use rbuild_runtime::containerd_client::types::Mount;
 use rbuild_runtime::{
-    CancellationToken, ContainerRun, Containerd, GC_ROOT_LABEL, LeaseId, OWNER_LABEL, Owner,
-    ProcessSpec,
+    CancellationToken, ContainerRun, Containerd, ExtraMount, GC_ROOT_LABEL, LeaseId, OWNER_LABEL,
+    Owner, ProcessSpec,
 };
+use rbuild_snapshotter::tree::{self, CopyFilter, HostNode};
 use rbuild_snapshotter::{
     ImageRef, MountedSnapshot, Platform, PullReport, Registry, ResolvedImage, snapshots,
     unique_suffix,
@@ -21,18 +26,26 @@ use rbuild_snapshotter::{
 use tokio::sync::OnceCell;
 
 use crate::index::SnapshotId;
-use crate::solver::{ExecOutcome, ExecRequest, Machinery, SolveError};
+use crate::solver::{
+    ApplyRequest, ExecOutcome, ExecRequest, FileAction, Machinery, MountRequest, ReadAnswer,
+    ReadOp, SolveError, Source,
+};
 use crate::user;
+use crate::volumes::{VolumeUse, Volumes};
 
 /// Label on step snapshots and containers: the cache key they belong to.
 pub const KEY_LABEL: &str = "rbuild.key";
 const LEASE_PREFIX: &str = "rbuild-run-";
 /// containerd drops a run's lease after this long even if rbuild never comes back.
 const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Early cutoff digests a step's changes only up to this many bytes of file
+/// content; beyond, the result is identified by its key.
+const CHANGES_DIGEST_BUDGET: u64 = 64 << 20;
 
 pub struct ContainerdMachinery {
     ctd: Containerd,
     registry: Registry,
+    volumes: Arc<Volumes>,
     lease: OnceCell<LeaseId>,
     /// Where FIFOs and temporary mount points live.
     scratch: PathBuf,
@@ -43,11 +56,54 @@ pub fn step_snapshot_name(key: &crate::key::CacheKey) -> SnapshotId {
     SnapshotId(format!("rbuild-step-{key}"))
 }
 
+/// A snapshot mounted on the host for the length of an operation: a view
+/// (read-only) or an active snapshot (writable), removed again on `close`.
+struct HostMount {
+    key: Option<String>,
+    mount: Option<MountedSnapshot>,
+    /// For the empty tree: a plain empty directory.
+    empty: Option<tempfile::TempDir>,
+}
+
+impl HostMount {
+    fn path(&self) -> &Path {
+        match (&self.mount, &self.empty) {
+            (Some(m), _) => m.path(),
+            (None, Some(e)) => e.path(),
+            (None, None) => unreachable!("a host mount has a path"),
+        }
+    }
+}
+
+/// The overlay upper directory and lower directories of a snapshot's mounts.
+fn overlay_dirs(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
+    let m = mounts.first()?;
+    if m.r#type == "bind" {
+        return Some((PathBuf::from(&m.source), Vec::new()));
+    }
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for o in &m.options {
+        if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(u));
+        } else if let Some(l) = o.strip_prefix("lowerdir=") {
+            lowers = l.split(':').map(PathBuf::from).collect();
+        }
+    }
+    Some((upper?, lowers))
+}
+
 impl ContainerdMachinery {
-    pub fn new(ctd: Containerd, registry: Registry, scratch: PathBuf) -> ContainerdMachinery {
+    pub fn new(
+        ctd: Containerd,
+        registry: Registry,
+        volumes: Volumes,
+        scratch: PathBuf,
+    ) -> ContainerdMachinery {
         ContainerdMachinery {
             ctd,
             registry,
+            volumes: Arc::new(volumes),
             lease: OnceCell::new(),
             scratch,
         }
@@ -76,8 +132,8 @@ impl ContainerdMachinery {
     }
 
     /// Removes what crashed or killed rbuild processes left behind:
-    /// containers and their tasks, active snapshots, and their leases (whose
-    /// uncommitted results containerd then collects).
+    /// containers and their tasks, active snapshots and views, and their
+    /// leases (whose uncommitted results containerd then collects).
     pub async fn remove_orphans(&self) -> Result<(), SolveError> {
         let containers = self.ctd.remove_orphan_containers().await?;
         let snaps = snapshots::remove_orphans(&self.ctd).await?;
@@ -108,45 +164,205 @@ impl ContainerdMachinery {
         Ok(())
     }
 
-    async fn resolve_user(
-        &self,
-        user: &str,
-        mounts: &[rbuild_runtime::containerd_client::types::Mount],
-    ) -> Result<user::ResolvedUser, SolveError> {
-        let (passwd, group) = if user::needs_lookup(user) {
-            let target = self.scratch.join(format!("mnt-{}", unique_suffix()));
-            let mounted = MountedSnapshot::mount(mounts, &target, true)?;
-            let read =
-                |p: &str| std::fs::read_to_string(mounted.path().join(p)).unwrap_or_default();
-            (read("etc/passwd"), read("etc/group"))
-        } else {
-            (String::new(), String::new())
-        };
-        user::resolve(user, &passwd, &group).map_err(SolveError::Invalid)
+    fn mount_point(&self) -> PathBuf {
+        self.scratch.join(format!("mnt-{}", unique_suffix()))
     }
 
+    /// Mounts a committed snapshot read-only (a view) on the host.
+    async fn view(&self, snapshot: Option<&SnapshotId>) -> Result<HostMount, SolveError> {
+        let Some(snapshot) = snapshot else {
+            let empty = tempfile::Builder::new()
+                .prefix("empty-")
+                .tempdir_in(&self.scratch)
+                .map_err(|e| SolveError::Internal(format!("create empty tree: {e}")))?;
+            return Ok(HostMount {
+                key: None,
+                mount: None,
+                empty: Some(empty),
+            });
+        };
+        let lease = self.lease().await?;
+        let key = format!("rbuild-view-{}", unique_suffix());
+        let mounts = snapshots::view(&self.ctd, lease, &key, &snapshot.0).await?;
+        self.host_mount(key, &mounts, true).await
+    }
+
+    /// Prepares a writable snapshot on `parent` and mounts it on the host.
+    async fn writable(
+        &self,
+        key: String,
+        parent: Option<&SnapshotId>,
+        labels: HashMap<String, String>,
+    ) -> Result<(HostMount, Vec<Mount>), SolveError> {
+        let lease = self.lease().await?;
+        let mounts =
+            snapshots::prepare(&self.ctd, lease, &key, parent.map(|p| p.0.as_str()), labels)
+                .await?;
+        Ok((self.host_mount(key, &mounts, false).await?, mounts))
+    }
+
+    async fn host_mount(
+        &self,
+        key: String,
+        mounts: &[Mount],
+        readonly: bool,
+    ) -> Result<HostMount, SolveError> {
+        let target = self.mount_point();
+        match MountedSnapshot::mount(mounts, &target, readonly) {
+            Ok(m) => Ok(HostMount {
+                key: Some(key),
+                mount: Some(m),
+                empty: None,
+            }),
+            Err(e) => {
+                let _ = snapshots::remove(&self.ctd, &key).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unmounts and removes a host mount's snapshot (unless `keep_snapshot`).
+    async fn close(&self, m: HostMount, keep_snapshot: bool) {
+        let HostMount { key, mount, empty } = m;
+        drop(mount);
+        drop(empty);
+        if let Some(key) = key
+            && !keep_snapshot
+            && let Err(e) = snapshots::remove(&self.ctd, &key).await
+        {
+            tracing::warn!(error = %e, key, "could not remove a temporary snapshot");
+        }
+    }
+
+    /// Commits an active snapshot as a step's result; an existing commit of
+    /// the same key (from an interrupted or concurrent run) is as good.
+    async fn commit(
+        &self,
+        active: &str,
+        key: &crate::key::CacheKey,
+    ) -> Result<SnapshotId, SolveError> {
+        let lease = self.lease().await?;
+        let name = step_snapshot_name(key);
+        let labels = HashMap::from([(KEY_LABEL.to_string(), key.to_hex())]);
+        match snapshots::commit(&self.ctd, lease, active, &name.0, labels).await {
+            Ok(()) => Ok(name),
+            Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
+                snapshots::remove(&self.ctd, active).await?;
+                Ok(name)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens whatever a source needs on the host: nothing for a host
+    /// directory, a read-only view for a snapshot.
+    async fn open_source(&self, source: &Source) -> Result<Option<HostMount>, SolveError> {
+        match source {
+            Source::Host { .. } => Ok(None),
+            Source::Snapshot { snapshot, .. } => Ok(Some(self.view(snapshot.as_ref()).await?)),
+        }
+    }
+
+    /// The numeric user of a step, looked up in the root filesystem's own
+    /// passwd/group when the spec has names. The root filesystem is mounted
+    /// on the host only for that moment: it must not be mounted twice while
+    /// the container runs.
+    fn step_user(&self, spec: &str, rootfs: &[Mount]) -> Result<user::ResolvedUser, SolveError> {
+        if !user::needs_lookup(spec) {
+            return user::resolve(spec, "", "").map_err(SolveError::Invalid);
+        }
+        let mounted = MountedSnapshot::mount(rootfs, &self.mount_point(), true)?;
+        resolve_user(spec, mounted.path())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn exec_in(
         &self,
         req: &ExecRequest,
         active: &str,
+        rootfs: &[Mount],
+        opened: &mut Vec<HostMount>,
+        volumes: &mut Vec<VolumeUse>,
+        secret_dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, SolveError> {
-        let lease = self.lease().await?;
-        let key_label = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
-        let mounts = snapshots::prepare(
-            &self.ctd,
-            lease,
-            active,
-            req.parent.as_ref().map(|p| p.0.as_str()),
-            key_label.clone(),
-        )
-        .await?;
-        tracing::debug!(key = %req.key.short(), "snapshot prepared");
-        let who = self.resolve_user(&req.user, &mounts).await?;
+        let who = self.step_user(&req.user, rootfs)?;
+        let mut extra = Vec::new();
+        let mut stub_targets = Vec::new();
+        // The host's name resolution, since steps share its network.
+        for f in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(f).exists() {
+                extra.push(bind(f, f, true));
+                stub_targets.push(f.to_string());
+            }
+        }
+        for (n, m) in req.mounts.iter().enumerate() {
+            stub_targets.push(m.target().to_string());
+            match m {
+                MountRequest::Snapshot {
+                    target,
+                    snapshot,
+                    path,
+                    file,
+                } => {
+                    let key = format!("rbuild-mount-{}", unique_suffix());
+                    let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+                    let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
+                    let source = tree::under(mnt.path(), path);
+                    opened.push(mnt);
+                    let meta = std::fs::metadata(&source).map_err(|_| {
+                        SolveError::Invalid(format!(
+                            "mount at {target}: {path} does not exist in the mounted value"
+                        ))
+                    })?;
+                    if meta.is_dir() == *file {
+                        return Err(SolveError::Invalid(format!(
+                            "mount at {target}: {path} is {}",
+                            if meta.is_dir() {
+                                "a directory, not a file"
+                            } else {
+                                "a file, not a directory"
+                            }
+                        )));
+                    }
+                    extra.push(bind(&source.to_string_lossy(), target, false));
+                }
+                MountRequest::Cache {
+                    target,
+                    volume,
+                    sharing,
+                } => {
+                    let vols = self.volumes.clone();
+                    let (volume, sharing) = (volume.clone(), *sharing);
+                    let v = tokio::task::spawn_blocking(move || vols.acquire(&volume, sharing))
+                        .await
+                        .map_err(|e| SolveError::Internal(format!("volume task: {e}")))?
+                        .map_err(|e| SolveError::Internal(format!("cache volume: {e}")))?;
+                    extra.push(bind(&v.path.to_string_lossy(), target, false));
+                    volumes.push(v);
+                }
+                MountRequest::Temp { target } => extra.push(ExtraMount {
+                    destination: target.clone(),
+                    kind: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["nosuid".into(), "nodev".into(), "mode=1777".into()],
+                }),
+                MountRequest::Secret {
+                    target,
+                    plaintext,
+                    mode,
+                } => {
+                    let file = secret_dir.join(format!("secret-{n}"));
+                    write_secret(&file, plaintext, *mode, (who.uid, who.gid))
+                        .map_err(|e| SolveError::Internal(format!("secret mount {target}: {e}")))?;
+                    extra.push(bind(&file.to_string_lossy(), target, true));
+                }
+            }
+        }
         let run = ContainerRun {
             id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),
             snapshot_key: active.to_string(),
-            rootfs: mounts,
+            rootfs: rootfs.to_vec(),
             process: ProcessSpec {
                 args: req.args.clone(),
                 env: req.env.clone(),
@@ -155,10 +371,12 @@ impl ContainerdMachinery {
                 gid: who.gid,
                 additional_gids: who.additional_gids,
             },
-            mounts: Vec::new(),
-            labels: key_label.clone(),
+            mounts: extra,
+            labels: HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]),
             io_dir: self.scratch.join("io"),
             output: None,
+            stdin: req.stdin.clone(),
+            host_network: true,
         };
         let outcome = self
             .ctd
@@ -166,29 +384,236 @@ impl ContainerdMachinery {
             .await
             .map_err(|e| explain_start_failure(&req.args, e))?;
         let exit_code = outcome.exit_code as i64;
-        let snapshot = if exit_code == 0 {
-            let name = step_snapshot_name(&req.key);
-            match snapshots::commit(&self.ctd, lease, active, &name.0, key_label).await {
-                Ok(()) => {}
-                // A committed snapshot is complete: one from an interrupted
-                // earlier run (or a concurrent one) is as good as ours.
-                Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
-                    snapshots::remove(&self.ctd, active).await?;
-                }
-                Err(e) => return Err(e.into()),
+        let mut changes = None;
+        let mut snapshot = None;
+        if req.expect.accepts(exit_code) {
+            if let Some((upper, lowers)) = overlay_dirs(rootfs) {
+                let started = Instant::now();
+                let digest = tokio::task::spawn_blocking(move || {
+                    tree::remove_mount_stubs(&upper, &lowers, &stub_targets)?;
+                    tree::upper_digest(&upper, CHANGES_DIGEST_BUDGET)
+                })
+                .await
+                .map_err(|e| SolveError::Internal(format!("digest task: {e}")))??;
+                tracing::debug!(
+                    key = %req.key.short(),
+                    ms = started.elapsed().as_millis(),
+                    known = digest.is_some(),
+                    "digested the step's changes"
+                );
+                changes = digest;
             }
-            tracing::debug!(key = %req.key.short(), "snapshot committed");
-            Some(name)
-        } else {
-            None
-        };
+            snapshot = Some(self.commit(active, &req.key).await?);
+        }
         Ok(ExecOutcome {
             exit_code,
             stdout: outcome.stdout,
             stderr: outcome.stderr,
             snapshot,
+            changes,
         })
     }
+
+    async fn apply_in(
+        &self,
+        req: &ApplyRequest,
+        target: &Path,
+        sources: &[Option<HostMount>],
+    ) -> Result<(), SolveError> {
+        let target = target.to_path_buf();
+        let actions = req.actions.clone();
+        let roots: Vec<Option<PathBuf>> = sources
+            .iter()
+            .map(|s| s.as_ref().map(|m| m.path().to_path_buf()))
+            .collect();
+        tokio::task::spawn_blocking(move || apply_actions(&target, &actions, &roots))
+            .await
+            .map_err(|e| SolveError::Internal(format!("file operation task: {e}")))?
+    }
+}
+
+fn bind(source: &str, target: &str, readonly: bool) -> ExtraMount {
+    ExtraMount {
+        destination: target.to_string(),
+        kind: "bind".into(),
+        source: source.to_string(),
+        options: vec!["rbind".into(), if readonly { "ro" } else { "rw" }.into()],
+    }
+}
+
+fn write_secret(
+    path: &Path,
+    plaintext: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+) -> std::io::Result<()> {
+    std::fs::write(path, plaintext)?;
+    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// The uid/gid of a user spec, read from the container's own passwd/group.
+fn resolve_user(spec: &str, rootfs: &Path) -> Result<user::ResolvedUser, SolveError> {
+    let (passwd, group) = if user::needs_lookup(spec) {
+        let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+        (read("etc/passwd"), read("etc/group"))
+    } else {
+        (String::new(), String::new())
+    };
+    user::resolve(spec, &passwd, &group).map_err(SolveError::Invalid)
+}
+
+/// Runs file actions against a mounted tree. `roots[i]` is where action i's
+/// source is mounted (None for a host source).
+fn apply_actions(
+    target: &Path,
+    actions: &[FileAction],
+    roots: &[Option<PathBuf>],
+) -> Result<(), SolveError> {
+    let owner_of = |o: &Option<String>| -> Result<Option<(u32, u32)>, SolveError> {
+        o.as_deref()
+            .map(|spec| resolve_user(spec, target).map(|u| (u.uid, u.gid)))
+            .transpose()
+    };
+    let mut root_iter = roots.iter();
+    for action in actions {
+        match action {
+            FileAction::Copy {
+                dest,
+                source,
+                include,
+                exclude,
+                owner,
+                permissions,
+            } => {
+                let root = root_iter.next().cloned().flatten();
+                let dst = tree::under(target, dest);
+                let owner = owner_of(owner)?;
+                match source {
+                    Source::Host { listing, path } => match listing.at(path) {
+                        Some(HostNode::Dir(sub)) => {
+                            let sub = sub.filtered(include, exclude)?;
+                            tree::make_parents(target, &dst)?;
+                            tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
+                        }
+                        Some(HostNode::File(entry)) => {
+                            tree::make_parents(target, &dst)?;
+                            let single = single_entry_listing(listing, entry);
+                            let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
+                            tree::copy_listing(&single, &tmp, owner.unwrap_or((0, 0)))?;
+                            tree::remove_path(&dst)?;
+                            std::fs::rename(tmp.join(&entry.rel), &dst)
+                                .map_err(|e| SolveError::Internal(format!("place {dest}: {e}")))?;
+                            let _ = std::fs::remove_dir(&tmp);
+                        }
+                        None => {
+                            return Err(SolveError::Invalid(format!(
+                                "{path} does not exist in host directory {}",
+                                listing.root.display()
+                            )));
+                        }
+                    },
+                    Source::Snapshot { path, .. } => {
+                        let root = root.expect("snapshot source is mounted");
+                        let src = tree::under(&root, path);
+                        if std::fs::symlink_metadata(&src).is_err() {
+                            return Err(SolveError::Invalid(format!(
+                                "{path} does not exist in the copied value"
+                            )));
+                        }
+                        let filter = CopyFilter::new(&src, include, exclude)?;
+                        tree::make_parents(target, &dst)?;
+                        tree::copy_tree(&src, &dst, &filter, owner)?;
+                    }
+                }
+                if let Some(p) = permissions {
+                    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*p))
+                        .map_err(|e| SolveError::Invalid(format!("chmod {dest}: {e}")))?;
+                }
+            }
+            FileAction::Write {
+                dest,
+                contents,
+                permissions,
+                owner,
+            } => {
+                let dst = tree::under(target, dest);
+                tree::make_parents(target, &dst)?;
+                tree::remove_path(&dst)?;
+                std::fs::write(&dst, contents.as_slice())
+                    .map_err(|e| SolveError::Invalid(format!("write {dest}: {e}")))?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*permissions))
+                    .map_err(|e| SolveError::Invalid(format!("chmod {dest}: {e}")))?;
+                let (uid, gid) = owner_of(owner)?.unwrap_or((0, 0));
+                std::os::unix::fs::chown(&dst, Some(uid), Some(gid))
+                    .map_err(|e| SolveError::Invalid(format!("chown {dest}: {e}")))?;
+            }
+            FileAction::Remove { path } => {
+                tree::remove_path(&tree::under(target, path))?;
+            }
+            FileAction::Diff { base, other } => {
+                let base_root = root_iter.next().cloned().flatten();
+                let other_root = root_iter.next().cloned().flatten();
+                let (Source::Snapshot { path: bp, .. }, Source::Snapshot { path: op, .. }) =
+                    (base, other)
+                else {
+                    unreachable!("diff sources are materialized as snapshots");
+                };
+                let b = tree::under(&base_root.expect("mounted"), bp);
+                let o = tree::under(&other_root.expect("mounted"), op);
+                copy_differences(&b, &o, target, Path::new(""))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn single_entry_listing(listing: &tree::HostListing, entry: &tree::HostEntry) -> tree::HostListing {
+    tree::HostListing {
+        root: listing.root.clone(),
+        entries: vec![entry.clone()],
+        digest: String::new(),
+        files_hashed: 0,
+        bytes_hashed: 0,
+    }
+}
+
+/// Copies entries of `other` that are absent from `base` or differ from it.
+fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result<(), SolveError> {
+    let dir = other.join(rel);
+    for name in tree::entries(&dir)? {
+        let r = rel.join(&name);
+        let o = other.join(&r);
+        let b = base.join(&r);
+        let om = std::fs::symlink_metadata(&o).map_err(|e| SolveError::Internal(e.to_string()))?;
+        let bm = std::fs::symlink_metadata(&b).ok();
+        if om.is_dir() {
+            if !bm.as_ref().is_some_and(|m| m.is_dir()) {
+                tree::copy_tree(&o, &out.join(&r), &CopyFilter::all(), None)?;
+            } else {
+                copy_differences(base, other, out, &r)?;
+            }
+            continue;
+        }
+        let same = match &bm {
+            Some(bm)
+                if bm.file_type() == om.file_type() && bm.permissions() == om.permissions() =>
+            {
+                if om.file_type().is_symlink() {
+                    std::fs::read_link(&o).ok() == std::fs::read_link(&b).ok()
+                } else {
+                    bm.len() == om.len() && tree::hash_file(&o)? == tree::hash_file(&b)?
+                }
+            }
+            _ => false,
+        };
+        if !same {
+            let dst = out.join(&r);
+            tree::make_parents(out, &dst)?;
+            tree::copy_tree(&o, &dst, &CopyFilter::all(), None)?;
+        }
+    }
+    Ok(())
 }
 
 /// runc's "cannot exec" (no such binary, not executable, bad working
@@ -245,15 +670,109 @@ impl Machinery for ContainerdMachinery {
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SolveError> {
         let active = format!("rbuild-active-{}-{}", req.key.short(), unique_suffix());
-        let result = self.exec_in(&req, &active, &cancel).await;
-        let committed = matches!(&result, Ok(o) if o.snapshot.is_some());
-        if !committed {
-            // Failed, cancelled or errored: the active snapshot must not outlive the step.
-            if let Err(e) = snapshots::remove(&self.ctd, &active).await {
-                tracing::warn!(error = %e, active, "could not remove a step's snapshot");
-            }
+        let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+        let lease = self.lease().await?;
+        let rootfs = snapshots::prepare(
+            &self.ctd,
+            lease,
+            &active,
+            req.parent.as_ref().map(|p| p.0.as_str()),
+            labels,
+        )
+        .await?;
+        // Secrets for mounts live in RAM (/dev/shm), never on disk.
+        let secret_dir = tempfile::Builder::new()
+            .prefix("rbuild-secrets-")
+            .tempdir_in("/dev/shm")
+            .map_err(|e| SolveError::Internal(format!("create secret directory: {e}")))?;
+        let mut opened = Vec::new();
+        let mut volumes = Vec::new();
+        let result = self
+            .exec_in(
+                &req,
+                &active,
+                &rootfs,
+                &mut opened,
+                &mut volumes,
+                secret_dir.path(),
+                &cancel,
+            )
+            .await;
+        drop(volumes);
+        drop(secret_dir);
+        for m in opened {
+            self.close(m, false).await;
+        }
+        // Failed, cancelled or errored: the active snapshot must not outlive
+        // the step. (Committed: it is no longer an active snapshot.)
+        if !matches!(&result, Ok(o) if o.snapshot.is_some())
+            && let Err(e) = snapshots::remove(&self.ctd, &active).await
+        {
+            tracing::warn!(error = %e, active, "could not remove a step's snapshot");
         }
         result
+    }
+
+    async fn apply(&self, req: ApplyRequest) -> Result<SnapshotId, SolveError> {
+        let active = format!("rbuild-active-{}-{}", req.key.short(), unique_suffix());
+        let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+        let (target, _) = self
+            .writable(active.clone(), req.parent.as_ref(), labels)
+            .await?;
+        let mut sources: Vec<Option<HostMount>> = Vec::new();
+        let mut result = Ok(());
+        for a in &req.actions {
+            let srcs: Vec<&Source> = match a {
+                FileAction::Copy { source, .. } => vec![source],
+                FileAction::Diff { base, other } => vec![base, other],
+                _ => vec![],
+            };
+            for s in srcs {
+                match self.open_source(s).await {
+                    Ok(m) => sources.push(m),
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.apply_in(&req, target.path(), &sources).await;
+        }
+        for m in sources.into_iter().flatten() {
+            self.close(m, false).await;
+        }
+        // Unmount before committing (or removing): containerd owns the bytes again.
+        let HostMount { mount, .. } = target;
+        drop(mount);
+        let committed = match result {
+            Ok(()) => self.commit(&active, &req.key).await,
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            let _ = snapshots::remove(&self.ctd, &active).await;
+        }
+        committed
+    }
+
+    async fn read(&self, source: Source, op: ReadOp) -> Result<ReadAnswer, SolveError> {
+        match &source {
+            Source::Host { listing, path } => {
+                let listing = listing.clone();
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read_host(&listing, &path, op))
+                    .await
+                    .map_err(|e| SolveError::Internal(format!("read task: {e}")))?
+            }
+            Source::Snapshot { snapshot, path } => {
+                let mounted = self.view(snapshot.as_ref()).await?;
+                let node = tree::under(mounted.path(), path);
+                let path = path.clone();
+                let answer = tokio::task::spawn_blocking(move || read_tree(&node, &path, op))
+                    .await
+                    .map_err(|e| SolveError::Internal(format!("read task: {e}")));
+                self.close(mounted, false).await;
+                answer?
+            }
+        }
     }
 
     async fn keep(&self, snapshot: &SnapshotId) -> Result<(), SolveError> {
@@ -264,4 +783,109 @@ impl Machinery for ContainerdMachinery {
         snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
         Ok(())
     }
+}
+
+fn not_found(path: &str) -> SolveError {
+    SolveError::Invalid(format!("{path}: no such file or directory"))
+}
+
+fn read_host(
+    listing: &tree::HostListing,
+    path: &str,
+    op: ReadOp,
+) -> Result<ReadAnswer, SolveError> {
+    let node = listing.at(path).ok_or_else(|| not_found(path))?;
+    Ok(match (node, op) {
+        (HostNode::Dir(d), ReadOp::Entries) => ReadAnswer::Names(
+            d.entries
+                .iter()
+                .filter(|e| !e.rel.contains('/'))
+                .map(|e| e.rel.clone())
+                .collect(),
+        ),
+        (HostNode::Dir(d), ReadOp::Glob(pattern)) => {
+            let glob = tree::glob_matcher(&pattern)?;
+            ReadAnswer::Names(
+                d.entries
+                    .iter()
+                    .filter(|e| glob.is_match(&e.rel))
+                    .map(|e| e.rel.clone())
+                    .collect(),
+            )
+        }
+        (HostNode::Dir(d), ReadOp::Digest) => ReadAnswer::Digest(d.digest),
+        (HostNode::Dir(d), ReadOp::Export(dest)) => {
+            tree::copy_listing(&d, &dest, (0, 0))?;
+            ReadAnswer::Done
+        }
+        (HostNode::File(e), ReadOp::Contents) => ReadAnswer::Bytes(listing.read(e)?),
+        (HostNode::File(e), ReadOp::Size) => ReadAnswer::Size(match e.kind {
+            tree::EntryKind::File { size, .. } => size,
+            _ => 0,
+        }),
+        (HostNode::File(e), ReadOp::Digest) => ReadAnswer::Digest(format!(
+            "blake3:{}",
+            blake3::hash(&listing.read(e)?).to_hex()
+        )),
+        (HostNode::File(e), ReadOp::Export(dest)) => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| SolveError::Invalid(e.to_string()))?;
+            }
+            std::fs::write(&dest, listing.read(e)?).map_err(|err| {
+                SolveError::Invalid(format!("export to {}: {err}", dest.display()))
+            })?;
+            ReadAnswer::Done
+        }
+        (HostNode::Dir(_), _) => {
+            return Err(SolveError::Invalid(format!(
+                "{path} is a directory, not a file"
+            )));
+        }
+        (HostNode::File(_), _) => {
+            return Err(SolveError::Invalid(format!(
+                "{path} is a file, not a directory"
+            )));
+        }
+    })
+}
+
+fn read_tree(node: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, SolveError> {
+    let meta = std::fs::symlink_metadata(node).map_err(|_| not_found(path))?;
+    let is_dir = meta.is_dir();
+    Ok(match op {
+        ReadOp::Entries if is_dir => ReadAnswer::Names(tree::entries(node)?),
+        ReadOp::Glob(p) if is_dir => ReadAnswer::Names(tree::glob(node, &p)?),
+        ReadOp::Digest if is_dir => ReadAnswer::Digest(tree::tree_digest(node)?),
+        ReadOp::Export(dest) if is_dir => {
+            tree::copy_tree(node, &dest, &CopyFilter::all(), None)?;
+            ReadAnswer::Done
+        }
+        ReadOp::Contents if !is_dir => ReadAnswer::Bytes(
+            std::fs::read(node).map_err(|e| SolveError::Invalid(format!("read {path}: {e}")))?,
+        ),
+        ReadOp::Size if !is_dir => {
+            ReadAnswer::Size(std::fs::metadata(node).map(|m| m.len()).unwrap_or(0))
+        }
+        ReadOp::Digest => {
+            ReadAnswer::Digest(format!("blake3:{}", hex::encode(tree::hash_file(node)?)))
+        }
+        ReadOp::Export(dest) => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| SolveError::Invalid(e.to_string()))?;
+            }
+            std::fs::copy(node, &dest)
+                .map_err(|e| SolveError::Invalid(format!("export to {}: {e}", dest.display())))?;
+            ReadAnswer::Done
+        }
+        _ if is_dir => {
+            return Err(SolveError::Invalid(format!(
+                "{path} is a directory, not a file"
+            )));
+        }
+        _ => {
+            return Err(SolveError::Invalid(format!(
+                "{path} is a file, not a directory"
+            )));
+        }
+    })
 }

@@ -8,12 +8,15 @@ mod engine;
 mod graph;
 mod index;
 mod key;
+mod locks;
 mod machinery;
 mod pipeline;
 mod progress;
+mod secrets;
 mod session;
 mod solver;
 mod user;
+mod volumes;
 
 use clap::Parser;
 

@@ -2,7 +2,9 @@
 //! (cached, done in N ms, failed). Its own channel (stderr), not log lines.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::secrets::Secrets;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A step's number in this run, as shown to the user (`#3`).
@@ -11,6 +13,8 @@ pub struct StepNo(pub u64);
 
 pub struct Progress {
     out: Mutex<Box<dyn Write + Send>>,
+    /// Every line is scrubbed of secret values before it is written.
+    secrets: Arc<Secrets>,
     next: AtomicU64,
     /// Counters for the summary line.
     ran: AtomicU64,
@@ -21,17 +25,18 @@ pub struct Progress {
 pub const STDERR_TAIL_LINES: usize = 20;
 
 impl Progress {
-    pub fn new(out: Box<dyn Write + Send>) -> Progress {
+    pub fn new(out: Box<dyn Write + Send>, secrets: Arc<Secrets>) -> Progress {
         Progress {
             out: Mutex::new(out),
+            secrets,
             next: AtomicU64::new(1),
             ran: AtomicU64::new(0),
             cached: AtomicU64::new(0),
         }
     }
 
-    pub fn stderr() -> Progress {
-        Progress::new(Box::new(std::io::stderr()))
+    pub fn stderr(secrets: Arc<Secrets>) -> Progress {
+        Progress::new(Box::new(std::io::stderr()), secrets)
     }
 
     fn next_step(&self) -> StepNo {
@@ -39,6 +44,7 @@ impl Progress {
     }
 
     fn line(&self, text: &str) {
+        let text = self.secrets.scrub_str(text);
         let mut out = self.out.lock().expect("progress lock poisoned");
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
@@ -62,6 +68,12 @@ impl Progress {
     pub fn done(&self, no: StepNo, millis: u128) {
         self.ran.fetch_add(1, Ordering::Relaxed);
         self.line(&format!("#{} DONE in {millis} ms", no.0));
+    }
+
+    /// A line of information that is not a step (a host directory scanned).
+    pub fn info(&self, text: &str) {
+        let no = self.next_step();
+        self.line(&format!("#{} {text}", no.0));
     }
 
     /// Work that is not a step (an image pull) finished.

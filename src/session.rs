@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::graph::ContainerDef;
-use crate::solver::{Machinery, SolveError, Solver};
+use crate::graph::{ContainerDef, DirectoryDef, FileDef};
+use crate::solver::{Machinery, ReadAnswer, ReadOp, SolveError, Solver, join_path};
 
 /// Environment variables that carry the session to the pipeline process.
 pub const SOCKET_ENV: &str = "RBUILD_SESSION";
@@ -50,6 +50,38 @@ enum Query {
     ExitCode { container: ContainerDef },
     #[serde(rename = "container.sync")]
     Sync { container: ContainerDef },
+    #[serde(rename = "directory.entries")]
+    Entries {
+        directory: DirectoryDef,
+        #[serde(default)]
+        path: Option<String>,
+    },
+    #[serde(rename = "directory.glob")]
+    Glob {
+        directory: DirectoryDef,
+        pattern: String,
+    },
+    #[serde(rename = "directory.digest")]
+    DirDigest { directory: DirectoryDef },
+    #[serde(rename = "directory.export")]
+    DirExport {
+        directory: DirectoryDef,
+        path: String,
+    },
+    #[serde(rename = "directory.sync")]
+    DirSync { directory: DirectoryDef },
+    #[serde(rename = "file.contents")]
+    Contents { file: FileDef },
+    #[serde(rename = "file.size")]
+    Size { file: FileDef },
+    #[serde(rename = "file.name")]
+    Name { file: FileDef },
+    #[serde(rename = "file.digest")]
+    FileDigest { file: FileDef },
+    #[serde(rename = "file.export")]
+    FileExport { file: FileDef, path: String },
+    #[serde(rename = "file.sync")]
+    FileSync { file: FileDef },
 }
 
 impl Session {
@@ -134,7 +166,7 @@ async fn serve<M: Machinery>(
             }
             match answer(solver, req.query).await {
                 Ok(v) => json!({ "ok": v }),
-                Err(e) => error_response(&e.to_string()),
+                Err(e) => error_response(&solver.secrets().scrub_str(&e.to_string())),
             }
         }
     };
@@ -172,6 +204,80 @@ async fn answer<M: Machinery>(solver: &Arc<Solver<M>>, query: Query) -> Result<V
             solver.container(&container).await?;
             Ok(Value::Null)
         }
+        Query::Entries { directory, path } => {
+            let d = solver.directory(&directory).await?;
+            let at = join_path(&d.path, path.as_deref().unwrap_or("."));
+            names(solver.read(&d.tree, &at, ReadOp::Entries).await?)
+        }
+        Query::Glob { directory, pattern } => {
+            let d = solver.directory(&directory).await?;
+            names(solver.read(&d.tree, &d.path, ReadOp::Glob(pattern)).await?)
+        }
+        Query::DirDigest { directory } => {
+            let d = solver.directory(&directory).await?;
+            digest(solver.read(&d.tree, &d.path, ReadOp::Digest).await?)
+        }
+        Query::DirExport { directory, path } => {
+            let d = solver.directory(&directory).await?;
+            solver
+                .read(&d.tree, &d.path, ReadOp::Export(PathBuf::from(&path)))
+                .await?;
+            Ok(Value::String(path))
+        }
+        Query::DirSync { directory } => {
+            solver.directory(&directory).await?;
+            Ok(Value::Null)
+        }
+        Query::Contents { file } => {
+            let f = solver.file(&file).await?;
+            match solver.read(&f.tree, &f.path, ReadOp::Contents).await? {
+                ReadAnswer::Bytes(b) => Ok(Value::String(String::from_utf8_lossy(&b).into_owned())),
+                other => Err(unexpected(other)),
+            }
+        }
+        Query::Size { file } => {
+            let f = solver.file(&file).await?;
+            match solver.read(&f.tree, &f.path, ReadOp::Size).await? {
+                ReadAnswer::Size(n) => Ok(json!(n)),
+                other => Err(unexpected(other)),
+            }
+        }
+        Query::Name { file } => Ok(Value::String(solver.file(&file).await?.name())),
+        Query::FileDigest { file } => {
+            let f = solver.file(&file).await?;
+            digest(solver.read(&f.tree, &f.path, ReadOp::Digest).await?)
+        }
+        Query::FileExport { file, path } => {
+            let f = solver.file(&file).await?;
+            solver
+                .read(&f.tree, &f.path, ReadOp::Export(PathBuf::from(&path)))
+                .await?;
+            Ok(Value::String(path))
+        }
+        Query::FileSync { file } => {
+            let f = solver.file(&file).await?;
+            // A file is there when it can be measured.
+            solver.read(&f.tree, &f.path, ReadOp::Size).await?;
+            Ok(Value::Null)
+        }
+    }
+}
+
+fn unexpected(a: ReadAnswer) -> SolveError {
+    SolveError::Internal(format!("unexpected answer from the machinery: {a:?}"))
+}
+
+fn names(a: ReadAnswer) -> Result<Value, SolveError> {
+    match a {
+        ReadAnswer::Names(n) => Ok(json!(n)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn digest(a: ReadAnswer) -> Result<Value, SolveError> {
+    match a {
+        ReadAnswer::Digest(d) => Ok(Value::String(d)),
+        other => Err(unexpected(other)),
     }
 }
 

@@ -6,7 +6,9 @@
 //! /sys read-only), Docker's default capability set, its own pid, ipc, uts,
 //! mount and network namespaces, the masked and read-only /proc paths, and
 //! `noNewPrivileges`. It does not own the root filesystem: containerd mounts
-//! the snapshot the caller prepared at `rootfs/`.
+//! the snapshot the caller prepared at `rootfs/`. A caller may share the
+//! host's network namespace instead (rbuild does, so that steps can fetch
+//! dependencies: there is no CNI network set up for them).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -87,6 +89,7 @@ pub fn build_spec(
     namespace: &str,
     process: &ProcessSpec,
     extra_mounts: &[ExtraMount],
+    host_network: bool,
 ) -> Result<Spec, Error> {
     let spec_err = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
 
@@ -135,17 +138,20 @@ pub fn build_spec(
         );
     }
 
-    let namespaces = [
+    let mut kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Network,
-    ]
-    .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(spec_err)?;
+    ];
+    if !host_network {
+        kinds.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = kinds
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_err)?;
 
     // Deny all devices; runc adds its default set (null, zero, full, tty,
     // random, urandom, ptmx) on top, as for `ctr run`.
@@ -261,7 +267,7 @@ mod tests {
             gid: 1000,
             additional_gids: vec![],
         };
-        let spec = build_spec("c1", "rbuild", &process, &[]).unwrap();
+        let spec = build_spec("c1", "rbuild", &process, &[], false).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["process"]["args"][2], "true");
         assert_eq!(json["process"]["cwd"], "/src");
@@ -297,5 +303,8 @@ mod tests {
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
         assert_eq!(json["linux"]["cgroupsPath"], "/rbuild/c1");
+        let host = build_spec("c1", "rbuild", &process, &[], true).unwrap();
+        let json = serde_json::to_value(&host).unwrap();
+        assert_eq!(json["linux"]["namespaces"].as_array().unwrap().len(), 4);
     }
 }

@@ -48,6 +48,10 @@ pub struct ContainerRun {
     pub labels: HashMap<String, String>,
     /// A private directory where the stdio FIFOs are made.
     pub io_dir: PathBuf,
+    /// Bytes fed to the process's standard input (then closed); None: no stdin.
+    pub stdin: Option<Vec<u8>>,
+    /// Share the host's network namespace instead of an empty one of its own.
+    pub host_network: bool,
     /// Receives output as it is produced, for live progress.
     pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
 }
@@ -105,8 +109,21 @@ impl Containerd {
         // the shim can open the write ends.
         let stdout = open_fifo(&stdout_path)?;
         let stderr = open_fifo(&stderr_path)?;
+        // stdin: opened read-write so that opening never blocks and the shim
+        // finds a writer; the data is written after Start and the end closed.
+        let stdin_path = io_dir.join("stdin");
+        let stdin = match &run.stdin {
+            Some(_) => Some(open_fifo_writer(&stdin_path)?),
+            None => None,
+        };
 
-        let spec = build_spec(&run.id, self.namespace(), &run.process, &run.mounts)?;
+        let spec = build_spec(
+            &run.id,
+            self.namespace(),
+            &run.process,
+            &run.mounts,
+            run.host_network,
+        )?;
         let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
         let mut labels = run.labels.clone();
         labels.insert(OWNER_LABEL.into(), Owner::current().label());
@@ -142,7 +159,11 @@ impl Containerd {
             .create(self.request(CreateTaskRequest {
                 container_id: run.id.clone(),
                 rootfs: run.rootfs.clone(),
-                stdin: String::new(),
+                stdin: if stdin.is_some() {
+                    stdin_path.to_string_lossy().into_owned()
+                } else {
+                    String::new()
+                },
                 stdout: stdout_path.to_string_lossy().into_owned(),
                 stderr: stderr_path.to_string_lossy().into_owned(),
                 terminal: false,
@@ -172,6 +193,13 @@ impl Containerd {
             .await
             .map_err(|s| Error::rpc("start task", &run.id, s))?;
         tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
+        if let (Some(mut tx), Some(data)) = (stdin, run.stdin.clone()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // A process that never reads its input just doesn't get it.
+                let _ = tx.write_all(&data).await;
+            });
+        }
 
         let mut waiter = waiter;
         let exit = tokio::select! {
@@ -290,6 +318,22 @@ fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
     }
     pipe::OpenOptions::new()
         .open_receiver(path)
+        .map_err(|e| Error::io("open FIFO", path, e))
+}
+
+fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(Error::io(
+            "create FIFO",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
         .map_err(|e| Error::io("open FIFO", path, e))
 }
 

@@ -13,6 +13,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod snapshots;
+pub mod tree;
 
 use std::path::PathBuf;
 
@@ -64,6 +65,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    InvalidPattern { pattern: String, reason: String },
     /// Internal: a concurrent unpack committed the same layer first.
     #[error("layer already unpacked")]
     AlreadyUnpacked,

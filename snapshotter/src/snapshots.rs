@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use rbuild_runtime::containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, PrepareSnapshotRequest,
-    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, ViewSnapshotRequest,
 };
 use rbuild_runtime::containerd_client::tonic::Code;
 use rbuild_runtime::containerd_client::types::Mount;
@@ -15,6 +15,7 @@ use rbuild_runtime::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
 use crate::Error;
 
 /// containerd's snapshot kinds (`snapshots.Kind`).
+const KIND_VIEW: i32 = 1;
 const KIND_ACTIVE: i32 = 2;
 
 pub async fn stat(ctd: &Containerd, name: &str) -> Result<Option<Info>, Error> {
@@ -55,6 +56,30 @@ pub async fn prepare(
         ))
         .await
         .map_err(|s| rbuild_runtime::Error::rpc("prepare snapshot", key, s))?;
+    Ok(resp.into_inner().mounts)
+}
+
+/// A read-only view `key` of committed snapshot `parent`; remove it when done.
+pub async fn view(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    key: &str,
+    parent: &str,
+) -> Result<Vec<Mount>, Error> {
+    let labels = HashMap::from([(OWNER_LABEL.to_string(), Owner::current().label())]);
+    let resp = ctd
+        .snapshots()
+        .view(ctd.leased(
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.to_string(),
+                parent: parent.to_string(),
+                labels,
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("view snapshot", parent, s))?;
     Ok(resp.into_inner().mounts)
 }
 
@@ -151,7 +176,7 @@ pub async fn remove_orphans(ctd: &Containerd) -> Result<usize, Error> {
             .get(OWNER_LABEL)
             .and_then(|l| Owner::parse(l))
             .is_some_and(|o| !o.is_alive());
-        if dead && info.kind == KIND_ACTIVE {
+        if dead && (info.kind == KIND_ACTIVE || info.kind == KIND_VIEW) {
             remove(ctd, &info.name).await?;
             removed += 1;
         }

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rbuild_snapshotter::BlobDesc;
+use rbuild_snapshotter::{BlobDesc, PullReport};
+
+use crate::graph::{Expect, SecretDef, Sharing};
 
 use super::*;
 
@@ -87,11 +89,20 @@ impl Machinery for Fake {
                 stdout: vec![],
                 stderr: b"line1\nboom\n".to_vec(),
                 snapshot: None,
+                changes: None,
             });
         }
         let name = format!("snap-{}", req.key);
         self.snapshots.lock().unwrap().insert(name.clone());
+        // A step whose command mentions "same-output" changes the tree the
+        // same way whatever else its command says (early cutoff's case).
+        let changes = req
+            .args
+            .iter()
+            .any(|a| a.contains("same-output"))
+            .then(|| "blake3:fixed-changes".to_string());
         Ok(ExecOutcome {
+            changes,
             exit_code: 0,
             // A counter makes every real execution's output unique, like random bytes.
             stdout: format!(
@@ -104,6 +115,20 @@ impl Machinery for Fake {
             stderr: vec![],
             snapshot: Some(SnapshotId(name)),
         })
+    }
+
+    async fn apply(&self, req: ApplyRequest) -> Result<SnapshotId, SolveError> {
+        self.execs
+            .lock()
+            .unwrap()
+            .push(vec![format!("apply {}", req.actions.len())]);
+        let name = format!("snap-{}", req.key);
+        self.snapshots.lock().unwrap().insert(name.clone());
+        Ok(SnapshotId(name))
+    }
+
+    async fn read(&self, _source: Source, _op: ReadOp) -> Result<ReadAnswer, SolveError> {
+        Ok(ReadAnswer::Done)
     }
 
     async fn keep(&self, _snapshot: &SnapshotId) -> Result<(), SolveError> {
@@ -148,15 +173,18 @@ impl Harness {
             ..Fake::default()
         };
         let out = Captured::default();
-        let progress = Arc::new(Progress::new(Box::new(out.clone())));
-        let platform = Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
+        let secrets = Arc::new(Secrets::default());
+        let progress = Arc::new(Progress::new(Box::new(out.clone()), secrets.clone()));
+        let config = SolverConfig {
+            platform: Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+            },
+            jobs: 4,
+            lock_dir: self._dir.path().join("locks"),
+            secrets,
         };
-        (
-            Solver::new(fake, self.index.clone(), progress, platform, 4),
-            out,
-        )
+        (Solver::new(fake, self.index.clone(), progress, config), out)
     }
 }
 
@@ -171,13 +199,21 @@ fn pipeline(steps: &[&[&str]], env: Option<(&str, &str)>) -> ContainerDef {
             ops.push(ContainerOp::WithEnvVariable {
                 name: n.into(),
                 value: v.into(),
+                expand: false,
             });
         }
-        ops.push(ContainerOp::WithExec {
-            args: s.iter().map(|a| a.to_string()).collect(),
-        });
+        ops.push(exec(s));
     }
     ContainerDef { ops }
+}
+
+fn exec(args: &[&str]) -> ContainerOp {
+    ContainerOp::WithExec {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        expect: Expect::Success,
+        stdin: None,
+        use_entrypoint: false,
+    }
 }
 
 fn execs(s: &Solver<Fake>) -> Vec<String> {
@@ -257,6 +293,7 @@ async fn a_failed_step_is_not_cached_and_is_retried() {
             command,
             exit_code,
             stderr_tail,
+            ..
         } => {
             assert_eq!(command, "exit=3");
             assert_eq!(*exit_code, 3);
@@ -340,9 +377,7 @@ async fn image_defaults_apply_and_workdir_resolves_relative_paths() {
     def.ops.push(ContainerOp::WithWorkdir {
         path: "sub/../app".into(),
     });
-    def.ops.push(ContainerOp::WithExec {
-        args: vec!["pwd".into()],
-    });
+    def.ops.push(exec(&["pwd"]));
     let out = stdout(&s, &def).await;
     assert!(out.contains("in /srv/app"), "{out}");
     assert!(out.contains("PATH=/bin"), "{out}");
@@ -353,9 +388,7 @@ async fn bad_input_is_a_clear_error() {
     let h = Harness::new();
     let (s, _) = h.run();
     let no_image = ContainerDef {
-        ops: vec![ContainerOp::WithExec {
-            args: vec!["true".into()],
-        }],
+        ops: vec![exec(&["true"])],
     };
     let e = s.container(&no_image).await.unwrap_err().to_string();
     assert!(e.contains(".from("), "{e}");
@@ -377,4 +410,105 @@ fn join_path_behaves_like_cd() {
     assert_eq!(join_path("/a/b", "../c"), "/a/c");
     assert_eq!(join_path("/a", "/abs/./x"), "/abs/x");
     assert_eq!(join_path("/", ".."), "/");
+}
+
+#[tokio::test]
+async fn identical_changes_let_the_next_step_hit_early_cutoff() {
+    let h = Harness::new();
+    let (first, _) = h.run();
+    stdout(
+        &first,
+        &pipeline(&[&["make same-output v1"], &["next"]], None),
+    )
+    .await;
+    let (second, progress) = h.run();
+    stdout(
+        &second,
+        &pipeline(&[&["make same-output v2"], &["next"]], None),
+    )
+    .await;
+    assert_eq!(
+        execs(&second),
+        ["make same-output v2"],
+        "the changed step ran, produced the same tree, and the next one hit"
+    );
+    let text = String::from_utf8(progress.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("exec next CACHED"), "{text}");
+}
+
+fn secret_pipeline(value: &str, volume: &str) -> ContainerDef {
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithSecretVariable {
+        name: "TOKEN".into(),
+        secret: SecretDef {
+            name: "token".into(),
+            uri: None,
+            plaintext: Some(value.into()),
+        },
+    });
+    def.ops.push(ContainerOp::WithMountedCache {
+        path: "/cache".into(),
+        volume: volume.into(),
+        sharing: Sharing::Shared,
+    });
+    def.ops.push(exec(&["use-token"]));
+    def
+}
+
+#[tokio::test]
+async fn secret_values_and_volume_contents_stay_out_of_keys_but_names_do_not() {
+    let h = Harness::new();
+    let (first, _) = h.run();
+    stdout(&first, &secret_pipeline("value-one", "deps")).await;
+    let (second, _) = h.run();
+    stdout(&second, &secret_pipeline("value-two", "deps")).await;
+    assert!(
+        execs(&second).is_empty(),
+        "a new secret value is not a new key"
+    );
+    let (third, _) = h.run();
+    stdout(&third, &secret_pipeline("value-two", "other-volume")).await;
+    assert_eq!(
+        execs(&third),
+        ["use-token"],
+        "another volume is another key"
+    );
+}
+
+#[tokio::test]
+async fn file_operations_are_cached_steps_too() {
+    let h = Harness::new();
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithNewFile {
+        path: "a.txt".into(),
+        contents: "hello".into(),
+        permissions: None,
+        owner: None,
+    });
+    def.ops.push(exec(&["cat", "a.txt"]));
+    let (first, _) = h.run();
+    stdout(&first, &def).await;
+    assert_eq!(execs(&first), ["apply 1", "cat a.txt"]);
+    let (second, _) = h.run();
+    stdout(&second, &def).await;
+    assert!(execs(&second).is_empty());
+    if let ContainerOp::WithNewFile { contents, .. } = &mut def.ops[1] {
+        *contents = "changed".into();
+    }
+    let (third, _) = h.run();
+    stdout(&third, &def).await;
+    assert_eq!(execs(&third), ["apply 1", "cat a.txt"]);
+}
+
+#[test]
+fn env_expansion() {
+    let env = |n: &str| match n {
+        "HOME" => Some("/root".to_string()),
+        "V" => Some("1".to_string()),
+        _ => None,
+    };
+    assert_eq!(
+        expand_env("$HOME/bin:${V}x:$NOPE:$", env),
+        "/root/bin:1x::$"
+    );
 }

@@ -1,0 +1,292 @@
+//! The cache-correctness cases of invariant 1 at the level of host
+//! directory digests, on real files.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::process::Command;
+
+use super::*;
+
+fn write(root: &Path, rel: &str, data: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn tree() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "Cargo.toml", "[package]\n");
+    write(d.path(), "src/main.rs", "fn main() {}\n");
+    write(d.path(), "src/lib.rs", "pub fn a() {}\n");
+    write(d.path(), "target/debug/out", "binary");
+    symlink("src/main.rs", d.path().join("link")).unwrap();
+    d
+}
+
+/// Scans with a persistent stat cache, like consecutive rbuild runs.
+struct Scanner {
+    known: KnownHashes,
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner {
+            known: KnownHashes::new(),
+        }
+    }
+    fn scan(&mut self, root: &Path, filter: &Filter) -> HostListing {
+        let (listing, fresh) = scan_host_dir(root, filter, &self.known).unwrap();
+        self.known.extend(fresh);
+        listing
+    }
+}
+
+fn digest(s: &mut Scanner, root: &Path) -> String {
+    s.scan(root, &Filter::default()).digest
+}
+
+#[test]
+fn an_edit_that_keeps_size_and_mtime_changes_the_digest() {
+    let d = tree();
+    let mut s = Scanner::new();
+    let before = digest(&mut s, d.path());
+    let f = d.path().join("src/main.rs");
+    let stamp = d.path().join("stamp");
+    fs::write(&stamp, "").unwrap();
+    assert!(
+        Command::new("touch")
+            .arg("-r")
+            .arg(&f)
+            .arg(&stamp)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Same length, different bytes, mtime put back: what `git checkout` with
+    // restored timestamps, or a fast clone, produces.
+    fs::write(&f, "fn main() {;}\n".replace(";}", "}")).unwrap();
+    fs::write(&f, "fn niam() {}\n").unwrap();
+    assert!(
+        Command::new("touch")
+            .arg("-r")
+            .arg(&stamp)
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let after = digest(&mut s, d.path());
+    assert_ne!(before, after);
+}
+
+#[test]
+fn mode_symlink_deletion_and_empty_dirs_change_the_digest() {
+    let d = tree();
+    let mut s = Scanner::new();
+    let mut seen = vec![digest(&mut s, d.path())];
+    let mut expect_new = |s: &mut Scanner, what: &str| {
+        let dg = digest(s, d.path());
+        assert!(!seen.contains(&dg), "{what} did not change the digest");
+        seen.push(dg);
+    };
+    fs::set_permissions(
+        d.path().join("src/lib.rs"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    expect_new(&mut s, "chmod");
+    fs::remove_file(d.path().join("link")).unwrap();
+    symlink("src/lib.rs", d.path().join("link")).unwrap();
+    expect_new(&mut s, "symlink retarget");
+    fs::remove_file(d.path().join("Cargo.toml")).unwrap();
+    expect_new(&mut s, "deletion");
+    fs::create_dir(d.path().join("empty")).unwrap();
+    expect_new(&mut s, "an added empty directory");
+}
+
+#[test]
+fn touch_and_a_fresh_copy_keep_the_digest() {
+    let d = tree();
+    let mut s = Scanner::new();
+    let before = digest(&mut s, d.path());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(
+        Command::new("touch")
+            .arg(d.path().join("src/main.rs"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let touched = s.scan(d.path(), &Filter::default());
+    assert_eq!(touched.digest, before);
+    assert_eq!(
+        touched.files_hashed, 1,
+        "only the touched file was read again"
+    );
+    let unchanged = s.scan(d.path(), &Filter::default());
+    assert_eq!(
+        unchanged.files_hashed, 0,
+        "the stat cache vouches for every file"
+    );
+
+    let copy = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(format!("{}/.", d.path().display()))
+            .arg(copy.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(digest(&mut Scanner::new(), copy.path()), before);
+}
+
+#[test]
+fn include_and_exclude_select_what_counts() {
+    let d = tree();
+    let mut s = Scanner::new();
+    let deps = Filter {
+        include: vec!["**/Cargo.toml".into(), "Cargo.lock".into()],
+        ..Filter::default()
+    };
+    let listing = s.scan(d.path(), &deps);
+    let rels: Vec<&str> = listing.entries.iter().map(|e| e.rel.as_str()).collect();
+    assert_eq!(rels, ["Cargo.toml"]);
+    let before = listing.digest;
+    write(d.path(), "src/main.rs", "fn main() { println!(); }\n");
+    assert_eq!(
+        s.scan(d.path(), &deps).digest,
+        before,
+        "sources are not part of the deps digest"
+    );
+    write(d.path(), "Cargo.lock", "# lock\n");
+    assert_ne!(
+        s.scan(d.path(), &deps).digest,
+        before,
+        "a file included now changes it"
+    );
+
+    let src = Filter {
+        exclude: vec!["target/".into()],
+        ..Filter::default()
+    };
+    let listing = s.scan(d.path(), &src);
+    assert!(listing.entries.iter().all(|e| !e.rel.starts_with("target")));
+    let before = listing.digest;
+    write(d.path(), "target/debug/out", "other binary");
+    assert_eq!(s.scan(d.path(), &src).digest, before);
+
+    let nested = Filter {
+        include: vec!["src/".into()],
+        exclude: vec!["lib.rs".into()],
+        ..Filter::default()
+    };
+    let rels: Vec<String> = s
+        .scan(d.path(), &nested)
+        .entries
+        .into_iter()
+        .map(|e| e.rel)
+        .collect();
+    assert_eq!(rels, ["src", "src/main.rs"]);
+}
+
+#[test]
+fn gitignore_is_honoured_on_request() {
+    let d = tree();
+    write(d.path(), ".gitignore", "target/\n*.log\n");
+    write(d.path(), "debug.log", "noise");
+    let mut s = Scanner::new();
+    let with = s.scan(
+        d.path(),
+        &Filter {
+            gitignore: true,
+            ..Filter::default()
+        },
+    );
+    let rels: Vec<&str> = with.entries.iter().map(|e| e.rel.as_str()).collect();
+    assert!(
+        !rels
+            .iter()
+            .any(|r| r.starts_with("target") || r.ends_with(".log")),
+        "{rels:?}"
+    );
+    assert!(rels.contains(&".gitignore"));
+    let without = s.scan(d.path(), &Filter::default());
+    assert!(without.entries.iter().any(|e| e.rel == "debug.log"));
+}
+
+#[test]
+fn copies_reproduce_the_digest() {
+    let d = tree();
+    let listing = Scanner::new().scan(d.path(), &Filter::default());
+    let out = tempfile::tempdir().unwrap();
+    copy_listing(&listing, &out.path().join("a"), (0, 0)).unwrap();
+    assert_eq!(tree_digest(&out.path().join("a")).unwrap(), listing.digest);
+    copy_tree(
+        &out.path().join("a"),
+        &out.path().join("b"),
+        &CopyFilter::all(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(tree_digest(&out.path().join("b")).unwrap(), listing.digest);
+    let f = CopyFilter::new(&out.path().join("a"), &[], &["target/".to_string()]).unwrap();
+    copy_tree(&out.path().join("a"), &out.path().join("c"), &f, None).unwrap();
+    assert!(!out.path().join("c/target").exists());
+    assert!(out.path().join("c/src/lib.rs").exists());
+}
+
+#[test]
+fn mount_stubs_are_removed_but_real_content_stays() {
+    let upper = tempfile::tempdir().unwrap();
+    let lower = tempfile::tempdir().unwrap();
+    fs::create_dir_all(lower.path().join("run")).unwrap();
+    // runc made /run/secrets/token (file) and /cache (dir) as mount points.
+    fs::create_dir_all(upper.path().join("run/secrets")).unwrap();
+    fs::write(upper.path().join("run/secrets/token"), "").unwrap();
+    fs::create_dir_all(upper.path().join("cache")).unwrap();
+    // The step wrote a real file next to one stub.
+    fs::create_dir_all(upper.path().join("data")).unwrap();
+    fs::write(upper.path().join("data/kept"), "x").unwrap();
+    fs::create_dir_all(upper.path().join("data/mnt")).unwrap();
+    remove_mount_stubs(
+        upper.path(),
+        &[lower.path().to_path_buf()],
+        &[
+            "/run/secrets/token".into(),
+            "/cache".into(),
+            "/data/mnt".into(),
+        ],
+    )
+    .unwrap();
+    assert!(!upper.path().join("run/secrets").exists());
+    assert!(!upper.path().join("cache").exists());
+    assert!(!upper.path().join("data/mnt").exists());
+    assert!(upper.path().join("data/kept").exists());
+}
+
+#[test]
+fn upper_digest_is_content_based_and_bounded() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write(a.path(), "out/x", "same bytes");
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    write(b.path(), "out/x", "same bytes");
+    let da = upper_digest(a.path(), 1 << 20).unwrap().unwrap();
+    assert_eq!(Some(da.clone()), upper_digest(b.path(), 1 << 20).unwrap());
+    write(b.path(), "out/x", "other bytes");
+    assert_ne!(Some(da), upper_digest(b.path(), 1 << 20).unwrap());
+    assert_eq!(
+        upper_digest(b.path(), 3).unwrap(),
+        None,
+        "over budget: unknown"
+    );
+}
+
+#[test]
+fn paths_stay_under_their_root() {
+    let r = Path::new("/mnt/x");
+    assert_eq!(under(r, "/a/b"), Path::new("/mnt/x/a/b"));
+    assert_eq!(under(r, "../../etc/passwd"), Path::new("/mnt/x/etc/passwd"));
+    assert_eq!(under(r, "a/../../b"), Path::new("/mnt/x/b"));
+}

@@ -1,0 +1,216 @@
+//! Secrets (DESIGN.md invariant 4): resolving `env:`, `file:` and `cmd:`
+//! sources and `set_secret` values, and scrubbing every known value out of
+//! whatever the engine stores or shows (step output, errors, progress).
+//!
+//! Plaintext lives only in this process's memory, in the runtime spec of
+//! the container that uses it (as an environment variable), and in a
+//! tmpfs file for mounted secrets. Cache keys use a secret's *name*, never
+//! its value: a changed value does not re-run a step (as in BuildKit and
+//! Dagger); rename the secret to force one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::graph::SecretDef;
+
+/// What replaces a secret value in output.
+pub const MASK: &[u8] = b"***";
+
+/// A resolved secret.
+pub struct SecretValue {
+    pub name: String,
+    plaintext: Vec<u8>,
+}
+
+impl SecretValue {
+    pub fn plaintext(&self) -> &[u8] {
+        &self.plaintext
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({:?})", self.name)
+    }
+}
+
+#[derive(Default)]
+pub struct Secrets {
+    resolved: Mutex<HashMap<SecretDef, Arc<SecretValue>>>,
+    /// Every value seen this session, longest first, for scrubbing.
+    values: RwLock<Vec<Vec<u8>>>,
+}
+
+impl Secrets {
+    /// Resolves a secret once per session. Errors name the secret and
+    /// never contain its value.
+    pub fn resolve(&self, def: &SecretDef) -> Result<Arc<SecretValue>, String> {
+        if let Some(v) = self.resolved.lock().unwrap().get(def) {
+            return Ok(v.clone());
+        }
+        let plaintext = match (&def.plaintext, &def.uri) {
+            (Some(p), _) => p.clone().into_bytes(),
+            (None, Some(uri)) => read_source(uri)?,
+            (None, None) => {
+                return Err(format!(
+                    "secret {:?} has neither a value nor a source",
+                    def.name
+                ));
+            }
+        };
+        let value = Arc::new(SecretValue {
+            name: def.name.clone(),
+            plaintext,
+        });
+        if !value.plaintext.is_empty() {
+            let mut values = self.values.write().unwrap();
+            if !values.contains(&value.plaintext) {
+                values.push(value.plaintext.clone());
+                values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+            }
+        }
+        self.resolved
+            .lock()
+            .unwrap()
+            .insert(def.clone(), value.clone());
+        Ok(value)
+    }
+
+    /// `bytes` with every secret value replaced by `***`.
+    pub fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
+        scrub_with(&self.values.read().unwrap(), bytes)
+    }
+
+    pub fn scrub_str(&self, s: &str) -> String {
+        String::from_utf8_lossy(&self.scrub(s.as_bytes())).into_owned()
+    }
+}
+
+fn scrub_with(values: &[Vec<u8>], bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for v in values {
+        if out.len() < v.len() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(v) {
+                next.extend_from_slice(MASK);
+                i += v.len();
+            } else {
+                next.push(out[i]);
+                i += 1;
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+fn read_source(uri: &str) -> Result<Vec<u8>, String> {
+    let (scheme, rest) = uri.split_once(':').ok_or_else(|| {
+        format!("secret source {uri:?}: expected env:NAME, file:PATH or cmd:COMMAND")
+    })?;
+    match scheme {
+        "env" => std::env::var_os(rest)
+            .map(std::os::unix::ffi::OsStringExt::into_vec)
+            .ok_or_else(|| format!("secret {uri}: environment variable {rest} is not set")),
+        "file" => std::fs::read(rest).map_err(|e| format!("secret {uri}: cannot read {rest}: {e}")),
+        "cmd" => {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(rest)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .map_err(|e| format!("secret {uri}: cannot run the command: {e}"))?;
+            if !out.status.success() {
+                // stdout would be the secret; only stderr is shown.
+                return Err(format!(
+                    "secret {uri}: the command failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let mut v = out.stdout;
+            // Like $(...) in a shell: one trailing newline is not part of the value.
+            if v.last() == Some(&b'\n') {
+                v.pop();
+            }
+            Ok(v)
+        }
+        other => Err(format!(
+            "secret source {uri:?}: unknown kind {other:?}; use env:NAME, file:PATH or cmd:COMMAND"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, uri: Option<&str>, plaintext: Option<&str>) -> SecretDef {
+        SecretDef {
+            name: name.into(),
+            uri: uri.map(String::from),
+            plaintext: plaintext.map(String::from),
+        }
+    }
+
+    #[test]
+    fn resolves_each_source() {
+        let s = Secrets::default();
+        unsafe { std::env::set_var("RBUILD_TEST_SECRET_ENV", "from-env") };
+        let v = s
+            .resolve(&def("e", Some("env:RBUILD_TEST_SECRET_ENV"), None))
+            .unwrap();
+        assert_eq!(v.plaintext(), b"from-env");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "from-file\n").unwrap();
+        let v = s
+            .resolve(&def(
+                "f",
+                Some(&format!("file:{}", f.path().display())),
+                None,
+            ))
+            .unwrap();
+        assert_eq!(v.plaintext(), b"from-file\n");
+        let v = s
+            .resolve(&def("c", Some("cmd:echo from-cmd"), None))
+            .unwrap();
+        assert_eq!(v.plaintext(), b"from-cmd");
+        let v = s.resolve(&def("p", None, Some("plain"))).unwrap();
+        assert_eq!(v.plaintext(), b"plain");
+    }
+
+    #[test]
+    fn errors_name_the_secret_not_the_value() {
+        let s = Secrets::default();
+        let e = s
+            .resolve(&def("x", Some("env:RBUILD_NO_SUCH_VAR"), None))
+            .unwrap_err();
+        assert!(e.contains("RBUILD_NO_SUCH_VAR"), "{e}");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "hunter2").unwrap();
+        let cmd = format!("cmd:cat {}; exit 3", f.path().display());
+        let e = s.resolve(&def("x", Some(&cmd), None)).unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = s.resolve(&def("x", Some("vault:thing"), None)).unwrap_err();
+        assert!(e.contains("env:NAME"), "{e}");
+    }
+
+    #[test]
+    fn scrubs_every_occurrence_longest_first() {
+        let s = Secrets::default();
+        s.resolve(&def("a", None, Some("hunter2"))).unwrap();
+        s.resolve(&def("b", None, Some("hunter2-extended")))
+            .unwrap();
+        let out = s.scrub(b"pw=hunter2 long=hunter2-extended end hunter2");
+        assert_eq!(out, b"pw=*** long=*** end ***".to_vec());
+        assert_eq!(s.scrub(b"nothing here"), b"nothing here".to_vec());
+    }
+}

@@ -1,0 +1,201 @@
+//! The narrow interface between the solver and the machinery that touches
+//! containerd, registries and the host: what to run, copy or read, on which
+//! (already materialized) snapshots. Nothing here knows about cache keys'
+//! composition or the index.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rbuild_runtime::CancellationToken;
+use rbuild_snapshotter::tree::HostListing;
+use rbuild_snapshotter::{ImageRef, Platform, PullReport, ResolvedImage};
+
+use super::SolveError;
+use crate::graph::{Expect, Sharing};
+use crate::index::SnapshotId;
+use crate::key::CacheKey;
+
+/// A mount of a step's container besides its root filesystem.
+#[derive(Clone, Debug)]
+pub enum MountRequest {
+    /// A directory (or a file, when `file`) of a snapshot; a writable copy
+    /// whose changes are discarded after the step. `snapshot: None` is the
+    /// empty tree.
+    Snapshot {
+        target: String,
+        snapshot: Option<SnapshotId>,
+        path: String,
+        file: bool,
+    },
+    Cache {
+        target: String,
+        volume: String,
+        sharing: Sharing,
+    },
+    Temp {
+        target: String,
+    },
+    Secret {
+        target: String,
+        plaintext: Arc<Vec<u8>>,
+        mode: u32,
+    },
+}
+
+impl MountRequest {
+    pub fn target(&self) -> &str {
+        match self {
+            MountRequest::Snapshot { target, .. }
+            | MountRequest::Cache { target, .. }
+            | MountRequest::Temp { target }
+            | MountRequest::Secret { target, .. } => target,
+        }
+    }
+}
+
+/// A step to run on a cache miss.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    pub key: CacheKey,
+    /// Snapshot the root filesystem starts from; None for an empty one.
+    pub parent: Option<SnapshotId>,
+    pub args: Vec<String>,
+    /// `NAME=value`, secrets already resolved.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<MountRequest>,
+    pub stdin: Option<Vec<u8>>,
+    /// The result is committed only when the exit code meets this.
+    pub expect: Expect,
+}
+
+/// What running a step produced. `snapshot` is set (committed) only when
+/// the exit code met the expectation.
+#[derive(Clone, Debug)]
+pub struct ExecOutcome {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub snapshot: Option<SnapshotId>,
+    /// Digest of what the step changed, when that was cheap to know.
+    pub changes: Option<String>,
+}
+
+/// Where file content comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A scanned host directory (taken from the host, checked against the scan).
+    Host {
+        listing: Arc<HostListing>,
+        path: String,
+    },
+    /// A path in a snapshot (None: the empty tree).
+    Snapshot {
+        snapshot: Option<SnapshotId>,
+        path: String,
+    },
+}
+
+/// One file operation on a snapshot being built.
+#[derive(Clone, Debug)]
+pub enum FileAction {
+    /// Copy a directory's contents (or a file) to `dest`.
+    Copy {
+        dest: String,
+        source: Source,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        owner: Option<String>,
+        permissions: Option<u32>,
+    },
+    Write {
+        dest: String,
+        contents: Arc<Vec<u8>>,
+        permissions: u32,
+        owner: Option<String>,
+    },
+    Remove {
+        path: String,
+    },
+    /// Copy what in `other` differs from `base` to the root.
+    Diff {
+        base: Source,
+        other: Source,
+    },
+}
+
+/// File operations applied on top of `parent`, committed as a new snapshot.
+#[derive(Clone, Debug)]
+pub struct ApplyRequest {
+    pub key: CacheKey,
+    pub parent: Option<SnapshotId>,
+    pub actions: Vec<FileAction>,
+}
+
+/// A read-only question about a tree.
+#[derive(Clone, Debug)]
+pub enum ReadOp {
+    Entries,
+    Glob(String),
+    Contents,
+    Size,
+    Digest,
+    Export(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    Names(Vec<String>),
+    Bytes(Vec<u8>),
+    Size(u64),
+    Digest(String),
+    Done,
+}
+
+/// Everything the solver needs from containerd, registries and the host.
+pub trait Machinery: Send + Sync + 'static {
+    /// The digest a reference points at now (a pinned reference: its own).
+    fn resolve_digest(
+        &self,
+        image: &ImageRef,
+    ) -> impl Future<Output = Result<String, SolveError>> + Send;
+    /// The image documents behind a digest, for a platform.
+    fn describe_image(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        platform: &Platform,
+    ) -> impl Future<Output = Result<ResolvedImage, SolveError>> + Send;
+    /// Makes the image's root filesystem present; returns its snapshot name
+    /// and what had to be fetched and unpacked.
+    fn pull_image(
+        &self,
+        image: &ResolvedImage,
+    ) -> impl Future<Output = Result<(Option<SnapshotId>, PullReport), SolveError>> + Send;
+    fn snapshot_exists(
+        &self,
+        snapshot: &SnapshotId,
+    ) -> impl Future<Output = Result<bool, SolveError>> + Send;
+    /// Runs a step; when its exit code meets the expectation, commits its
+    /// snapshot under a name derived from the key.
+    fn exec(
+        &self,
+        req: ExecRequest,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<ExecOutcome, SolveError>> + Send;
+    /// Applies file operations and commits the result under a name derived from the key.
+    fn apply(
+        &self,
+        req: ApplyRequest,
+    ) -> impl Future<Output = Result<SnapshotId, SolveError>> + Send;
+    /// Answers a read-only question about a tree.
+    fn read(
+        &self,
+        source: Source,
+        op: ReadOp,
+    ) -> impl Future<Output = Result<ReadAnswer, SolveError>> + Send;
+    /// Marks a committed step snapshot as kept (called after its index row exists).
+    fn keep(&self, snapshot: &SnapshotId) -> impl Future<Output = Result<(), SolveError>> + Send;
+}

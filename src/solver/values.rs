@@ -1,0 +1,384 @@
+//! Evaluated values and the plans of the steps that produce them.
+//!
+//! A [`Tree`] is a filesystem state and how to identify its content; a
+//! directory or file value is a tree and a path in it. Steps (`with_exec`
+//! and file operations) are [`StepPlan`]s whose cache key covers their
+//! definition and the content identities of their inputs — never a time,
+//! an inode or a host path (invariant 1).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rbuild_snapshotter::ResolvedImage;
+use rbuild_snapshotter::tree::HostListing;
+
+use crate::graph::{Expect, Sharing, shell_words};
+use crate::index::SnapshotId;
+use crate::key::{CacheKey, KeyBuilder};
+use crate::secrets::SecretValue;
+
+/// A filesystem state.
+#[derive(Clone, Debug)]
+pub enum Tree {
+    Empty,
+    Image(Arc<ResolvedImage>),
+    /// A scanned host directory, not copied anywhere until something needs it.
+    Host(Arc<HostListing>),
+    /// The committed result of a step.
+    Step(Arc<StepResult>),
+}
+
+impl Tree {
+    /// The content identity fed into cache keys: a content digest where
+    /// one is known (images, host directories, steps whose changes were
+    /// digested), else the key of the step that made it.
+    pub fn content_id(&self) -> String {
+        match self {
+            Tree::Empty => "empty".into(),
+            Tree::Image(img) => format!("image:{}", img.manifest.digest),
+            Tree::Host(listing) => format!("tree:{}", listing.digest),
+            Tree::Step(step) => step.output.clone(),
+        }
+    }
+}
+
+/// A directory value: `path` inside `tree`.
+#[derive(Clone, Debug)]
+pub struct DirValue {
+    pub tree: Tree,
+    pub path: String,
+}
+
+impl DirValue {
+    pub fn content_id(&self) -> String {
+        path_id(&self.tree, &self.path)
+    }
+}
+
+/// A file value: the file at `path` inside `tree`.
+#[derive(Clone, Debug)]
+pub struct FileValue {
+    pub tree: Tree,
+    pub path: String,
+}
+
+impl FileValue {
+    pub fn content_id(&self) -> String {
+        path_id(&self.tree, &self.path)
+    }
+
+    pub fn name(&self) -> String {
+        self.path.rsplit('/').next().unwrap_or_default().to_string()
+    }
+}
+
+fn path_id(tree: &Tree, path: &str) -> String {
+    if path == "/" {
+        tree.content_id()
+    } else {
+        format!("{}:{path}", tree.content_id())
+    }
+}
+
+/// An environment variable's value.
+#[derive(Clone, Debug)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(Arc<SecretValue>),
+}
+
+/// What a container mounts for the commands it runs.
+#[derive(Clone, Debug)]
+pub enum MountSpec {
+    Directory(DirValue),
+    File(FileValue),
+    Cache { volume: String, sharing: Sharing },
+    Temp,
+    Secret { secret: Arc<SecretValue>, mode: u32 },
+}
+
+impl MountSpec {
+    /// The mount's part of a cache key: content identities, volume names
+    /// and secret names, never volume contents or secret values.
+    fn key_part(&self, target: &str) -> String {
+        match self {
+            MountSpec::Directory(d) => format!("{target}\0dir\0{}", d.content_id()),
+            MountSpec::File(f) => format!("{target}\0file\0{}", f.content_id()),
+            MountSpec::Cache { volume, sharing } => {
+                format!("{target}\0cache\0{volume}\0{}", sharing.as_str())
+            }
+            MountSpec::Temp => format!("{target}\0tmpfs"),
+            MountSpec::Secret { secret, mode } => {
+                format!("{target}\0secret\0{}\0{mode:o}", secret.name)
+            }
+        }
+    }
+}
+
+/// A container value after evaluation.
+#[derive(Clone, Debug)]
+pub struct ContainerState {
+    pub rootfs: Tree,
+    pub env: Vec<(String, EnvValue)>,
+    pub workdir: String,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub default_args: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: BTreeMap<String, MountSpec>,
+    pub last_exec: Option<Arc<StepResult>>,
+}
+
+impl ContainerState {
+    pub fn scratch() -> ContainerState {
+        ContainerState {
+            rootfs: Tree::Empty,
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: String::new(),
+            entrypoint: Vec::new(),
+            default_args: Vec::new(),
+            labels: BTreeMap::new(),
+            mounts: BTreeMap::new(),
+            last_exec: None,
+        }
+    }
+
+    pub fn set_env(&mut self, name: &str, value: EnvValue) {
+        match self.env.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.env.push((name.to_string(), value)),
+        }
+    }
+
+    pub fn plain_env(&self, name: &str) -> Option<&str> {
+        self.env.iter().find_map(|(n, v)| match v {
+            EnvValue::Plain(p) if n == name => Some(p.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The last `with_exec`'s result, or an error saying there is none.
+    pub fn last_exec(&self, asked: &str) -> Result<&StepResult, super::SolveError> {
+        self.last_exec.as_deref().ok_or_else(|| {
+            super::SolveError::Invalid(format!(
+                "{asked}: the container has run no command; add .with_exec([...]) before asking for its {asked}"
+            ))
+        })
+    }
+
+    /// A path as the container sees it: relative paths are relative to the workdir.
+    pub fn resolve(&self, path: &str) -> String {
+        super::join_path(&self.workdir, path)
+    }
+}
+
+/// A step's result.
+#[derive(Debug)]
+pub struct StepResult {
+    pub key: CacheKey,
+    pub snapshot: SnapshotId,
+    /// Content identity of the resulting tree.
+    pub output: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i64,
+    /// How to make it again if its snapshot has gone missing.
+    pub plan: Arc<StepPlan>,
+}
+
+/// A step: its key, what it starts from, and what it does.
+#[derive(Debug)]
+pub struct StepPlan {
+    pub key: CacheKey,
+    pub parent: Tree,
+    pub description: String,
+    pub kind: StepKind,
+}
+
+#[derive(Debug)]
+pub enum StepKind {
+    Exec(ExecPlan),
+    Apply(Vec<PlannedAction>),
+}
+
+#[derive(Debug)]
+pub struct ExecPlan {
+    pub args: Vec<String>,
+    pub env: Vec<(String, EnvValue)>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<(String, MountSpec)>,
+    pub stdin: Option<String>,
+    pub expect: Expect,
+}
+
+/// A file operation with its sources still as values.
+#[derive(Clone, Debug)]
+pub enum PlannedAction {
+    CopyDir {
+        dest: String,
+        source: DirValue,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        owner: Option<String>,
+    },
+    CopyFile {
+        dest: String,
+        source: FileValue,
+        permissions: Option<u32>,
+        owner: Option<String>,
+    },
+    Write {
+        dest: String,
+        contents: Arc<Vec<u8>>,
+        permissions: u32,
+        owner: Option<String>,
+    },
+    Remove {
+        path: String,
+    },
+    Diff {
+        base: DirValue,
+        other: DirValue,
+    },
+}
+
+impl PlannedAction {
+    fn key_part(&self) -> String {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        match self {
+            PlannedAction::CopyDir {
+                dest,
+                source,
+                include,
+                exclude,
+                owner,
+            } => format!(
+                "copy-dir\0{dest}\0{}\0{}\0{}\0{}",
+                source.content_id(),
+                include.join("\u{1}"),
+                exclude.join("\u{1}"),
+                opt(owner)
+            ),
+            PlannedAction::CopyFile {
+                dest,
+                source,
+                permissions,
+                owner,
+            } => format!(
+                "copy-file\0{dest}\0{}\0{}\0{}",
+                source.content_id(),
+                permissions.map(|p| format!("{p:o}")).unwrap_or_default(),
+                opt(owner)
+            ),
+            PlannedAction::Write {
+                dest,
+                contents,
+                permissions,
+                owner,
+            } => format!(
+                "write\0{dest}\0{}\0{permissions:o}\0{}",
+                blake3::hash(contents).to_hex(),
+                opt(owner)
+            ),
+            PlannedAction::Remove { path } => format!("remove\0{path}"),
+            PlannedAction::Diff { base, other } => {
+                format!("diff\0{}\0{}", base.content_id(), other.content_id())
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PlannedAction::CopyDir { dest, source, .. } => match &source.tree {
+                Tree::Host(l) => format!(
+                    "copy {} to {dest}",
+                    l.root.join(source.path.trim_start_matches('/')).display()
+                ),
+                _ => format!("copy directory {} to {dest}", source.path),
+            },
+            PlannedAction::CopyFile { dest, source, .. } => {
+                format!("copy file {} to {dest}", source.path)
+            }
+            PlannedAction::Write { dest, .. } => format!("write {dest}"),
+            PlannedAction::Remove { path } => format!("remove {path}"),
+            PlannedAction::Diff { .. } => "diff directories".into(),
+        }
+    }
+}
+
+impl StepPlan {
+    /// A `with_exec` on a container.
+    pub fn exec(parent: Tree, exec: ExecPlan, platform: &str) -> StepPlan {
+        let mut env: Vec<String> = exec
+            .env
+            .iter()
+            .map(|(n, v)| match v {
+                EnvValue::Plain(p) => format!("{n}={p}"),
+                EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.name),
+            })
+            .collect();
+        env.sort();
+        let mounts: Vec<String> = exec.mounts.iter().map(|(t, m)| m.key_part(t)).collect();
+        let key = KeyBuilder::new("exec")
+            .list("args", &exec.args)
+            .list("env", &env)
+            .field("workdir", &exec.cwd)
+            .field("user", &exec.user)
+            .field("platform", platform)
+            .field("input.rootfs", &parent.content_id())
+            .list("mounts", &mounts)
+            .field(
+                "stdin",
+                &exec
+                    .stdin
+                    .as_ref()
+                    .map(|s| blake3::hash(s.as_bytes()).to_hex().to_string())
+                    .unwrap_or_default(),
+            )
+            .field("expect", exec.expect.as_str())
+            .finish();
+        StepPlan {
+            key,
+            parent,
+            description: format!("exec {}", shell_words(&exec.args)),
+            kind: StepKind::Exec(exec),
+        }
+    }
+
+    /// File operations on a tree.
+    pub fn apply(parent: Tree, actions: Vec<PlannedAction>) -> StepPlan {
+        let parts: Vec<String> = actions.iter().map(PlannedAction::key_part).collect();
+        let key = KeyBuilder::new("apply")
+            .field("input.rootfs", &parent.content_id())
+            .list("actions", &parts)
+            .finish();
+        let description = actions
+            .iter()
+            .map(PlannedAction::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        StepPlan {
+            key,
+            parent,
+            description,
+            kind: StepKind::Apply(actions),
+        }
+    }
+
+    /// The content identity of this step's result: derived from what it
+    /// changed when that is known (early cutoff), else from its key.
+    pub fn output_id(&self, changes: Option<&str>) -> String {
+        match (&self.kind, changes) {
+            (StepKind::Exec(_), Some(changes)) => {
+                let h = KeyBuilder::new("exec-output")
+                    .field("input.rootfs", &self.parent.content_id())
+                    .field("changes", changes)
+                    .finish();
+                format!("out:{h}")
+            }
+            _ => format!("step:{}", self.key),
+        }
+    }
+}
