@@ -288,7 +288,8 @@ impl ContainerdMachinery {
     ) -> Result<ExecOutcome, SolveError> {
         let who = self.step_user(&req.user, rootfs)?;
         let mut extra = Vec::new();
-        let mut stub_targets = Vec::new();
+        // Mount points runc creates when the image lacks them must not end up in results.
+        let mut stub_targets: Vec<String> = ["/proc", "/dev", "/sys"].map(String::from).to_vec();
         // The host's name resolution, since steps share its network.
         for f in ["/etc/resolv.conf", "/etc/hosts"] {
             if Path::new(f).exists() {
@@ -857,6 +858,9 @@ fn read_tree(node: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, SolveErr
         ReadOp::Glob(p) if is_dir => ReadAnswer::Names(tree::glob(node, &p)?),
         ReadOp::Digest if is_dir => ReadAnswer::Digest(tree::tree_digest(node)?),
         ReadOp::Export(dest) if is_dir => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| SolveError::Invalid(e.to_string()))?;
+            }
             tree::copy_tree(node, &dest, &CopyFilter::all(), None)?;
             ReadAnswer::Done
         }

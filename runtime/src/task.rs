@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
     container::Runtime,
 };
@@ -194,10 +194,19 @@ impl Containerd {
             .map_err(|s| Error::rpc("start task", &run.id, s))?;
         tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
         if let (Some(mut tx), Some(data)) = (stdin, run.stdin.clone()) {
+            let mut tasks = self.tasks();
+            let close = self.request(CloseIoRequest {
+                container_id: run.id.clone(),
+                exec_id: String::new(),
+                stdin: true,
+            });
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 // A process that never reads its input just doesn't get it.
                 let _ = tx.write_all(&data).await;
+                drop(tx);
+                // The shim holds the FIFO open; only CloseIO ends the process's stdin.
+                let _ = tasks.close_io(close).await;
             });
         }
 

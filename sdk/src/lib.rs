@@ -5,16 +5,19 @@
 //! containerd and is cached by the content of its inputs.
 //!
 //! ```no_run
-//! use rbuild_sdk as rb;
+//! use rbuild_sdk::{self as rb, DirOpts};
 //!
 //! #[tokio::main]
 //! async fn main() -> rb::Result<()> {
 //!     let client = rb::connect().await?;
+//!     let src = client.host().directory(".", DirOpts::default().exclude(["target/", ".git/"]));
 //!     let out = client
 //!         .container()
 //!         .from("127.0.0.1:5000/busybox:latest")
-//!         .with_env_variable("NAME", "world")
-//!         .with_exec(["sh", "-c", "echo hello $NAME"])
+//!         .with_directory("/src", &src)
+//!         .with_workdir("/src")
+//!         .with_mounted_cache("/cache", &client.cache_volume("demo"))
+//!         .with_exec(["sh", "-c", "ls | wc -l"])
 //!         .stdout()
 //!         .await?;
 //!     print!("{out}");
@@ -22,17 +25,20 @@
 //! }
 //! ```
 //!
-//! Values ([`Container`]) are immutable and lazy: builder methods return a
-//! new value describing more work, and nothing runs until a result is asked
-//! for ([`Container::stdout`], [`Container::stderr`], [`Container::exit_code`],
-//! [`Container::sync`]). Names follow Dagger's API in snake_case.
+//! Values ([`Container`], [`Directory`], [`File`], [`CacheVolume`],
+//! [`Secret`]) are immutable and lazy: builder methods return a new value
+//! describing more work, and nothing runs until a result is asked for
+//! (`stdout`, `stderr`, `exit_code`, `sync`, `contents`, `entries`,
+//! `digest`, `export`). Names follow Dagger's API in snake_case; options
+//! go in `*_opts` variants.
 //!
 //! This crate is only a client: the engine runs inside `rbuild run`, which
 //! hands the pipeline a private session socket.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -91,17 +97,14 @@ pub async fn connect() -> Result<Client> {
             "{TOKEN_ENV} is not set: start the pipeline with `rbuild run`"
         ))
     })?;
-    let client = Client {
-        session: Arc::new(Session {
-            socket: PathBuf::from(socket),
-            token,
-        }),
-    };
-    // Fail here, not at the first query, if the session is unreachable.
-    UnixStream::connect(&client.session.socket)
-        .await
-        .map_err(|e| client.session.unreachable(e))?;
-    Ok(client)
+    let session = Arc::new(Session {
+        socket: PathBuf::from(socket),
+        token,
+    });
+    if !session.socket.exists() {
+        return Err(session.unreachable(std::io::ErrorKind::NotFound.into()));
+    }
+    Ok(Client { session })
 }
 
 struct Session {
@@ -152,6 +155,83 @@ impl Session {
     }
 }
 
+/// Asks the engine `kind` about `subject`; the future owns what it needs,
+/// so it can be awaited inside `tokio::join!` on temporaries.
+fn ask(
+    session: &Arc<Session>,
+    kind: &str,
+    subject: (&str, Value),
+    extra: Option<(&str, Value)>,
+) -> impl Future<Output = Result<Value>> + Send + 'static {
+    let session = session.clone();
+    let mut query = json!({ "kind": kind });
+    query[subject.0] = subject.1;
+    if let Some((k, v)) = extra {
+        query[k] = v;
+    }
+    async move { session.query(query).await }
+}
+
+fn string(v: Value) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s),
+        other => Err(Error::new(format!(
+            "the engine sent {other} where text was expected"
+        ))),
+    }
+}
+
+fn strings(v: Value) -> Result<Vec<String>> {
+    serde_json::from_value(v).map_err(|e| Error::new(format!("unexpected engine answer: {e}")))
+}
+
+/// A host path as the engine needs it: absolute (relative to this process's
+/// working directory).
+fn host_path(path: impl AsRef<Path>) -> String {
+    std::path::absolute(path.as_ref())
+        .unwrap_or_else(|_| path.as_ref().to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn list<I, S>(items: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    items.into_iter().map(|s| s.as_ref().to_string()).collect()
+}
+
+/// One builder call, in a persistent list: extending a value is O(1) and
+/// shares the description of its parent.
+struct OpNode {
+    parent: Option<Arc<OpNode>>,
+    op: Value,
+}
+
+#[derive(Clone, Default)]
+struct Ops(Option<Arc<OpNode>>);
+
+impl Ops {
+    fn push(&self, op: Value) -> Ops {
+        Ops(Some(Arc::new(OpNode {
+            parent: self.0.clone(),
+            op,
+        })))
+    }
+
+    fn to_json(&self) -> Value {
+        let mut ops = Vec::new();
+        let mut node = self.0.as_deref();
+        while let Some(n) = node {
+            ops.push(n.op.clone());
+            node = n.parent.as_deref();
+        }
+        ops.reverse();
+        Value::Array(ops)
+    }
+}
+
 /// The entry point to the API: makes new values.
 #[derive(Clone)]
 pub struct Client {
@@ -163,16 +243,200 @@ impl Client {
     pub fn container(&self) -> Container {
         Container {
             session: self.session.clone(),
-            ops: None,
+            ops: Ops::default(),
+        }
+    }
+
+    /// An empty directory.
+    pub fn directory(&self) -> Directory {
+        Directory {
+            session: self.session.clone(),
+            source: json!({"source": "empty"}),
+            ops: Ops::default(),
+        }
+    }
+
+    /// Files and directories of the machine running the pipeline.
+    pub fn host(&self) -> Host {
+        Host {
+            session: self.session.clone(),
+        }
+    }
+
+    /// A named cache volume: contents persist across runs and never enter a
+    /// cache key. Mount it with [`Container::with_mounted_cache`].
+    pub fn cache_volume(&self, name: impl Into<String>) -> CacheVolume {
+        CacheVolume { name: name.into() }
+    }
+
+    /// A secret read by the engine from `env:NAME`, `file:PATH` or
+    /// `cmd:COMMAND` (its standard output, one trailing newline dropped).
+    pub fn secret(&self, uri: impl Into<String>) -> Secret {
+        let uri = uri.into();
+        Secret {
+            def: json!({"name": uri, "uri": uri}),
+        }
+    }
+
+    /// A secret with a value the pipeline already has.
+    pub fn set_secret(&self, name: impl Into<String>, value: impl Into<String>) -> Secret {
+        Secret {
+            def: json!({"name": name.into(), "plaintext": value.into()}),
         }
     }
 }
 
-/// One builder call, in a persistent list: extending a container is O(1)
-/// and shares the description of its parent.
-struct OpNode {
-    parent: Option<Arc<OpNode>>,
-    op: Value,
+/// Options of [`Host::directory`]. Patterns use `.gitignore` syntax:
+/// `target/` is a directory named target at any depth, `/target` only the
+/// top-level one, `**/Cargo.toml` every Cargo.toml.
+#[derive(Clone, Debug, Default)]
+pub struct DirOpts {
+    include: Vec<String>,
+    exclude: Vec<String>,
+    gitignore: bool,
+}
+
+impl DirOpts {
+    /// Take only what matches one of these patterns (and the directories leading to it).
+    pub fn include<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.include = list(patterns);
+        self
+    }
+
+    /// Leave out what matches one of these patterns.
+    pub fn exclude<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.exclude = list(patterns);
+        self
+    }
+
+    /// Also leave out what the tree's `.gitignore` files ignore.
+    pub fn gitignore(mut self, respect: bool) -> Self {
+        self.gitignore = respect;
+        self
+    }
+}
+
+/// The host's files.
+#[derive(Clone)]
+pub struct Host {
+    session: Arc<Session>,
+}
+
+impl Host {
+    /// A host directory, identified by the content of what the options
+    /// select (never by mtimes): an edit that keeps size and mtime still
+    /// invalidates, a `touch` does not.
+    pub fn directory(&self, path: impl AsRef<Path>, opts: DirOpts) -> Directory {
+        Directory {
+            session: self.session.clone(),
+            source: json!({
+                "source": "host",
+                "path": host_path(path),
+                "include": opts.include,
+                "exclude": opts.exclude,
+                "gitignore": opts.gitignore,
+            }),
+            ops: Ops::default(),
+        }
+    }
+
+    /// A host file.
+    pub fn file(&self, path: impl AsRef<Path>) -> File {
+        File {
+            session: self.session.clone(),
+            def: json!({"source": "host", "path": host_path(path)}),
+        }
+    }
+}
+
+/// A named cache volume (see [`Client::cache_volume`]).
+#[derive(Clone, Debug)]
+pub struct CacheVolume {
+    name: String,
+}
+
+/// How concurrent users share a cache volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// Everyone uses it at once.
+    #[default]
+    Shared,
+    /// A concurrent user gets an instance of its own.
+    Private,
+    /// Users take turns.
+    Locked,
+}
+
+impl Sharing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Shared => "shared",
+            Sharing::Private => "private",
+            Sharing::Locked => "locked",
+        }
+    }
+}
+
+/// A secret. Its value never reaches the cache index, a snapshot, a log or
+/// progress output, and is scrubbed from step output; it is not part of
+/// cache keys (its name is): a new value does not re-run a step.
+#[derive(Clone)]
+pub struct Secret {
+    def: Value,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.def["name"])
+    }
+}
+
+/// What a [`Container::with_exec_opts`] must end with to count as a result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReturnType {
+    /// Exit code 0 (the default): anything else fails the pipeline.
+    #[default]
+    Success,
+    /// A non-zero exit code; 0 fails.
+    Failure,
+    /// Any exit code; read it with [`Container::exit_code`].
+    Any,
+}
+
+/// Options of [`Container::with_exec_opts`].
+#[derive(Clone, Debug, Default)]
+pub struct ExecOpts {
+    pub expect: ReturnType,
+    /// Written to the command's standard input.
+    pub stdin: Option<String>,
+    /// Prefix the command with the container's entrypoint.
+    pub use_entrypoint: bool,
+}
+
+/// Options of the `*_opts` file methods.
+#[derive(Clone, Debug, Default)]
+pub struct FileOpts {
+    /// Permission bits, e.g. `0o755`.
+    pub permissions: Option<u32>,
+    /// `user[:group]`, names or numbers, resolved in the container.
+    pub owner: Option<String>,
+}
+
+/// Options of `with_directory_opts` and [`Directory::filter`].
+#[derive(Clone, Debug, Default)]
+pub struct DirectoryOpts {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// `user[:group]` for everything copied (containers only).
+    pub owner: Option<String>,
 }
 
 /// A container: a root filesystem and the configuration to run commands in it.
@@ -181,13 +445,13 @@ struct OpNode {
 #[derive(Clone)]
 pub struct Container {
     session: Arc<Session>,
-    ops: Option<Arc<OpNode>>,
+    ops: Ops,
 }
 
 impl fmt::Debug for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Container")
-            .field("ops", &self.describe()["ops"])
+            .field("ops", &self.ops.to_json())
             .finish()
     }
 }
@@ -196,26 +460,17 @@ impl Container {
     fn with(&self, op: Value) -> Container {
         Container {
             session: self.session.clone(),
-            ops: Some(Arc::new(OpNode {
-                parent: self.ops.clone(),
-                op,
-            })),
+            ops: self.ops.push(op),
         }
     }
 
-    fn describe(&self) -> Value {
-        let mut ops = Vec::new();
-        let mut node = self.ops.as_deref();
-        while let Some(n) = node {
-            ops.push(n.op.clone());
-            node = n.parent.as_deref();
-        }
-        ops.reverse();
-        json!({ "ops": ops })
+    fn def(&self) -> Value {
+        json!({ "ops": self.ops.to_json() })
     }
 
     /// Starts from an image in a registry (`registry/repository:tag` or `@sha256:…`).
-    /// Its environment, working directory and user become the container's.
+    /// Its environment, working directory, user, entrypoint and default
+    /// args become the container's.
     pub fn from(&self, address: impl Into<String>) -> Container {
         self.with(json!({"op": "from", "address": address.into()}))
     }
@@ -228,8 +483,27 @@ impl Container {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let args: Vec<String> = args.into_iter().map(|s| s.as_ref().to_string()).collect();
-        self.with(json!({"op": "with_exec", "args": args}))
+        self.with_exec_opts(args, ExecOpts::default())
+    }
+
+    /// [`Container::with_exec`] with an expected outcome, stdin, or the entrypoint.
+    pub fn with_exec_opts<I, S>(&self, args: I, opts: ExecOpts) -> Container
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let expect = match opts.expect {
+            ReturnType::Success => "success",
+            ReturnType::Failure => "failure",
+            ReturnType::Any => "any",
+        };
+        self.with(json!({
+            "op": "with_exec",
+            "args": list(args),
+            "expect": expect,
+            "stdin": opts.stdin,
+            "use_entrypoint": opts.use_entrypoint,
+        }))
     }
 
     /// Sets an environment variable for the commands that follow.
@@ -238,7 +512,31 @@ impl Container {
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Container {
-        self.with(json!({"op": "with_env_variable", "name": name.into(), "value": value.into()}))
+        self.with_env_variable_opts(name, value, false)
+    }
+
+    /// With `expand`, `$VAR` and `${VAR}` in `value` are replaced with the
+    /// container's current values.
+    pub fn with_env_variable_opts(
+        &self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+        expand: bool,
+    ) -> Container {
+        self.with(json!({"op": "with_env_variable", "name": name.into(), "value": value.into(), "expand": expand}))
+    }
+
+    pub fn without_env_variable(&self, name: impl Into<String>) -> Container {
+        self.with(json!({"op": "without_env_variable", "name": name.into()}))
+    }
+
+    /// An environment variable whose value is a secret.
+    pub fn with_secret_variable(
+        &self,
+        name: impl Into<String>,
+        secret: impl Borrow<Secret>,
+    ) -> Container {
+        self.with(json!({"op": "with_secret_variable", "name": name.into(), "secret": secret.borrow().def}))
     }
 
     /// Sets the working directory (relative paths are relative to the current one).
@@ -246,21 +544,187 @@ impl Container {
         self.with(json!({"op": "with_workdir", "path": path.into()}))
     }
 
-    /// A query about this container. The future owns what it needs, so
-    /// `base.with_exec(..).stdout()` can be awaited inside `tokio::join!`.
-    fn ask(&self, kind: &str) -> impl Future<Output = Result<Value>> + Send + 'static {
-        let session = self.session.clone();
-        let query = json!({"kind": kind, "container": self.describe()});
-        async move { session.query(query).await }
+    /// The user commands run as: `name`, `uid`, `name:group` or `uid:gid`.
+    pub fn with_user(&self, name: impl Into<String>) -> Container {
+        self.with(json!({"op": "with_user", "name": name.into()}))
     }
 
-    /// What the last `with_exec` wrote to standard output.
+    pub fn with_entrypoint<I, S>(&self, args: I) -> Container
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.with(json!({"op": "with_entrypoint", "args": list(args)}))
+    }
+
+    /// The command `with_exec([])` runs.
+    pub fn with_default_args<I, S>(&self, args: I) -> Container
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.with(json!({"op": "with_default_args", "args": list(args)}))
+    }
+
+    pub fn with_label(&self, name: impl Into<String>, value: impl Into<String>) -> Container {
+        self.with(json!({"op": "with_label", "name": name.into(), "value": value.into()}))
+    }
+
+    /// Copies a directory's contents to `path` (merging with what is there).
+    pub fn with_directory(
+        &self,
+        path: impl Into<String>,
+        dir: impl Borrow<Directory>,
+    ) -> Container {
+        self.with_directory_opts(path, dir, DirectoryOpts::default())
+    }
+
+    pub fn with_directory_opts(
+        &self,
+        path: impl Into<String>,
+        dir: impl Borrow<Directory>,
+        opts: DirectoryOpts,
+    ) -> Container {
+        self.with(json!({
+            "op": "with_directory", "path": path.into(), "directory": dir.borrow().def(),
+            "include": opts.include, "exclude": opts.exclude, "owner": opts.owner,
+        }))
+    }
+
+    /// Copies a file to `path`.
+    pub fn with_file(&self, path: impl Into<String>, file: impl Borrow<File>) -> Container {
+        self.with_file_opts(path, file, FileOpts::default())
+    }
+
+    pub fn with_file_opts(
+        &self,
+        path: impl Into<String>,
+        file: impl Borrow<File>,
+        opts: FileOpts,
+    ) -> Container {
+        self.with(json!({
+            "op": "with_file", "path": path.into(), "file": file.borrow().def,
+            "permissions": opts.permissions, "owner": opts.owner,
+        }))
+    }
+
+    /// Writes a new file (mode 0644 unless given).
+    pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<String>) -> Container {
+        self.with_new_file_opts(path, contents, FileOpts::default())
+    }
+
+    pub fn with_new_file_opts(
+        &self,
+        path: impl Into<String>,
+        contents: impl Into<String>,
+        opts: FileOpts,
+    ) -> Container {
+        self.with(json!({
+            "op": "with_new_file", "path": path.into(), "contents": contents.into(),
+            "permissions": opts.permissions, "owner": opts.owner,
+        }))
+    }
+
+    pub fn without_file(&self, path: impl Into<String>) -> Container {
+        self.with(json!({"op": "without_file", "path": path.into()}))
+    }
+
+    pub fn without_directory(&self, path: impl Into<String>) -> Container {
+        self.with(json!({"op": "without_directory", "path": path.into()}))
+    }
+
+    /// Mounts a directory for the commands that follow; what they change in
+    /// it is not kept.
+    pub fn with_mounted_directory(
+        &self,
+        path: impl Into<String>,
+        dir: impl Borrow<Directory>,
+    ) -> Container {
+        self.with(json!({"op": "with_mounted_directory", "path": path.into(), "directory": dir.borrow().def()}))
+    }
+
+    pub fn with_mounted_file(&self, path: impl Into<String>, file: impl Borrow<File>) -> Container {
+        self.with(
+            json!({"op": "with_mounted_file", "path": path.into(), "file": file.borrow().def}),
+        )
+    }
+
+    /// Mounts a cache volume (shared between concurrent users).
+    pub fn with_mounted_cache(
+        &self,
+        path: impl Into<String>,
+        cache: impl Borrow<CacheVolume>,
+    ) -> Container {
+        self.with_mounted_cache_opts(path, cache, Sharing::Shared)
+    }
+
+    pub fn with_mounted_cache_opts(
+        &self,
+        path: impl Into<String>,
+        cache: impl Borrow<CacheVolume>,
+        sharing: Sharing,
+    ) -> Container {
+        self.with(json!({
+            "op": "with_mounted_cache", "path": path.into(),
+            "volume": cache.borrow().name, "sharing": sharing.as_str(),
+        }))
+    }
+
+    /// Mounts an empty tmpfs.
+    pub fn with_mounted_temp(&self, path: impl Into<String>) -> Container {
+        self.with(json!({"op": "with_mounted_temp", "path": path.into()}))
+    }
+
+    /// Mounts a secret as a read-only file (mode 0400 unless given).
+    pub fn with_mounted_secret(
+        &self,
+        path: impl Into<String>,
+        secret: impl Borrow<Secret>,
+    ) -> Container {
+        self.with_mounted_secret_opts(path, secret, None)
+    }
+
+    pub fn with_mounted_secret_opts(
+        &self,
+        path: impl Into<String>,
+        secret: impl Borrow<Secret>,
+        mode: Option<u32>,
+    ) -> Container {
+        self.with(json!({"op": "with_mounted_secret", "path": path.into(), "secret": secret.borrow().def, "mode": mode}))
+    }
+
+    pub fn without_mount(&self, path: impl Into<String>) -> Container {
+        self.with(json!({"op": "without_mount", "path": path.into()}))
+    }
+
+    /// A directory of this container's filesystem.
+    pub fn directory(&self, path: impl Into<String>) -> Directory {
+        Directory {
+            session: self.session.clone(),
+            source: json!({"source": "container", "container": self.def(), "path": path.into()}),
+            ops: Ops::default(),
+        }
+    }
+
+    /// A file of this container's filesystem.
+    pub fn file(&self, path: impl Into<String>) -> File {
+        File {
+            session: self.session.clone(),
+            def: json!({"source": "container", "container": self.def(), "path": path.into()}),
+        }
+    }
+
+    fn ask(&self, kind: &str) -> impl Future<Output = Result<Value>> + Send + 'static {
+        ask(&self.session, kind, ("container", self.def()), None)
+    }
+
+    /// What the last `with_exec` wrote to standard output (secrets scrubbed).
     pub fn stdout(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         let answer = self.ask("container.stdout");
         async move { string(answer.await?) }
     }
 
-    /// What the last `with_exec` wrote to standard error.
+    /// What the last `with_exec` wrote to standard error (secrets scrubbed).
     pub fn stderr(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         let answer = self.ask("container.stderr");
         async move { string(answer.await?) }
@@ -288,11 +752,227 @@ impl Container {
     }
 }
 
-fn string(v: Value) -> Result<String> {
-    match v {
-        Value::String(s) => Ok(s),
-        other => Err(Error::new(format!(
-            "the engine sent {other} where text was expected"
-        ))),
+/// A directory: a tree of files, from the host, a container, or built up.
+#[derive(Clone)]
+pub struct Directory {
+    session: Arc<Session>,
+    source: Value,
+    ops: Ops,
+}
+
+impl fmt::Debug for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Directory")
+            .field("def", &self.def())
+            .finish()
+    }
+}
+
+impl Directory {
+    fn with(&self, op: Value) -> Directory {
+        Directory {
+            session: self.session.clone(),
+            source: self.source.clone(),
+            ops: self.ops.push(op),
+        }
+    }
+
+    fn def(&self) -> Value {
+        json!({ "source": self.source, "ops": self.ops.to_json() })
+    }
+
+    fn ask(
+        &self,
+        kind: &str,
+        extra: Option<(&str, Value)>,
+    ) -> impl Future<Output = Result<Value>> + Send + 'static {
+        ask(&self.session, kind, ("directory", self.def()), extra)
+    }
+
+    /// A subdirectory.
+    pub fn directory(&self, path: impl Into<String>) -> Directory {
+        self.with(json!({"op": "directory", "path": path.into()}))
+    }
+
+    /// A file in this directory.
+    pub fn file(&self, path: impl Into<String>) -> File {
+        File {
+            session: self.session.clone(),
+            def: json!({"source": "directory", "directory": self.def(), "path": path.into()}),
+        }
+    }
+
+    pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<String>) -> Directory {
+        self.with_new_file_opts(path, contents, None)
+    }
+
+    pub fn with_new_file_opts(
+        &self,
+        path: impl Into<String>,
+        contents: impl Into<String>,
+        permissions: Option<u32>,
+    ) -> Directory {
+        self.with(json!({"op": "with_new_file", "path": path.into(), "contents": contents.into(), "permissions": permissions}))
+    }
+
+    pub fn with_file(&self, path: impl Into<String>, file: impl Borrow<File>) -> Directory {
+        self.with(json!({"op": "with_file", "path": path.into(), "file": file.borrow().def}))
+    }
+
+    pub fn with_directory(
+        &self,
+        path: impl Into<String>,
+        dir: impl Borrow<Directory>,
+    ) -> Directory {
+        self.with_directory_opts(path, dir, DirectoryOpts::default())
+    }
+
+    pub fn with_directory_opts(
+        &self,
+        path: impl Into<String>,
+        dir: impl Borrow<Directory>,
+        opts: DirectoryOpts,
+    ) -> Directory {
+        self.with(json!({
+            "op": "with_directory", "path": path.into(), "directory": dir.borrow().def(),
+            "include": opts.include, "exclude": opts.exclude,
+        }))
+    }
+
+    pub fn without_file(&self, path: impl Into<String>) -> Directory {
+        self.with(json!({"op": "without_file", "path": path.into()}))
+    }
+
+    pub fn without_directory(&self, path: impl Into<String>) -> Directory {
+        self.with(json!({"op": "without_directory", "path": path.into()}))
+    }
+
+    /// Only what the include/exclude patterns select.
+    pub fn filter(&self, opts: DirectoryOpts) -> Directory {
+        self.with(json!({"op": "filter", "include": opts.include, "exclude": opts.exclude}))
+    }
+
+    /// What in `other` is new or different compared to this directory.
+    pub fn diff(&self, other: impl Borrow<Directory>) -> Directory {
+        self.with(json!({"op": "diff", "other": other.borrow().def()}))
+    }
+
+    /// Names of the entries at the top of this directory, sorted.
+    pub fn entries(&self) -> impl Future<Output = Result<Vec<String>>> + Send + 'static {
+        let answer = self.ask("directory.entries", None);
+        async move { strings(answer.await?) }
+    }
+
+    /// Relative paths that match a glob (`*.rs`, `**/*.toml`), sorted.
+    pub fn glob(
+        &self,
+        pattern: impl Into<String>,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send + 'static {
+        let answer = self.ask(
+            "directory.glob",
+            Some(("pattern", Value::String(pattern.into()))),
+        );
+        async move { strings(answer.await?) }
+    }
+
+    /// The content digest (`blake3:…`) over names, types, permission bits,
+    /// symlink targets and file contents.
+    pub fn digest(&self) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask("directory.digest", None);
+        async move { string(answer.await?) }
+    }
+
+    /// Writes the directory's contents to a host path; returns that path.
+    pub fn export(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask(
+            "directory.export",
+            Some(("path", Value::String(host_path(path)))),
+        );
+        async move { string(answer.await?) }
+    }
+
+    pub fn sync(&self) -> impl Future<Output = Result<Directory>> + Send + 'static {
+        let answer = self.ask("directory.sync", None);
+        let this = self.clone();
+        async move {
+            answer.await?;
+            Ok(this)
+        }
+    }
+}
+
+/// A file.
+#[derive(Clone)]
+pub struct File {
+    session: Arc<Session>,
+    def: Value,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File").field("def", &self.def).finish()
+    }
+}
+
+impl File {
+    fn ask(
+        &self,
+        kind: &str,
+        extra: Option<(&str, Value)>,
+    ) -> impl Future<Output = Result<Value>> + Send + 'static {
+        ask(&self.session, kind, ("file", self.def.clone()), extra)
+    }
+
+    /// The file's contents (as text; invalid UTF-8 is replaced).
+    pub fn contents(&self) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask("file.contents", None);
+        async move { string(answer.await?) }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let answer = self.ask("file.size", None);
+        async move {
+            answer
+                .await?
+                .as_u64()
+                .ok_or_else(|| Error::new("the engine sent a size that is not a number"))
+        }
+    }
+
+    /// The file's name (the last path component).
+    pub fn name(&self) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask("file.name", None);
+        async move { string(answer.await?) }
+    }
+
+    /// `blake3:…` of the contents.
+    pub fn digest(&self) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask("file.digest", None);
+        async move { string(answer.await?) }
+    }
+
+    /// Writes the file to a host path; returns that path.
+    pub fn export(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        let answer = self.ask(
+            "file.export",
+            Some(("path", Value::String(host_path(path)))),
+        );
+        async move { string(answer.await?) }
+    }
+
+    pub fn sync(&self) -> impl Future<Output = Result<File>> + Send + 'static {
+        let answer = self.ask("file.sync", None);
+        let this = self.clone();
+        async move {
+            answer.await?;
+            Ok(this)
+        }
     }
 }

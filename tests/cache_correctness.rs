@@ -1,0 +1,215 @@
+//! Cache correctness (DESIGN.md invariant 1), end to end on real
+//! containerd: a host directory is copied into a container whose step
+//! prints the tree, a checksum and a random token. A hit prints the old
+//! token; a miss a new one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+struct Tree {
+    env: TestEnv,
+    dir: PathBuf,
+}
+
+struct Run {
+    listing: String,
+    token: String,
+    out: Outcome,
+}
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let env = TestEnv::new(name);
+        let dir = env.dir.path().join("project");
+        for (p, data) in [
+            ("Cargo.toml", "[package]\nname = \"p\"\n"),
+            ("src/main.rs", "fn main() {}\n"),
+            ("src/lib.rs", "pub fn f() {}\n"),
+            ("debug.log", "noise\n"),
+        ] {
+            let f = dir.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, data).unwrap();
+        }
+        std::os::unix::fs::symlink("src/main.rs", dir.join("entry")).unwrap();
+        Tree { env, dir }
+    }
+
+    fn run_at(&self, dir: &Path, opts: &[&str]) -> Run {
+        let mut args = vec!["host-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(opts);
+        let out = self
+            .env
+            .run(&repo_root().join("fixtures/pipelines/api.rs"), &args)
+            .ok();
+        let mut lines: Vec<&str> = out.stdout.lines().collect();
+        let token = lines.pop().expect("token line").to_string();
+        Run {
+            listing: lines.join("\n"),
+            token,
+            out,
+        }
+    }
+
+    fn run(&self, opts: &[&str]) -> Run {
+        self.run_at(&self.dir, opts)
+    }
+
+    fn sh(&self, script: &str) {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+}
+
+fn assert_hit(before: &Run, after: &Run, what: &str) {
+    assert_eq!(
+        after.token, before.token,
+        "{what}: expected a cache hit\n{}",
+        after.out.stderr
+    );
+    assert_eq!(after.listing, before.listing, "{what}");
+}
+
+fn assert_miss(before: &Run, after: &Run, what: &str) {
+    assert_ne!(
+        after.token, before.token,
+        "{what}: expected the step to run again\n{}",
+        after.out.stderr
+    );
+}
+
+#[test]
+fn an_edit_that_restores_size_and_mtime_is_seen() {
+    let t = Tree::new("cc-mtime");
+    let before = t.run(&[]);
+    // Same length, other bytes, mtime and size put back: what BuildKit misses.
+    t.sh("touch -r src/main.rs /tmp/rbuild-stamp-$$ && printf 'fn niam() {}\\n' > src/main.rs && touch -r /tmp/rbuild-stamp-$$ src/main.rs && rm /tmp/rbuild-stamp-$$");
+    let after = t.run(&[]);
+    assert_miss(&before, &after, "content edit with size and mtime restored");
+    assert_ne!(
+        after.listing, before.listing,
+        "the checksum shows the new bytes"
+    );
+}
+
+#[test]
+fn metadata_and_shape_changes_invalidate() {
+    let t = Tree::new("cc-shape");
+    let mut prev = t.run(&[]);
+    for (what, script) in [
+        ("mode change", "chmod 755 src/lib.rs"),
+        ("symlink retarget", "ln -sfn src/lib.rs entry"),
+        ("deletion", "rm debug.log"),
+        ("an added empty directory", "mkdir empty"),
+    ] {
+        t.sh(script);
+        let next = t.run(&[]);
+        assert_miss(&prev, &next, what);
+        prev = next;
+    }
+    assert!(prev.listing.contains("./empty"), "{}", prev.listing);
+    assert!(!prev.listing.contains("debug.log"), "{}", prev.listing);
+}
+
+#[test]
+fn a_file_excluded_before_and_included_now_invalidates() {
+    let t = Tree::new("cc-filter");
+    let without_logs = t.run(&["exclude=*.log"]);
+    assert!(!without_logs.listing.contains("debug.log"));
+    // Changing an excluded file changes nothing.
+    t.sh("echo more >> debug.log");
+    assert_hit(
+        &without_logs,
+        &t.run(&["exclude=*.log"]),
+        "edit of an excluded file",
+    );
+    let with_logs = t.run(&[]);
+    assert_miss(&without_logs, &with_logs, "a file included now");
+    assert!(with_logs.listing.contains("debug.log"));
+    let deps = t.run(&["include=**/Cargo.toml"]);
+    t.sh("echo '// edit' >> src/main.rs");
+    assert_hit(
+        &deps,
+        &t.run(&["include=**/Cargo.toml"]),
+        "sources outside the include filter",
+    );
+    t.sh("echo .gitignore > .gitignore && echo debug.log >> .gitignore");
+    let ignored = t.run(&["gitignore"]);
+    assert!(
+        !ignored.listing.contains("debug.log"),
+        "{}",
+        ignored.listing
+    );
+}
+
+#[test]
+fn touch_and_a_fresh_copy_hit() {
+    let t = Tree::new("cc-touch");
+    let before = t.run(&[]);
+    t.sh("sleep 0.05; touch src/main.rs Cargo.toml");
+    assert_hit(&before, &t.run(&[]), "touch only");
+    let copy = t.env.dir.path().join("elsewhere");
+    // A fresh copy: other path, other inodes, new mtimes.
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(&t.dir)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert_hit(&before, &t.run_at(&copy, &[]), "a fresh copy elsewhere");
+}
+
+#[test]
+fn two_concurrent_rbuild_processes_run_each_step_once() {
+    let env = TestEnv::new("concurrent");
+    let args = [
+        &format!("from={BUSYBOX}") as &str,
+        "exec=sleep 1; head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ' > /a",
+        "exec=sleep 1; cat /a; head -c 8 /dev/urandom | od -An -tx1 | tr -d ' '",
+        "print=stdout",
+    ];
+    // Compile first, so that both processes start their steps together.
+    env.steps(&["exit=0"]);
+    let spawn = || {
+        env.command()
+            .arg("run")
+            .arg(steps_pipeline())
+            .arg("--")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(a.stdout, b.stdout, "both see the same results");
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let done = stderr
+        .lines()
+        .filter(|l| l.contains(" DONE in") && !l.contains('('))
+        .count();
+    let cached = stderr.lines().filter(|l| l.ends_with(" CACHED")).count();
+    assert_eq!(
+        (done, cached),
+        (2, 2),
+        "each step ran once, in one of the two: {stderr}"
+    );
+}
