@@ -40,7 +40,15 @@ const LEASE_PREFIX: &str = "rbuild-run-";
 const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Early cutoff digests a step's changes only up to this many bytes of file
 /// content; beyond, the result is identified by its key.
+/// `RBUILD_CHANGES_DIGEST_MAX_BYTES` changes it (0 turns early cutoff off).
 const CHANGES_DIGEST_BUDGET: u64 = 64 << 20;
+
+fn changes_digest_budget() -> u64 {
+    std::env::var("RBUILD_CHANGES_DIGEST_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHANGES_DIGEST_BUDGET)
+}
 
 pub struct ContainerdMachinery {
     ctd: Containerd,
@@ -390,9 +398,13 @@ impl ContainerdMachinery {
         if req.expect.accepts(exit_code) {
             if let Some((upper, lowers)) = overlay_dirs(rootfs) {
                 let started = Instant::now();
+                let budget = changes_digest_budget();
                 let digest = tokio::task::spawn_blocking(move || {
                     tree::remove_mount_stubs(&upper, &lowers, &stub_targets)?;
-                    tree::upper_digest(&upper, CHANGES_DIGEST_BUDGET)
+                    if budget == 0 {
+                        return Ok(None);
+                    }
+                    tree::upper_digest(&upper, budget)
                 })
                 .await
                 .map_err(|e| SolveError::Internal(format!("digest task: {e}")))??;
