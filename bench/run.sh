@@ -6,23 +6,35 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_REPS=10          timed repetitions per measurement (at least 5)
+#   BENCH_SCENARIOS="steps hostdir cutoff"
+#                          which scenarios to run (default: all three)
+#   BENCH_REPS=10          timed repetitions per measurement (at least 5);
+#                          10 trivial steps, and both modes of early cutoff
+#   BENCH_HOSTDIR_REPS=5   host directory: unchanged and one-file-changed runs,
+#                          and the floors (at least 5)
+#   BENCH_COLD_REPS=5      host directory: cold runs of each engine (at least 3)
+#   BENCH_CUTOFF_MB=50     early cutoff: MiB the step writes (plus 1000 small files)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
 #                          earlier runs instead of starting from empty
+#   BENCH_RESULTS=PATH     where to write the report (default bench/RESULTS.md)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
+SCENARIOS=${BENCH_SCENARIOS:-steps hostdir cutoff}
 REPS=${BENCH_REPS:-10}
+HD_REPS=${BENCH_HOSTDIR_REPS:-5}
+COLD_REPS=${BENCH_COLD_REPS:-5}
+CO_MB=${BENCH_CUTOFF_MB:-50}
 IMAGE=127.0.0.1:5000/busybox:latest
 STEPS=10
 
 RBUILD=$REPO/target/release/rbuild
 PIPELINE=$REPO/bench/pipelines/ten_steps.rs
 DOCKERFILE=$REPO/bench/dockerfiles/ten_steps.Dockerfile
-RESULTS=$REPO/bench/RESULTS.md
+RESULTS=${BENCH_RESULTS:-$REPO/bench/RESULTS.md}
 
 STATE=/var/lib/rbuild-bench
 LOG_DIR=/var/log/rbuild-bench
@@ -36,6 +48,26 @@ RB_CACHE=$STATE/cache
 # ctr floor: its own namespace, cleaned up afterwards.
 FLOOR_NS=rbuild-bench-ctr
 FLOOR_PREFIX=rbuild-bench-floor
+
+# Scenario "host directory": a generated tree (kept across bench runs), its
+# own namespace (emptied before and after: every cold run commits a new
+# 240 MB snapshot) and its own state roots (a fresh one per cold run).
+TREE=$STATE/tree20k
+TREE_FILES=20000
+TREE_FILE_BYTES=12000 # 20,000 x 12,000 B = 240.0 MB
+TREE_TOP=20           # d00..d19, each with s00..s09: 200 directories of 100 files
+TREE_SUB=10
+TREE_CHANGED=$TREE/d00/s00/f000 # the file the one-file-changed runs rewrite
+HD_NS=rbuild-bench-hostdir
+HD_ROOT=$STATE/hostdir-root
+HD_PIPELINE=$REPO/bench/pipelines/host_dir.rs
+HD_DOCKERFILE=$REPO/bench/dockerfiles/host_dir.Dockerfile
+HD_IMAGE_TAG=bench-hostdir:latest
+# Scenario "early cutoff cost": same idea, its own namespace and root.
+CO_NS=rbuild-bench-cutoff
+CO_ROOT=$STATE/cutoff-root
+CO_PIPELINE=$REPO/bench/pipelines/cutoff_cost.rs
+CO_FILES=1000
 
 # Debian's docker.io (client and daemon from the same package); not the newer
 # client in /usr/local/bin. A private dockerd: own socket, data and exec roots.
@@ -54,6 +86,18 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 5 ]] || die "BENCH_REPS must be a number >= 5 (got '$REPS')"
+[[ $HD_REPS =~ ^[0-9]+$ && $HD_REPS -ge 5 ]] || die "BENCH_HOSTDIR_REPS must be a number >= 5 (got '$HD_REPS')"
+[[ $COLD_REPS =~ ^[0-9]+$ && $COLD_REPS -ge 3 ]] || die "BENCH_COLD_REPS must be a number >= 3 (got '$COLD_REPS')"
+[[ $CO_MB =~ ^[0-9]+$ && $CO_MB -ge 1 ]] || die "BENCH_CUTOFF_MB must be a number >= 1 (got '$CO_MB')"
+for s in $SCENARIOS; do
+  case $s in
+    steps | hostdir | cutoff) ;;
+    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: steps hostdir cutoff)" ;;
+  esac
+done
+[[ -n ${SCENARIOS// /} ]] || die "BENCH_SCENARIOS is empty"
+# want NAME: is scenario NAME selected?
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 [[ -x $RBUILD ]] || die "$RBUILD missing: run 'make build' (or 'make bench')"
 ctr version >/dev/null 2>&1 || die "containerd not answering: run 'make setup'"
 
@@ -81,12 +125,17 @@ cleanup() {
 trap cleanup EXIT
 
 # --------------------------------------------------------------- packages --
-ensure_docker_package() {
-  if [[ -x $DOCKER && -x $DOCKERD ]] && dpkg-query -W -f='${db:Status-Status}' docker.io 2>/dev/null | grep -qx installed; then
+# ensure_package PKG BINARY...: install Debian's PKG unless it is installed
+# and all of its BINARY paths are there.
+ensure_package() {
+  local pkg=$1 bin ok=1
+  shift
+  for bin in "$@"; do [[ -x $bin ]] || ok=0; done
+  if [[ $ok -eq 1 ]] && dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed; then
     return
   fi
-  say "installing Debian's docker.io (log: $LOG_DIR/apt.log)"
-  # Keep the maintainer scripts from starting dockerd; only if no policy exists.
+  say "installing Debian's $pkg (log: $LOG_DIR/apt.log)"
+  # Keep the maintainer scripts from starting daemons; only if no policy exists.
   local policy_rcd=/usr/sbin/policy-rc.d added_policy=0 rc=0
   if [[ ! -e $policy_rcd ]]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy_rcd"
@@ -95,12 +144,13 @@ ensure_docker_package() {
   fi
   {
     apt-get update -q &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 \
+        --no-install-recommends "$pkg"
   } >>"$LOG_DIR/apt.log" 2>&1 || rc=$?
   [[ $added_policy -eq 1 ]] && rm -f "$policy_rcd"
   if [[ $rc -ne 0 ]]; then
     tail -n 30 "$LOG_DIR/apt.log" >&2
-    die "apt-get install docker.io failed (log: $LOG_DIR/apt.log)"
+    die "apt-get install $pkg failed (log: $LOG_DIR/apt.log)"
   fi
 }
 
@@ -176,14 +226,16 @@ check_rbuild() {
   fi
 }
 
-# Remove everything rbuild keeps in the bench namespace, so each bench run
-# starts from the same state: the index, then snapshots leaf first, images.
+# rb_reset [NAMESPACE ROOT...]: remove everything rbuild keeps in a bench
+# namespace (default: the 10-steps one), so each bench run starts from the
+# same state: the state roots (index), then snapshots leaf first, images.
 rb_reset() {
-  rm -rf "$RB_ROOT"
+  local ns=${1:-$RB_NS}
+  if [[ $# -gt 1 ]]; then rm -rf "${@:2}"; else rm -rf "$RB_ROOT"; fi
   # Deepest snapshots first (children before parents), in one ctr call.
   local keys pass
   for ((pass = 0; pass < 3; pass++)); do
-    keys=$(ctr -n "$RB_NS" snapshots ls 2>/dev/null | awk '
+    keys=$(ctr -n "$ns" snapshots ls 2>/dev/null | awk '
       NR > 1 { parent[$1] = ($3 == "" ? "" : $2); keys[NR] = $1 }
       END {
         for (i in keys) {
@@ -194,10 +246,10 @@ rb_reset() {
       }' | sort -rn | awk '{print $2}')
     [[ -z $keys ]] && break
     # shellcheck disable=SC2086
-    ctr -n "$RB_NS" snapshots rm $keys >/dev/null 2>&1 || true
+    ctr -n "$ns" snapshots rm $keys >/dev/null 2>&1 || true
   done
   # shellcheck disable=SC2046
-  ctr -n "$RB_NS" images rm $(ctr -n "$RB_NS" images ls -q 2>/dev/null) >/dev/null 2>&1 || true
+  ctr -n "$ns" images rm $(ctr -n "$ns" images ls -q 2>/dev/null) >/dev/null 2>&1 || true
 }
 
 bench_rbuild() {

@@ -550,23 +550,8 @@ impl<M: Machinery> Solver<M> {
     pub async fn file(self: &Arc<Self>, def: &FileDef) -> Result<FileValue, SolveError> {
         match def {
             FileDef::Host { path } => {
-                let p = Path::new(path);
-                let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-                    return Err(SolveError::Invalid(format!(
-                        "host file {path:?} is not a file path"
-                    )));
-                };
-                let name = name.to_string_lossy().into_owned();
-                let filter = Filter {
-                    include: vec![format!("/{}", escape_glob(&name))],
-                    ..Filter::default()
-                };
-                let listing = self.host_dir(&parent.to_string_lossy(), filter).await?;
-                if !listing.entries.iter().any(|e| e.rel == name) {
-                    return Err(SolveError::Invalid(format!(
-                        "host file {path} does not exist (or is not a regular file or symlink)"
-                    )));
-                }
+                let listing = self.host_file(path).await?;
+                let name = listing.entries[0].rel.clone();
                 Ok(FileValue {
                     tree: Tree::Host(listing),
                     path: format!("/{name}"),
@@ -657,35 +642,68 @@ impl<M: Machinery> Solver<M> {
         path: &str,
         filter: Filter,
     ) -> Result<Arc<HostListing>, SolveError> {
-        if !path.starts_with('/') {
-            return Err(SolveError::Invalid(format!(
-                "host directory {path:?} must be an absolute path"
-            )));
-        }
         let id = format!(
-            "{path}\0{}\0{}\0{}",
+            "dir\0{path}\0{}\0{}\0{}",
             filter.include.join("\u{1}"),
             filter.exclude.join("\u{1}"),
             filter.gitignore
         );
+        self.host_scan(id, path, move |root, known| {
+            tree::scan_host_dir(root, &filter, known)
+        })
+        .await
+    }
+
+    /// Scans a single host file (a listing of its directory holding just it).
+    async fn host_file(self: &Arc<Self>, path: &str) -> Result<Arc<HostListing>, SolveError> {
+        let file = PathBuf::from(path);
+        let parent = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.host_scan(
+            format!("file\0{path}"),
+            &parent.to_string_lossy(),
+            move |_, known| tree::scan_host_file(&file, known),
+        )
+        .await
+    }
+
+    async fn host_scan<F>(
+        self: &Arc<Self>,
+        id: String,
+        root: &str,
+        scan: F,
+    ) -> Result<Arc<HostListing>, SolveError>
+    where
+        F: FnOnce(
+                &Path,
+                &tree::KnownHashes,
+            )
+                -> Result<(HostListing, tree::KnownHashes), rbuild_snapshotter::Error>
+            + Send
+            + 'static,
+    {
+        if !root.starts_with('/') {
+            return Err(SolveError::Invalid(format!(
+                "host path {root:?} must be absolute"
+            )));
+        }
         let this = self.clone();
-        let path = PathBuf::from(path);
+        let root = PathBuf::from(root);
         self.hosts
             .get_or_start(&self.tasks, id, move || async move {
                 let started = Instant::now();
                 let index = this.index.clone();
-                let root = path.clone();
+                let dir = root.clone();
                 let listing = tokio::task::spawn_blocking(move || {
-                    let known = index.known_hashes(&root)?;
-                    let (listing, fresh) = tree::scan_host_dir(&root, &filter, &known)?;
-                    index.put_known_hashes(&root, &fresh)?;
+                    let known = index.known_hashes(&dir)?;
+                    let (listing, fresh) = scan(&dir, &known)?;
+                    index.put_known_hashes(&dir, &fresh)?;
                     Ok::<_, SolveError>(listing)
                 })
                 .await
                 .map_err(|e| SolveError::Internal(format!("host scan task: {e}")))??;
                 this.progress.info(&format!(
                     "context {}: {} entries, {} files read ({:.1} MB) in {} ms",
-                    path.display(),
+                    root.display(),
                     listing.entries.len(),
                     listing.files_hashed,
                     listing.bytes_hashed as f64 / 1e6,
@@ -1013,7 +1031,13 @@ impl<M: Machinery> Solver<M> {
                         exclude: Vec::new(),
                         owner: None,
                     };
-                    let step = self.step(StepPlan::apply(Tree::Empty, vec![action])).await?;
+                    let mut plan = StepPlan::apply(Tree::Empty, vec![action]);
+                    plan.description = format!(
+                        "import {} ({} entries)",
+                        listing.root.display(),
+                        listing.entries.len()
+                    );
+                    let step = self.step(plan).await?;
                     self.materialize(&Tree::Step(step)).await
                 }
                 Tree::Step(step) => {
@@ -1080,18 +1104,6 @@ pub fn expand_env(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Strin
             }
         }
         out.push_str(&lookup(&name).unwrap_or_default());
-    }
-    out
-}
-
-/// A file name as a literal gitignore pattern.
-fn escape_glob(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars() {
-        if "*?[]\\!#".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
     }
     out
 }

@@ -32,12 +32,18 @@ async fn main() -> rb::Result<()> {
     let registry = client.cache_volume("rust-deps-cargo-registry");
     let target = client.cache_volume("rust-deps-target");
 
-    let toolchain = client
+    let mut toolchain = client
         .container()
         .from(image)
         .with_workdir("/src")
         .with_mounted_cache("/root/.cargo/registry", &registry)
         .with_mounted_cache("/src/target", &target);
+    // Behind a TLS-inspecting proxy, crates.io is only trusted with the
+    // host's CA bundle: lend it to cargo.
+    let ca = "/etc/ssl/certs/ca-certificates.crt";
+    if std::path::Path::new(ca).exists() {
+        toolchain = toolchain.with_mounted_file(ca, client.host().file(ca));
+    }
 
     let dependencies = toolchain
         .with_directory("/src", &manifests)
