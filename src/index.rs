@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS images (
 ) STRICT;
 ";
 
+/// A stat key and hash from `dev, ino, size, mtime_ns, ctime_ns, hash` columns starting at `first`.
+fn stat_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<(StatKey, Vec<u8>)> {
+    Ok((
+        StatKey {
+            dev: r.get::<_, i64>(first)? as u64,
+            ino: r.get::<_, i64>(first + 1)? as u64,
+            size: r.get::<_, i64>(first + 2)? as u64,
+            mtime_ns: r.get(first + 3)?,
+            ctime_ns: r.get(first + 4)?,
+        },
+        r.get(first + 5)?,
+    ))
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,19 +218,8 @@ impl Index {
                  WHERE path >= ?1 AND path < ?2",
             )?;
             let rows = stmt.query_map(params![prefix, end], |r| {
-                let path: String = r.get(0)?;
-                let hash: Vec<u8> = r.get(6)?;
-                Ok((
-                    path,
-                    StatKey {
-                        dev: r.get::<_, i64>(1)? as u64,
-                        ino: r.get::<_, i64>(2)? as u64,
-                        size: r.get::<_, i64>(3)? as u64,
-                        mtime_ns: r.get(4)?,
-                        ctime_ns: r.get(5)?,
-                    },
-                    hash,
-                ))
+                let (stat, hash) = stat_row(r, 1)?;
+                Ok((r.get::<_, String>(0)?, stat, hash))
             })?;
             let mut out = KnownHashes::new();
             for row in rows {
@@ -226,6 +229,30 @@ impl Index {
                 {
                     out.insert(rel.to_string(), (stat, hash));
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    /// What the stat cache knows about the single file `root/name`.
+    pub fn known_hash(&self, root: &Path, name: &str) -> Result<KnownHashes, IndexError> {
+        let path = format!(
+            "{}/{name}",
+            root.display().to_string().trim_end_matches('/')
+        );
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM host_files WHERE path = ?1",
+                    params![path],
+                    |r| stat_row(r, 0),
+                )
+                .optional()?;
+            let mut out = KnownHashes::new();
+            if let Some((stat, hash)) = row
+                && let Ok(hash) = <[u8; 32]>::try_from(hash)
+            {
+                out.insert(name.to_string(), (stat, hash));
             }
             Ok(out)
         })

@@ -648,7 +648,7 @@ impl<M: Machinery> Solver<M> {
             filter.exclude.join("\u{1}"),
             filter.gitignore
         );
-        self.host_scan(id, path, move |root, known| {
+        self.host_scan(id, Path::new(path), None, move |root, known| {
             tree::scan_host_dir(root, &filter, known)
         })
         .await
@@ -657,19 +657,28 @@ impl<M: Machinery> Solver<M> {
     /// Scans a single host file (a listing of its directory holding just it).
     async fn host_file(self: &Arc<Self>, path: &str) -> Result<Arc<HostListing>, SolveError> {
         let file = PathBuf::from(path);
-        let parent = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
+            return Err(SolveError::Invalid(format!(
+                "host file {path:?} is not a file path"
+            )));
+        };
+        let (parent, name) = (parent.to_path_buf(), name.to_string_lossy().into_owned());
         self.host_scan(
             format!("file\0{path}"),
-            &parent.to_string_lossy(),
+            &parent,
+            Some(name),
             move |_, known| tree::scan_host_file(&file, known),
         )
         .await
     }
 
+    /// Runs a host scan once per run with the stat cache's knowledge of
+    /// `root` (or of just `only` in it).
     async fn host_scan<F>(
         self: &Arc<Self>,
         id: String,
-        root: &str,
+        root: &Path,
+        only: Option<String>,
         scan: F,
     ) -> Result<Arc<HostListing>, SolveError>
     where
@@ -681,20 +690,24 @@ impl<M: Machinery> Solver<M> {
             + Send
             + 'static,
     {
-        if !root.starts_with('/') {
+        if !root.is_absolute() {
             return Err(SolveError::Invalid(format!(
-                "host path {root:?} must be absolute"
+                "host path {} must be absolute",
+                root.display()
             )));
         }
         let this = self.clone();
-        let root = PathBuf::from(root);
+        let root = root.to_path_buf();
         self.hosts
             .get_or_start(&self.tasks, id, move || async move {
                 let started = Instant::now();
                 let index = this.index.clone();
                 let dir = root.clone();
                 let listing = tokio::task::spawn_blocking(move || {
-                    let known = index.known_hashes(&dir)?;
+                    let known = match &only {
+                        Some(name) => index.known_hash(&dir, name)?,
+                        None => index.known_hashes(&dir)?,
+                    };
                     let (listing, fresh) = scan(&dir, &known)?;
                     index.put_known_hashes(&dir, &fresh)?;
                     Ok::<_, SolveError>(listing)
