@@ -211,6 +211,8 @@ stats() {
 }
 
 # ----------------------------------------------------------------- rbuild --
+# Step 1 writes the nonce into a file, so its changes differ with each nonce
+# and steps 2-10 of a "cold" run miss too (early cutoff stays on).
 rb_run() { # nonce log
   BENCH_NONCE=$1 RBUILD_ROOT=$RB_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$RB_NS \
     "$RBUILD" run "$PIPELINE" >"$2.out" 2>"$2"
@@ -327,8 +329,10 @@ bench_buildkit() {
     record buildkit_cached $(((t1 - t0) / 1000000))
     cp "$log" "$LOG_DIR/buildkit-cached.log"
   done
-  # Drop the build cache of this run's cold builds (keeps dockerd's data-root small).
+  # Drop the build cache of this run's cold builds and the images they left
+  # dangling (keeps dockerd's data-root small).
   "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
   say "BuildKit: cold $(stats buildkit_cold) / cached $(stats buildkit_cached) (median min max, ms)"
 }
 
@@ -358,6 +362,305 @@ bench_floor() {
   done
   floor_cleanup
   say "ctr floor: $(stats ctr_floor) (median min max, ms)"
+}
+
+# --------------------------------------------------------- host directory --
+# The tree: TREE_FILES files of TREE_FILE_BYTES random bytes in TREE_TOP x
+# TREE_SUB directories, generated once (coreutils only: one `head` from
+# /dev/urandom per directory, cut by `split`). A marker beside the tree (not
+# in it) records that it was completed with these parameters.
+tree_spec() { echo "files=$TREE_FILES bytes=$TREE_FILE_BYTES dirs=${TREE_TOP}x$TREE_SUB"; }
+
+ensure_tree() {
+  local marker=$TREE.complete per=$((TREE_FILES / (TREE_TOP * TREE_SUB))) a b d n
+  if [[ -f $marker && $(cat "$marker") == "$(tree_spec)" ]] &&
+    [[ $(find "$TREE" -type f | wc -l) -eq $TREE_FILES ]]; then
+    say "host directory: tree present ($TREE, $(tree_spec))"
+    return
+  fi
+  say "host directory: generating $TREE ($(tree_spec))"
+  rm -rf "$TREE" "$TREE.tmp" "$marker"
+  for ((a = 0; a < TREE_TOP; a++)); do
+    for ((b = 0; b < TREE_SUB; b++)); do
+      d=$(printf '%s/d%02d/s%02d' "$TREE.tmp" "$a" "$b")
+      mkdir -p "$d"
+      head -c $((per * TREE_FILE_BYTES)) /dev/urandom | split -b "$TREE_FILE_BYTES" -d -a 3 - "$d/f"
+    done
+  done
+  n=$(find "$TREE.tmp" -type f | wc -l)
+  [[ $n -eq $TREE_FILES ]] || die "generated $n files in $TREE.tmp, expected $TREE_FILES"
+  mv "$TREE.tmp" "$TREE"
+  tree_spec >"$marker"
+}
+
+# change_tree: give one file new content (same size), different every time.
+change_tree() { head -c "$TREE_FILE_BYTES" /dev/urandom >"$TREE_CHANGED"; }
+
+# Before every timed run of this scenario: write back what earlier runs left
+# dirty (each import writes 240 MB), so no run pays for its predecessor's.
+settle() { sync; }
+
+hd_rb_run() { # root log
+  RBUILD_ROOT=$1 RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$HD_NS \
+    "$RBUILD" run "$HD_PIPELINE" -- "$TREE" >"$2.out" 2>"$2"
+}
+
+# rb_step_ms LOG KIND: ms of the step whose progress line is "#N KIND ...",
+# from its "#N DONE in X ms"; "CACHED" if it was a hit; empty if absent.
+rb_step_ms() {
+  awk -v kind="$2" '
+    id == "" && $2 == kind { if ($NF == "CACHED") { print "CACHED"; exit } id = $1; next }
+    id != "" && $1 == id && $2 == "DONE" { print $4; exit }' "$1"
+}
+
+# rb_scan LOG: "FILES_READ MS" from the "#N context PATH: ..." line.
+rb_scan() {
+  sed -n 's/^#[0-9]* context .*: [0-9]* entries, \([0-9]*\) files read (.*) in \([0-9]*\) ms$/\1 \2/p' "$1" | head -n 1
+}
+
+# hd_rb_check LOG MODE NAME: MODE cold|unchanged|changed; records the
+# breakdown from the progress lines as NAME_scan, NAME_copy, NAME_exec.
+hd_rb_check() {
+  local log=$1 mode=$2 name=$3 files scan_ms copy exec want_files out
+  read -r files scan_ms < <(rb_scan "$log") || true
+  copy=$(rb_step_ms "$log" copy)
+  exec=$(rb_step_ms "$log" exec)
+  out=$(tr -d ' \n' <"$log.out")
+  case $mode in
+    cold) want_files=$TREE_FILES ;;
+    unchanged) want_files=0 ;;
+    changed) want_files=1 ;;
+  esac
+  local ok=1
+  [[ ${files:-x} == "$want_files" && -n $scan_ms && $out == "$TREE_FILES" ]] || ok=0
+  if [[ $mode == unchanged ]]; then
+    [[ $copy == CACHED && $exec == CACHED ]] || ok=0
+  else
+    [[ $copy =~ ^[0-9]+$ && $exec =~ ^[0-9]+$ ]] || ok=0
+  fi
+  if [[ $ok -ne 1 ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild host directory ($mode): expected $want_files files read, copy and exec $([[ $mode == unchanged ]] && echo CACHED || echo run), $TREE_FILES files in the container; saw files read '$files', copy '$copy', exec '$exec', output '$out' (log: $log)"
+  fi
+  record "${name}_scan" "$scan_ms"
+  [[ $mode == unchanged ]] && return
+  record "${name}_copy" "$copy"
+  record "${name}_exec" "$exec"
+}
+
+hd_bk_build() { # log
+  "$DOCKER" build --progress=plain --network=none -f "$HD_DOCKERFILE" \
+    -t "$HD_IMAGE_TAG" "$TREE" >"$1" 2>&1
+}
+
+# bk_step LOG REGEX: for the vertex whose title matches REGEX, "CACHED" or
+# its DONE time in ms; empty if absent.
+bk_step() {
+  awk -v re="$2" '
+    id == "" && /^#[0-9]+ / { t = $0; sub(/^#[0-9]+ /, "", t); if (t ~ re) id = $1; next }
+    id != "" && $1 == id && $2 == "CACHED" { print "CACHED"; exit }
+    id != "" && $1 == id && $2 == "DONE" { s = $3; sub(/s$/, "", s); printf "%d\n", s * 1000; exit }' "$1"
+}
+
+BK_CONTEXT_RE='^\[internal\] load build context'
+BK_COPY_RE='^\[[0-9]+/[0-9]+\] COPY '
+BK_RUN_RE='^\[[0-9]+/[0-9]+\] RUN '
+BK_EXPORT_RE='^exporting to image'
+
+# hd_bk_check LOG MODE NAME: COPY and RUN ran (cold, changed; the RUN printed
+# the file count) or were CACHED (unchanged); records NAME_context,
+# NAME_copy, NAME_run, NAME_export from the DONE lines.
+hd_bk_check() {
+  local log=$1 mode=$2 name=$3 ctx copy run export runid ok=1
+  ctx=$(bk_step "$log" "$BK_CONTEXT_RE")
+  copy=$(bk_step "$log" "$BK_COPY_RE")
+  run=$(bk_step "$log" "$BK_RUN_RE")
+  export=$(bk_step "$log" "$BK_EXPORT_RE")
+  if [[ $mode == unchanged ]]; then
+    [[ $copy == CACHED && $run == CACHED ]] || ok=0
+  else
+    runid=$(grep -m1 -E "^#[0-9]+ \[[0-9]+/[0-9]+\] RUN " "$log" | awk '{print $1}')
+    [[ $copy =~ ^[0-9]+$ && $run =~ ^[0-9]+$ ]] || ok=0
+    grep -qE "^$runid [0-9.]+ $TREE_FILES\$" "$log" || ok=0
+  fi
+  if [[ $ok -ne 1 ]]; then
+    cat "$log" >&2
+    die "docker build host directory ($mode): expected COPY and RUN $([[ $mode == unchanged ]] && echo CACHED || echo "to run and count $TREE_FILES files"); saw COPY '$copy', RUN '$run' (log: $log)"
+  fi
+  if [[ $ctx =~ ^[0-9]+$ ]]; then record "${name}_context" "$ctx"; fi
+  [[ $mode == unchanged ]] && return
+  record "${name}_copy" "$copy"
+  record "${name}_run" "$run"
+  if [[ $export =~ ^[0-9]+$ ]]; then record "${name}_export" "$export"; fi
+}
+
+# Cold for BuildKit: no build cache at all (which holds the context it keeps
+# from earlier builds) and no image from earlier builds (a rebuild leaves the
+# previous image dangling, with its 240 MB layer).
+bk_forget() {
+  "$DOCKER" rmi -f "$HD_IMAGE_TAG" >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || die "docker image prune -f failed"
+  "$DOCKER" builder prune -af >/dev/null 2>&1 || die "docker builder prune -af failed"
+}
+
+# Hash floor, on the same (page-cached) tree: blake3 of every file with
+# b3sum, in one process and split over one process per CPU. (No copy floor:
+# creating 20,000 files directly on this machine's ext4 took anywhere from
+# 1 to 10 s from one minute to the next, so a `cp -a` row was mostly noise.)
+bench_hostdir_floors() {
+  local i t0 t1 cpus
+  cpus=$(nproc)
+  say "host directory: hash floor (b3sum)"
+  find "$TREE" -type f -print0 | xargs -0 b3sum >/dev/null # warm-up: page cache
+  for ((i = 1; i <= HD_REPS; i++)); do
+    t0=$(now_ns)
+    find "$TREE" -type f -print0 | xargs -0 b3sum >/dev/null
+    t1=$(now_ns)
+    record hd_b3 $(((t1 - t0) / 1000000))
+    t0=$(now_ns)
+    find "$TREE" -type f -print0 | xargs -0 -P "$cpus" -n $(((TREE_FILES + cpus - 1) / cpus)) b3sum >/dev/null
+    t1=$(now_ns)
+    record hd_b3_par $(((t1 - t0) / 1000000))
+  done
+  say "host directory: b3sum $(stats hd_b3), b3sum x$cpus $(stats hd_b3_par) (median min max, ms)"
+}
+
+# hd_rb_once MODE: one timed rbuild run (MODE cold|unchanged|changed; the
+# caller changes the tree for "changed"). Cold: a new state root (empty index
+# and stat cache): the whole tree is read and hashed, then copied into a new
+# snapshot. Unchanged and changed: the root of the previous run.
+hd_rb_once() {
+  local mode=$1 log=$LOG_DIR/hostdir-rbuild.log name t0 t1
+  name=hd_rb_$(hd_short "$mode")
+  [[ $mode == cold ]] && rm -rf "$HD_ROOT"
+  settle
+  t0=$(now_ns)
+  hd_rb_run "$HD_ROOT" "$log" || { cat "$log" >&2; die "rbuild host directory ($mode) failed"; }
+  t1=$(now_ns)
+  hd_rb_check "$log" "$mode" "$name"
+  record "$name" $(((t1 - t0) / 1000000))
+  # What the progress lines do not account for, in this run.
+  local rest=$(((t1 - t0) / 1000000 - $(last "${name}_scan")))
+  if [[ $mode != unchanged ]]; then
+    rest=$((rest - $(last "${name}_copy") - $(last "${name}_exec")))
+  fi
+  record "${name}_rest" "$rest"
+  cp "$log" "$LOG_DIR/hostdir-rbuild-$mode.log"
+}
+
+# last NAME: the sample recorded last.
+last() { tail -n 1 "$TIMES/$1"; }
+
+# hd_bk_once MODE: the same for BuildKit; cold = after bk_forget.
+hd_bk_once() {
+  local mode=$1 log=$LOG_DIR/hostdir-buildkit.log name t0 t1
+  name=hd_bk_$(hd_short "$mode")
+  [[ $mode == cold ]] && bk_forget
+  settle
+  t0=$(now_ns)
+  hd_bk_build "$log" || { cat "$log" >&2; die "docker build host directory ($mode) failed"; }
+  t1=$(now_ns)
+  hd_bk_check "$log" "$mode" "$name"
+  record "$name" $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/hostdir-buildkit-$mode.log"
+}
+
+hd_short() { case $1 in cold) echo cold ;; unchanged) echo unch ;; changed) echo chg ;; esac; }
+
+# hd_both MODE I: one run of each engine, in turns which one goes first, so
+# that drifting load on the machine falls on both alike.
+hd_both() {
+  if (($2 % 2)); then
+    hd_rb_once "$1"
+    hd_bk_once "$1"
+  else
+    hd_bk_once "$1"
+    hd_rb_once "$1"
+  fi
+}
+
+bench_hostdir() {
+  local i log=$LOG_DIR/hostdir-rbuild.log
+  ensure_package b3sum /usr/bin/b3sum
+  ensure_tree
+  bench_hostdir_floors
+
+  say "host directory: emptying namespace $HD_NS; warm-ups (compile the pipeline, pull the image into $HD_NS and into dockerd)"
+  rb_reset "$HD_NS" "$HD_ROOT"
+  hd_rb_run "$HD_ROOT" "$log" || { cat "$log" >&2; die "rbuild host directory warm-up failed"; }
+  hd_rb_check "$log" cold hd_warmup
+  hd_bk_build "$LOG_DIR/hostdir-buildkit.log" ||
+    { cat "$LOG_DIR/hostdir-buildkit.log" >&2; die "docker build host directory warm-up failed"; }
+
+  for ((i = 1; i <= COLD_REPS; i++)); do hd_both cold "$i"; done
+  for ((i = 1; i <= HD_REPS; i++)); do hd_both unchanged "$i"; done
+  # One file changed: new content each time (one file differs from what
+  # each engine saw in its previous run).
+  for ((i = 1; i <= HD_REPS; i++)); do
+    change_tree
+    hd_both changed "$i"
+  done
+  say "host directory, rbuild: cold $(stats hd_rb_cold) / unchanged $(stats hd_rb_unch) / one file changed $(stats hd_rb_chg) (median min max, ms)"
+  say "host directory, BuildKit: cold $(stats hd_bk_cold) / unchanged $(stats hd_bk_unch) / one file changed $(stats hd_bk_chg) (median min max, ms)"
+  # Every cold and changed run committed a 240 MB snapshot / layer: give the space back.
+  rb_reset "$HD_NS" "$HD_ROOT"
+  bk_forget
+}
+
+# ------------------------------------------------------ early cutoff cost --
+# One step that writes CO_MB MiB + CO_FILES small files and always misses (a
+# new nonce each run); with RBUILD_CHANGES_DIGEST_MAX_BYTES at its default
+# (on) or 0 (off). RBUILD_LOG makes rbuild log how long the digest took.
+co_run() { # nonce on|off log
+  local -a vars=(
+    BENCH_NONCE="$1" BENCH_CUTOFF_MB="$CO_MB" BENCH_CUTOFF_FILES="$CO_FILES"
+    RBUILD_ROOT="$CO_ROOT" RBUILD_CACHE_DIR="$RB_CACHE" RBUILD_NAMESPACE="$CO_NS"
+    RBUILD_LOG=rbuild::machinery=debug
+  )
+  [[ $2 == off ]] && vars+=(RBUILD_CHANGES_DIGEST_MAX_BYTES=0)
+  env -u RBUILD_CHANGES_DIGEST_MAX_BYTES "${vars[@]}" "$RBUILD" run "$CO_PIPELINE" >"$3.out" 2>"$3"
+}
+
+# co_check LOG on|off NAME: the step ran, wrote what it should, and was
+# digested (on) or not (off); records NAME_step and NAME_digest (ms).
+co_check() {
+  local log=$1 mode=$2 name=$3 step digest known want_known=true want_out
+  want_out="out.bin $((CO_MB * 1048576)) bytes, $CO_FILES small files"
+  [[ $mode == off ]] && want_known=false
+  step=$(rb_step_ms "$log" exec)
+  read -r digest known < <(sed 's/\x1b\[[0-9;]*m//g' "$log" |
+    sed -n "s/.*digested the step's changes .* ms=\([0-9]*\) known=\([a-z]*\).*/\1 \2/p" | head -n 1) || true
+  if ! [[ $step =~ ^[0-9]+$ && ${digest:-x} =~ ^[0-9]+$ && $known == "$want_known" ]] ||
+    [[ $(cat "$log.out") != "$want_out" ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild cutoff ($mode): expected the step to run, '$want_out', digest known=$want_known; saw step '$step', digest '$digest' known '$known' (log: $log)"
+  fi
+  record "${name}_step" "$step"
+  record "${name}_digest" "$digest"
+}
+
+bench_cutoff() {
+  local log=$LOG_DIR/cutoff.log i t0 t1 mode
+  say "early cutoff: emptying namespace $CO_NS; warm-up (compiles the pipeline, pulls the image)"
+  rb_reset "$CO_NS" "$CO_ROOT"
+  co_run "warmup-on-$RUN_ID" on "$log" || { cat "$log" >&2; die "rbuild cutoff warm-up failed"; }
+  co_check "$log" on co_warmup
+  co_run "warmup-off-$RUN_ID" off "$log" || { cat "$log" >&2; die "rbuild cutoff warm-up failed"; }
+  co_check "$log" off co_warmup
+  # Alternate on and off, so drifting load on the machine hits both alike.
+  for ((i = 1; i <= REPS; i++)); do
+    for mode in on off; do
+      settle
+      t0=$(now_ns)
+      co_run "$RUN_ID-$i-$mode" "$mode" "$log" || { cat "$log" >&2; die "rbuild cutoff ($mode) failed"; }
+      t1=$(now_ns)
+      co_check "$log" "$mode" "co_$mode"
+      record "co_$mode" $(((t1 - t0) / 1000000))
+      cp "$log" "$LOG_DIR/cutoff-$mode.log"
+    done
+  done
+  say "early cutoff: on $(stats co_on) / off $(stats co_off) (median min max, ms); digest $(stats co_on_digest) ms"
+  rb_reset "$CO_NS" "$CO_ROOT"
 }
 
 # --------------------------------------------------------------- versions --
@@ -396,13 +699,20 @@ report_header() {
 # rbuild benchmarks
 
 Written by \`make bench\` (\`bench/run.sh\`); see \`bench/README.md\`. Times are
-wall-clock seconds of the whole command (\`date +%s%N\` around it), median of
-$REPS runs, with the min – max spread.
+wall-clock seconds of the whole command (\`date +%s%N\` around it): the median
+of the runs (how many: in each section), with the min – max spread.
+Scenarios run: $SCENARIOS.
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")
 - rbuild: commit $(rbuild_commit), release build
 - containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}')
+EOF
+  if want steps || want hostdir; then report_docker; fi
+}
+
+report_docker() {
+  cat <<EOF
 - Docker: client $("$DOCKER" version -f '{{.Client.Version}}' 2>/dev/null), daemon $("$DOCKER" version -f '{{.Server.Version}}' 2>/dev/null) (Debian docker.io $(dpkg-query -W -f='${Version}' docker.io)); BuildKit $(buildkit_version)
 - dockerd: \`--containerd=/run/containerd/containerd.sock --bridge=none --iptables=false --ip6tables=false\`, own data-root; storage driver $("$DOCKER" info -f '{{.Driver}}' 2>/dev/null), cgroup driver $("$DOCKER" info -f '{{.CgroupDriver}}' 2>/dev/null)
 EOF
@@ -427,7 +737,8 @@ from \`$IMAGE\` (\`bench/pipelines/ten_steps.rs\`,
 
 - **rbuild cold**: \`rbuild run\` with a new \`BENCH_NONCE\` (in step 1's
   command, so all 10 steps execute); pipeline already compiled, image already
-  pulled into the namespace.
+  pulled into the namespace. Step 1 writes the nonce into a file (in both
+  engines), so its changes differ and steps 2–10 miss despite early cutoff.
 - **rbuild cached**: the same nonce again; all 10 steps CACHED, end to end.
 - **BuildKit cold**: \`docker build --network=none --build-arg NONCE=<new>\`
   (Dockerfile on stdin, no context); the first RUN uses the nonce, so all 10
@@ -439,7 +750,7 @@ from \`$IMAGE\` (\`bench/pipelines/ten_steps.rs\`,
   (create, start, wait, delete) on the same containerd and runc.
 
 Every timed run is checked: cold runs must execute all 10 steps, cached runs
-must report all 10 CACHED, or the bench fails.
+must report all 10 CACHED, or the bench fails. Runs: $REPS of each.
 
 | measurement | median (s) | min – max (s) | per step (median / 10) |
 |---|---|---|---|
@@ -457,18 +768,170 @@ $(row "ctr floor (1 container)" ctr_floor "")
 EOF
 }
 
-# ------------------------------------------------------------------ main --
-ensure_docker_package
-ensure_dockerd
-say "runs: $REPS per measurement; logs in $LOG_DIR"
+# med NAME: median in ms, or empty when nothing was recorded.
+med() { if [[ -s $TIMES/$1 ]]; then stats "$1" | awk '{print $1}'; fi; }
+# msr NAME: "median (min–max)" in ms for a table cell, "–" when absent.
+msr() { if [[ -s $TIMES/$1 ]]; then stats "$1" | awk '{printf "%d (%d–%d)\n", $1, $2, $3}'; else echo –; fi; }
+# pct A B: A as a percentage of B.
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a" }'; }
+# spread NAME: "min – max" in seconds.
+spread() { local _m lo hi; read -r _m lo hi < <(stats "$1"); echo "$(fmt_s "$lo") – $(fmt_s "$hi")"; }
 
-bench_floor
-bench_rbuild
-bench_buildkit
+report_hostdir() {
+  local rc ru rch bc bu bch b3 b3p cpus
+  cpus=$(nproc)
+  rc=$(med hd_rb_cold) ru=$(med hd_rb_unch) rch=$(med hd_rb_chg)
+  bc=$(med hd_bk_cold) bu=$(med hd_bk_unch) bch=$(med hd_bk_chg)
+  b3=$(med hd_b3) b3p=$(med hd_b3_par)
+
+  cat <<EOF
+
+## Scenario: host directory of 20,000 files (240 MB)
+
+A generated tree, \`$TREE\`: $TREE_FILES files of $TREE_FILE_BYTES random bytes
+($(awk -v n="$TREE_FILES" -v b="$TREE_FILE_BYTES" 'BEGIN { printf "%.1f MB", n * b / 1e6 }')) in $((TREE_TOP * TREE_SUB)) directories (\`d00/s00/f000\` …), imported into
+busybox at \`/src\`, then \`find /src -type f | wc -l\` (must print $TREE_FILES)
+(\`bench/pipelines/host_dir.rs\`, \`bench/dockerfiles/host_dir.Dockerfile\`
+with the tree as the build context). The tree is in the page cache for every
+run (the floors and warm-ups read it first); \`sync\` before each timed run
+writes back what earlier runs left dirty.
+
+- **rbuild cold**: \`rbuild run bench/pipelines/host_dir.rs -- $TREE\` with a
+  new, empty state root (no index, no stat cache): every file is read and
+  hashed, the copy and the find step run. Pipeline compiled and image pulled
+  into the namespace beforehand.
+- **rbuild unchanged**: the same root again: the stat cache vouches for every
+  file (0 read), both steps CACHED.
+- **rbuild one file changed**: \`d00/s00/f000\` rewritten with new random bytes
+  (same size) before each run: 1 file read, the copy and the find step run again.
+- **BuildKit cold**: \`docker build --network=none -f bench/dockerfiles/host_dir.Dockerfile $TREE\`
+  after \`docker rmi\` of its tag and \`docker builder prune -af\` (which also
+  drops the context BuildKit keeps from earlier builds): the whole context is
+  sent, COPY and RUN run. Base image already in dockerd.
+- **BuildKit unchanged** / **one file changed**: as for rbuild; COPY and RUN
+  CACHED / run again.
+- **b3sum**: \`find TREE -type f -print0 | xargs -0 b3sum\`, blake3 of every
+  file in one process (b3sum $(b3sum --version 2>/dev/null | awk '{print $2}'), Debian's package); **b3sum × $cpus**:
+  the same split over $cpus processes (\`xargs -P $cpus\`), as rbuild hashes on
+  one thread per CPU. Both after a warm-up read, like every other run here.
+
+Runs: $COLD_REPS of each cold measurement, $HD_REPS of each other one; the two
+engines take turns (one run of each per round, rbuild first in odd rounds).
+Every timed run is checked (files read, steps run or CACHED, the count
+printed), or the bench fails.
+
+| measurement | median (s) | min – max (s) | |
+|---|---|---|---|
+$(row "rbuild cold" hd_rb_cold "")
+$(row "rbuild unchanged" hd_rb_unch "")
+$(row "rbuild one file changed" hd_rb_chg "")
+$(row "BuildKit cold" hd_bk_cold "")
+$(row "BuildKit unchanged" hd_bk_unch "")
+$(row "BuildKit one file changed" hd_bk_chg "")
+$(row "b3sum (1 process)" hd_b3 "hash floor")
+$(row "b3sum × $cpus processes" hd_b3_par "")
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild cold / BuildKit cold | $(ratio "$rc" "$bc") |
+| rbuild unchanged / BuildKit unchanged | $(ratio "$ru" "$bu") |
+| rbuild one file changed / BuildKit one file changed | $(ratio "$rch" "$bch") |
+| rbuild cold / b3sum (1 process) | $(ratio "$rc" "$b3") |
+| rbuild cold / b3sum × $cpus | $(ratio "$rc" "$b3p") |
+| rbuild cold context scan / b3sum (1 process) | $(ratio "$(med hd_rb_cold_scan)" "$b3") |
+| rbuild cold context scan / b3sum × $cpus | $(ratio "$(med hd_rb_cold_scan)" "$b3p") |
+
+Where the time goes: median (min–max) in ms. rbuild, from its progress lines: **context
+scan** is the \`#N context TREE: … files read … in X ms\` line (walk, stat, read
+and hash what the stat cache does not vouch for, update the stat cache);
+**copy** and **find step** are their \`#N DONE in X ms\`; **rest** = total −
+those, per run (process starts, containerd connection, image resolution,
+index and snapshot bookkeeping). Each cell is its own median, so a row
+need not add up. BuildKit prints its times to 0.1 s. BuildKit, from \`--progress=plain\` DONE times:
+\`[internal] load build context\` (the client sending the context), COPY,
+RUN, exporting to image.
+
+| rbuild (ms) | total | context scan | copy | find step | rest |
+|---|---|---|---|---|---|
+| cold | $(msr hd_rb_cold) | $(msr hd_rb_cold_scan) | $(msr hd_rb_cold_copy) | $(msr hd_rb_cold_exec) | $(msr hd_rb_cold_rest) |
+| unchanged | $(msr hd_rb_unch) | $(msr hd_rb_unch_scan) | CACHED | CACHED | $(msr hd_rb_unch_rest) |
+| one file changed | $(msr hd_rb_chg) | $(msr hd_rb_chg_scan) | $(msr hd_rb_chg_copy) | $(msr hd_rb_chg_exec) | $(msr hd_rb_chg_rest) |
+
+| BuildKit (ms) | total | load build context | COPY | RUN | exporting to image |
+|---|---|---|---|---|---|
+| cold | $(msr hd_bk_cold) | $(msr hd_bk_cold_context) | $(msr hd_bk_cold_copy) | $(msr hd_bk_cold_run) | $(msr hd_bk_cold_export) |
+| unchanged | $(msr hd_bk_unch) | $(msr hd_bk_unch_context) | CACHED | CACHED | – |
+| one file changed | $(msr hd_bk_chg) | $(msr hd_bk_chg_context) | $(msr hd_bk_chg_copy) | $(msr hd_bk_chg_run) | $(msr hd_bk_chg_export) |
+EOF
+}
+
+report_cutoff() {
+  local on off on_step off_step dig diff step_diff
+  on=$(med co_on) off=$(med co_off)
+  on_step=$(med co_on_step) off_step=$(med co_off_step)
+  dig=$(med co_on_digest)
+  diff=$((on - off)) step_diff=$((on_step - off_step))
+
+  cat <<EOF
+
+## Scenario: early cutoff cost on a miss
+
+One step on busybox (\`bench/pipelines/cutoff_cost.rs\`) writes $CO_MB MiB of
+random bytes to \`/out.bin\` and $CO_FILES small files under \`/small\`; its
+command carries a new \`BENCH_NONCE\` every run, so it always misses and runs.
+After a step, rbuild hashes the files the step changed (the overlay upper
+dir) so that a step re-run with the same output lets later steps hit ("early
+cutoff"), up to \`RBUILD_CHANGES_DIGEST_MAX_BYTES\` (default 64 MiB; $CO_MB MiB
+is under it, so all of it is hashed). **on** = the default, **off** =
+\`RBUILD_CHANGES_DIGEST_MAX_BYTES=0\`. $REPS runs of each, alternating on and
+off, \`sync\` before each. **step** is the step's \`#N DONE in X ms\`;
+**digest** is rbuild's own timing of the hashing (its debug log line
+\`digested the step's changes ms=…\`, \`RBUILD_LOG=rbuild::machinery=debug\`
+in both modes; with off it times only the removal of mount stubs that
+precedes the hashing).
+
+| mode | wall median (s) | wall min – max (s) | step, ms: median (min–max) | digest, ms: median (min–max) |
+|---|---|---|---|---|
+| on (default) | $(fmt_s "$on") | $(spread co_on) | $(msr co_on_step) | $(msr co_on_digest) |
+| off (=0) | $(fmt_s "$off") | $(spread co_off) | $(msr co_off_step) | $(msr co_off_digest) |
+
+| cost of early cutoff ($CO_MB MiB + $CO_FILES files) | ms | per MiB | % of the step (off) |
+|---|---|---|---|
+| digest, rbuild's own timing (median) | $dig | $(per_mib "$dig") | $(pct "$dig" "$off_step") |
+| step time, on − off (medians) | $step_diff | $(per_mib "$step_diff") | $(pct "$step_diff" "$off_step") |
+| wall time, on − off (medians) | $diff | $(per_mib "$diff") | $(pct "$diff" "$off_step") |
+EOF
+}
+# per_mib MS: MS per MiB the cutoff step wrote.
+per_mib() { awk -v a="$1" -v m="$CO_MB" 'BEGIN { printf "%.2f ms", a / m }'; }
+
+# ------------------------------------------------------------------ main --
+if want steps || want hostdir; then
+  ensure_package docker.io "$DOCKER" "$DOCKERD"
+  ensure_dockerd
+fi
+say "scenarios: $SCENARIOS; logs in $LOG_DIR"
+
+if want steps; then
+  say "10 trivial steps: $REPS runs per measurement"
+  bench_floor
+  bench_rbuild
+  bench_buildkit
+fi
+if want hostdir; then
+  say "host directory: $COLD_REPS cold runs, $HD_REPS of the others"
+  bench_hostdir
+fi
+if want cutoff; then
+  say "early cutoff: $REPS runs of each mode"
+  bench_cutoff
+fi
 
 {
   report_header
-  report_ten_steps
+  if want steps; then report_ten_steps; fi
+  if want hostdir; then report_hostdir; fi
+  if want cutoff; then report_cutoff; fi
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"

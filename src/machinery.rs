@@ -317,7 +317,7 @@ impl ContainerdMachinery {
                     let key = format!("rbuild-mount-{}", unique_suffix());
                     let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
                     let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
-                    let source = tree::under(mnt.path(), path);
+                    let source = tree::resolve_in(mnt.path(), path);
                     opened.push(mnt);
                     let meta = std::fs::metadata(&source).map_err(|_| {
                         SolveError::Invalid(format!(
@@ -500,49 +500,17 @@ fn apply_actions(
                 permissions,
             } => {
                 let root = root_iter.next().cloned().flatten();
-                let dst = tree::under(target, dest);
                 let owner = owner_of(owner)?;
-                match source {
-                    Source::Host { listing, path } => match listing.at(path) {
-                        Some(HostNode::Dir(sub)) => {
-                            let sub = sub.filtered(include, exclude)?;
-                            tree::make_parents(target, &dst)?;
-                            tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
-                        }
-                        Some(HostNode::File(entry)) => {
-                            tree::make_parents(target, &dst)?;
-                            let single = single_entry_listing(listing, entry);
-                            let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
-                            tree::copy_listing(&single, &tmp, owner.unwrap_or((0, 0)))?;
-                            tree::remove_path(&dst)?;
-                            std::fs::rename(tmp.join(&entry.rel), &dst)
-                                .map_err(|e| SolveError::Internal(format!("place {dest}: {e}")))?;
-                            let _ = std::fs::remove_dir(&tmp);
-                        }
-                        None => {
-                            return Err(SolveError::Invalid(format!(
-                                "{path} does not exist in host directory {}",
-                                listing.root.display()
-                            )));
-                        }
-                    },
-                    Source::Snapshot { path, .. } => {
-                        let root = root.expect("snapshot source is mounted");
-                        let src = tree::under(&root, path);
-                        if std::fs::symlink_metadata(&src).is_err() {
-                            return Err(SolveError::Invalid(format!(
-                                "{path} does not exist in the copied value"
-                            )));
-                        }
-                        let filter = CopyFilter::new(&src, include, exclude)?;
-                        tree::make_parents(target, &dst)?;
-                        tree::copy_tree(&src, &dst, &filter, owner)?;
-                    }
-                }
-                if let Some(p) = permissions {
-                    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*p))
-                        .map_err(|e| SolveError::Invalid(format!("chmod {dest}: {e}")))?;
-                }
+                copy_into(
+                    target,
+                    dest,
+                    source,
+                    root.as_deref(),
+                    include,
+                    exclude,
+                    owner,
+                    *permissions,
+                )?;
             }
             FileAction::Write {
                 dest,
@@ -550,7 +518,7 @@ fn apply_actions(
                 permissions,
                 owner,
             } => {
-                let dst = tree::under(target, dest);
+                let dst = tree::resolve_entry_in(target, dest);
                 tree::make_parents(target, &dst)?;
                 tree::remove_path(&dst)?;
                 std::fs::write(&dst, contents.as_slice())
@@ -562,7 +530,7 @@ fn apply_actions(
                     .map_err(|e| SolveError::Invalid(format!("chown {dest}: {e}")))?;
             }
             FileAction::Remove { path } => {
-                tree::remove_path(&tree::under(target, path))?;
+                tree::remove_path(&tree::resolve_entry_in(target, path))?;
             }
             FileAction::Diff { base, other } => {
                 let base_root = root_iter.next().cloned().flatten();
@@ -572,11 +540,75 @@ fn apply_actions(
                 else {
                     unreachable!("diff sources are materialized as snapshots");
                 };
-                let b = tree::under(&base_root.expect("mounted"), bp);
-                let o = tree::under(&other_root.expect("mounted"), op);
+                let b = tree::resolve_in(&base_root.expect("mounted"), bp);
+                let o = tree::resolve_in(&other_root.expect("mounted"), op);
                 copy_differences(&b, &o, target, Path::new(""))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// One copy: a directory merges into what `dest` leads to (following
+/// symlinks inside the tree); a file replaces the entry at `dest`.
+#[allow(clippy::too_many_arguments)]
+fn copy_into(
+    target: &Path,
+    dest: &str,
+    source: &Source,
+    mounted: Option<&Path>,
+    include: &[String],
+    exclude: &[String],
+    owner: Option<(u32, u32)>,
+    permissions: Option<u32>,
+) -> Result<(), SolveError> {
+    let placed = match source {
+        Source::Host { listing, path } => match listing.at(path) {
+            Some(HostNode::Dir(sub)) => {
+                let dst = tree::resolve_in(target, dest);
+                let sub = sub.filtered(include, exclude)?;
+                tree::make_parents(target, &dst)?;
+                tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
+                dst
+            }
+            Some(HostNode::File(entry)) => {
+                let dst = tree::resolve_entry_in(target, dest);
+                tree::make_parents(target, &dst)?;
+                let single = single_entry_listing(listing, entry);
+                let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
+                tree::copy_listing(&single, &tmp, owner.unwrap_or((0, 0)))?;
+                tree::remove_path(&dst)?;
+                std::fs::rename(tmp.join(&entry.rel), &dst)
+                    .map_err(|e| SolveError::Internal(format!("place {dest}: {e}")))?;
+                let _ = std::fs::remove_dir(&tmp);
+                dst
+            }
+            None => {
+                return Err(SolveError::Invalid(format!(
+                    "{path} does not exist in host directory {}",
+                    listing.root.display()
+                )));
+            }
+        },
+        Source::Snapshot { path, .. } => {
+            let src = tree::resolve_in(mounted.expect("snapshot source is mounted"), path);
+            let meta = std::fs::symlink_metadata(&src).map_err(|_| {
+                SolveError::Invalid(format!("{path} does not exist in the copied value"))
+            })?;
+            let dst = if meta.is_dir() {
+                tree::resolve_in(target, dest)
+            } else {
+                tree::resolve_entry_in(target, dest)
+            };
+            let filter = CopyFilter::new(&src, include, exclude)?;
+            tree::make_parents(target, &dst)?;
+            tree::copy_tree(&src, &dst, &filter, owner)?;
+            dst
+        }
+    };
+    if let Some(p) = permissions {
+        std::fs::set_permissions(&placed, std::fs::Permissions::from_mode(p))
+            .map_err(|e| SolveError::Invalid(format!("chmod {dest}: {e}")))?;
     }
     Ok(())
 }
@@ -777,7 +809,7 @@ impl Machinery for ContainerdMachinery {
             }
             Source::Snapshot { snapshot, path } => {
                 let mounted = self.view(snapshot.as_ref()).await?;
-                let node = tree::under(mounted.path(), path);
+                let node = tree::resolve_in(mounted.path(), path);
                 let path = path.clone();
                 let answer = tokio::task::spawn_blocking(move || read_tree(&node, &path, op))
                     .await

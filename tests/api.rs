@@ -58,6 +58,11 @@ fn container_files_config_exec_options_and_mounts() {
     expect(&m, "with_directory_opts", "./sub/y|./x");
     expect(&m, "owner", "65534");
     expect(&m, "without", "0");
+    expect(&m, "symlink_write", "inside");
+    assert!(
+        !Path::new("/etc/rbuild-escaped").exists(),
+        "a file operation followed a container symlink onto the host"
+    );
     expect(&m, "user", "65534");
     expect(&m, "entrypoint", "via-entrypoint");
     expect(&m, "default_args", "defaults");

@@ -4,7 +4,7 @@
 # cold build) and the same value again hits all ten (the cached build).
 FROM 127.0.0.1:5000/busybox:latest
 ARG NONCE=
-RUN echo step 1 $NONCE
+RUN echo step 1 $NONCE > /nonce
 RUN echo step 2
 RUN echo step 3
 RUN echo step 4

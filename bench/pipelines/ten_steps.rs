@@ -17,7 +17,10 @@ async fn main() -> rb::Result<()> {
     let mut container = client.container().from(IMAGE);
     for n in 1..=STEPS {
         let cmd = if n == 1 {
-            format!("echo step {n} {nonce}")
+            // Into a file: a step whose changes differ, so that the steps
+            // after it miss too (with identical changes, early cutoff would
+            // let them hit).
+            format!("echo step {n} {nonce} > /nonce")
         } else {
             format!("echo step {n}")
         };

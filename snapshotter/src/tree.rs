@@ -469,38 +469,45 @@ fn ancestors(rel: &str) -> Vec<String> {
     out
 }
 
-/// Hashes files on as many threads as there are CPUs.
-fn hash_files(todo: &[(String, PathBuf, StatKey)]) -> Result<KnownHashes, Error> {
-    let out = Mutex::new(HashMap::with_capacity(todo.len()));
+/// Runs `f` on every item, on as many threads as there are CPUs; the first error wins.
+fn par_for_each<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<(), Error> + Sync,
+) -> Result<(), Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let err: Mutex<Option<Error>> = Mutex::new(None);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .min(todo.len().max(1));
+        .min(items.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                loop {
+                while err.lock().unwrap().is_none() {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((rel, path, key)) = todo.get(i) else {
+                    let Some(item) = items.get(i) else {
                         break;
                     };
-                    match hash_file(path) {
-                        Ok(h) => {
-                            out.lock().unwrap().insert(rel.clone(), (*key, h));
-                        }
-                        Err(e) => {
-                            *err.lock().unwrap() = Some(e);
-                            break;
-                        }
+                    if let Err(e) = f(item) {
+                        *err.lock().unwrap() = Some(e);
                     }
                 }
             });
         }
     });
-    if let Some(e) = err.into_inner().unwrap() {
-        return Err(e);
+    match err.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
+}
+
+/// Hashes files in parallel.
+fn hash_files(todo: &[(String, PathBuf, StatKey)]) -> Result<KnownHashes, Error> {
+    let out = Mutex::new(HashMap::with_capacity(todo.len()));
+    par_for_each(todo, |(rel, path, key)| {
+        let h = hash_file(path)?;
+        out.lock().unwrap().insert(rel.clone(), (*key, h));
+        Ok(())
+    })?;
     Ok(out.into_inner().unwrap())
 }
 
@@ -605,8 +612,71 @@ fn lchown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
+/// Resolves a container path inside a root filesystem mounted at `root`,
+/// following symlinks the way the container would see them: an absolute
+/// target restarts at `root`, `..` stops at it. Host-side file operations
+/// use this so that a symlink in an image (`/app -> /etc`) can never lead
+/// them out of the tree. Components that do not exist are appended as is.
+pub fn resolve_in(root: &Path, path: &str) -> PathBuf {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .rev()
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    let mut cur = root.to_path_buf();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.as_str() {
+            "." => {}
+            ".." => {
+                if cur != root {
+                    cur.pop();
+                }
+            }
+            name => {
+                let next = cur.join(name);
+                match fs::symlink_metadata(&next) {
+                    Ok(m) if m.file_type().is_symlink() && links < 40 => {
+                        links += 1;
+                        let Ok(target) = fs::read_link(&next) else {
+                            cur = next;
+                            continue;
+                        };
+                        let t = target.to_string_lossy().into_owned();
+                        if t.starts_with('/') {
+                            cur = root.to_path_buf();
+                        }
+                        todo.extend(
+                            t.split('/')
+                                .rev()
+                                .filter(|p| !p.is_empty())
+                                .map(String::from),
+                        );
+                    }
+                    _ => cur = next,
+                }
+            }
+        }
+    }
+    cur
+}
+
+/// Like [`resolve_in`] for the directory of `path`, keeping its last
+/// component as is: the entry itself, for replacing or removing it (a
+/// symlink is removed, not what it points to).
+pub fn resolve_entry_in(root: &Path, path: &str) -> PathBuf {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((parent, name)) if !name.is_empty() && name != "." && name != ".." => {
+            resolve_in(root, parent).join(name)
+        }
+        _ => resolve_in(root, path),
+    }
+}
+
 /// Resolves `rel` (an absolute container path or a relative one) below
-/// `root`, refusing to leave it.
+/// `root` lexically, refusing to leave it (symlinks are not followed).
 pub fn under(root: &Path, rel: &str) -> PathBuf {
     let mut out = root.to_path_buf();
     for part in rel.split('/') {
@@ -649,22 +719,36 @@ pub fn remove_path(path: &Path) -> Result<(), Error> {
 /// is an error rather than a wrongly keyed result.
 pub fn copy_listing(listing: &HostListing, dest: &Path, owner: (u32, u32)) -> Result<u64, Error> {
     fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
-    let mut bytes = 0;
-    let mut dir_times = Vec::new();
-    for e in &listing.entries {
+    // Directories first (parents before children), then files and symlinks
+    // in parallel: creating files is what a cold import spends its time on.
+    let (dirs, leaves): (Vec<&HostEntry>, Vec<&HostEntry>) = listing
+        .entries
+        .iter()
+        .partition(|e| e.kind == EntryKind::Dir);
+    for e in &dirs {
+        let dst = dest.join(&e.rel);
+        match fs::symlink_metadata(&dst) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&dst).map_err(|err| Error::io("replace", &dst, err))?;
+                fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?;
+            }
+            Err(_) => {
+                fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?
+            }
+        }
+        lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(e.mode))
+            .map_err(|err| Error::io("chmod", &dst, err))?;
+    }
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    par_for_each(&leaves, |e| {
         let src = listing.root.join(&e.rel);
         let dst = dest.join(&e.rel);
+        // Never write through whatever is there (it could be a symlink out of the tree).
+        remove_if_not_dir(&dst)?;
         match &e.kind {
-            EntryKind::Dir => {
-                match fs::create_dir(&dst) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(err) => return Err(Error::io("create directory", &dst, err)),
-                }
-                dir_times.push((dst.clone(), e.mtime));
-            }
             EntryKind::File { size, .. } => {
-                remove_if_not_dir(&dst)?;
                 fs::copy(&src, &dst).map_err(|err| Error::io("copy", &src, err))?;
                 let now = fs::symlink_metadata(&src).map_err(|err| Error::io("stat", &src, err))?;
                 if StatKey::of(&now) != e.stat {
@@ -676,28 +760,31 @@ pub fn copy_listing(listing: &HostListing, dest: &Path, owner: (u32, u32)) -> Re
                         ),
                     ));
                 }
-                bytes += size;
+                bytes.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
+                lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
+                // fs::copy set the permission bits; chown cleared set-id bits.
+                if e.mode & 0o7000 != 0 {
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(e.mode))
+                        .map_err(|err| Error::io("chmod", &dst, err))?;
+                }
                 set_mtime(&dst, e.mtime.0, e.mtime.1)
-                    .map_err(|err| Error::io("set mtime", &dst, err))?;
+                    .map_err(|err| Error::io("set mtime", &dst, err))
             }
             EntryKind::Symlink { target } => {
-                remove_if_not_dir(&dst)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &dst)
                     .map_err(|err| Error::io("create symlink", &dst, err))?;
+                lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
                 let _ = set_mtime(&dst, e.mtime.0, e.mtime.1);
+                Ok(())
             }
+            EntryKind::Dir => Ok(()),
         }
-        lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
-        if !matches!(e.kind, EntryKind::Symlink { .. }) {
-            fs::set_permissions(&dst, fs::Permissions::from_mode(e.mode))
-                .map_err(|err| Error::io("chmod", &dst, err))?;
-        }
-    }
+    })?;
     // Directory mtimes last: creating their children changed them.
-    for (d, (s, ns)) in dir_times.into_iter().rev() {
-        let _ = set_mtime(&d, s, ns);
+    for e in dirs.iter().rev() {
+        let _ = set_mtime(&dest.join(&e.rel), e.mtime.0, e.mtime.1);
     }
-    Ok(bytes)
+    Ok(bytes.into_inner())
 }
 
 fn remove_if_not_dir(p: &Path) -> Result<(), Error> {

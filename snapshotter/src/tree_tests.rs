@@ -290,3 +290,23 @@ fn paths_stay_under_their_root() {
     assert_eq!(under(r, "../../etc/passwd"), Path::new("/mnt/x/etc/passwd"));
     assert_eq!(under(r, "a/../../b"), Path::new("/mnt/x/b"));
 }
+
+#[test]
+fn symlinks_resolve_inside_the_root() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::create_dir_all(r.join("usr/lib")).unwrap();
+    symlink("/etc", r.join("app")).unwrap();
+    symlink("../../..", r.join("usr/lib/up")).unwrap();
+    symlink("lib", r.join("usr/rel")).unwrap();
+    assert_eq!(resolve_in(r, "/app/passwd"), r.join("etc/passwd"));
+    assert_eq!(resolve_in(r, "/usr/lib/up/etc"), r.join("etc"));
+    assert_eq!(resolve_in(r, "/usr/rel/x"), r.join("usr/lib/x"));
+    assert_eq!(resolve_in(r, "/new/dir/file"), r.join("new/dir/file"));
+    symlink("loop", r.join("loop")).unwrap();
+    assert!(
+        resolve_in(r, "/loop").starts_with(r),
+        "a symlink loop ends inside the root"
+    );
+}
