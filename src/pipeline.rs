@@ -272,9 +272,18 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
     std::fs::copy(&built, &tmp)
         .with_context(|| format!("copy {} into the pipeline cache", built.display()))?;
     std::fs::rename(&tmp, &cached)?;
-    // Older builds of this pipeline are dead weight.
+    // Older builds of this pipeline are dead weight once nobody can be
+    // about to run them; a concurrent rbuild's temporary copy is not ours.
+    let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for entry in std::fs::read_dir(&bin_dir)?.flatten() {
-        if entry.path() != cached {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < stale);
+        if entry.path() != cached
+            && !entry.file_name().to_string_lossy().starts_with(".tmp-")
+            && old
+        {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use rbuild_runtime::containerd_client::services::v1::{
-    Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    DeleteContentRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    WriteContentRequest,
 };
 use rbuild_runtime::containerd_client::tonic::Code;
 use rbuild_runtime::{Containerd, LeaseId};
@@ -46,6 +47,79 @@ pub async fn info(ctd: &Containerd, digest: &str) -> Result<Option<Info>, Error>
         Ok(r) => Ok(r.into_inner().info),
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(rbuild_runtime::Error::rpc("look up content", digest, s).into()),
+    }
+}
+
+/// Reads a whole blob as a stream of chunks.
+pub async fn read_stream(
+    ctd: &Containerd,
+    digest: &str,
+) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static, Error> {
+    let stream = ctd
+        .content()
+        .read(ctd.request(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        }))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("read content", digest, s))?
+        .into_inner();
+    Ok(stream.map(|r| {
+        r.map(|m| Bytes::from(m.data))
+            .map_err(|s| std::io::Error::other(s.message().to_string()))
+    }))
+}
+
+/// Copies a blob into a host file.
+pub async fn read_to_file(
+    ctd: &Containerd,
+    digest: &str,
+    path: &std::path::Path,
+) -> Result<u64, Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = read_stream(ctd, digest).await?;
+    let mut f = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::io("create", path, e))?;
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::io("read content into", path, e))?;
+        n += chunk.len() as u64;
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| Error::io("write", path, e))?;
+    }
+    f.flush().await.map_err(|e| Error::io("write", path, e))?;
+    Ok(n)
+}
+
+/// Streams a host file into the content store.
+pub async fn write_file(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    target: BlobTarget<'_>,
+    path: &std::path::Path,
+) -> Result<Written, Error> {
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io("open", path, e))?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK);
+    write_stream(ctd, lease, target, stream).await
+}
+
+/// Deletes a blob; one that is already gone is fine.
+pub async fn delete(ctd: &Containerd, digest: &str) -> Result<(), Error> {
+    match ctd
+        .content()
+        .delete(ctd.request(DeleteContentRequest {
+            digest: digest.to_string(),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(rbuild_runtime::Error::rpc("delete content", digest, s).into()),
     }
 }
 
