@@ -107,6 +107,68 @@ pub enum ContainerOp {
     WithoutMount {
         path: String,
     },
+    /// Replaces the container with the image in an OCI tarball.
+    Import {
+        file: FileDef,
+    },
+    WithExposedPort {
+        port: u16,
+        #[serde(default = "tcp")]
+        protocol: String,
+    },
+    WithRegistryAuth {
+        address: String,
+        username: String,
+        secret: SecretDef,
+    },
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+/// How a published or exported image is written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageFormatDef {
+    pub compression: CompressionDef,
+    pub media_types: MediaTypesDef,
+    pub real_timestamps: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionDef {
+    #[default]
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaTypesDef {
+    #[default]
+    Oci,
+    Docker,
+}
+
+impl ImageFormatDef {
+    pub fn format(&self) -> rbuild_snapshotter::export::ImageFormat {
+        use rbuild_snapshotter::export::{Compression, ImageFormat, MediaTypes};
+        ImageFormat {
+            compression: match self.compression {
+                CompressionDef::Gzip => Compression::Gzip,
+                CompressionDef::Zstd => Compression::Zstd,
+                CompressionDef::Uncompressed => Compression::Uncompressed,
+            },
+            media_types: match self.media_types {
+                MediaTypesDef::Oci => MediaTypes::Oci,
+                MediaTypesDef::Docker => MediaTypes::Docker,
+            },
+            real_timestamps: self.real_timestamps,
+        }
+    }
 }
 
 /// What a `with_exec` must end with to count as a result.
@@ -257,6 +319,14 @@ pub enum FileDef {
     Directory {
         directory: DirectoryDef,
         path: String,
+    },
+    /// `container.as_tarball()`: the container as an OCI image tarball.
+    Tarball {
+        container: ContainerDef,
+        #[serde(default)]
+        format: ImageFormatDef,
+        #[serde(default)]
+        name: Option<String>,
     },
 }
 

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rbuild_snapshotter::BlobDesc;
+use rbuild_snapshotter::export::Layer;
 use rbuild_snapshotter::tree::{KnownHashes, StatKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -65,6 +67,15 @@ CREATE TABLE IF NOT EXISTS host_files (
     mtime_ns  INTEGER NOT NULL,
     ctime_ns  INTEGER NOT NULL,
     hash      BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS layers (
+    snapshot    TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    diff_id     TEXT NOT NULL,
+    PRIMARY KEY (snapshot, format)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS images (
     digest    TEXT NOT NULL,
@@ -291,6 +302,38 @@ impl Index {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// The layer made from a step snapshot in a format, if it was made before.
+    pub fn get_layer(&self, snapshot: &str, format: &str) -> Result<Option<Layer>, IndexError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT media_type, digest, size, diff_id FROM layers WHERE snapshot = ?1 AND format = ?2",
+                params![snapshot, format],
+                |r| {
+                    Ok(Layer {
+                        desc: BlobDesc {
+                            media_type: r.get(0)?,
+                            digest: r.get(1)?,
+                            size: r.get(2)?,
+                        },
+                        diff_id: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_layer(&self, snapshot: &str, format: &str, l: &Layer) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO layers (snapshot, format, media_type, digest, size, diff_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![snapshot, format, l.desc.media_type, l.desc.digest, l.desc.size, l.diff_id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn get_image(&self, digest: &str, platform: &str) -> Result<Option<String>, IndexError> {

@@ -18,9 +18,10 @@ use rbuild_runtime::{
     CancellationToken, ContainerRun, Containerd, ExtraMount, GC_ROOT_LABEL, LeaseId, OWNER_LABEL,
     Owner, ProcessSpec,
 };
+use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::tree::{self, CopyFilter, HostNode};
 use rbuild_snapshotter::{
-    ImageRef, MountedSnapshot, Platform, PullReport, Registry, ResolvedImage, snapshots,
+    BlobDesc, ImageRef, MountedSnapshot, Platform, PullReport, Registry, ResolvedImage, snapshots,
     unique_suffix,
 };
 use tokio::sync::OnceCell;
@@ -28,7 +29,7 @@ use tokio::sync::OnceCell;
 use crate::index::SnapshotId;
 use crate::solver::{
     ApplyRequest, ExecOutcome, ExecRequest, FileAction, Machinery, MountRequest, ReadAnswer,
-    ReadOp, SolveError, Source,
+    ReadOp, SolveError, Source, TarballDest,
 };
 use crate::user;
 use crate::volumes::{VolumeUse, Volumes};
@@ -827,6 +828,134 @@ impl Machinery for ContainerdMachinery {
         )]);
         snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
         Ok(())
+    }
+
+    async fn layer(
+        &self,
+        lower: Option<&SnapshotId>,
+        upper: &SnapshotId,
+        format: ImageFormat,
+    ) -> Result<Layer, SolveError> {
+        let lease = self.lease().await?;
+        Ok(export::diff_layer(
+            &self.ctd,
+            lease,
+            &self.scratch,
+            lower.map(|s| s.0.as_str()),
+            &upper.0,
+            format,
+        )
+        .await?)
+    }
+
+    async fn has_blob(&self, digest: &str) -> Result<bool, SolveError> {
+        Ok(rbuild_snapshotter::content::info(&self.ctd, digest)
+            .await?
+            .is_some())
+    }
+
+    async fn assemble(
+        &self,
+        base: Option<&ResolvedImage>,
+        layers: &[(Layer, String)],
+        config: &ImageConfig,
+        format: ImageFormat,
+    ) -> Result<BuiltImage, SolveError> {
+        let lease = self.lease().await?;
+        let platform = base
+            .map(|b| b.platform.clone())
+            .unwrap_or_else(rbuild_snapshotter::host_platform);
+        // Reproducible by default: the epoch, not the time of the build.
+        let created = if format.real_timestamps {
+            rbuild_runtime::containerd::rfc3339(SystemTime::now())
+        } else {
+            "1970-01-01T00:00:00Z".to_string()
+        };
+        Ok(export::assemble(
+            &self.ctd, lease, base, layers, config, &platform, format, &created,
+        )
+        .await?)
+    }
+
+    async fn publish(
+        &self,
+        image: &BuiltImage,
+        target: &ImageRef,
+        auth: Option<(String, Arc<Vec<u8>>)>,
+        report: &(dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
+    ) -> Result<String, SolveError> {
+        if let Some((user, password)) = auth {
+            self.registry.set_credentials(
+                target.registry(),
+                &user,
+                &String::from_utf8_lossy(&password),
+            );
+        }
+        let digest = export::publish(&self.ctd, &self.registry, image, target, report).await?;
+        // containerd keeps what was published, as after `docker push`.
+        rbuild_snapshotter::pull::put_image_record(&self.ctd, &target.to_string(), &image.manifest)
+            .await?;
+        Ok(digest)
+    }
+
+    async fn tarball(
+        &self,
+        image: &BuiltImage,
+        name: Option<&str>,
+        dest: TarballDest,
+    ) -> Result<Option<SnapshotId>, SolveError> {
+        match dest {
+            TarballDest::Host(path) => {
+                export::write_tarball(&self.ctd, image, name, &path).await?;
+                if let Some(n) = name {
+                    rbuild_snapshotter::pull::put_image_record(&self.ctd, n, &image.manifest)
+                        .await?;
+                }
+                Ok(None)
+            }
+            TarballDest::Snapshot(key) => {
+                let active = format!("rbuild-active-{}-{}", key.short(), unique_suffix());
+                let labels = HashMap::from([(KEY_LABEL.to_string(), key.to_hex())]);
+                let (mnt, _) = self.writable(active.clone(), None, labels).await?;
+                let written =
+                    export::write_tarball(&self.ctd, image, name, &mnt.path().join("image.tar"))
+                        .await;
+                let HostMount { mount, .. } = mnt;
+                drop(mount);
+                let result = match written {
+                    Ok(()) => self.commit(&active, &key).await.map(Some),
+                    Err(e) => Err(e.into()),
+                };
+                if result.is_err() {
+                    let _ = snapshots::remove(&self.ctd, &active).await;
+                }
+                result
+            }
+        }
+    }
+
+    async fn import_image(
+        &self,
+        source: Source,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, SolveError> {
+        let lease = self.lease().await?;
+        match &source {
+            Source::Host { listing, path } => {
+                let Some(HostNode::File(entry)) = listing.at(path) else {
+                    return Err(SolveError::Invalid(format!("{path} is not a file")));
+                };
+                let file = listing.root.join(&entry.rel);
+                Ok(export::import_tarball(&self.ctd, lease, &file, platform).await?)
+            }
+            Source::Snapshot { snapshot, path } => {
+                let mounted = self.view(snapshot.as_ref()).await?;
+                let file = tree::resolve_in(mounted.path(), path);
+                let result = export::import_tarball(&self.ctd, lease, &file, platform).await;
+                self.close(mounted, false).await;
+                Ok(result?)
+            }
+        }
     }
 }
 

@@ -76,6 +76,11 @@ impl Progress {
         self.line(&format!("#{} {text}", no.0));
     }
 
+    /// A detail of running work (a layer pushed).
+    pub fn detail(&self, no: StepNo, text: &str) {
+        self.line(&format!("#{}   {text}", no.0));
+    }
+
     /// Work that is not a step (an image pull) finished.
     pub fn finished(&self, no: StepNo, millis: u128, detail: &str) {
         self.line(&format!("#{} DONE in {millis} ms ({detail})", no.0));

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::graph::{ContainerDef, DirectoryDef, FileDef};
+use crate::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef};
 use crate::solver::{Machinery, ReadAnswer, ReadOp, SolveError, Solver, join_path};
 
 /// Environment variables that carry the session to the pipeline process.
@@ -50,6 +50,22 @@ enum Query {
     ExitCode { container: ContainerDef },
     #[serde(rename = "container.sync")]
     Sync { container: ContainerDef },
+    #[serde(rename = "container.publish")]
+    Publish {
+        container: ContainerDef,
+        address: String,
+        #[serde(default)]
+        format: ImageFormatDef,
+    },
+    #[serde(rename = "container.export")]
+    Export {
+        container: ContainerDef,
+        path: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        format: ImageFormatDef,
+    },
     #[serde(rename = "directory.entries")]
     Entries {
         directory: DirectoryDef,
@@ -203,6 +219,33 @@ async fn answer<M: Machinery>(solver: &Arc<Solver<M>>, query: Query) -> Result<V
         Query::Sync { container } => {
             solver.container(&container).await?;
             Ok(Value::Null)
+        }
+        Query::Publish {
+            container,
+            address,
+            format,
+        } => {
+            let st = solver.container(&container).await?;
+            Ok(Value::String(
+                solver.publish(&st, &address, format.format()).await?,
+            ))
+        }
+        Query::Export {
+            container,
+            path,
+            name,
+            format,
+        } => {
+            let st = solver.container(&container).await?;
+            solver
+                .export(
+                    &st,
+                    std::path::Path::new(&path),
+                    name.as_deref(),
+                    format.format(),
+                )
+                .await?;
+            Ok(Value::String(path))
         }
         Query::Entries { directory, path } => {
             let d = solver.directory(&directory).await?;

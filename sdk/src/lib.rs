@@ -439,6 +439,54 @@ pub struct DirectoryOpts {
     pub owner: Option<String>,
 }
 
+/// Media types of a published or exported image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageMediaTypes {
+    /// `application/vnd.oci.image.*` (the default).
+    #[default]
+    Oci,
+    /// `application/vnd.docker.*`, for old registries and tools.
+    Docker,
+}
+
+/// Compression of the layers rbuild makes (base image layers stay as they are).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageLayerCompression {
+    #[default]
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+/// How an image is written by `publish_opts`, `export_opts` and `as_tarball_opts`.
+#[derive(Clone, Debug, Default)]
+pub struct ImageOpts {
+    pub media_types: ImageMediaTypes,
+    pub compression: ImageLayerCompression,
+    /// Keep the files' and the image's real timestamps. By default they are
+    /// the Unix epoch, so that the same content always has the same digest.
+    pub real_timestamps: bool,
+    /// The name a tarball gives the image (`docker load` tags it so).
+    pub name: Option<String>,
+}
+
+impl ImageOpts {
+    fn format(&self) -> Value {
+        json!({
+            "media_types": match self.media_types {
+                ImageMediaTypes::Oci => "oci",
+                ImageMediaTypes::Docker => "docker",
+            },
+            "compression": match self.compression {
+                ImageLayerCompression::Gzip => "gzip",
+                ImageLayerCompression::Zstd => "zstd",
+                ImageLayerCompression::Uncompressed => "uncompressed",
+            },
+            "real_timestamps": self.real_timestamps,
+        })
+    }
+}
+
 /// A container: a root filesystem and the configuration to run commands in it.
 ///
 /// Immutable and lazy; every builder method returns a new `Container`.
@@ -695,6 +743,90 @@ impl Container {
 
     pub fn without_mount(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "without_mount", "path": path.into()}))
+    }
+
+    /// Declares a port the image listens on (`with_exposed_port(8080)`), for its config.
+    pub fn with_exposed_port(&self, port: u16) -> Container {
+        self.with_exposed_port_opts(port, "tcp")
+    }
+
+    pub fn with_exposed_port_opts(&self, port: u16, protocol: impl Into<String>) -> Container {
+        self.with(json!({"op": "with_exposed_port", "port": port, "protocol": protocol.into()}))
+    }
+
+    /// Credentials for publishing to `address`'s registry (instead of the Docker config's).
+    pub fn with_registry_auth(
+        &self,
+        address: impl Into<String>,
+        username: impl Into<String>,
+        secret: impl Borrow<Secret>,
+    ) -> Container {
+        self.with(json!({
+            "op": "with_registry_auth", "address": address.into(),
+            "username": username.into(), "secret": secret.borrow().def,
+        }))
+    }
+
+    /// This container replaced by the image in an OCI image tarball
+    /// (`export`'s or `as_tarball`'s, or `skopeo copy … oci-archive:`).
+    pub fn import(&self, file: impl Borrow<File>) -> Container {
+        self.with(json!({"op": "import", "file": file.borrow().def}))
+    }
+
+    /// Pushes this container as an image to `address` (`registry/repo:tag`);
+    /// returns the pushed reference with its digest. Base image layers are
+    /// not uploaded again when the registry has them.
+    pub fn publish(
+        &self,
+        address: impl Into<String>,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        self.publish_opts(address, ImageOpts::default())
+    }
+
+    pub fn publish_opts(
+        &self,
+        address: impl Into<String>,
+        opts: ImageOpts,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        let mut query =
+            json!({"kind": "container.publish", "container": self.def(), "format": opts.format()});
+        query["address"] = Value::String(address.into());
+        let session = self.session.clone();
+        async move { string(session.query(query).await?) }
+    }
+
+    /// Writes this container as an OCI image tarball (also loadable by
+    /// `docker load`) to a host path; returns the path.
+    pub fn export(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        self.export_opts(path, ImageOpts::default())
+    }
+
+    pub fn export_opts(
+        &self,
+        path: impl AsRef<Path>,
+        opts: ImageOpts,
+    ) -> impl Future<Output = Result<String>> + Send + 'static {
+        let query = json!({
+            "kind": "container.export", "container": self.def(), "path": host_path(path),
+            "name": opts.name, "format": opts.format(),
+        });
+        let session = self.session.clone();
+        async move { string(session.query(query).await?) }
+    }
+
+    /// This container as an OCI image tarball file.
+    pub fn as_tarball(&self) -> File {
+        self.as_tarball_opts(ImageOpts::default())
+    }
+
+    pub fn as_tarball_opts(&self, opts: ImageOpts) -> File {
+        File {
+            session: self.session.clone(),
+            def: json!({"source": "tarball", "container": self.def(), "format": opts.format(), "name": opts.name}),
+        }
     }
 
     /// A directory of this container's filesystem.

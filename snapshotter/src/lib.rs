@@ -7,6 +7,7 @@
 //! cache keys.
 
 pub mod content;
+pub mod export;
 pub mod image;
 pub mod mount;
 pub mod pull;
@@ -45,6 +46,14 @@ pub enum Error {
         registry: String,
         credentials: String,
     },
+    #[error(
+        "registry {registry} denied pushing {reference}: {credentials}\n  give credentials with push rights: Container::with_registry_auth, `docker login {registry}`, or ~/.docker/config.json"
+    )]
+    PushDenied {
+        reference: String,
+        registry: String,
+        credentials: String,
+    },
     #[error("registry error for {reference}: {reason}")]
     Registry { reference: String, reason: String },
     #[error("image {reference} has no manifest for platform {platform} (it has: {available})")]
@@ -65,6 +74,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Export(String),
     #[error("invalid pattern {pattern:?}: {reason}")]
     InvalidPattern { pattern: String, reason: String },
     /// Internal: a concurrent unpack committed the same layer first.

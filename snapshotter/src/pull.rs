@@ -175,7 +175,7 @@ pub async fn pull(
         )
         .await?;
     }
-    put_image_record(ctd, image).await?;
+    put_image_record(ctd, &image.reference, &image.target).await?;
     report.millis = started.elapsed().as_millis();
     Ok((top, report))
 }
@@ -293,13 +293,13 @@ async fn unpack_layer(
     }
 }
 
-fn image_record(image: &ResolvedImage) -> Image {
+fn image_record(name: &str, target: &BlobDesc) -> Image {
     Image {
-        name: image.reference.clone(),
+        name: name.to_string(),
         target: Some(Descriptor {
-            media_type: image.target.media_type.clone(),
-            digest: image.target.digest.clone(),
-            size: image.target.size,
+            media_type: target.media_type.clone(),
+            digest: target.digest.clone(),
+            size: target.size,
             annotations: HashMap::new(),
         }),
         ..Default::default()
@@ -324,11 +324,17 @@ async fn image_record_matches(ctd: &Containerd, image: &ResolvedImage) -> Result
     }
 }
 
-async fn put_image_record(ctd: &Containerd, image: &ResolvedImage) -> Result<(), Error> {
+/// Creates or updates the image record `name` → `target`, as `ctr` sees images;
+/// it also roots what the target references for containerd's garbage collector.
+pub async fn put_image_record(
+    ctd: &Containerd,
+    name: &str,
+    target: &BlobDesc,
+) -> Result<(), Error> {
     match ctd
         .images()
         .create(ctd.request(CreateImageRequest {
-            image: Some(image_record(image)),
+            image: Some(image_record(name, target)),
             ..Default::default()
         }))
         .await
@@ -337,16 +343,16 @@ async fn put_image_record(ctd: &Containerd, image: &ResolvedImage) -> Result<(),
         Err(s) if s.code() == Code::AlreadyExists => {
             ctd.images()
                 .update(ctd.request(UpdateImageRequest {
-                    image: Some(image_record(image)),
+                    image: Some(image_record(name, target)),
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["target".into()],
                     }),
                     ..Default::default()
                 }))
                 .await
-                .map_err(|s| rbuild_runtime::Error::rpc("update image", &image.reference, s))?;
+                .map_err(|s| rbuild_runtime::Error::rpc("update image", name, s))?;
             Ok(())
         }
-        Err(s) => Err(rbuild_runtime::Error::rpc("create image", &image.reference, s).into()),
+        Err(s) => Err(rbuild_runtime::Error::rpc("create image", name, s).into()),
     }
 }

@@ -146,6 +146,109 @@ impl Registry {
         Ok(sized.stream)
     }
 
+    /// Uses these credentials for `registry` from now on (instead of the Docker config's).
+    pub fn set_credentials(&self, registry: &str, username: &str, password: &str) {
+        let probe = ImageRef::parse(&format!("{registry}/x")).ok();
+        let mut host = probe.as_ref().map(|p| self.host(p));
+        if let Some(h) = host.as_mut() {
+            let client = Client::new(ClientConfig {
+                protocol: if probe.as_ref().is_some_and(|p| p.is_loopback_registry())
+                    || self.options.insecure_hosts.iter().any(|i| i == registry)
+                {
+                    ClientProtocol::Http
+                } else {
+                    ClientProtocol::Https
+                },
+                connect_timeout: Some(Duration::from_secs(10)),
+                read_timeout: Some(Duration::from_secs(120)),
+                user_agent: concat!("rbuild/", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            });
+            h.client = Arc::new(client);
+            h.auth = RegistryAuth::Basic(username.to_string(), password.to_string());
+            h.credential_source = Some(format!("user {username:?} from with_registry_auth"));
+            self.clients
+                .lock()
+                .expect("registry client map poisoned")
+                .insert(registry.to_string(), h.clone());
+        }
+    }
+
+    /// Whether the registry has a blob in `image`'s repository.
+    pub async fn blob_exists(&self, image: &ImageRef, digest: &str) -> Result<bool, Error> {
+        let host = self.host(image);
+        self.authenticate(image, &host).await?;
+        // Existence is checked with push rights: a repository that does not
+        // exist yet is then a plain "no", not a denial.
+        let _ = host
+            .client
+            .auth(image.as_oci(), &host.auth, RegistryOperation::Push)
+            .await;
+        host.client
+            .blob_exists(image.as_oci(), digest)
+            .await
+            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+    }
+
+    /// Asks the registry to mount a blob from another repository of it; false when it would not.
+    pub async fn mount_blob(&self, image: &ImageRef, from: &ImageRef, digest: &str) -> bool {
+        if from.registry() != image.registry() || from.repository() == image.repository() {
+            return false;
+        }
+        let host = self.host(image);
+        let _ = self.authenticate(image, &host).await;
+        host.client
+            .mount_blob(image.as_oci(), from.as_oci(), digest)
+            .await
+            .is_ok()
+    }
+
+    /// Uploads a blob from a stream.
+    pub async fn push_blob<S>(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        size: u64,
+        data: S,
+    ) -> Result<(), Error>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let host = self.host(image);
+        self.authenticate(image, &host).await?;
+        host.client
+            .push_blob_stream(
+                image.as_oci(),
+                data.map(|r| r.map_err(OciDistributionError::IoError)),
+                digest,
+                Some(size),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+    }
+
+    /// Uploads a manifest under `image`'s tag.
+    pub async fn push_manifest(
+        &self,
+        image: &ImageRef,
+        body: &str,
+        media_type: &str,
+    ) -> Result<(), Error> {
+        let host = self.host(image);
+        self.authenticate(image, &host).await?;
+        let content_type = media_type.parse().map_err(|_| Error::Registry {
+            reference: image.to_string(),
+            reason: format!("bad media type {media_type}"),
+        })?;
+        host.client
+            .push_manifest_raw(image.as_oci(), body.as_bytes().to_vec(), content_type)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+    }
+
     /// Blob requests do not log in by themselves; manifest requests do.
     async fn authenticate(&self, image: &ImageRef, host: &Host) -> Result<(), Error> {
         host.client
@@ -223,6 +326,22 @@ fn credentials_for(registry: &str) -> (RegistryAuth, Option<String>) {
     }
 }
 
+/// A push error: denials say so (with the credentials used); the rest as for pulls.
+fn classify_push(image: &ImageRef, credentials: Option<&str>, err: OciDistributionError) -> Error {
+    match classify(image, credentials, err) {
+        Error::Unauthorized {
+            reference,
+            registry,
+            credentials,
+        } => Error::PushDenied {
+            reference,
+            registry,
+            credentials,
+        },
+        other => other,
+    }
+}
+
 fn classify(image: &ImageRef, credentials: Option<&str>, err: OciDistributionError) -> Error {
     let reference = image.to_string();
     let registry = image.registry().to_string();
@@ -270,6 +389,17 @@ fn classify(image: &ImageRef, credentials: Option<&str>, err: OciDistributionErr
                     reason: err.to_string(),
                 }
             }
+        }
+        OciDistributionError::RequestError(ref e)
+            if e.status()
+                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+        {
+            unauthorized()
+        }
+        OciDistributionError::RequestError(ref e)
+            if e.status().is_some_and(|s| s.as_u16() == 404) =>
+        {
+            not_found(format!("registry {registry} does not know it"))
         }
         OciDistributionError::RequestError(ref e) if e.is_connect() || e.is_timeout() => {
             Error::RegistryUnreachable {

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rbuild_runtime::CancellationToken;
+use rbuild_snapshotter::export::{BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::tree::HostListing;
-use rbuild_snapshotter::{ImageRef, Platform, PullReport, ResolvedImage};
+use rbuild_snapshotter::{BlobDesc, ImageRef, Platform, PullReport, ResolvedImage};
 
 use super::SolveError;
 use crate::graph::{Expect, Sharing};
@@ -134,6 +135,15 @@ pub struct ApplyRequest {
     pub actions: Vec<FileAction>,
 }
 
+/// Where an image tarball goes.
+#[derive(Clone, Debug)]
+pub enum TarballDest {
+    /// A host path.
+    Host(PathBuf),
+    /// `/image.tar` in a new snapshot committed for this key.
+    Snapshot(CacheKey),
+}
+
 /// A read-only question about a tree.
 #[derive(Clone, Debug)]
 pub enum ReadOp {
@@ -198,4 +208,44 @@ pub trait Machinery: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ReadAnswer, SolveError>> + Send;
     /// Marks a committed step snapshot as kept (called after its index row exists).
     fn keep(&self, snapshot: &SnapshotId) -> impl Future<Output = Result<(), SolveError>> + Send;
+
+    /// The layer of snapshot `upper` (its diff against `lower`), in `format`.
+    fn layer(
+        &self,
+        lower: Option<&SnapshotId>,
+        upper: &SnapshotId,
+        format: ImageFormat,
+    ) -> impl Future<Output = Result<Layer, SolveError>> + Send;
+    /// Whether containerd's content store has a blob.
+    fn has_blob(&self, digest: &str) -> impl Future<Output = Result<bool, SolveError>> + Send;
+    /// Writes an image's config and manifest to the content store.
+    fn assemble(
+        &self,
+        base: Option<&ResolvedImage>,
+        layers: &[(Layer, String)],
+        config: &ImageConfig,
+        format: ImageFormat,
+    ) -> impl Future<Output = Result<BuiltImage, SolveError>> + Send;
+    /// Pushes an image; returns its manifest digest. `auth` overrides the
+    /// Docker config's credentials for the target registry.
+    fn publish(
+        &self,
+        image: &BuiltImage,
+        target: &ImageRef,
+        auth: Option<(String, Arc<Vec<u8>>)>,
+        report: &(dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
+    ) -> impl Future<Output = Result<String, SolveError>> + Send;
+    /// Writes an image as a tarball; into a snapshot, returns it.
+    fn tarball(
+        &self,
+        image: &BuiltImage,
+        name: Option<&str>,
+        dest: TarballDest,
+    ) -> impl Future<Output = Result<Option<SnapshotId>, SolveError>> + Send;
+    /// Loads an OCI image tarball into the content store and describes it.
+    fn import_image(
+        &self,
+        source: Source,
+        platform: &Platform,
+    ) -> impl Future<Output = Result<ResolvedImage, SolveError>> + Send;
 }

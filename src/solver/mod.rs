@@ -21,6 +21,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use rbuild_runtime::CancellationToken;
+use rbuild_snapshotter::export::{BlobPush, BuiltImage, ImageFormat, Layer};
 use rbuild_snapshotter::tree::{self, Filter, HostListing};
 use rbuild_snapshotter::{ImageRef, Platform, ResolvedImage};
 use tokio::sync::Semaphore;
@@ -37,7 +38,7 @@ use crate::secrets::{SecretValue, Secrets};
 
 pub use machinery::{
     ApplyRequest, ExecOutcome, ExecRequest, FileAction, Machinery, MountRequest, ReadAnswer,
-    ReadOp, Source,
+    ReadOp, Source, TarballDest,
 };
 pub use values::{
     ContainerState, DirValue, EnvValue, ExecPlan, FileValue, MountSpec, PlannedAction, StepKind,
@@ -160,6 +161,7 @@ pub struct Solver<M: Machinery> {
     cancel: CancellationToken,
     tasks: TaskTracker,
     images: Memo<Arc<ResolvedImage>>,
+    imports: Memo<Arc<ResolvedImage>>,
     hosts: Memo<Arc<HostListing>>,
     pulls: Memo<Option<SnapshotId>>,
     steps: Memo<Arc<StepResult>>,
@@ -194,6 +196,7 @@ impl<M: Machinery> Solver<M> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             images: Memo::new(),
+            imports: Memo::new(),
             hosts: Memo::new(),
             pulls: Memo::new(),
             steps: Memo::new(),
@@ -240,18 +243,27 @@ impl<M: Machinery> Solver<M> {
     ) -> Result<(), SolveError> {
         match op {
             ContainerOp::From { address } => {
-                let image = self.resolve_image(address).await?;
-                let defaults = image.defaults();
-                *st = ContainerState::scratch();
-                for kv in &defaults.env {
-                    let (n, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    st.set_env(n, EnvValue::Plain(v.to_string()));
-                }
-                st.workdir = defaults.working_dir.unwrap_or_else(|| "/".into());
-                st.user = defaults.user.unwrap_or_default();
-                st.entrypoint = defaults.entrypoint;
-                st.default_args = defaults.cmd;
-                st.rootfs = Tree::Image(image);
+                *st = ContainerState::from_image(self.resolve_image(address).await?);
+            }
+            ContainerOp::Import { file } => {
+                let f = self.file(file).await?;
+                let image = self.import_image(&f).await?;
+                *st = ContainerState::from_image(image);
+            }
+            ContainerOp::WithExposedPort { port, protocol } => {
+                st.exposed_ports
+                    .insert(format!("{port}/{}", protocol.to_lowercase()));
+            }
+            ContainerOp::WithRegistryAuth {
+                address,
+                username,
+                secret,
+            } => {
+                let host = ImageRef::parse(address)
+                    .map(|r| r.registry().to_string())
+                    .unwrap_or_else(|_| address.clone());
+                let secret = self.secret(secret)?;
+                st.registry_auth.insert(host, (username.clone(), secret));
             }
             ContainerOp::WithEnvVariable {
                 name,
@@ -571,6 +583,14 @@ impl<M: Machinery> Solver<M> {
                     tree: dir.tree,
                 })
             }
+            FileDef::Tarball {
+                container,
+                format,
+                name,
+            } => {
+                let st = self.container(container).await?;
+                self.tarball(&st, format.format(), name.as_deref()).await
+            }
         }
     }
 
@@ -604,6 +624,182 @@ impl<M: Machinery> Solver<M> {
                 path: path.to_string(),
             },
         })
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// Builds the image of a container: the base image's layers plus one
+    /// layer per step on top of it, config and manifest in the content store.
+    pub async fn build_image(
+        self: &Arc<Self>,
+        st: &ContainerState,
+        format: ImageFormat,
+    ) -> Result<BuiltImage, SolveError> {
+        let mut chain = Vec::new();
+        let mut tree = st.rootfs.clone();
+        let base = loop {
+            match tree {
+                Tree::Step(step) => {
+                    tree = step.plan.parent.clone();
+                    chain.push(step);
+                }
+                Tree::Image(img) => break Some(img),
+                Tree::Empty => break None,
+                Tree::Host(_) => {
+                    return Err(SolveError::Internal(
+                        "a container's root filesystem is never a host directory".into(),
+                    ));
+                }
+            }
+        };
+        chain.reverse();
+        let mut lower = match &base {
+            Some(img) => self.materialize(&Tree::Image(img.clone())).await?,
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(chain.len());
+        for step in &chain {
+            let upper = self
+                .materialize(&Tree::Step(step.clone()))
+                .await?
+                .expect("a step has a snapshot");
+            let layer = self.layer(lower.as_ref(), &upper, format).await?;
+            layers.push((layer, step.plan.description.clone()));
+            lower = Some(upper);
+        }
+        self.machinery
+            .assemble(base.as_deref(), &layers, &st.image_config(), format)
+            .await
+    }
+
+    /// A step's layer, from the index when the blob is still in containerd.
+    async fn layer(
+        &self,
+        lower: Option<&SnapshotId>,
+        upper: &SnapshotId,
+        format: ImageFormat,
+    ) -> Result<Layer, SolveError> {
+        if let Some(l) = self.index.get_layer(&upper.0, &format.id())?
+            && self.machinery.has_blob(&l.desc.digest).await?
+        {
+            return Ok(l);
+        }
+        let l = self.machinery.layer(lower, upper, format).await?;
+        self.index.put_layer(&upper.0, &format.id(), &l)?;
+        Ok(l)
+    }
+
+    /// `publish`: builds the container's image and pushes it; returns `address@digest`.
+    pub async fn publish(
+        self: &Arc<Self>,
+        st: &ContainerState,
+        address: &str,
+        format: ImageFormat,
+    ) -> Result<String, SolveError> {
+        let target = ImageRef::parse(address)?;
+        let image = self.build_image(st, format).await?;
+        let auth = st
+            .registry_auth
+            .get(target.registry())
+            .map(|(user, secret)| (user.clone(), Arc::new(secret.plaintext().to_vec())));
+        let no = self.progress.started(&format!("publish {target}"));
+        let started = Instant::now();
+        let progress = self.progress.clone();
+        let report = move |blob: &rbuild_snapshotter::BlobDesc, how: BlobPush| {
+            progress.detail(
+                no,
+                &format!(
+                    "{} {:.1} MB {}",
+                    &blob.digest[..19],
+                    blob.size as f64 / 1e6,
+                    match how {
+                        BlobPush::Uploaded => "uploaded",
+                        BlobPush::AlreadyPresent => "already present",
+                        BlobPush::MountedFromBase => "mounted from the base image's repository",
+                    }
+                ),
+            );
+        };
+        match self.machinery.publish(&image, &target, auth, &report).await {
+            Ok(digest) => {
+                let reference = match target.tag() {
+                    Some(_) | None => format!("{target}@{digest}"),
+                };
+                self.progress
+                    .finished(no, started.elapsed().as_millis(), &reference);
+                Ok(reference)
+            }
+            Err(e) => {
+                self.progress
+                    .failed(no, &format!("publish {target}"), &e.to_string(), &[]);
+                Err(e)
+            }
+        }
+    }
+
+    /// `export`: writes the container's image as a tarball at a host path.
+    pub async fn export(
+        self: &Arc<Self>,
+        st: &ContainerState,
+        path: &Path,
+        name: Option<&str>,
+        format: ImageFormat,
+    ) -> Result<(), SolveError> {
+        let image = self.build_image(st, format).await?;
+        let no = self
+            .progress
+            .started(&format!("export image to {}", path.display()));
+        let started = Instant::now();
+        self.machinery
+            .tarball(&image, name, TarballDest::Host(path.to_path_buf()))
+            .await?;
+        self.progress.finished(
+            no,
+            started.elapsed().as_millis(),
+            &format!(
+                "{} layers, manifest {}",
+                image.layers.len(),
+                image.manifest.digest
+            ),
+        );
+        Ok(())
+    }
+
+    /// `as_tarball`: the container's image as a tarball file, kept as a cached step.
+    async fn tarball(
+        self: &Arc<Self>,
+        st: &ContainerState,
+        format: ImageFormat,
+        name: Option<&str>,
+    ) -> Result<FileValue, SolveError> {
+        let image = Arc::new(self.build_image(st, format).await?);
+        let plan = StepPlan::tarball(image, format, name.map(String::from));
+        Ok(FileValue {
+            tree: Tree::Step(self.step(plan).await?),
+            path: "/image.tar".into(),
+        })
+    }
+
+    /// Loads an image tarball (once per run per file content).
+    async fn import_image(
+        self: &Arc<Self>,
+        file: &FileValue,
+    ) -> Result<Arc<ResolvedImage>, SolveError> {
+        let source = self.source(&file.tree, &file.path).await?;
+        let this = self.clone();
+        self.imports
+            .get_or_start(&self.tasks, file.content_id(), move || async move {
+                let no = this.progress.started("import image tarball");
+                let started = Instant::now();
+                let img = this.machinery.import_image(source, &this.platform).await?;
+                this.progress.finished(
+                    no,
+                    started.elapsed().as_millis(),
+                    &format!("{} ({} layers)", img.manifest.digest, img.layers.len()),
+                );
+                Ok(Arc::new(img))
+            })
+            .await
     }
 
     // ------------------------------------------------------------ resolution
@@ -848,6 +1044,33 @@ impl<M: Machinery> Solver<M> {
                         stderr_tail: tail_lines(&outcome.stderr, STDERR_TAIL_LINES),
                         expected_failure: exec.expect == crate::graph::Expect::Failure,
                     });
+                };
+                (snapshot, outcome, started, no)
+            }
+            StepKind::Tarball { image, name } => {
+                let no = self.progress.started(&plan.description);
+                let started = Instant::now();
+                let snapshot = match self
+                    .machinery
+                    .tarball(image, name.as_deref(), TarballDest::Snapshot(plan.key))
+                    .await
+                {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        return Err(SolveError::Internal("tarball snapshot missing".into()));
+                    }
+                    Err(e) => {
+                        self.progress
+                            .failed(no, &plan.description, &e.to_string(), &[]);
+                        return Err(e);
+                    }
+                };
+                let outcome = ExecOutcome {
+                    exit_code: 0,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    snapshot: Some(snapshot.clone()),
+                    changes: None,
                 };
                 (snapshot, outcome, started, no)
             }

@@ -134,6 +134,57 @@ impl Machinery for Fake {
     async fn keep(&self, _snapshot: &SnapshotId) -> Result<(), SolveError> {
         Ok(())
     }
+
+    // Images out are tested against real containerd and registries (tests/images.rs).
+    async fn layer(
+        &self,
+        _lower: Option<&SnapshotId>,
+        _upper: &SnapshotId,
+        _format: ImageFormat,
+    ) -> Result<Layer, SolveError> {
+        Err(SolveError::Internal("not faked".into()))
+    }
+
+    async fn has_blob(&self, _digest: &str) -> Result<bool, SolveError> {
+        Ok(false)
+    }
+
+    async fn assemble(
+        &self,
+        _base: Option<&ResolvedImage>,
+        _layers: &[(Layer, String)],
+        _config: &rbuild_snapshotter::export::ImageConfig,
+        _format: ImageFormat,
+    ) -> Result<BuiltImage, SolveError> {
+        Err(SolveError::Internal("not faked".into()))
+    }
+
+    async fn publish(
+        &self,
+        _image: &BuiltImage,
+        _target: &ImageRef,
+        _auth: Option<(String, Arc<Vec<u8>>)>,
+        _report: &(dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
+    ) -> Result<String, SolveError> {
+        Err(SolveError::Internal("not faked".into()))
+    }
+
+    async fn tarball(
+        &self,
+        _image: &BuiltImage,
+        _name: Option<&str>,
+        _dest: TarballDest,
+    ) -> Result<Option<SnapshotId>, SolveError> {
+        Err(SolveError::Internal("not faked".into()))
+    }
+
+    async fn import_image(
+        &self,
+        _source: Source,
+        _platform: &Platform,
+    ) -> Result<ResolvedImage, SolveError> {
+        Err(SolveError::Internal("not faked".into()))
+    }
 }
 
 #[derive(Clone, Default)]

@@ -125,7 +125,11 @@ pub struct ContainerState {
     pub entrypoint: Vec<String>,
     pub default_args: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// `port/protocol`, for the image config.
+    pub exposed_ports: std::collections::BTreeSet<String>,
     pub mounts: BTreeMap<String, MountSpec>,
+    /// Credentials for publishing, by registry host.
+    pub registry_auth: BTreeMap<String, (String, Arc<SecretValue>)>,
     pub last_exec: Option<Arc<StepResult>>,
 }
 
@@ -139,7 +143,9 @@ impl ContainerState {
             entrypoint: Vec::new(),
             default_args: Vec::new(),
             labels: BTreeMap::new(),
+            exposed_ports: Default::default(),
             mounts: BTreeMap::new(),
+            registry_auth: BTreeMap::new(),
             last_exec: None,
         }
     }
@@ -165,6 +171,43 @@ impl ContainerState {
                 "{asked}: the container has run no command; add .with_exec([...]) before asking for its {asked}"
             ))
         })
+    }
+
+    /// Takes an image's environment, working directory, user, entrypoint and
+    /// default args, as `from` and `import` do.
+    pub fn from_image(image: Arc<ResolvedImage>) -> ContainerState {
+        let defaults = image.defaults();
+        let mut st = ContainerState::scratch();
+        for kv in &defaults.env {
+            let (n, v) = kv.split_once('=').unwrap_or((kv, ""));
+            st.set_env(n, EnvValue::Plain(v.to_string()));
+        }
+        st.workdir = defaults.working_dir.unwrap_or_else(|| "/".into());
+        st.user = defaults.user.unwrap_or_default();
+        st.entrypoint = defaults.entrypoint;
+        st.default_args = defaults.cmd;
+        st.rootfs = Tree::Image(image);
+        st
+    }
+
+    /// The image config of this container (secret variables are never part of it).
+    pub fn image_config(&self) -> rbuild_snapshotter::export::ImageConfig {
+        rbuild_snapshotter::export::ImageConfig {
+            env: self
+                .env
+                .iter()
+                .filter_map(|(n, v)| match v {
+                    EnvValue::Plain(p) => Some(format!("{n}={p}")),
+                    EnvValue::Secret(_) => None,
+                })
+                .collect(),
+            entrypoint: self.entrypoint.clone(),
+            cmd: self.default_args.clone(),
+            working_dir: self.workdir.clone(),
+            user: self.user.clone(),
+            labels: self.labels.clone(),
+            exposed_ports: self.exposed_ports.iter().cloned().collect(),
+        }
     }
 
     /// A path as the container sees it: relative paths are relative to the workdir.
@@ -200,6 +243,11 @@ pub struct StepPlan {
 pub enum StepKind {
     Exec(ExecPlan),
     Apply(Vec<PlannedAction>),
+    /// An image written as a tarball file (`as_tarball`).
+    Tarball {
+        image: Arc<rbuild_snapshotter::export::BuiltImage>,
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -364,6 +412,25 @@ impl StepPlan {
             parent,
             description,
             kind: StepKind::Apply(actions),
+        }
+    }
+
+    /// An image as a tarball file.
+    pub fn tarball(
+        image: Arc<rbuild_snapshotter::export::BuiltImage>,
+        format: rbuild_snapshotter::export::ImageFormat,
+        name: Option<String>,
+    ) -> StepPlan {
+        let key = KeyBuilder::new("tarball")
+            .field("manifest", &image.manifest.digest)
+            .field("format", &format.id())
+            .field("name", name.as_deref().unwrap_or_default())
+            .finish();
+        StepPlan {
+            key,
+            parent: Tree::Empty,
+            description: format!("tarball of image {}", &image.manifest.digest[..19]),
+            kind: StepKind::Tarball { image, name },
         }
     }
 

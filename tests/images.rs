@@ -1,0 +1,266 @@
+//! Images out, checked with the real consumers: the registry (skopeo), ctr,
+//! and Debian's docker (dockerd started by `make setup`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const DOCKER_HOST: &str = "unix:///run/rbuild-fixtures/docker.sock";
+
+fn images(env: &TestEnv, args: &[&str]) -> Outcome {
+    env.run(&repo_root().join("fixtures/pipelines/images.rs"), args)
+}
+
+/// A repository name of this test run, so that "first push" really is one.
+fn repo(name: &str) -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{REGISTRY}/rbuild-test-{nonce:x}/{name}:1")
+}
+
+fn published(out: &Outcome) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("published: "))
+        .unwrap_or_else(|| panic!("no published line: {}\n{}", out.stdout, out.stderr))
+        .to_string()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .env("DOCKER_HOST", DOCKER_HOST)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn skopeo(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["inspect", "--tls-verify=false"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&run("skopeo", &all)).unwrap()
+}
+
+#[test]
+fn a_published_image_has_its_config_and_runs_under_ctr() {
+    let env = TestEnv::new("publish");
+    let target = repo("app");
+    let first = images(&env, &["publish", &target]).ok();
+    let reference = published(&first);
+    assert!(
+        reference.starts_with(&format!("{target}@sha256:")),
+        "{reference}"
+    );
+    assert!(first.stderr.contains("uploaded"), "{}", first.stderr);
+
+    let config = skopeo(&["--config", &format!("docker://{target}")]);
+    let c = &config["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["hello"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["world"]));
+    assert_eq!(c["WorkingDir"], "/srv");
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("GREETING=hello"))
+    );
+    assert_eq!(
+        c["Labels"]["org.opencontainers.image.title"],
+        "rbuild-test-app"
+    );
+    assert!(c["ExposedPorts"].get("8080/tcp").is_some());
+    assert_eq!(
+        config["created"], "1970-01-01T00:00:00Z",
+        "reproducible by default"
+    );
+    let history = config["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["created_by"] == "write /usr/local/bin/hello")
+    );
+
+    env.ctr(&["images", "pull", "--plain-http", &target]);
+    let id = format!("publish-{}", std::process::id());
+    assert_eq!(
+        env.ctr(&["run", "--rm", &target, &id]),
+        "hello world from /srv as 0\n"
+    );
+
+    // The same pipeline again: the same digest, and no layer uploaded.
+    let second = images(&env, &["publish", &target]).ok();
+    assert_eq!(published(&second), reference);
+    assert!(!second.stderr.contains("uploaded"), "{}", second.stderr);
+    assert_eq!(
+        second.stderr.matches("already present").count(),
+        4,
+        "{}",
+        second.stderr
+    );
+}
+
+#[test]
+fn the_same_pipeline_publishes_the_same_digest_from_a_cold_cache() {
+    // Two state roots and namespaces: every step runs again, at other times.
+    let a = TestEnv::new("repro-a");
+    let b = TestEnv::new("repro-b");
+    let target = repo("repro");
+    let da = published(&images(&a, &["publish", &target]).ok());
+    let db = published(&images(&b, &["publish", &target]).ok());
+    assert_eq!(
+        da, db,
+        "epoch timestamps: the digest depends on content only"
+    );
+    let real = published(&images(&a, &["publish", &target, "real-time"]).ok());
+    assert_ne!(real, da, "real timestamps are another image");
+}
+
+#[test]
+fn exported_tarballs_load_in_docker_ctr_and_skopeo() {
+    let env = TestEnv::new("export");
+    let tar = env.dir.path().join("app.tar");
+    let name = format!("rbuild-test/app:{}", std::process::id());
+    let out = images(&env, &["export", tar.to_str().unwrap(), &name]).ok();
+    assert!(out.stdout.contains("exported: "), "{}", out.stdout);
+
+    let loaded = run("/usr/bin/docker", &["load", "-i", tar.to_str().unwrap()]);
+    assert!(loaded.contains(&name), "{loaded}");
+    let ran = run("/usr/bin/docker", &["run", "--rm", "--network=none", &name]);
+    run("/usr/bin/docker", &["rmi", &name]);
+    assert_eq!(ran, "hello world from /srv as 0\n");
+
+    env.ctr(&["images", "import", tar.to_str().unwrap()]);
+    let id = format!("export-{}", std::process::id());
+    assert_eq!(
+        env.ctr(&["run", "--rm", &name, &id, "hello", "imported"]),
+        "hello imported from /srv as 0\n"
+    );
+
+    let inspected = skopeo(&[&format!("oci-archive:{}", tar.display())]);
+    assert_eq!(
+        inspected["Labels"]["org.opencontainers.image.title"],
+        "rbuild-test-app"
+    );
+    // And back into rbuild.
+    let back = images(&env, &["import", tar.to_str().unwrap()]).ok();
+    assert!(
+        back.stdout.contains("imported: hello again from /srv as 0"),
+        "{}",
+        back.stdout
+    );
+    assert!(
+        back.stdout.contains("config: hello world from /srv as 0"),
+        "{}",
+        back.stdout
+    );
+}
+
+#[test]
+fn as_tarball_round_trips_through_import() {
+    let env = TestEnv::new("tarball");
+    let out = images(&env, &["tarball"]).ok();
+    assert!(
+        out.stdout.contains("roundtrip: hello back from /srv as 0"),
+        "{}",
+        out.stdout
+    );
+    let size: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tarball_size: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(size > 1_000_000, "base layer included: {size}");
+}
+
+#[test]
+fn a_multi_stage_image_is_the_slim_base_plus_one_layer() {
+    let env = TestEnv::new("multistage");
+    let base = skopeo(&[&format!("docker://{BUSYBOX}")]);
+    let base_layers = base["Layers"].as_array().unwrap().clone();
+    let target = repo("slim");
+    images(&env, &["multistage", &target]).ok();
+    let slim = skopeo(&[&format!("docker://{target}")]);
+    let layers = slim["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), base_layers.len() + 1, "{slim}");
+    assert_eq!(&layers[..base_layers.len()], &base_layers[..]);
+    // The builder's 100 kB of junk is not in the image.
+    let sizes = skopeo(&["--raw", &format!("docker://{target}")]);
+    let top = sizes["layers"].as_array().unwrap().last().unwrap()["size"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        top < 10_000,
+        "the added layer holds one small file: {top} bytes"
+    );
+}
+
+#[test]
+fn media_types_and_compression_on_request() {
+    let env = TestEnv::new("formats");
+    let docker = repo("docker");
+    images(&env, &["publish", &docker, "docker"]).ok();
+    let raw = skopeo(&["--raw", &format!("docker://{docker}")]);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert!(
+        raw["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip")
+    );
+    let zstd = repo("zstd");
+    images(&env, &["publish", &zstd, "zstd"]).ok();
+    let raw = skopeo(&["--raw", &format!("docker://{zstd}")]);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        raw["layers"].as_array().unwrap().last().unwrap()["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    env.ctr(&["images", "pull", "--plain-http", &zstd]);
+    let id = format!("zstd-{}", std::process::id());
+    assert_eq!(
+        env.ctr(&["run", "--rm", &zstd, &id]),
+        "hello world from /srv as 0\n"
+    );
+}
+
+#[test]
+fn pushing_to_the_auth_registry_needs_credentials() {
+    let env = TestEnv::new("pushauth");
+    let target = repo("app").replace(REGISTRY, AUTH_REGISTRY);
+    let ok = images(&env, &["auth", &target, "rbuild", "rbuild-pass"]).ok();
+    assert!(published(&ok).starts_with(&target));
+    let denied = images(&env, &["publish", &target]);
+    assert_ne!(denied.code, 0);
+    assert!(
+        denied.stderr.contains(&format!(
+            "registry {AUTH_REGISTRY} denied pushing {target}: no credentials were found"
+        )),
+        "{}",
+        denied.stderr
+    );
+    let wrong = images(&env, &["auth", &target, "rbuild", "wrong-password"]);
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("were refused"), "{}", wrong.stderr);
+    assert!(
+        !wrong.stderr.contains("wrong-password"),
+        "the password never shows"
+    );
+}
