@@ -50,6 +50,16 @@ pub struct GlobalOpts {
     /// How many steps may run at once [default: the number of CPUs, at least 2].
     #[arg(long, short = 'j', global = true, env = "RBUILD_JOBS")]
     pub jobs: Option<usize>,
+    /// How progress is shown: a live view on a terminal (tty), one line per
+    /// event (plain, for CI logs), or one JSON object per event.
+    #[arg(
+        long,
+        global = true,
+        env = "RBUILD_PROGRESS",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub progress: crate::progress::Mode,
     /// A registry (host:port) to speak plain HTTP to; loopback registries always are.
     #[arg(
         long = "insecure-registry",
@@ -66,8 +76,33 @@ pub enum Command {
     Run {
         /// The pipeline.
         path: PathBuf,
+        /// When a step fails, open a shell in its container (its files,
+        /// environment and mounts as the step left them) before stopping.
+        #[arg(short, long)]
+        interactive: bool,
+        /// The shell `-i` opens (split on spaces).
+        #[arg(long, default_value = "/bin/sh", requires = "interactive")]
+        interactive_command: String,
         /// Arguments passed to the pipeline (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// List the functions a pipeline exposes, with their arguments.
+    Functions {
+        /// The pipeline [default: ci/pipeline.rs, else ci/, else pipeline.rs].
+        path: Option<PathBuf>,
+    },
+    /// Call a pipeline function:
+    /// `rbuild call [PATH] FN [--arg value]... [print | export --path P | publish --address A | terminal]`
+    #[command(disable_help_flag = true)]
+    Call {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+        words: Vec<String>,
+    },
+    /// Create a starter pipeline (ci/pipeline.rs) in a directory.
+    Init {
+        /// Where [default: the current directory].
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }

@@ -15,7 +15,7 @@ use crate::cli::GlobalOpts;
 use crate::index::Index;
 use crate::machinery::ContainerdMachinery;
 use crate::pipeline;
-use crate::progress::Progress;
+use crate::progress::{Mode, Progress};
 use crate::secrets::Secrets;
 use crate::session::Session;
 use crate::solver::{Solver, SolverConfig};
@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub namespace: String,
     pub jobs: usize,
     pub insecure_registries: Vec<String>,
+    pub progress: Mode,
+    /// `-i`: the shell to open in a failed step's container.
+    pub debug_shell: Option<Vec<String>>,
 }
 
 impl From<&GlobalOpts> for EngineConfig {
@@ -41,6 +44,8 @@ impl From<&GlobalOpts> for EngineConfig {
             namespace: g.namespace.clone(),
             jobs: g.jobs.unwrap_or(cores.max(2)),
             insecure_registries: g.insecure_registries.clone(),
+            progress: g.progress.resolve(),
+            debug_shell: None,
         }
     }
 }
@@ -69,7 +74,7 @@ impl Engine {
             .await
             .context("clean up after an interrupted run")?;
         let secrets = Arc::new(Secrets::default());
-        let progress = Arc::new(Progress::stderr(secrets.clone()));
+        let progress = Arc::new(Progress::stderr(config.progress, secrets.clone()));
         let solver = Solver::new(
             machinery,
             index,
@@ -79,6 +84,7 @@ impl Engine {
                 jobs: config.jobs,
                 lock_dir: config.root.join("locks"),
                 secrets,
+                debug_shell: config.debug_shell.clone(),
             },
         );
         Ok(Engine { solver, progress })
@@ -87,7 +93,12 @@ impl Engine {
 
 /// `rbuild run`: builds the pipeline, runs it against a fresh session, and
 /// returns the exit code to leave with (the pipeline's own).
-pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -> Result<i32> {
+pub async fn run_pipeline(
+    config: &EngineConfig,
+    path: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+) -> Result<i32> {
     let started = Instant::now();
     // Compile while the engine connects; cargo's output goes straight to stderr.
     let build = {
@@ -100,12 +111,32 @@ pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -
     let engine = engine?;
 
     let session = Session::start(engine.solver.clone()).context("start the pipeline session")?;
-    let mut child = tokio::process::Command::new(&built.executable)
+    let mut command = tokio::process::Command::new(&built.executable);
+    command
         .args(args)
         .envs(session.env())
-        .kill_on_drop(true)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .kill_on_drop(true);
+    // With a live display on the terminal, what the pipeline prints there
+    // goes above it rather than through it.
+    let tty = config.progress == Mode::Tty;
+    let stdout_is_tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if tty {
+        command.stderr(std::process::Stdio::piped());
+        if stdout_is_tty {
+            command.stdout(std::process::Stdio::piped());
+        }
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("start pipeline {}", built.executable.display()))?;
+    let mut relays = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        relays.push(relay_lines(out, engine.progress.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        relays.push(relay_lines(err, engine.progress.clone()));
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -114,6 +145,12 @@ pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -
         _ = sigint.recv() => None,
         _ = sigterm.recv() => None,
     };
+    if status.is_none() {
+        let _ = child.kill().await;
+    }
+    for r in relays {
+        let _ = r.await;
+    }
     // Whatever the pipeline left running is of no use to anyone now: stop
     // it, and wait until every container, task and snapshot is cleaned up.
     engine.solver.shutdown().await;
@@ -121,7 +158,6 @@ pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -
     drop(session);
     let code = match status {
         None => {
-            let _ = child.kill().await;
             eprintln!("rbuild: interrupted; running steps were stopped and cleaned up");
             130
         }
@@ -130,6 +166,20 @@ pub async fn run_pipeline(config: &EngineConfig, path: &Path, args: &[String]) -
             128 + s.signal().unwrap_or(0)
         }),
     };
-    engine.progress.summary(started.elapsed().as_millis());
+    engine.progress.summary(started.elapsed().as_millis(), code);
     Ok(code)
+}
+
+/// Shows a pipeline's own output lines above the live display.
+fn relay_lines(
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    progress: Arc<Progress>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            progress.pipeline_line(&line);
+        }
+    })
 }

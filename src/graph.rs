@@ -227,6 +227,9 @@ impl Sharing {
 #[serde(deny_unknown_fields)]
 pub struct ContainerDef {
     pub ops: Vec<ContainerOp>,
+    /// Where each op was called in the pipeline (`file:line`), when the SDK knows.
+    #[serde(default)]
+    pub at: Vec<Option<String>>,
 }
 
 /// Where a `Directory` starts.

@@ -27,6 +27,7 @@ use rbuild_snapshotter::{
 use tokio::sync::OnceCell;
 
 use crate::index::SnapshotId;
+use crate::solver::machinery::{Interactive, TerminalUse};
 use crate::solver::{
     ApplyRequest, ExecOutcome, ExecRequest, FileAction, Machinery, MountRequest, ReadAnswer,
     ReadOp, SolveError, Source, TarballDest,
@@ -58,6 +59,8 @@ pub struct ContainerdMachinery {
     lease: OnceCell<LeaseId>,
     /// Where FIFOs and temporary mount points live.
     scratch: PathBuf,
+    /// One interactive shell at a time on the user's terminal.
+    terminal_lock: tokio::sync::Mutex<()>,
 }
 
 /// The snapshot name of a step's committed result.
@@ -115,6 +118,7 @@ impl ContainerdMachinery {
             volumes: Arc::new(volumes),
             lease: OnceCell::new(),
             scratch,
+            terminal_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -272,6 +276,24 @@ impl ContainerdMachinery {
         }
     }
 
+    /// Runs `shell.command` (or `run`'s own process, when the command is
+    /// empty) on the user's terminal; one shell at a time.
+    async fn terminal(
+        &self,
+        mut run: ContainerRun,
+        shell: &Interactive,
+    ) -> Result<u32, SolveError> {
+        let _one = self.terminal_lock.lock().await;
+        if !shell.command.is_empty() {
+            run.process.args = shell.command.clone();
+        }
+        run.process.terminal = Some(rbuild_runtime::terminal_size().unwrap_or((80, 24)));
+        (shell.pause)(true);
+        let result = self.ctd.run_terminal(run).await;
+        (shell.pause)(false);
+        result.map_err(SolveError::from)
+    }
+
     /// The numeric user of a step, looked up in the root filesystem's own
     /// passwd/group when the spec has names. The root filesystem is mounted
     /// on the host only for that moment: it must not be mounted twice while
@@ -380,13 +402,30 @@ impl ContainerdMachinery {
                 uid: who.uid,
                 gid: who.gid,
                 additional_gids: who.additional_gids,
+                terminal: None,
             },
             mounts: extra,
             labels: HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]),
             io_dir: self.scratch.join("io"),
-            output: None,
+            output: req.output.clone(),
             stdin: req.stdin.clone(),
             host_network: true,
+        };
+        if let TerminalUse::Shell(shell) = &req.terminal {
+            let exit_code = self.terminal(run, shell).await? as i64;
+            return Ok(ExecOutcome {
+                exit_code,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                snapshot: None,
+                changes: None,
+            });
+        }
+        let debug_run = ContainerRun {
+            id: format!("rbuild-debug-{}-{}", req.key.short(), unique_suffix()),
+            output: None,
+            stdin: None,
+            ..run.clone()
         };
         let outcome = self
             .ctd
@@ -394,6 +433,12 @@ impl ContainerdMachinery {
             .await
             .map_err(|e| explain_start_failure(&req.args, e))?;
         let exit_code = outcome.exit_code as i64;
+        if !req.expect.accepts(exit_code)
+            && let TerminalUse::OnFailure(shell) = &req.terminal
+        {
+            // The failed step's own filesystem, environment and mounts.
+            let _ = self.terminal(debug_run, shell).await;
+        }
         let mut changes = None;
         let mut snapshot = None;
         if req.expect.accepts(exit_code) {

@@ -36,7 +36,23 @@ fn main() {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Run { path, args } => commands::run::run(&cli.global, path, args).await,
+            cli::Command::Run {
+                path,
+                interactive,
+                interactive_command,
+                args,
+            } => {
+                let shell = interactive.then(|| {
+                    interactive_command
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect()
+                });
+                commands::run::run(&cli.global, path, shell, args).await
+            }
+            cli::Command::Functions { path } => commands::functions::list(&cli.global, path).await,
+            cli::Command::Call { words } => commands::functions::call(&cli.global, words).await,
+            cli::Command::Init { dir } => commands::init::init(&dir),
         }
     });
     let code = match result {

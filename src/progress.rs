@@ -1,53 +1,168 @@
-//! User-facing progress: one line per step as it starts and as it ends
-//! (cached, done in N ms, failed). Its own channel (stderr), not log lines.
+//! User-facing progress: its own channel (stderr), not log lines.
+//!
+//! The solver reports events (a step queued, running, its output, cached,
+//! done, failed); a renderer shows them: `plain` as one line per event
+//! (output lines prefixed with their step, for CI logs), `json` as one
+//! object per event (for machines), `tty` as a live tree of running steps
+//! with their elapsed time and last output line (indicatif). Every line is
+//! scrubbed of secret values before it is shown.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
 
 use crate::secrets::Secrets;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A step's number in this run, as shown to the user (`#3`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StepNo(pub u64);
-
-pub struct Progress {
-    out: Mutex<Box<dyn Write + Send>>,
-    /// Every line is scrubbed of secret values before it is written.
-    secrets: Arc<Secrets>,
-    next: AtomicU64,
-    /// Counters for the summary line.
-    ran: AtomicU64,
-    cached: AtomicU64,
-}
 
 /// How many stderr lines a failure shows.
 pub const STDERR_TAIL_LINES: usize = 20;
 
+/// How progress is shown (`--progress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `tty` on a terminal, `plain` otherwise.
+    Auto,
+    Tty,
+    Plain,
+    Json,
+}
+
+impl Mode {
+    /// Decides `auto` by whether stderr is a terminal.
+    pub fn resolve(self) -> Mode {
+        use std::io::IsTerminal;
+        match self {
+            Mode::Auto if std::io::stderr().is_terminal() => Mode::Tty,
+            Mode::Auto => Mode::Plain,
+            other => other,
+        }
+    }
+}
+
+/// Which stream a line of step output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+enum Render {
+    Plain(Mutex<Box<dyn Write + Send>>),
+    Json(Mutex<Box<dyn Write + Send>>),
+    Tty(Tty),
+}
+
+struct Tty {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<StepNo, (ProgressBar, String)>>,
+}
+
+pub struct Progress {
+    render: Render,
+    secrets: Arc<Secrets>,
+    started: Instant,
+    next: AtomicU64,
+    ran: AtomicU64,
+    cached: AtomicU64,
+}
+
 impl Progress {
-    pub fn new(out: Box<dyn Write + Send>, secrets: Arc<Secrets>) -> Progress {
+    pub fn new(mode: Mode, out: Box<dyn Write + Send>, secrets: Arc<Secrets>) -> Progress {
+        let render = match mode.resolve() {
+            Mode::Json => Render::Json(Mutex::new(out)),
+            Mode::Tty => Render::Tty(Tty {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: Mutex::new(HashMap::new()),
+            }),
+            _ => Render::Plain(Mutex::new(out)),
+        };
         Progress {
-            out: Mutex::new(out),
+            render,
             secrets,
+            started: Instant::now(),
             next: AtomicU64::new(1),
             ran: AtomicU64::new(0),
             cached: AtomicU64::new(0),
         }
     }
 
-    pub fn stderr(secrets: Arc<Secrets>) -> Progress {
-        Progress::new(Box::new(std::io::stderr()), secrets)
+    pub fn stderr(mode: Mode, secrets: Arc<Secrets>) -> Progress {
+        Progress::new(mode, Box::new(std::io::stderr()), secrets)
     }
 
     fn next_step(&self) -> StepNo {
         StepNo(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Writes a line (plain) or a line above the live bars (tty).
     fn line(&self, text: &str) {
         let text = self.secrets.scrub_str(text);
-        let mut out = self.out.lock().expect("progress lock poisoned");
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        match &self.render {
+            Render::Plain(out) => {
+                let mut out = out.lock().expect("progress lock poisoned");
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Render::Tty(t) => {
+                let _ = t.multi.println(text);
+            }
+            Render::Json(_) => {}
+        }
+    }
+
+    fn json(&self, mut event: serde_json::Value) {
+        if let Render::Json(out) = &self.render {
+            event["time_ms"] = json!(self.started.elapsed().as_millis() as u64);
+            let text = self.secrets.scrub_str(&event.to_string());
+            let mut out = out.lock().expect("progress lock poisoned");
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+    }
+
+    fn bar(&self, no: StepNo, what: &str, queued: bool) {
+        if let Render::Tty(t) = &self.render {
+            let bar = t.multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} #{prefix} {msg} {elapsed:.dim}")
+                    .expect("valid template"),
+            );
+            bar.set_prefix(no.0.to_string());
+            let what = self.secrets.scrub_str(what);
+            bar.set_message(if queued {
+                format!("{what} (queued)")
+            } else {
+                what.clone()
+            });
+            bar.enable_steady_tick(Duration::from_millis(120));
+            t.bars.lock().unwrap().insert(no, (bar, what));
+        }
+    }
+
+    fn end_bar(&self, no: StepNo) {
+        if let Render::Tty(t) = &self.render
+            && let Some((bar, _)) = t.bars.lock().unwrap().remove(&no)
+        {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// A line the pipeline itself printed (shown above the live display).
+    pub fn pipeline_line(&self, line: &str) {
+        match &self.render {
+            Render::Tty(t) => {
+                let _ = t.multi.println(line);
+            }
+            _ => eprintln!("{line}"),
+        }
     }
 
     /// A step answered from the cache: one line.
@@ -55,38 +170,91 @@ impl Progress {
         self.cached.fetch_add(1, Ordering::Relaxed);
         let no = self.next_step();
         self.line(&format!("#{} {what} CACHED", no.0));
+        self.json(json!({"event": "cached", "step": no.0, "name": what}));
     }
 
-    /// A step (or a pull) starts running; its end is reported with the number returned.
-    pub fn started(&self, what: &str) -> StepNo {
+    /// A step waits for a free job slot (`--jobs`); `running` follows.
+    pub fn queued(&self, what: &str) -> StepNo {
         let no = self.next_step();
-        self.line(&format!("#{} {what}", no.0));
+        self.bar(no, what, true);
+        self.json(json!({"event": "queued", "step": no.0, "name": what}));
         no
     }
 
+    /// A queued step starts running.
+    pub fn running(&self, no: StepNo, what: &str) {
+        if let Render::Tty(t) = &self.render
+            && let Some((bar, w)) = t.bars.lock().unwrap().get(&no)
+        {
+            bar.set_message(w.clone());
+            bar.reset_elapsed();
+        }
+        self.line(&format!("#{} {what}", no.0));
+        self.json(json!({"event": "started", "step": no.0, "name": what}));
+    }
+
+    /// A step (or a pull) starts running at once; its end is reported with the number returned.
+    pub fn started(&self, what: &str) -> StepNo {
+        let no = self.next_step();
+        self.bar(no, what, false);
+        self.line(&format!("#{} {what}", no.0));
+        self.json(json!({"event": "started", "step": no.0, "name": what}));
+        no
+    }
+
+    /// A line a running step wrote.
+    pub fn output(&self, no: StepNo, stream: Stream, line: &str) {
+        let line = line.trim_end_matches('\r');
+        match &self.render {
+            Render::Tty(t) => {
+                if let Some((bar, what)) = t.bars.lock().unwrap().get(&no) {
+                    let shown: String = self.secrets.scrub_str(line).chars().take(80).collect();
+                    bar.set_message(format!("{what} | {shown}"));
+                }
+            }
+            Render::Plain(_) => self.line(&format!("#{} | {line}", no.0)),
+            Render::Json(_) => self.json(json!({
+                "event": "output",
+                "step": no.0,
+                "stream": if stream == Stream::Stdout { "stdout" } else { "stderr" },
+                "line": line,
+            })),
+        }
+    }
+
     /// A step ran to success.
-    pub fn done(&self, no: StepNo, millis: u128) {
+    pub fn done(&self, no: StepNo, what: &str, millis: u128) {
         self.ran.fetch_add(1, Ordering::Relaxed);
-        self.line(&format!("#{} DONE in {millis} ms", no.0));
+        self.end_bar(no);
+        match &self.render {
+            Render::Tty(_) => self.line(&format!("#{} {what} DONE in {}", no.0, human_ms(millis))),
+            _ => self.line(&format!("#{} DONE in {millis} ms", no.0)),
+        }
+        self.json(json!({"event": "done", "step": no.0, "ms": millis as u64}));
     }
 
     /// A line of information that is not a step (a host directory scanned).
     pub fn info(&self, text: &str) {
         let no = self.next_step();
         self.line(&format!("#{} {text}", no.0));
+        self.json(json!({"event": "info", "step": no.0, "text": text}));
     }
 
     /// A detail of running work (a layer pushed).
     pub fn detail(&self, no: StepNo, text: &str) {
         self.line(&format!("#{}   {text}", no.0));
+        self.json(json!({"event": "detail", "step": no.0, "text": text}));
     }
 
     /// Work that is not a step (an image pull) finished.
     pub fn finished(&self, no: StepNo, millis: u128, detail: &str) {
+        self.end_bar(no);
         self.line(&format!("#{} DONE in {millis} ms ({detail})", no.0));
+        self.json(json!({"event": "done", "step": no.0, "ms": millis as u64, "detail": detail}));
     }
 
     pub fn failed(&self, no: StepNo, what: &str, reason: &str, stderr: &[u8]) {
+        self.end_bar(no);
         let mut msg = format!("#{} FAILED: {what}\n#{}   {reason}", no.0, no.0);
         let tail = tail_lines(stderr, STDERR_TAIL_LINES);
         if !tail.is_empty() {
@@ -96,6 +264,9 @@ impl Progress {
             }
         }
         self.line(&msg);
+        self.json(json!({
+            "event": "failed", "step": no.0, "name": what, "reason": reason, "stderr_tail": tail,
+        }));
     }
 
     /// Steps run and cached so far.
@@ -106,12 +277,45 @@ impl Progress {
         )
     }
 
-    pub fn summary(&self, wall_ms: u128) {
+    pub fn summary(&self, wall_ms: u128, exit_code: i32) {
         let (ran, cached) = self.counts();
+        let ratio = if ran + cached == 0 {
+            0.0
+        } else {
+            100.0 * cached as f64 / (ran + cached) as f64
+        };
+        if let Render::Tty(t) = &self.render {
+            let _ = t.multi.clear();
+        }
         self.line(&format!(
-            "rbuild: {ran} steps run, {cached} cached, in {:.2} s",
+            "rbuild: {ran} steps run, {cached} cached ({ratio:.0}% hits), in {:.2} s",
             wall_ms as f64 / 1000.0
         ));
+        self.json(json!({
+            "event": "summary", "steps_run": ran, "steps_cached": cached,
+            "hit_ratio": ratio / 100.0, "wall_ms": wall_ms as u64, "exit_code": exit_code,
+        }));
+    }
+
+    /// Hides the live display while an interactive shell has the terminal
+    /// (`true`), and shows it again (`false`).
+    pub fn pause(&self, on: bool) {
+        if let Render::Tty(t) = &self.render {
+            if on {
+                let _ = t.multi.clear();
+                t.multi.set_draw_target(ProgressDrawTarget::hidden());
+            } else {
+                t.multi.set_draw_target(ProgressDrawTarget::stderr());
+            }
+        }
+    }
+}
+
+fn human_ms(ms: u128) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
     }
 }
 
@@ -122,9 +326,108 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Splits chunks of a step's output into lines (after scrubbing).
+#[derive(Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Complete lines in `chunk` (plus what was pending).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            out.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        }
+        out
+    }
+
+    /// The last, unterminated line.
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.pending.is_empty())
+            .then(|| String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn run(mode: Mode) -> String {
+        let out = Captured::default();
+        let secrets = Arc::new(Secrets::default());
+        secrets
+            .resolve(&crate::graph::SecretDef {
+                name: "s".into(),
+                uri: None,
+                plaintext: Some("hunter2".into()),
+            })
+            .unwrap();
+        let p = Progress::new(mode, Box::new(out.clone()), secrets);
+        p.cached("exec echo a");
+        let no = p.queued("exec make");
+        p.running(no, "exec make");
+        p.output(no, Stream::Stdout, "compiling with hunter2");
+        p.done(no, "exec make", 12);
+        p.summary(1500, 0);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn plain_is_one_line_per_event_with_step_prefixed_output() {
+        let text = run(Mode::Plain);
+        assert_eq!(
+            text,
+            "#1 exec echo a CACHED\n#2 exec make\n#2 | compiling with ***\n#2 DONE in 12 ms\n\
+             rbuild: 1 steps run, 1 cached (50% hits), in 1.50 s\n"
+        );
+    }
+
+    #[test]
+    fn json_is_one_object_per_event() {
+        let text = run(Mode::Json);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["cached", "queued", "started", "output", "done", "summary"]
+        );
+        assert_eq!(events[3]["line"], "compiling with ***");
+        assert_eq!(events[5]["steps_run"], 1);
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks() {
+        let mut s = LineSplitter::default();
+        assert_eq!(s.push(b"ab"), Vec::<String>::new());
+        assert_eq!(
+            s.push(b"c\nde\nf"),
+            vec!["abc".to_string(), "de".to_string()]
+        );
+        assert_eq!(s.finish(), Some("f".to_string()));
+        assert_eq!(s.finish(), None);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

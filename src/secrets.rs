@@ -86,6 +86,45 @@ impl Secrets {
     }
 }
 
+/// Scrubs a stream of output chunks: a secret value split across chunks is
+/// held back until it is complete, then masked like any other.
+pub struct StreamScrubber {
+    secrets: Arc<Secrets>,
+    pending: Vec<u8>,
+}
+
+impl StreamScrubber {
+    pub fn new(secrets: Arc<Secrets>) -> StreamScrubber {
+        StreamScrubber {
+            secrets,
+            pending: Vec::new(),
+        }
+    }
+
+    /// What of `chunk` (and what was held back) can be shown now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(chunk);
+        let scrubbed = self.secrets.scrub(&self.pending);
+        // Hold back the longest end that could be the start of a secret.
+        let values = self.secrets.values.read().unwrap();
+        let longest = values.first().map_or(0, Vec::len);
+        let held = (1..=scrubbed.len().min(longest.saturating_sub(1)))
+            .rev()
+            .find(|&k| {
+                let tail = &scrubbed[scrubbed.len() - k..];
+                values.iter().any(|v| v.len() > k && v.starts_with(tail))
+            })
+            .unwrap_or(0);
+        self.pending = scrubbed[scrubbed.len() - held..].to_vec();
+        scrubbed[..scrubbed.len() - held].to_vec()
+    }
+
+    /// Whatever was held back, at the end of the stream.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 fn scrub_with(values: &[Vec<u8>], bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for v in values {
@@ -201,6 +240,19 @@ mod tests {
         );
         let e = s.resolve(&def("x", Some("vault:thing"), None)).unwrap_err();
         assert!(e.contains("env:NAME"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_split_across_chunks_is_still_masked() {
+        let s = Arc::new(Secrets::default());
+        s.resolve(&def("a", None, Some("hunter2"))).unwrap();
+        let mut st = StreamScrubber::new(s);
+        let mut out = Vec::new();
+        for chunk in [&b"token=hun"[..], b"ter", b"2 and hu", b"nt", b"er! ok"] {
+            out.extend(st.push(chunk));
+        }
+        out.extend(st.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "token=*** and hunter! ok");
     }
 
     #[test]

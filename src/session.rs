@@ -50,6 +50,12 @@ enum Query {
     ExitCode { container: ContainerDef },
     #[serde(rename = "container.sync")]
     Sync { container: ContainerDef },
+    #[serde(rename = "container.terminal")]
+    Terminal {
+        container: ContainerDef,
+        #[serde(default)]
+        command: Vec<String>,
+    },
     #[serde(rename = "container.publish")]
     Publish {
         container: ContainerDef,
@@ -219,6 +225,10 @@ async fn answer<M: Machinery>(solver: &Arc<Solver<M>>, query: Query) -> Result<V
         Query::Sync { container } => {
             solver.container(&container).await?;
             Ok(Value::Null)
+        }
+        Query::Terminal { container, command } => {
+            let st = solver.container(&container).await?;
+            Ok(json!(solver.terminal(&st, command).await?))
         }
         Query::Publish {
             container,

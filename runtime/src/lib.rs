@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod owner;
 pub mod spec;
 pub mod task;
+pub mod terminal;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ pub use containerd_client;
 pub use owner::{OWNER_LABEL, Owner};
 pub use spec::{ExtraMount, ProcessSpec};
 pub use task::{ContainerRun, OutputChunk, ProcessOutcome, Stream};
+pub use terminal::terminal_size;
 pub use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub struct ProcessSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// Run on a pseudo-terminal (an interactive shell) of this size (columns, rows).
+    pub terminal: Option<(u16, u16)>,
 }
 
 /// A mount added to the container besides its root filesystem.
@@ -110,8 +112,18 @@ pub fn build_spec(
         .build()
         .map_err(spec_err)?;
 
-    let process_spec = ProcessBuilder::default()
-        .terminal(false)
+    let mut process_builder = ProcessBuilder::default();
+    if let Some((cols, rows)) = process.terminal {
+        process_builder = process_builder.console_size(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(cols as u64)
+                .height(rows as u64)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    let process_spec = process_builder
+        .terminal(process.terminal.is_some())
         .user(user)
         .args(process.args.clone())
         .env(process.env.clone())
@@ -266,6 +278,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![],
+            terminal: None,
         };
         let spec = build_spec("c1", "rbuild", &process, &[], false).unwrap();
         let json = serde_json::to_value(&spec).unwrap();

@@ -36,6 +36,7 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const SIGKILL: u32 = 9;
 
 /// One process to run in a fresh container.
+#[derive(Clone)]
 pub struct ContainerRun {
     /// Container id, unique in the namespace.
     pub id: String,
@@ -117,38 +118,7 @@ impl Containerd {
             None => None,
         };
 
-        let spec = build_spec(
-            &run.id,
-            self.namespace(),
-            &run.process,
-            &run.mounts,
-            run.host_network,
-        )?;
-        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
-        let mut labels = run.labels.clone();
-        labels.insert(OWNER_LABEL.into(), Owner::current().label());
-        let container = Container {
-            id: run.id.clone(),
-            labels,
-            image: String::new(),
-            runtime: Some(Runtime {
-                name: RUNC_RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(Any {
-                type_url: SPEC_TYPE_URL.into(),
-                value: spec_json,
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: run.snapshot_key.clone(),
-            ..Default::default()
-        };
-        self.containers()
-            .create(self.request(CreateContainerRequest {
-                container: Some(container),
-            }))
-            .await
-            .map_err(|s| Error::rpc("create container", &run.id, s))?;
+        self.create_container(run).await?;
         tracing::debug!(
             id = run.id,
             ms = t0.elapsed().as_millis(),
@@ -239,7 +209,44 @@ impl Containerd {
         })
     }
 
-    async fn kill(&self, id: &str) {
+    /// Creates the container record for `run` (spec, snapshot, owner label).
+    pub(crate) async fn create_container(&self, run: &ContainerRun) -> Result<(), Error> {
+        let spec = build_spec(
+            &run.id,
+            self.namespace(),
+            &run.process,
+            &run.mounts,
+            run.host_network,
+        )?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
+        let mut labels = run.labels.clone();
+        labels.insert(OWNER_LABEL.into(), Owner::current().label());
+        let container = Container {
+            id: run.id.clone(),
+            labels,
+            image: String::new(),
+            runtime: Some(Runtime {
+                name: RUNC_RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec_json,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: run.snapshot_key.clone(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(self.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(|s| Error::rpc("create container", &run.id, s))?;
+        Ok(())
+    }
+
+    pub(crate) async fn kill(&self, id: &str) {
         let _ = self
             .tasks()
             .kill(self.request(KillRequest {
@@ -251,7 +258,7 @@ impl Containerd {
             .await;
     }
 
-    async fn delete_task(&self, id: &str) -> Result<(), Error> {
+    pub(crate) async fn delete_task(&self, id: &str) -> Result<(), Error> {
         match self
             .tasks()
             .delete(self.request(DeleteTaskRequest {
@@ -315,7 +322,7 @@ impl Containerd {
     }
 }
 
-fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
+pub(crate) fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
     let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
@@ -330,7 +337,7 @@ fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
         .map_err(|e| Error::io("open FIFO", path, e))
 }
 
-fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
+pub(crate) fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
     let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {

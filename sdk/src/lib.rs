@@ -87,6 +87,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Connects to the engine of the `rbuild run` that started this pipeline.
 pub async fn connect() -> Result<Client> {
+    if std::env::var_os(LIST_ENV).is_some() {
+        // `rbuild functions` on a pipeline that has none: say so, run nothing.
+        println!("{}", json!({ "functions": null }));
+        std::process::exit(0);
+    }
     let socket = std::env::var_os(SOCKET_ENV).ok_or_else(|| {
         Error::new(
             "this pipeline is not running under rbuild: start it with `rbuild run <path to pipeline>`",
@@ -207,28 +212,35 @@ where
 struct OpNode {
     parent: Option<Arc<OpNode>>,
     op: Value,
+    /// Where the pipeline made this call (`file:line`), for error messages.
+    at: Option<String>,
 }
 
 #[derive(Clone, Default)]
 struct Ops(Option<Arc<OpNode>>);
 
 impl Ops {
-    fn push(&self, op: Value) -> Ops {
+    fn push(&self, op: Value, at: Option<String>) -> Ops {
         Ops(Some(Arc::new(OpNode {
             parent: self.0.clone(),
             op,
+            at,
         })))
     }
 
-    fn to_json(&self) -> Value {
+    /// The operations, oldest first, and where each was called.
+    fn to_json(&self) -> (Value, Value) {
         let mut ops = Vec::new();
+        let mut at = Vec::new();
         let mut node = self.0.as_deref();
         while let Some(n) = node {
             ops.push(n.op.clone());
+            at.push(n.at.clone());
             node = n.parent.as_deref();
         }
         ops.reverse();
-        Value::Array(ops)
+        at.reverse();
+        (Value::Array(ops), json!(at))
     }
 }
 
@@ -499,26 +511,32 @@ pub struct Container {
 impl fmt::Debug for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Container")
-            .field("ops", &self.ops.to_json())
+            .field("ops", &self.ops.to_json().0)
             .finish()
     }
 }
 
 impl Container {
+    #[track_caller]
     fn with(&self, op: Value) -> Container {
+        let at = std::panic::Location::caller();
         Container {
             session: self.session.clone(),
-            ops: self.ops.push(op),
+            ops: self
+                .ops
+                .push(op, Some(format!("{}:{}", at.file(), at.line()))),
         }
     }
 
     fn def(&self) -> Value {
-        json!({ "ops": self.ops.to_json() })
+        let (ops, at) = self.ops.to_json();
+        json!({ "ops": ops, "at": at })
     }
 
     /// Starts from an image in a registry (`registry/repository:tag` or `@sha256:…`).
     /// Its environment, working directory, user, entrypoint and default
     /// args become the container's.
+    #[track_caller]
     pub fn from(&self, address: impl Into<String>) -> Container {
         self.with(json!({"op": "from", "address": address.into()}))
     }
@@ -526,6 +544,7 @@ impl Container {
     /// Runs a command. `args[0]` is looked up in the container's `PATH`; no
     /// shell is involved unless you call one (`["sh", "-c", "..."]`).
     /// Accepts arrays, slices and vectors of `&str` or `String`.
+    #[track_caller]
     pub fn with_exec<I, S>(&self, args: I) -> Container
     where
         I: IntoIterator<Item = S>,
@@ -535,6 +554,7 @@ impl Container {
     }
 
     /// [`Container::with_exec`] with an expected outcome, stdin, or the entrypoint.
+    #[track_caller]
     pub fn with_exec_opts<I, S>(&self, args: I, opts: ExecOpts) -> Container
     where
         I: IntoIterator<Item = S>,
@@ -555,6 +575,7 @@ impl Container {
     }
 
     /// Sets an environment variable for the commands that follow.
+    #[track_caller]
     pub fn with_env_variable(
         &self,
         name: impl Into<String>,
@@ -565,6 +586,7 @@ impl Container {
 
     /// With `expand`, `$VAR` and `${VAR}` in `value` are replaced with the
     /// container's current values.
+    #[track_caller]
     pub fn with_env_variable_opts(
         &self,
         name: impl Into<String>,
@@ -574,11 +596,13 @@ impl Container {
         self.with(json!({"op": "with_env_variable", "name": name.into(), "value": value.into(), "expand": expand}))
     }
 
+    #[track_caller]
     pub fn without_env_variable(&self, name: impl Into<String>) -> Container {
         self.with(json!({"op": "without_env_variable", "name": name.into()}))
     }
 
     /// An environment variable whose value is a secret.
+    #[track_caller]
     pub fn with_secret_variable(
         &self,
         name: impl Into<String>,
@@ -588,15 +612,18 @@ impl Container {
     }
 
     /// Sets the working directory (relative paths are relative to the current one).
+    #[track_caller]
     pub fn with_workdir(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "with_workdir", "path": path.into()}))
     }
 
     /// The user commands run as: `name`, `uid`, `name:group` or `uid:gid`.
+    #[track_caller]
     pub fn with_user(&self, name: impl Into<String>) -> Container {
         self.with(json!({"op": "with_user", "name": name.into()}))
     }
 
+    #[track_caller]
     pub fn with_entrypoint<I, S>(&self, args: I) -> Container
     where
         I: IntoIterator<Item = S>,
@@ -606,6 +633,7 @@ impl Container {
     }
 
     /// The command `with_exec([])` runs.
+    #[track_caller]
     pub fn with_default_args<I, S>(&self, args: I) -> Container
     where
         I: IntoIterator<Item = S>,
@@ -614,11 +642,13 @@ impl Container {
         self.with(json!({"op": "with_default_args", "args": list(args)}))
     }
 
+    #[track_caller]
     pub fn with_label(&self, name: impl Into<String>, value: impl Into<String>) -> Container {
         self.with(json!({"op": "with_label", "name": name.into(), "value": value.into()}))
     }
 
     /// Copies a directory's contents to `path` (merging with what is there).
+    #[track_caller]
     pub fn with_directory(
         &self,
         path: impl Into<String>,
@@ -627,6 +657,7 @@ impl Container {
         self.with_directory_opts(path, dir, DirectoryOpts::default())
     }
 
+    #[track_caller]
     pub fn with_directory_opts(
         &self,
         path: impl Into<String>,
@@ -640,10 +671,12 @@ impl Container {
     }
 
     /// Copies a file to `path`.
+    #[track_caller]
     pub fn with_file(&self, path: impl Into<String>, file: impl Borrow<File>) -> Container {
         self.with_file_opts(path, file, FileOpts::default())
     }
 
+    #[track_caller]
     pub fn with_file_opts(
         &self,
         path: impl Into<String>,
@@ -657,10 +690,12 @@ impl Container {
     }
 
     /// Writes a new file (mode 0644 unless given).
+    #[track_caller]
     pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<String>) -> Container {
         self.with_new_file_opts(path, contents, FileOpts::default())
     }
 
+    #[track_caller]
     pub fn with_new_file_opts(
         &self,
         path: impl Into<String>,
@@ -673,16 +708,19 @@ impl Container {
         }))
     }
 
+    #[track_caller]
     pub fn without_file(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "without_file", "path": path.into()}))
     }
 
+    #[track_caller]
     pub fn without_directory(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "without_directory", "path": path.into()}))
     }
 
     /// Mounts a directory for the commands that follow; what they change in
     /// it is not kept.
+    #[track_caller]
     pub fn with_mounted_directory(
         &self,
         path: impl Into<String>,
@@ -691,6 +729,7 @@ impl Container {
         self.with(json!({"op": "with_mounted_directory", "path": path.into(), "directory": dir.borrow().def()}))
     }
 
+    #[track_caller]
     pub fn with_mounted_file(&self, path: impl Into<String>, file: impl Borrow<File>) -> Container {
         self.with(
             json!({"op": "with_mounted_file", "path": path.into(), "file": file.borrow().def}),
@@ -698,6 +737,7 @@ impl Container {
     }
 
     /// Mounts a cache volume (shared between concurrent users).
+    #[track_caller]
     pub fn with_mounted_cache(
         &self,
         path: impl Into<String>,
@@ -706,6 +746,7 @@ impl Container {
         self.with_mounted_cache_opts(path, cache, Sharing::Shared)
     }
 
+    #[track_caller]
     pub fn with_mounted_cache_opts(
         &self,
         path: impl Into<String>,
@@ -719,11 +760,13 @@ impl Container {
     }
 
     /// Mounts an empty tmpfs.
+    #[track_caller]
     pub fn with_mounted_temp(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "with_mounted_temp", "path": path.into()}))
     }
 
     /// Mounts a secret as a read-only file (mode 0400 unless given).
+    #[track_caller]
     pub fn with_mounted_secret(
         &self,
         path: impl Into<String>,
@@ -732,6 +775,7 @@ impl Container {
         self.with_mounted_secret_opts(path, secret, None)
     }
 
+    #[track_caller]
     pub fn with_mounted_secret_opts(
         &self,
         path: impl Into<String>,
@@ -741,20 +785,24 @@ impl Container {
         self.with(json!({"op": "with_mounted_secret", "path": path.into(), "secret": secret.borrow().def, "mode": mode}))
     }
 
+    #[track_caller]
     pub fn without_mount(&self, path: impl Into<String>) -> Container {
         self.with(json!({"op": "without_mount", "path": path.into()}))
     }
 
     /// Declares a port the image listens on (`with_exposed_port(8080)`), for its config.
+    #[track_caller]
     pub fn with_exposed_port(&self, port: u16) -> Container {
         self.with_exposed_port_opts(port, "tcp")
     }
 
+    #[track_caller]
     pub fn with_exposed_port_opts(&self, port: u16, protocol: impl Into<String>) -> Container {
         self.with(json!({"op": "with_exposed_port", "port": port, "protocol": protocol.into()}))
     }
 
     /// Credentials for publishing to `address`'s registry (instead of the Docker config's).
+    #[track_caller]
     pub fn with_registry_auth(
         &self,
         address: impl Into<String>,
@@ -769,8 +817,36 @@ impl Container {
 
     /// This container replaced by the image in an OCI image tarball
     /// (`export`'s or `as_tarball`'s, or `skopeo copy … oci-archive:`).
+    #[track_caller]
     pub fn import(&self, file: impl Borrow<File>) -> Container {
         self.with(json!({"op": "import", "file": file.borrow().def}))
+    }
+
+    /// Opens an interactive shell (`/bin/sh`) in this container on the
+    /// terminal `rbuild run` was started from; returns its exit code. What
+    /// the shell changes is not kept.
+    pub fn terminal(&self) -> impl Future<Output = Result<i64>> + Send + 'static {
+        self.terminal_opts(Vec::<String>::new())
+    }
+
+    /// [`Container::terminal`] with another command (`["bash", "-l"]`).
+    pub fn terminal_opts<I, S>(
+        &self,
+        command: I,
+    ) -> impl Future<Output = Result<i64>> + Send + 'static
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let query = json!({"kind": "container.terminal", "container": self.def(), "command": list(command)});
+        let session = self.session.clone();
+        async move {
+            session
+                .query(query)
+                .await?
+                .as_i64()
+                .ok_or_else(|| Error::new("the engine sent an exit code that is not a number"))
+        }
     }
 
     /// Pushes this container as an image to `address` (`registry/repo:tag`);
@@ -905,12 +981,12 @@ impl Directory {
         Directory {
             session: self.session.clone(),
             source: self.source.clone(),
-            ops: self.ops.push(op),
+            ops: self.ops.push(op, None),
         }
     }
 
     fn def(&self) -> Value {
-        json!({ "source": self.source, "ops": self.ops.to_json() })
+        json!({ "source": self.source, "ops": self.ops.to_json().0 })
     }
 
     fn ask(
@@ -1106,5 +1182,376 @@ impl File {
             answer.await?;
             Ok(this)
         }
+    }
+}
+
+// ------------------------------------------------------------- functions --
+
+/// The type of a function argument given on the `rbuild call` command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    String,
+    Int,
+    Float,
+    Bool,
+    /// A host directory path.
+    Directory,
+    /// A host file path.
+    File,
+    /// `env:NAME`, `file:PATH` or `cmd:COMMAND`.
+    Secret,
+    /// An image reference.
+    Container,
+}
+
+impl ArgKind {
+    fn name(self) -> &'static str {
+        match self {
+            ArgKind::String => "string",
+            ArgKind::Int => "int",
+            ArgKind::Float => "float",
+            ArgKind::Bool => "bool",
+            ArgKind::Directory => "directory",
+            ArgKind::File => "file",
+            ArgKind::Secret => "secret",
+            ArgKind::Container => "container",
+        }
+    }
+}
+
+struct ArgDef {
+    name: String,
+    kind: ArgKind,
+    doc: String,
+    default: Option<String>,
+}
+
+type FunctionBody = Box<
+    dyn Fn(Client, Args) -> std::pin::Pin<Box<dyn Future<Output = Result<Returned>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct FunctionDef {
+    name: String,
+    doc: String,
+    args: Vec<ArgDef>,
+    body: FunctionBody,
+}
+
+/// What a function returns; `rbuild call` can print it, export it, publish
+/// it or open a terminal in it.
+pub enum Returned {
+    Nothing,
+    Text(String),
+    Container(Container),
+    Directory(Directory),
+    File(File),
+}
+
+impl From<String> for Returned {
+    fn from(s: String) -> Self {
+        Returned::Text(s)
+    }
+}
+impl From<&str> for Returned {
+    fn from(s: &str) -> Self {
+        Returned::Text(s.to_string())
+    }
+}
+impl From<()> for Returned {
+    fn from(_: ()) -> Self {
+        Returned::Nothing
+    }
+}
+impl From<Container> for Returned {
+    fn from(c: Container) -> Self {
+        Returned::Container(c)
+    }
+}
+impl From<Directory> for Returned {
+    fn from(d: Directory) -> Self {
+        Returned::Directory(d)
+    }
+}
+impl From<File> for Returned {
+    fn from(f: File) -> Self {
+        Returned::File(f)
+    }
+}
+
+/// The arguments a function was called with, converted to their types.
+pub struct Args {
+    client: Client,
+    values: std::collections::HashMap<String, String>,
+}
+
+impl Args {
+    fn raw(&self, name: &str) -> Result<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Error::new(format!("missing argument --{name}")))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<T> {
+        let v = self.raw(name)?;
+        v.parse()
+            .map_err(|_| Error::new(format!("argument --{name}: {v:?} is not {what}")))
+    }
+
+    pub fn string(&self, name: &str) -> Result<String> {
+        self.raw(name).map(String::from)
+    }
+    pub fn int(&self, name: &str) -> Result<i64> {
+        self.parse(name, "an integer")
+    }
+    pub fn float(&self, name: &str) -> Result<f64> {
+        self.parse(name, "a number")
+    }
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        self.parse(name, "true or false")
+    }
+    /// A host directory (everything in it; filter with `Directory::filter`).
+    pub fn directory(&self, name: &str) -> Result<Directory> {
+        Ok(self
+            .client
+            .host()
+            .directory(self.raw(name)?, DirOpts::default()))
+    }
+    pub fn file(&self, name: &str) -> Result<File> {
+        Ok(self.client.host().file(self.raw(name)?))
+    }
+    pub fn secret(&self, name: &str) -> Result<Secret> {
+        Ok(self.client.secret(self.raw(name)?))
+    }
+    /// A container started from the image reference given.
+    pub fn container(&self, name: &str) -> Result<Container> {
+        Ok(self.client.container().from(self.raw(name)?))
+    }
+}
+
+/// Functions a pipeline exposes: `rbuild functions` lists them, `rbuild
+/// call FN --arg value …` calls one.
+///
+/// ```no_run
+/// use rbuild_sdk as rb;
+///
+/// #[tokio::main]
+/// async fn main() -> rb::Result<()> {
+///     rb::Functions::new()
+///         .function("hello", "Says hello from a container")
+///         .arg("name", rb::ArgKind::String, "who to greet")
+///         .returns(|client, args| async move {
+///             let name = args.string("name")?;
+///             Ok(client
+///                 .container()
+///                 .from("127.0.0.1:5000/busybox:latest")
+///                 .with_exec(["echo", "hello", &name]))
+///         })
+///         .serve()
+///         .await
+/// }
+/// ```
+#[derive(Default)]
+pub struct Functions {
+    functions: Vec<FunctionDef>,
+}
+
+/// A function being declared; finish it with [`FunctionBuilder::returns`].
+pub struct FunctionBuilder {
+    functions: Functions,
+    name: String,
+    doc: String,
+    args: Vec<ArgDef>,
+}
+
+impl FunctionBuilder {
+    /// A required argument.
+    pub fn arg(mut self, name: &str, kind: ArgKind, doc: &str) -> Self {
+        self.args.push(ArgDef {
+            name: name.into(),
+            kind,
+            doc: doc.into(),
+            default: None,
+        });
+        self
+    }
+
+    /// An optional argument with a default (as it would be typed on the command line).
+    pub fn arg_default(mut self, name: &str, kind: ArgKind, doc: &str, default: &str) -> Self {
+        self.args.push(ArgDef {
+            name: name.into(),
+            kind,
+            doc: doc.into(),
+            default: Some(default.into()),
+        });
+        self
+    }
+
+    /// The function's body.
+    pub fn returns<F, Fut, R>(mut self, body: F) -> Functions
+    where
+        F: Fn(Client, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Returned>,
+    {
+        self.functions.functions.push(FunctionDef {
+            name: self.name,
+            doc: self.doc,
+            args: self.args,
+            body: Box::new(move |client, args| {
+                let fut = body(client, args);
+                Box::pin(async move { fut.await.map(Into::into) })
+            }),
+        });
+        self.functions
+    }
+}
+
+const LIST_ENV: &str = "RBUILD_FUNCTIONS_LIST";
+const CALL_ENV: &str = "RBUILD_CALL";
+
+impl Functions {
+    pub fn new() -> Functions {
+        Functions::default()
+    }
+
+    /// Declares a function (its doc is what `rbuild functions` shows).
+    pub fn function(self, name: &str, doc: &str) -> FunctionBuilder {
+        FunctionBuilder {
+            functions: self,
+            name: name.into(),
+            doc: doc.into(),
+            args: Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> Value {
+        json!({"functions": self.functions.iter().map(|f| json!({
+            "name": f.name,
+            "doc": f.doc,
+            "args": f.args.iter().map(|a| json!({
+                "name": a.name, "kind": a.kind.name(), "doc": a.doc, "default": a.default,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()})
+    }
+
+    /// Answers `rbuild functions` and `rbuild call`; under plain `rbuild
+    /// run`, lists the functions.
+    pub async fn serve(self) -> Result<()> {
+        if std::env::var_os(LIST_ENV).is_some() {
+            println!("{}", self.describe());
+            return Ok(());
+        }
+        let Ok(call) = std::env::var(CALL_ENV) else {
+            eprintln!("this pipeline exposes functions; call one with `rbuild call <pipeline> <function> [--arg value]...`:");
+            for f in &self.functions {
+                eprintln!("  {:<20} {}", f.name, f.doc);
+            }
+            return Ok(());
+        };
+        let call: Value =
+            serde_json::from_str(&call).map_err(|e| Error::new(format!("bad {CALL_ENV}: {e}")))?;
+        let name = call["function"].as_str().unwrap_or_default();
+        let f = self
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "no function {name:?}; this pipeline has: {}",
+                    self.functions
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let given: std::collections::HashMap<String, String> =
+            serde_json::from_value(call["args"].clone()).unwrap_or_default();
+        let mut values = std::collections::HashMap::new();
+        for a in &f.args {
+            match given.get(&a.name).or(a.default.as_ref()) {
+                Some(v) => {
+                    values.insert(a.name.clone(), v.clone());
+                }
+                None => {
+                    return Err(Error::new(format!(
+                        "{}: missing argument --{} ({}: {})",
+                        f.name,
+                        a.name,
+                        a.kind.name(),
+                        a.doc
+                    )))
+                }
+            }
+        }
+        if let Some(extra) = given.keys().find(|k| !f.args.iter().any(|a| &a.name == *k)) {
+            return Err(Error::new(format!(
+                "{}: unknown argument --{extra}",
+                f.name
+            )));
+        }
+        let client = connect().await?;
+        let returned = (f.body)(client.clone(), Args { client, values }).await?;
+        act(returned, &call["action"]).await
+    }
+}
+
+/// What `rbuild call` asked to do with a function's result.
+async fn act(returned: Returned, action: &Value) -> Result<()> {
+    let kind = action["kind"].as_str().unwrap_or("print");
+    match (kind, returned) {
+        ("print", Returned::Nothing) => Ok(()),
+        ("print", Returned::Text(t)) => {
+            println!("{t}");
+            Ok(())
+        }
+        ("print", Returned::Container(c)) => {
+            print!("{}", c.stdout().await?);
+            Ok(())
+        }
+        ("print", Returned::Directory(d)) => {
+            for e in d.entries().await? {
+                println!("{e}");
+            }
+            Ok(())
+        }
+        ("print", Returned::File(f)) => {
+            print!("{}", f.contents().await?);
+            Ok(())
+        }
+        ("export", r) => {
+            let path = action["path"]
+                .as_str()
+                .ok_or_else(|| Error::new("export needs --path"))?;
+            let written = match r {
+                Returned::Container(c) => c.export(path).await?,
+                Returned::Directory(d) => d.export(path).await?,
+                Returned::File(f) => f.export(path).await?,
+                _ => {
+                    return Err(Error::new(
+                        "only a container, directory or file can be exported",
+                    ))
+                }
+            };
+            println!("{written}");
+            Ok(())
+        }
+        ("publish", Returned::Container(c)) => {
+            let address = action["address"]
+                .as_str()
+                .ok_or_else(|| Error::new("publish needs --address"))?;
+            println!("{}", c.publish(address).await?);
+            Ok(())
+        }
+        ("terminal", Returned::Container(c)) => {
+            c.terminal().await?;
+            Ok(())
+        }
+        (kind, _) => Err(Error::new(format!(
+            "cannot {kind} this result: publish and terminal take a container"
+        ))),
     }
 }

@@ -5,6 +5,15 @@ use std::path::PathBuf;
 use crate::cli::GlobalOpts;
 use crate::engine::{EngineConfig, run_pipeline};
 
-pub async fn run(global: &GlobalOpts, path: PathBuf, args: Vec<String>) -> anyhow::Result<i32> {
-    run_pipeline(&EngineConfig::from(global), &path, &args).await
+pub async fn run(
+    global: &GlobalOpts,
+    path: PathBuf,
+    debug_shell: Option<Vec<String>>,
+    args: Vec<String>,
+) -> anyhow::Result<i32> {
+    let config = EngineConfig {
+        debug_shell,
+        ..EngineConfig::from(global)
+    };
+    run_pipeline(&config, &path, &args, &[]).await
 }

@@ -70,6 +70,37 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// The result is committed only when the exit code meets this.
     pub expect: Expect,
+    /// Receives the process's output as it is written.
+    pub output: Option<tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>>,
+    /// Whether the user's terminal is involved.
+    pub terminal: TerminalUse,
+}
+
+/// A shell on the user's terminal.
+#[derive(Clone)]
+pub struct Interactive {
+    pub command: Vec<String>,
+    /// Called with true before the shell takes the terminal, false after.
+    pub pause: Arc<dyn Fn(bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Interactive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interactive({:?})", self.command)
+    }
+}
+
+/// How a step uses the user's terminal.
+#[derive(Clone, Debug, Default)]
+pub enum TerminalUse {
+    #[default]
+    None,
+    /// The step *is* an interactive process (`Container::terminal`): its
+    /// `args` run on the terminal, nothing is committed.
+    Shell(Interactive),
+    /// If the step fails, open this shell in its container, with its
+    /// filesystem, environment and mounts, before cleaning up (`run -i`).
+    OnFailure(Interactive),
 }
 
 /// What running a step produced. `snapshot` is set (committed) only when

@@ -34,11 +34,11 @@ use crate::graph::{
 use crate::index::{Index, SnapshotId, StepRecord};
 use crate::locks::KeyLocks;
 use crate::progress::{Progress, STDERR_TAIL_LINES, tail_lines};
-use crate::secrets::{SecretValue, Secrets};
+use crate::secrets::{SecretValue, Secrets, StreamScrubber};
 
 pub use machinery::{
-    ApplyRequest, ExecOutcome, ExecRequest, FileAction, Machinery, MountRequest, ReadAnswer,
-    ReadOp, Source, TarballDest,
+    ApplyRequest, ExecOutcome, ExecRequest, FileAction, Interactive, Machinery, MountRequest,
+    ReadAnswer, ReadOp, Source, TarballDest, TerminalUse,
 };
 pub use values::{
     ContainerState, DirValue, EnvValue, ExecPlan, FileValue, MountSpec, PlannedAction, StepKind,
@@ -52,8 +52,9 @@ pub enum SolveError {
     #[error("{0}")]
     Image(String),
     #[error(
-        "step failed: {command}\n  exit code: {exit_code}{}{}",
+        "step failed: {command}\n  exit code: {exit_code}{}{}{}",
         if *expected_failure { " (a failure was expected)" } else { "" },
+        at.as_ref().map(|a| format!("\n  created at: {a}")).unwrap_or_default(),
         if stderr_tail.is_empty() { String::new() } else {
             format!("\n  stderr (last lines):\n{}", indent(stderr_tail))
         }
@@ -63,6 +64,8 @@ pub enum SolveError {
         exit_code: i64,
         stderr_tail: String,
         expected_failure: bool,
+        /// Where in the pipeline the step was made (file:line).
+        at: Option<String>,
     },
     #[error("{0}")]
     Invalid(String),
@@ -156,6 +159,7 @@ pub struct Solver<M: Machinery> {
     progress: Arc<Progress>,
     secrets: Arc<Secrets>,
     locks: KeyLocks,
+    debug_shell: Option<Vec<String>>,
     platform: Platform,
     jobs: Semaphore,
     cancel: CancellationToken,
@@ -176,6 +180,8 @@ pub struct SolverConfig {
     pub lock_dir: PathBuf,
     /// The session's secrets (shared with progress output, which scrubs them).
     pub secrets: Arc<Secrets>,
+    /// `run -i`: the shell to open in a failed step's container.
+    pub debug_shell: Option<Vec<String>>,
 }
 
 impl<M: Machinery> Solver<M> {
@@ -191,6 +197,7 @@ impl<M: Machinery> Solver<M> {
             progress,
             secrets: config.secrets,
             locks: KeyLocks::new(&config.lock_dir),
+            debug_shell: config.debug_shell,
             platform: config.platform,
             jobs: Semaphore::new(config.jobs.max(1)),
             cancel: CancellationToken::new(),
@@ -228,8 +235,9 @@ impl<M: Machinery> Solver<M> {
     ) -> BoxFuture<'a, Result<ContainerState, SolveError>> {
         async move {
             let mut st = ContainerState::scratch();
-            for op in &def.ops {
-                self.container_op(&mut st, op).await?;
+            for (i, op) in def.ops.iter().enumerate() {
+                let at = def.at.get(i).cloned().flatten();
+                self.container_op(&mut st, op, at).await?;
             }
             Ok(st)
         }
@@ -240,6 +248,7 @@ impl<M: Machinery> Solver<M> {
         self: &Arc<Self>,
         st: &mut ContainerState,
         op: &ContainerOp,
+        at: Option<String>,
     ) -> Result<(), SolveError> {
         match op {
             ContainerOp::From { address } => {
@@ -320,6 +329,7 @@ impl<M: Machinery> Solver<M> {
                     st.rootfs.clone(),
                     ExecPlan {
                         args: argv,
+                        at,
                         env: st.env.clone(),
                         cwd: st.workdir.clone(),
                         user: st.user.clone(),
@@ -999,6 +1009,17 @@ impl<M: Machinery> Solver<M> {
                         }
                     })
                     .collect();
+                let no = self.progress.queued(&plan.description);
+                let _permit = self
+                    .jobs
+                    .acquire()
+                    .await
+                    .map_err(|_| SolveError::Cancelled)?;
+                if self.cancel.is_cancelled() {
+                    return Err(SolveError::Cancelled);
+                }
+                self.progress.running(no, &plan.description);
+                let (output, forwarder) = self.forward_output(no);
                 let req = ExecRequest {
                     key: plan.key,
                     parent,
@@ -1009,40 +1030,43 @@ impl<M: Machinery> Solver<M> {
                     mounts,
                     stdin: exec.stdin.as_ref().map(|s| s.clone().into_bytes()),
                     expect: exec.expect,
+                    output: Some(output),
+                    terminal: match &self.debug_shell {
+                        Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
+                        None => TerminalUse::None,
+                    },
                 };
-                let _permit = self
-                    .jobs
-                    .acquire()
-                    .await
-                    .map_err(|_| SolveError::Cancelled)?;
-                if self.cancel.is_cancelled() {
-                    return Err(SolveError::Cancelled);
-                }
-                let no = self.progress.started(&plan.description);
                 let started = Instant::now();
-                let mut outcome = match self.machinery.exec(req, self.cancel.clone()).await {
+                let result = self.machinery.exec(req, self.cancel.clone()).await;
+                // The last lines are shown before the step's end.
+                let _ = forwarder.await;
+                let mut outcome = match result {
                     Ok(o) => o,
                     Err(e) => {
                         let e = self.scrub_error(e);
-                        self.progress
-                            .failed(no, &plan.description, &e.to_string(), &[]);
+                        let reason = match &exec.at {
+                            Some(at) => format!("{e}\n  created at {at}"),
+                            None => e.to_string(),
+                        };
+                        self.progress.failed(no, &plan.description, &reason, &[]);
                         return Err(e);
                     }
                 };
                 outcome.stdout = self.secrets.scrub(&outcome.stdout);
                 outcome.stderr = self.secrets.scrub(&outcome.stderr);
                 let Some(snapshot) = outcome.snapshot.clone() else {
-                    self.progress.failed(
-                        no,
-                        &plan.description,
-                        &format!("exit code {}", outcome.exit_code),
-                        &outcome.stderr,
-                    );
+                    let mut reason = format!("exit code {}", outcome.exit_code);
+                    if let Some(at) = &exec.at {
+                        reason.push_str(&format!(", created at {at}"));
+                    }
+                    self.progress
+                        .failed(no, &plan.description, &reason, &outcome.stderr);
                     return Err(SolveError::ExecFailed {
                         command: shell_words(&exec.args),
                         exit_code: outcome.exit_code,
                         stderr_tail: tail_lines(&outcome.stderr, STDERR_TAIL_LINES),
                         expected_failure: exec.expect == crate::graph::Expect::Failure,
+                        at: exec.at.clone(),
                     });
                 };
                 (snapshot, outcome, started, no)
@@ -1117,7 +1141,7 @@ impl<M: Machinery> Solver<M> {
             description: plan.description.clone(),
         })?;
         self.machinery.keep(&snapshot).await?;
-        self.progress.done(no, millis);
+        self.progress.done(no, &plan.description, millis);
         Ok(Arc::new(StepResult {
             key: plan.key,
             snapshot,
@@ -1127,6 +1151,139 @@ impl<M: Machinery> Solver<M> {
             exit_code: outcome.exit_code,
             plan: plan.clone(),
         }))
+    }
+
+    /// A shell on the user's terminal, with the live display out of its way.
+    fn interactive(&self, command: Vec<String>) -> Interactive {
+        let progress = self.progress.clone();
+        Interactive {
+            command,
+            pause: Arc::new(move |on| progress.pause(on)),
+        }
+    }
+
+    /// `Container::terminal`: an interactive shell in the container (its
+    /// filesystem, environment and mounts); changes are not kept.
+    pub async fn terminal(
+        self: &Arc<Self>,
+        st: &ContainerState,
+        command: Vec<String>,
+    ) -> Result<i64, SolveError> {
+        if matches!(st.rootfs, Tree::Empty) {
+            return Err(SolveError::Invalid(
+                "terminal: the container has no root filesystem; start it with .from(\"<image>\")"
+                    .into(),
+            ));
+        }
+        let command = if command.is_empty() {
+            vec!["/bin/sh".to_string()]
+        } else {
+            command
+        };
+        let plan = StepPlan::exec(
+            st.rootfs.clone(),
+            ExecPlan {
+                args: command.clone(),
+                at: None,
+                env: st.env.clone(),
+                cwd: st.workdir.clone(),
+                user: st.user.clone(),
+                mounts: st
+                    .mounts
+                    .iter()
+                    .map(|(t, m)| (t.clone(), m.clone()))
+                    .collect(),
+                stdin: None,
+                expect: crate::graph::Expect::Any,
+            },
+            &self.platform.to_string(),
+        );
+        let StepKind::Exec(exec) = &plan.kind else {
+            unreachable!("an exec plan");
+        };
+        let parent = self.materialize(&plan.parent).await?;
+        let mounts = self.mount_requests(exec).await?;
+        let env = exec
+            .env
+            .iter()
+            .map(|(n, v)| match v {
+                EnvValue::Plain(p) => format!("{n}={p}"),
+                EnvValue::Secret(s) => format!("{n}={}", String::from_utf8_lossy(s.plaintext())),
+            })
+            .collect();
+        let no = self
+            .progress
+            .started(&format!("terminal {}", shell_words(&command)));
+        let started = Instant::now();
+        let req = ExecRequest {
+            key: plan.key,
+            parent,
+            args: command,
+            env,
+            cwd: exec.cwd.clone(),
+            user: exec.user.clone(),
+            mounts,
+            stdin: None,
+            expect: crate::graph::Expect::Any,
+            output: None,
+            terminal: TerminalUse::Shell(self.interactive(Vec::new())),
+        };
+        let outcome = self.machinery.exec(req, self.cancel.clone()).await?;
+        self.progress.finished(
+            no,
+            started.elapsed().as_millis(),
+            &format!("exit code {}", outcome.exit_code),
+        );
+        Ok(outcome.exit_code)
+    }
+
+    /// A channel for a running step's output, and the task that shows it
+    /// line by line, scrubbed (also of secrets split across writes).
+    fn forward_output(
+        &self,
+        no: crate::progress::StepNo,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use crate::progress::{LineSplitter, Stream};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rbuild_runtime::OutputChunk>();
+        let progress = self.progress.clone();
+        let secrets = self.secrets.clone();
+        let task = tokio::spawn(async move {
+            let mut streams: [(StreamScrubber, LineSplitter); 2] = [
+                (
+                    StreamScrubber::new(secrets.clone()),
+                    LineSplitter::default(),
+                ),
+                (StreamScrubber::new(secrets), LineSplitter::default()),
+            ];
+            let which = |s: rbuild_runtime::Stream| match s {
+                rbuild_runtime::Stream::Stdout => (0, Stream::Stdout),
+                rbuild_runtime::Stream::Stderr => (1, Stream::Stderr),
+            };
+            while let Some(chunk) = rx.recv().await {
+                let (i, stream) = which(chunk.stream);
+                let (scrubber, lines) = &mut streams[i];
+                for line in lines.push(&scrubber.push(&chunk.bytes)) {
+                    progress.output(no, stream, &line);
+                }
+            }
+            for (i, (scrubber, lines)) in streams.iter_mut().enumerate() {
+                let stream = if i == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                for line in lines.push(&scrubber.finish()) {
+                    progress.output(no, stream, &line);
+                }
+                if let Some(last) = lines.finish() {
+                    progress.output(no, stream, &last);
+                }
+            }
+        });
+        (tx, task)
     }
 
     fn scrub_error(&self, e: SolveError) -> SolveError {

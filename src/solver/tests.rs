@@ -225,7 +225,11 @@ impl Harness {
         };
         let out = Captured::default();
         let secrets = Arc::new(Secrets::default());
-        let progress = Arc::new(Progress::new(Box::new(out.clone()), secrets.clone()));
+        let progress = Arc::new(Progress::new(
+            crate::progress::Mode::Plain,
+            Box::new(out.clone()),
+            secrets.clone(),
+        ));
         let config = SolverConfig {
             platform: Platform {
                 os: "linux".into(),
@@ -255,7 +259,10 @@ fn pipeline(steps: &[&[&str]], env: Option<(&str, &str)>) -> ContainerDef {
         }
         ops.push(exec(s));
     }
-    ContainerDef { ops }
+    let at = (1..=ops.len())
+        .map(|i| Some(format!("ci.rs:{i}")))
+        .collect();
+    ContainerDef { ops, at }
 }
 
 fn exec(args: &[&str]) -> ContainerOp {
@@ -357,6 +364,10 @@ async fn a_failed_step_is_not_cached_and_is_retried() {
         msg.contains("exit=3") && msg.contains("exit code: 3") && msg.contains("boom"),
         "{msg}"
     );
+    assert!(
+        msg.contains("created at: ci.rs:3"),
+        "the pipeline call is named: {msg}"
+    );
     let text = String::from_utf8(progress.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("FAILED") && text.contains("boom"), "{text}");
     assert_eq!(
@@ -439,6 +450,7 @@ async fn bad_input_is_a_clear_error() {
     let h = Harness::new();
     let (s, _) = h.run();
     let no_image = ContainerDef {
+        at: vec![Some("ci.rs:7".into())],
         ops: vec![exec(&["true"])],
     };
     let e = s.container(&no_image).await.unwrap_err().to_string();
@@ -447,6 +459,7 @@ async fn bad_input_is_a_clear_error() {
     let e = st.last_exec("stdout").unwrap_err().to_string();
     assert!(e.contains("with_exec"), "{e}");
     let missing = ContainerDef {
+        at: vec![],
         ops: vec![ContainerOp::From {
             address: "127.0.0.1:5000/missing:1".into(),
         }],

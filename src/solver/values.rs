@@ -253,6 +253,8 @@ pub enum StepKind {
 #[derive(Debug)]
 pub struct ExecPlan {
     pub args: Vec<String>,
+    /// Where the pipeline made this step (file:line), for messages; not part of the key.
+    pub at: Option<String>,
     pub env: Vec<(String, EnvValue)>,
     pub cwd: String,
     pub user: String,
