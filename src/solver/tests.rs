@@ -238,6 +238,7 @@ impl Harness {
             jobs: 4,
             lock_dir: self._dir.path().join("locks"),
             secrets,
+            debug_shell: None,
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }
