@@ -227,6 +227,6 @@ mod tests {
         let l = parse_call(&words("build terminal")).unwrap();
         assert_eq!((l.path, l.action), (None, json!({"kind": "terminal"})));
         assert!(parse_call(&words("build --src")).is_err());
-        assert!(parse_call(&words("build dance")).is_err());
+        assert!(parse_call(&words("ci/pipeline.rs build dance")).is_err());
     }
 }
