@@ -6,14 +6,17 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff"
-#                          which scenarios to run (default: all three)
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull"
+#                          which scenarios to run (default: all five)
 #   BENCH_REPS=10          timed repetitions per measurement (at least 5);
 #                          10 trivial steps, and both modes of early cutoff
 #   BENCH_HOSTDIR_REPS=5   host directory: unchanged and one-file-changed runs,
 #                          and the floors (at least 5)
 #   BENCH_COLD_REPS=5      host directory: cold runs of each engine (at least 3)
 #   BENCH_CUTOFF_MB=50     early cutoff: MiB the step writes (plus 1000 small files)
+#   BENCH_PUBLISH_REPS=5   publish: rounds (a first push and a re-push per
+#                          engine each) (at least 3)
+#   BENCH_PULL_REPS=5      pull: pulls per engine, and the floors (at least 3)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
 #                          earlier runs instead of starting from empty
@@ -23,11 +26,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-SCENARIOS=${BENCH_SCENARIOS:-steps hostdir cutoff}
+SCENARIOS=${BENCH_SCENARIOS:-steps hostdir cutoff publish pull}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
 COLD_REPS=${BENCH_COLD_REPS:-5}
 CO_MB=${BENCH_CUTOFF_MB:-50}
+PUB_REPS=${BENCH_PUBLISH_REPS:-5}
+PULL_REPS=${BENCH_PULL_REPS:-5}
 IMAGE=127.0.0.1:5000/busybox:latest
 STEPS=10
 
@@ -69,6 +74,35 @@ CO_ROOT=$STATE/cutoff-root
 CO_PIPELINE=$REPO/bench/pipelines/cutoff_cost.rs
 CO_FILES=1000
 
+# The ~200 MB base image of scenarios "publish" and "pull", made once (with
+# umoci and skopeo) and kept in the local registry: busybox plus one layer of
+# BASE_RANDOM_MIB MiB of pseudo-random bytes (AES-CTR of zeros, fixed key:
+# incompressible) and about BASE_LIB_MIB MiB of this machine's
+# /usr/lib/x86_64-linux-gnu files (shared objects, archives, modules: gzip
+# does real work on those). BASE_DIR keeps the layer blob (for the floors).
+BASE_IMAGE=127.0.0.1:5000/bench/base-200m:1
+BASE_RANDOM_MIB=100
+BASE_LIB_MIB=100
+BASE_DIR=$STATE/base-200m
+# Scenario "publish": rbuild's namespace and root (emptied before and after),
+# the docker build context (one file), and where the images go (a new
+# repository per round, the same one for its re-push).
+PUB_NS=rbuild-bench-publish
+PUB_ROOT=$STATE/publish-root
+PUB_PIPELINE=$REPO/bench/pipelines/publish.rs
+PUB_DOCKERFILE=$REPO/bench/dockerfiles/publish.Dockerfile
+PUB_CONTEXT=$STATE/publish-context
+PUB_REPO=127.0.0.1:5000/bench-publish # repositories: {rb,dk}-RUN_ID-ROUND, lowercased
+# Scenario "pull": a namespace per engine, created by each pull and removed
+# (with every blob and snapshot in it) after it; rbuild's root, likewise.
+PULL_RB_NS=rbuild-bench-pull-rbuild
+PULL_CTR_NS=rbuild-bench-pull-ctr
+PULL_ROOT=$STATE/pull-root
+PULL_PIPELINE=$REPO/bench/pipelines/pull.rs
+PULL_UNTAR=$STATE/pull-untar # the gzip | tar floor's target (same file system as containerd's)
+CTD_ROOT=/var/lib/containerd
+CTD_BLOBS=$CTD_ROOT/io.containerd.content.v1.content/blobs/sha256
+
 # Debian's docker.io (client and daemon from the same package); not the newer
 # client in /usr/local/bin. A private dockerd: own socket, data and exec roots.
 DOCKER=/usr/bin/docker
@@ -89,10 +123,12 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $HD_REPS =~ ^[0-9]+$ && $HD_REPS -ge 5 ]] || die "BENCH_HOSTDIR_REPS must be a number >= 5 (got '$HD_REPS')"
 [[ $COLD_REPS =~ ^[0-9]+$ && $COLD_REPS -ge 3 ]] || die "BENCH_COLD_REPS must be a number >= 3 (got '$COLD_REPS')"
 [[ $CO_MB =~ ^[0-9]+$ && $CO_MB -ge 1 ]] || die "BENCH_CUTOFF_MB must be a number >= 1 (got '$CO_MB')"
+[[ $PUB_REPS =~ ^[0-9]+$ && $PUB_REPS -ge 3 ]] || die "BENCH_PUBLISH_REPS must be a number >= 3 (got '$PUB_REPS')"
+[[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff) ;;
-    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: steps hostdir cutoff)" ;;
+    steps | hostdir | cutoff | publish | pull) ;;
+    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: steps hostdir cutoff publish pull)" ;;
   esac
 done
 [[ -n ${SCENARIOS// /} ]] || die "BENCH_SCENARIOS is empty"
@@ -107,9 +143,14 @@ TIMES=$(mktemp -d /tmp/rbuild-bench.XXXXXX)
 
 # ---------------------------------------------------------------- cleanup --
 STARTED_DOCKERD=
+PULL_STARTED=
+PUB_STARTED=
 cleanup() {
   local rc=$?
   if declare -F floor_cleanup >/dev/null; then floor_cleanup || true; fi
+  # A scenario that stopped half-way leaves no 150 MB blob or namespace behind.
+  if [[ -n $PULL_STARTED ]]; then pull_purge_all || true; fi
+  if [[ -n $PUB_STARTED ]]; then pub_purge || true; fi
   if [[ -n $STARTED_DOCKERD && ${BENCH_KEEP_DOCKERD:-0} != 1 ]]; then
     say "stopping the dockerd this run started (pid $STARTED_DOCKERD)"
     kill "$STARTED_DOCKERD" 2>/dev/null || true
@@ -663,6 +704,516 @@ bench_cutoff() {
   rb_reset "$CO_NS" "$CO_ROOT"
 }
 
+# ---------------------------------------------------- the ~200 MB base image --
+# Shared by "publish" and "pull". Made once, kept in the registry; its top
+# layer blob is kept in BASE_DIR for the floors (fetched once with curl).
+REG_URL=http://127.0.0.1:5000
+MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json'
+
+# reg_manifest REPO REF: the manifest (JSON) of REPO:REF or REPO@REF, or fails.
+reg_manifest() { curl -sf -H "Accept: $MANIFEST_ACCEPT" "$REG_URL/v2/$1/manifests/$2"; }
+# reg_blob REPO DIGEST: the blob on stdout.
+reg_blob() { curl -sfL "$REG_URL/v2/$1/blobs/$2"; }
+
+base_repo() { local r=${BASE_IMAGE#*/}; echo "${r%:*}"; }
+base_tag() { echo "${BASE_IMAGE##*:}"; }
+
+build_base_image() {
+  local tmp policy=$STATE/skopeo-policy.json lib=/usr/lib/x86_64-linux-gnu
+  ensure_package skopeo /usr/bin/skopeo
+  ensure_package umoci /usr/bin/umoci
+  ensure_package openssl /usr/bin/openssl
+  printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' >"$policy"
+  rm -rf "$STATE"/base-build.* # from an interrupted build
+  tmp=$(mktemp -d "$STATE/base-build.XXXXXX")
+  say "base image: building $BASE_IMAGE in $tmp (busybox + $BASE_RANDOM_MIB MiB pseudo-random + ~$BASE_LIB_MIB MiB of $lib)"
+  skopeo --policy "$policy" copy --quiet --src-tls-verify=false \
+    "docker://$IMAGE" "oci:$tmp/layout:busybox" >"$LOG_DIR/base-image.log" 2>&1 ||
+    { cat "$LOG_DIR/base-image.log" >&2; die "skopeo copy of $IMAGE failed"; }
+  mkdir -p "$tmp/data/random" "$tmp/data/lib"
+  # Deterministic incompressible bytes: AES-128-CTR of zeros with a fixed key, in 2 MiB files.
+  # (openssl ends on SIGPIPE when head has enough: not a failure.)
+  { openssl enc -aes-128-ctr -nosalt -K 00112233445566778899aabbccddeeff -iv 0 -in /dev/zero 2>/dev/null || true; } |
+    head -c $((BASE_RANDOM_MIB * 1048576)) | split -b 2097152 -d -a 3 - "$tmp/data/random/r"
+  # Files under 4 MB from $lib, in path order, while they fit in BASE_LIB_MIB MiB.
+  find "$lib" -type f -size -4M -printf '%s %P\n' | LC_ALL=C sort -k2 |
+    awk -v lim=$((BASE_LIB_MIB * 1048576)) '{ if (t + $1 > lim) next; t += $1; print $2 }' >"$tmp/lib.list"
+  tar -cf - -C "$lib" -T "$tmp/lib.list" | tar -xf - -C "$tmp/data/lib"
+  chmod -R u=rwX,go=rX "$tmp/data"
+  find "$tmp/data" -exec touch -h -d @1700000000 {} +
+  umoci insert --image "$tmp/layout:busybox" --tag base \
+    --history.created_by "rbuild bench: /data ($BASE_RANDOM_MIB MiB pseudo-random, $(wc -l <"$tmp/lib.list") files of $lib)" \
+    "$tmp/data" /data >>"$LOG_DIR/base-image.log" 2>&1 ||
+    { cat "$LOG_DIR/base-image.log" >&2; die "umoci insert failed"; }
+  skopeo --policy "$policy" copy --quiet --dest-tls-verify=false \
+    "oci:$tmp/layout:base" "docker://$BASE_IMAGE" >>"$LOG_DIR/base-image.log" 2>&1 ||
+    { cat "$LOG_DIR/base-image.log" >&2; die "skopeo copy to $BASE_IMAGE failed"; }
+  rm -rf "$tmp"
+}
+
+# ensure_base_image: the image in the registry (built if missing), its top
+# layer blob in BASE_DIR, and the facts the reports use: BASE_BLOB (digest of
+# the big layer), BASE_BLOB_SIZE, BASE_BUSYBOX_BLOB, BASE_DIFF_IDS (short
+# diff IDs, docker names layers by them), BASE_LAYER_FILE, BASE_UNCOMP
+# (uncompressed bytes), BASE_ENTRIES (tar entries).
+ensure_base_image() {
+  local manifest repo config
+  repo=$(base_repo)
+  if ! manifest=$(reg_manifest "$repo" "$(base_tag)"); then
+    build_base_image
+    manifest=$(reg_manifest "$repo" "$(base_tag)") || die "$BASE_IMAGE is not in the registry after building it"
+  else
+    say "base image: $BASE_IMAGE present in the registry"
+  fi
+  BASE_BLOB=$(jq -r '.layers | max_by(.size) | .digest' <<<"$manifest")
+  BASE_BLOB_SIZE=$(jq -r '.layers | max_by(.size) | .size' <<<"$manifest")
+  BASE_BUSYBOX_BLOB=$(jq -r '.layers[0].digest' <<<"$manifest")
+  BASE_LAYERS=$(jq -r '.layers | length' <<<"$manifest")
+  config=$(reg_blob "$repo" "$(jq -r .config.digest <<<"$manifest")") || die "cannot read the config of $BASE_IMAGE"
+  BASE_DIFF_IDS=$(jq -r '.rootfs.diff_ids[] | .[7:19]' <<<"$config" | tr '\n' ' ')
+  BASE_LAYER_FILE=$BASE_DIR/${BASE_BLOB#sha256:}.gz
+  mkdir -p "$BASE_DIR"
+  if [[ ! -f $BASE_LAYER_FILE.info ]]; then
+    rm -f "$BASE_DIR"/*.gz "$BASE_DIR"/*.info
+    say "base image: fetching its $(awk -v b="$BASE_BLOB_SIZE" 'BEGIN { printf "%.1f MB", b / 1e6 }') layer for the floors"
+    reg_blob "$repo" "$BASE_BLOB" >"$BASE_LAYER_FILE.tmp" || die "cannot fetch $BASE_BLOB"
+    [[ sha256:$(sha256sum "$BASE_LAYER_FILE.tmp" | cut -d' ' -f1) == "$BASE_BLOB" ]] || die "fetched layer does not match $BASE_BLOB"
+    mv "$BASE_LAYER_FILE.tmp" "$BASE_LAYER_FILE"
+    echo "$(gzip -dc "$BASE_LAYER_FILE" | wc -c) $(gzip -dc "$BASE_LAYER_FILE" | tar -tf - | wc -l)" >"$BASE_LAYER_FILE.info"
+  fi
+  read -r BASE_UNCOMP BASE_ENTRIES <"$BASE_LAYER_FILE.info"
+  say "base image: top layer ${BASE_BLOB:0:19} $BASE_BLOB_SIZE B gzip, $BASE_UNCOMP B uncompressed, $BASE_ENTRIES entries"
+}
+
+# ------------------------------------------------------- output timestamps --
+# stamp: prefix each line with the wall clock (seconds.micro, bash's
+# EPOCHREALTIME, no fork per line).
+stamp() {
+  local l
+  while IFS= read -r l || [[ -n $l ]]; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done
+}
+# t_ms SECONDS.FRACTION -> integer milliseconds since the epoch.
+t_ms() { awk -v t="$1" 'BEGIN { printf "%d\n", t * 1000 }'; }
+# ts_of STAMPED_LOG ERE: the stamp of the first line whose text matches ERE.
+ts_of() { awk -v re="$2" '{ t = $1; sub(/^[^ ]* /, "") } $0 ~ re { print t; exit }' "$1"; }
+# file_times FILE -> "BIRTH MTIME ATIME" (seconds with nanoseconds)
+file_times() { stat -c '%.9W %.9Y %.9X' "$1"; }
+# ms_between A B: B - A in ms (both seconds.fraction).
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d\n", (b - a) * 1000 }'; }
+# ts_done STAMPED_LOG KIND: the stamp of the DONE line of rbuild's step "#N KIND ...".
+ts_done() {
+  awk -v kind="$2" 'id == "" && $3 == kind { id = $2; next }
+    id != "" && $2 == id && $3 == "DONE" { print $1; exit }' "$1"
+}
+
+# ---------------------------------------------------- containerd cleanup --
+# snapshots_rm_all NS: every snapshot of NS, children before parents.
+snapshots_rm_all() {
+  local ns=$1 keys pass
+  for ((pass = 0; pass < 3; pass++)); do
+    keys=$(ctr -n "$ns" snapshots ls 2>/dev/null | awk '
+      NR > 1 { parent[$1] = ($3 == "" ? "" : $2); keys[NR] = $1 }
+      END {
+        for (i in keys) {
+          k = keys[i]; d = 0
+          for (p = parent[k]; p != "" && d < 10000; p = parent[p]) d++
+          print d, k
+        }
+      }' | sort -rn | awk '{print $2}')
+    [[ -z $keys ]] && break
+    # shellcheck disable=SC2086
+    ctr -n "$ns" snapshots rm $keys >/dev/null 2>&1 || true
+  done
+}
+
+# ns_purge NS: remove everything in containerd namespace NS (containers,
+# leases, snapshots, images, content), let the garbage collector delete the
+# blobs and snapshot directories, and remove the namespace.
+ns_purge() {
+  local ns=$1 c i
+  ctr namespaces ls -q 2>/dev/null | grep -qx "$ns" || return 0
+  for c in $(ctr -n "$ns" containers ls -q 2>/dev/null); do
+    ctr -n "$ns" tasks rm -f "$c" >/dev/null 2>&1 || true
+    ctr -n "$ns" containers rm "$c" >/dev/null 2>&1 || true
+  done
+  # shellcheck disable=SC2046
+  ctr -n "$ns" leases rm $(ctr -n "$ns" leases ls -q 2>/dev/null) >/dev/null 2>&1 || true
+  snapshots_rm_all "$ns"
+  # shellcheck disable=SC2046
+  ctr -n "$ns" content rm $(ctr -n "$ns" content ls -q 2>/dev/null) >/dev/null 2>&1 || true
+  # --sync: runs the garbage collector and waits for it.
+  # shellcheck disable=SC2046
+  ctr -n "$ns" images rm --sync $(ctr -n "$ns" images ls -q 2>/dev/null) >/dev/null 2>&1 || true
+  for ((i = 0; i < 100; i++)); do
+    ctr namespaces rm "$ns" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  say "WARNING: could not remove namespace $ns: $(ctr namespaces rm "$ns" 2>&1 | tail -n 1)"
+  return 1
+}
+
+# blob_holders DIGEST: the namespaces whose content store has DIGEST.
+blob_holders() {
+  local ns
+  for ns in $(ctr namespaces ls -q 2>/dev/null); do
+    if ctr -n "$ns" content ls -q 2>/dev/null | grep -qx "$1"; then echo "$ns"; fi
+  done
+}
+
+# assert_blob_gone: no namespace has the base's big layer, and containerd's
+# content store has no file for it (the garbage collector ran); waits up to
+# 20 s for the collector.
+assert_blob_gone() {
+  local holders i
+  holders=$(blob_holders "$BASE_BLOB" | tr '\n' ' ')
+  [[ -z $holders ]] || die "containerd namespace(s) $holders hold $BASE_BLOB (the base image's layer): a pull would not download it. Remove it there (ctr -n NS images rm --sync $BASE_IMAGE; ctr -n NS content rm $BASE_BLOB)."
+  for ((i = 0; i < 100; i++)); do
+    [[ -e $CTD_BLOBS/${BASE_BLOB#sha256:} ]] || return 0
+    sleep 0.2
+  done
+  die "$CTD_BLOBS/${BASE_BLOB#sha256:} is still there although no namespace references it (containerd's garbage collector did not remove it)"
+}
+
+# docker_rm_bench_images: every image of the base's or the publish
+# repositories, dangling ones and the build cache (which can hold the
+# base's layers too).
+docker_rm_bench_images() {
+  local ids
+  ids=$("$DOCKER" images --format '{{.Repository}} {{.ID}}' 2>/dev/null |
+    awk -v a="${BASE_IMAGE%:*}" -v b="$PUB_REPO/" '$1 == a || index($1, b) == 1 { print $2 }' | sort -u)
+  # shellcheck disable=SC2086
+  [[ -z $ids ]] || "$DOCKER" rmi -f $ids >/dev/null 2>&1 || true
+  "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- publish --
+pub_purge() {
+  rm -rf "$PUB_ROOT"
+  ns_purge "$PUB_NS"
+}
+
+# pub_rb_run NONCE ADDRESS LOG: progress (stderr) goes to LOG.ts with stamps
+# and to LOG without; stdout to LOG.out.
+pub_rb_run() {
+  local rc=0
+  BENCH_NONCE=$1 RBUILD_ROOT=$PUB_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$PUB_NS \
+    "$RBUILD" run "$PUB_PIPELINE" -- "$BASE_IMAGE" "$2" 2>&1 >"$3.out" | stamp >"$3.ts" || rc=$?
+  cut -d' ' -f2- "$3.ts" >"$3"
+  return "$rc"
+}
+
+# image_version ADDRESS@DIGEST: the /app/version in the image's top layer, from the registry.
+image_version() {
+  local ref=$1 repo digest manifest top
+  repo=${ref#*/}
+  repo=${repo%@*}
+  repo=${repo%:*}
+  digest=${ref##*@}
+  manifest=$(reg_manifest "$repo" "$digest") || return 1
+  top=$(jq -r '.layers[-1].digest' <<<"$manifest")
+  reg_blob "$repo" "$top" | tar -xzOf - --wildcards '*app/version' 2>/dev/null
+}
+
+# pub_rb_check LOG ADDRESS NONCE NAME: the pushed image carries the nonce;
+# records NAME_file (the write step's DONE), NAME_image (from that DONE line
+# to the publish line: the new layer's diff and gzip, config, manifest),
+# NAME_push (publish DONE) and, in NAME.what, what happened to each blob.
+pub_rb_check() {
+  local log=$1 addr=$2 nonce=$3 name=$4 ref file push got what
+  ref=$(grep -m1 "^$addr@sha256:" "$log.out" || true)
+  got=$([[ -n $ref ]] && image_version "$ref" || true)
+  file=$(rb_step_ms "$log" write)
+  push=$(rb_step_ms "$log" publish)
+  if [[ -z $ref || $got != "$nonce" || ! $file =~ ^[0-9]+$ || ! $push =~ ^[0-9]+$ ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild publish to $addr: expected $addr@sha256:… with /app/version '$nonce', a write step and a publish DONE; saw ref '$ref', version '$got', write '$file', publish '$push' (log: $log)"
+  fi
+  record "${name}_file" "$file"
+  record "${name}_image" "$(ms_between "$(ts_done "$log.ts" write)" "$(ts_of "$log.ts" '^#[0-9]+ publish ')")"
+  record "${name}_push" "$push"
+  # "#3   sha256:690e446f6c99 1.1 MB mounted from the base image's repository";
+  # layers in order, the config last.
+  what=$(awk -v bb="${BASE_BUSYBOX_BLOB:7:12}" -v big="${BASE_BLOB:7:12}" '
+    $1 ~ /^#[0-9]+$/ && $2 ~ /^sha256:/ {
+      d = substr($2, 8, 12); how = $0
+      sub(/^#[0-9]+ +sha256:[0-9a-f]+ [0-9.]+ MB /, "", how)
+      if (how ~ /^mounted/) how = "mounted from the base repository"
+      out[++k] = (d == bb ? "busybox layer" : d == big ? "200 MB layer" : "new layer") " " how
+    }
+    END {
+      if (k) sub(/^new layer/, "config", out[k])
+      for (i = 1; i <= k; i++) printf "%s%s", (i > 1 ? ", " : ""), out[i]
+      print ""
+    }' "$log")
+  echo "$what" >>"$TIMES/$name.what"
+}
+
+pub_dk_build() { # address log
+  "$DOCKER" build --progress=plain --build-arg "BASE=$BASE_IMAGE" -f "$PUB_DOCKERFILE" \
+    -t "$1" "$PUB_CONTEXT" >"$2" 2>&1
+}
+pub_dk_push() { # address log
+  local rc=0
+  "$DOCKER" push "$1" 2>&1 | stamp >"$2.ts" || rc=$?
+  cut -d' ' -f2- "$2.ts" >"$2"
+  return "$rc"
+}
+
+# pub_dk_check BUILD_LOG PUSH_LOG ADDRESS NONCE NAME: COPY ran, the pushed
+# image carries the nonce; records what docker did with each layer.
+pub_dk_check() {
+  local blog=$1 plog=$2 addr=$3 nonce=$4 name=$5 digest got copy what
+  copy=$(bk_step "$blog" "$BK_COPY_RE")
+  digest=$(sed -n 's/^.*: digest: \(sha256:[0-9a-f]*\) size: .*/\1/p' "$plog" | head -n 1)
+  got=$([[ -n $digest ]] && image_version "$addr@$digest" || true)
+  if [[ ! $copy =~ ^[0-9]+$ || -z $digest || $got != "$nonce" ]]; then
+    cat "$blog" "$plog" >&2
+    die "docker build + push to $addr: expected COPY to run and the pushed image to carry '$nonce'; saw COPY '$copy', digest '$digest', version '$got'"
+  fi
+  # Docker names layers by their short diff IDs; the base's are known. It
+  # does not list the config.
+  what=$(awk -v ids="$BASE_DIFF_IDS" -v base="$(base_repo)" '
+    BEGIN { n = split(ids, b, " "); name[b[1]] = "busybox layer"; name[b[n]] = "200 MB layer" }
+    length($1) == 13 && $1 ~ /^[0-9a-f]+:$/ {
+      id = substr($1, 1, 12); l = $0; sub(/^[^ ]* /, "", l)
+      if (l ~ /^Mounted from /) {
+        l = (substr(l, 14) == base ? "mounted from the base repository" : "mounted from an earlier bench-publish repository")
+      } else if (l == "Layer already exists") l = "already present"
+      else if (l == "Pushed") l = "uploaded"
+      else next
+      n = (id in name) ? name[id] : "new layer"
+      rank = (n == "busybox layer" ? 1 : n == "200 MB layer" ? 2 : 3)
+      out[rank, ++k[rank]] = n " " l
+    }
+    END {  # in a fixed order: docker pushes layers concurrently
+      for (r = 1; r <= 3; r++) for (i = 1; i <= k[r]; i++) printf "%s%s", (m++ ? ", " : ""), out[r, i]
+      print ""
+    }' "$plog")
+  echo "$what" >>"$TIMES/$name.what"
+}
+
+# pub_rb_once MODE ROUND: MODE first (a new repository) or re (the same one again).
+pub_rb_once() {
+  local mode=$1 i=$2 log=$LOG_DIR/publish-rbuild.log name=pub_rb_$1 nonce t0 t1
+  local addr=$PUB_REPO/rb-${RUN_ID,,}-$i:1
+  nonce=$RUN_ID-$i-$mode
+  t0=$(now_ns)
+  pub_rb_run "$nonce" "$addr" "$log" || { cat "$log" >&2; die "rbuild publish ($mode) failed"; }
+  t1=$(now_ns)
+  record "$name" $(((t1 - t0) / 1000000))
+  pub_rb_check "$log" "$addr" "$nonce" "$name"
+  record "${name}_rest" $(($(last "$name") - $(last "${name}_file") - $(last "${name}_image") - $(last "${name}_push")))
+  cp "$log" "$LOG_DIR/publish-rbuild-$mode.log"
+}
+
+pub_dk_once() {
+  local mode=$1 i=$2 blog=$LOG_DIR/publish-docker-build.log plog=$LOG_DIR/publish-docker-push.log
+  local name=pub_dk_$1 nonce t0 t1 t2 addr=$PUB_REPO/dk-${RUN_ID,,}-$i:1
+  nonce=$RUN_ID-$i-$mode
+  echo "$nonce" >"$PUB_CONTEXT/version"
+  t0=$(now_ns)
+  pub_dk_build "$addr" "$blog" || { cat "$blog" >&2; die "docker build ($mode) failed"; }
+  t1=$(now_ns)
+  pub_dk_push "$addr" "$plog" || { cat "$plog" >&2; die "docker push ($mode) failed"; }
+  t2=$(now_ns)
+  record "$name" $(((t2 - t0) / 1000000))
+  record "${name}_build" $(((t1 - t0) / 1000000))
+  record "${name}_push" $(((t2 - t1) / 1000000))
+  pub_dk_check "$blog" "$plog" "$addr" "$nonce" "$name"
+  cp "$blog" "$LOG_DIR/publish-docker-build-$mode.log"
+  cp "$plog" "$LOG_DIR/publish-docker-push-$mode.log"
+}
+
+bench_publish() {
+  local i log=$LOG_DIR/publish-rbuild.log
+  PUB_STARTED=1
+  say "publish: emptying namespace $PUB_NS; warm-ups (compile the pipeline, pull $BASE_IMAGE into $PUB_NS and into dockerd)"
+  pub_purge
+  docker_rm_bench_images
+  mkdir -p "$PUB_CONTEXT"
+  pub_rb_run "warmup-$RUN_ID" "$PUB_REPO/warmup-rb-${RUN_ID,,}:1" "$log" ||
+    { cat "$log" >&2; die "rbuild publish warm-up failed"; }
+  "$DOCKER" pull "$BASE_IMAGE" >"$LOG_DIR/publish-docker-pull.log" 2>&1 ||
+    { cat "$LOG_DIR/publish-docker-pull.log" >&2; die "docker pull $BASE_IMAGE failed"; }
+  echo "warmup-$RUN_ID" >"$PUB_CONTEXT/version"
+  pub_dk_build "$PUB_REPO/warmup-dk-${RUN_ID,,}:1" "$LOG_DIR/publish-docker-build.log" ||
+    { cat "$LOG_DIR/publish-docker-build.log" >&2; die "docker build warm-up failed"; }
+  pub_dk_push "$PUB_REPO/warmup-dk-${RUN_ID,,}:1" "$LOG_DIR/publish-docker-push.log" ||
+    { cat "$LOG_DIR/publish-docker-push.log" >&2; die "docker push warm-up failed"; }
+  # Each round: a first push to a new repository, then a re-push to it
+  # with another nonce; the engines take turns going first.
+  for ((i = 1; i <= PUB_REPS; i++)); do
+    if ((i % 2)); then
+      pub_rb_once first "$i"; pub_rb_once re "$i"
+      pub_dk_once first "$i"; pub_dk_once re "$i"
+    else
+      pub_dk_once first "$i"; pub_dk_once re "$i"
+      pub_rb_once first "$i"; pub_rb_once re "$i"
+    fi
+  done
+  say "publish, rbuild: first $(stats pub_rb_first) / re-push $(stats pub_rb_re) (median min max, ms)"
+  say "publish, docker build + push: first $(stats pub_dk_first) / re-push $(stats pub_dk_re) (median min max, ms)"
+  pub_purge
+  docker_rm_bench_images
+  PUB_STARTED=
+}
+
+# ------------------------------------------------------------------- pull --
+pull_purge_all() {
+  rm -rf "$PULL_ROOT" "$PULL_UNTAR"
+  ns_purge "$PULL_RB_NS"
+  ns_purge "$PULL_CTR_NS"
+}
+
+# pull_rb_once I: rbuild in a fresh namespace and root. Records the wall
+# time and its parts: pull_rb_done (its pull DONE), _exec (the step),
+# _before (process start to the blob's first byte in the content store),
+# _dl (the blob's ingest: its file's birth to its last write), _unpack (from
+# then to the pull DONE line: Diff.Apply, commit, image record), _after
+# (from the pull DONE line to exit: the step, the end of the run).
+pull_rb_once() {
+  local log=$LOG_DIR/pull-rbuild.log t0 t1 rc done exec born written _read t_done
+  assert_blob_gone
+  rm -rf "$PULL_ROOT"
+  settle
+  rc=0
+  t0=$EPOCHREALTIME
+  RBUILD_ROOT=$PULL_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$PULL_RB_NS \
+    "$RBUILD" run "$PULL_PIPELINE" -- "$BASE_IMAGE" 2>&1 >"$log.out" | stamp >"$log.ts" || rc=$?
+  t1=$EPOCHREALTIME
+  cut -d' ' -f2- "$log.ts" >"$log"
+  [[ $rc -eq 0 ]] || { cat "$log" >&2; die "rbuild pull run failed"; }
+  done=$(rb_step_ms "$log" pull)
+  exec=$(rb_step_ms "$log" exec)
+  if ! grep -q "^#[0-9]* DONE in [0-9]* ms ($BASE_LAYERS of $BASE_LAYERS layers fetched" "$log" ||
+    [[ ! $done =~ ^[0-9]+$ || ! $exec =~ ^[0-9]+$ ]] || [[ $(cat "$log.out") != "exit code 0" ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild pull: expected all $BASE_LAYERS layers fetched and the step to run (log: $log)"
+  fi
+  read -r born written _read < <(file_times "$CTD_BLOBS/${BASE_BLOB#sha256:}")
+  t_done=$(ts_done "$log.ts" pull)
+  record pull_rb "$(ms_between "$t0" "$t1")"
+  record pull_rb_done "$done"
+  record pull_rb_exec "$exec"
+  record pull_rb_before "$(ms_between "$t0" "$born")"
+  record pull_rb_dl "$(ms_between "$born" "$written")"
+  record pull_rb_unpack "$(ms_between "$written" "$t_done")"
+  record pull_rb_after "$(ms_between "$t_done" "$t1")"
+  cp "$log" "$LOG_DIR/pull-rbuild-last.log"
+  rm -rf "$PULL_ROOT"
+  ns_purge "$PULL_RB_NS"
+}
+
+# pull_ctr_once: `ctr images pull --plain-http` (fetch, then unpack) in a
+# fresh namespace. _dl as for rbuild; _unpack is ctr's own "done: Xs".
+pull_ctr_once() {
+  local log=$LOG_DIR/pull-ctr.log t0 t1 rc unpack born written _read
+  assert_blob_gone
+  settle
+  rc=0
+  t0=$EPOCHREALTIME
+  ctr -n "$PULL_CTR_NS" images pull --plain-http "$BASE_IMAGE" >"$log" 2>&1 || rc=$?
+  t1=$EPOCHREALTIME
+  [[ $rc -eq 0 ]] || { tail -n 20 "$log" >&2; die "ctr images pull failed"; }
+  unpack=$(sed -n 's/^done: \([0-9.]*\)\(m\{0,1\}s\).*/\1 \2/p' "$log" | tail -n 1 |
+    awk '{ printf "%d\n", ($2 == "ms" ? $1 : $1 * 1000) }')
+  [[ $unpack =~ ^[0-9]+$ ]] || { tail -n 20 "$log" >&2; die "ctr images pull: no 'done:' line (log: $log)"; }
+  read -r born written _read < <(file_times "$CTD_BLOBS/${BASE_BLOB#sha256:}")
+  record pull_ctr "$(ms_between "$t0" "$t1")"
+  record pull_ctr_before "$(ms_between "$t0" "$born")"
+  record pull_ctr_dl "$(ms_between "$born" "$written")"
+  record pull_ctr_unpack "$unpack"
+  cp "$log" "$LOG_DIR/pull-ctr-last.log"
+  ns_purge "$PULL_CTR_NS"
+}
+
+# pull_dk_once: `docker pull` into the private dockerd, which has no image
+# with the base's layers (docker_rm_bench_images before). Download and
+# extract from the stamps of its "Pulling fs layer", "Download complete"
+# and "Pull complete" lines for the big layer.
+pull_dk_once() {
+  local log=$LOG_DIR/pull-docker.log t0 t1 rc id a b c
+  id=${BASE_BLOB:7:12}
+  docker_rm_bench_images
+  settle
+  rc=0
+  t0=$EPOCHREALTIME
+  "$DOCKER" pull "$BASE_IMAGE" 2>&1 | stamp >"$log.ts" || rc=$?
+  t1=$EPOCHREALTIME
+  cut -d' ' -f2- "$log.ts" >"$log"
+  [[ $rc -eq 0 ]] || { cat "$log" >&2; die "docker pull failed"; }
+  a=$(ts_of "$log.ts" "^$id: Pulling fs layer")
+  b=$(ts_of "$log.ts" "^$id: Download complete")
+  c=$(ts_of "$log.ts" "^$id: Pull complete")
+  [[ -n $a && -n $b && -n $c ]] || { cat "$log" >&2; die "docker pull: expected the $id layer to be downloaded and extracted (log: $log)"; }
+  record pull_dk "$(ms_between "$t0" "$t1")"
+  record pull_dk_before "$(ms_between "$t0" "$a")"
+  record pull_dk_dl "$(ms_between "$a" "$b")"
+  record pull_dk_unpack "$(ms_between "$b" "$c")"
+  record pull_dk_after "$(ms_between "$c" "$t1")"
+  cp "$log" "$LOG_DIR/pull-docker-last.log"
+  docker_rm_bench_images
+}
+
+# Floors, from the layer blob kept in BASE_DIR (page-cached): download it
+# from the registry (curl to /dev/null), decompress it (gzip -dc), and
+# decompress + extract it with tar onto the file system containerd uses.
+pull_floors_once() {
+  local t0 t1
+  settle
+  t0=$(now_ns)
+  curl -sfL -o /dev/null "$REG_URL/v2/$(base_repo)/blobs/$BASE_BLOB" || die "curl of $BASE_BLOB failed"
+  t1=$(now_ns)
+  record pull_curl $(((t1 - t0) / 1000000))
+  t0=$(now_ns)
+  gzip -dc "$BASE_LAYER_FILE" >/dev/null
+  t1=$(now_ns)
+  record pull_gzip $(((t1 - t0) / 1000000))
+  rm -rf "$PULL_UNTAR"
+  mkdir -p "$PULL_UNTAR"
+  settle
+  t0=$(now_ns)
+  gzip -dc "$BASE_LAYER_FILE" | tar -xf - -C "$PULL_UNTAR"
+  t1=$(now_ns)
+  record pull_untar $(((t1 - t0) / 1000000))
+  rm -rf "$PULL_UNTAR"
+}
+
+bench_pull() {
+  local i log=$LOG_DIR/pull-rbuild.log
+  PULL_STARTED=1
+  say "pull: emptying namespaces $PULL_RB_NS $PULL_CTR_NS $PUB_NS and dockerd of the base image; warm-up (compiles the pipeline)"
+  pull_purge_all
+  pub_purge
+  docker_rm_bench_images
+  cat "$BASE_LAYER_FILE" >/dev/null # page cache, for the floors
+  # Warm-up: compile the pipeline (its pull is not timed).
+  assert_blob_gone
+  RBUILD_ROOT=$PULL_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$PULL_RB_NS \
+    "$RBUILD" run "$PULL_PIPELINE" -- "$BASE_IMAGE" >"$log.out" 2>"$log" ||
+    { cat "$log" >&2; die "rbuild pull warm-up failed"; }
+  pull_purge_all
+  # Rounds: the three engines in turns (a different one goes first each
+  # round), then the floors.
+  local -a order=(rb ctr dk)
+  for ((i = 1; i <= PULL_REPS; i++)); do
+    local k e
+    for ((k = 0; k < 3; k++)); do
+      e=${order[$(((i - 1 + k) % 3))]}
+      case $e in
+        rb) pull_rb_once ;;
+        ctr) pull_ctr_once ;;
+        dk) pull_dk_once ;;
+      esac
+    done
+    pull_floors_once
+  done
+  say "pull: rbuild $(stats pull_rb) (its pull DONE $(stats pull_rb_done)) / ctr $(stats pull_ctr) / docker $(stats pull_dk) / gzip -dc $(stats pull_gzip) (median min max, ms)"
+  pull_purge_all
+  PULL_STARTED=
+}
+
 # --------------------------------------------------------------- versions --
 rbuild_commit() {
   local c
@@ -708,7 +1259,7 @@ Scenarios run: $SCENARIOS.
 - rbuild: commit $(rbuild_commit), release build
 - containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}')
 EOF
-  if want steps || want hostdir; then report_docker; fi
+  if want steps || want hostdir || want publish || want pull; then report_docker; fi
 }
 
 report_docker() {
@@ -902,11 +1453,202 @@ precedes the hashing).
 | wall time, on − off (medians) | $diff | $(per_mib "$diff") | $(pct "$diff" "$off_step") |
 EOF
 }
+# mb BYTES -> "147.4 MB"
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
+# rate BYTES MS -> "MB/s"
+rate() { awk -v b="$1" -v ms="$2" 'BEGIN { if (ms > 0) printf "%.0f MB/s", b / 1e3 / ms; else print "n/a" }'; }
+# whats NAME: what happened to the blobs, each distinct outcome with its count of runs.
+whats() {
+  if [[ -s $TIMES/$1.what ]]; then
+    sort "$TIMES/$1.what" | uniq -c | sort -rn | awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%d run%s)", (NR > 1 ? "; " : ""), $0, n, (n > 1 ? "s" : "") } END { print "" }'
+  else echo –; fi
+}
+base_busybox_size() { reg_manifest "$(base_repo)" "$(base_tag)" | jq -r '.layers[0].size'; }
+
+report_base_image() {
+  cat <<EOF
+
+## The ~200 MB base image (scenarios publish and pull)
+
+\`$BASE_IMAGE\` in the local registry, made once by \`bench/run.sh\` and kept
+(skipped when present): busybox (\`$IMAGE\`, a $(mb "$(base_busybox_size)") layer) plus one layer
+with \`/data\`: $BASE_RANDOM_MIB MiB of pseudo-random bytes (AES-128-CTR of zeros
+with a fixed key, in 2 MiB files: incompressible) and the files under 4 MB of
+this machine's \`/usr/lib/x86_64-linux-gnu\`, in path order, up to $BASE_LIB_MIB MiB
+(shared objects, static archives, Perl modules: compressible), all with one
+fixed mtime. Built with \`skopeo copy\` (busybox into an OCI layout),
+\`umoci insert\` (the layer, gzip) and \`skopeo copy\` (to the registry).
+
+| top layer | value |
+|---|---|
+| digest | \`$BASE_BLOB\` |
+| gzip (as pushed, pulled, published) | $(mb "$BASE_BLOB_SIZE") |
+| uncompressed (tar) | $(mb "$BASE_UNCOMP") ($(awk -v a="$BASE_UNCOMP" -v b="$BASE_BLOB_SIZE" 'BEGIN { printf "%.2f", a / b }')× the gzip) |
+| tar entries | $BASE_ENTRIES |
+EOF
+}
+
+report_publish() {
+  local rf rr df dr
+  rf=$(med pub_rb_first) rr=$(med pub_rb_re) df=$(med pub_dk_first) dr=$(med pub_dk_re)
+  cat <<EOF
+
+## Scenario: publish an image with a ~200 MB base
+
+The base image above plus \`/app/version\` (a new nonce every run), pushed to
+\`$PUB_REPO/…:1\` in the same registry as the base.
+
+- **rbuild**: \`rbuild run bench/pipelines/publish.rs -- $BASE_IMAGE ADDRESS\`
+  (\`from(base).with_new_file("/app/version", BENCH_NONCE).publish(ADDRESS)\`),
+  namespace \`$PUB_NS\`; the base was pulled into it and the pipeline
+  compiled by an untimed warm-up.
+- **docker**: \`docker build --build-arg BASE=$BASE_IMAGE -f bench/dockerfiles/publish.Dockerfile -t ADDRESS CONTEXT\`
+  (\`FROM \$BASE\` + \`COPY version /app/version\`, a context of that one
+  file) then \`docker push ADDRESS\`, timed together (and apart below); the
+  base was pulled into dockerd (\`docker pull\`) and built on by an untimed
+  warm-up.
+- **first push**: to a repository that does not exist yet (a new one each
+  round); **re-push**: to the same repository right after, with another nonce.
+
+$PUB_REPS rounds; in each, one engine does its first push and re-push, then
+the other (rbuild first in odd rounds). Every run is checked: the pushed
+manifest's top layer, fetched back from the registry, must hold the nonce.
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+| rbuild, first push | $(fmt_s "$rf") | $(spread pub_rb_first) |
+| rbuild, re-push | $(fmt_s "$rr") | $(spread pub_rb_re) |
+| docker build + push, first push | $(fmt_s "$df") | $(spread pub_dk_first) |
+| docker build + push, re-push | $(fmt_s "$dr") | $(spread pub_dk_re) |
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild first push / docker first push | $(ratio "$rf" "$df") |
+| rbuild re-push / docker re-push | $(ratio "$rr" "$dr") |
+
+Where the time goes, ms, median (min–max). rbuild, from its progress lines:
+**write step** is the \`with_new_file\` step's \`DONE in X ms\`; **image** is
+the time from that DONE line to the \`#N publish\` line (taken from when
+each line arrived): the new layer (diff against the base, tar, gzip, into the
+content store), config and manifest; **push** is the publish step's
+\`DONE in X ms\` (per blob: HEAD, mount or upload; then the manifest);
+**rest** = total − those, per run (process starts, containerd connection,
+resolving the base's tag, index). Docker: the two commands' wall times.
+
+| rbuild (ms) | total | write step | image | push | rest |
+|---|---|---|---|---|---|
+| first push | $(msr pub_rb_first) | $(msr pub_rb_first_file) | $(msr pub_rb_first_image) | $(msr pub_rb_first_push) | $(msr pub_rb_first_rest) |
+| re-push | $(msr pub_rb_re) | $(msr pub_rb_re_file) | $(msr pub_rb_re_image) | $(msr pub_rb_re_push) | $(msr pub_rb_re_rest) |
+
+| docker (ms) | total | docker build | docker push |
+|---|---|---|---|
+| first push | $(msr pub_dk_first) | $(msr pub_dk_first_build) | $(msr pub_dk_first_push) |
+| re-push | $(msr pub_dk_re) | $(msr pub_dk_re_build) | $(msr pub_dk_re_push) |
+
+What each engine did with each blob, from its output (rbuild: the
+\`#N   sha256:… uploaded | already present | mounted from the base image's repository\`
+lines; docker push: \`Pushed\`, \`Layer already exists\`, \`Mounted from REPO\`
+per layer; docker does not list the config), with the number of runs that
+did so:
+
+| run | blobs |
+|---|---|
+| rbuild, first push | $(whats pub_rb_first) |
+| rbuild, re-push | $(whats pub_rb_re) |
+| docker, first push | $(whats pub_dk_first) |
+| docker, re-push | $(whats pub_dk_re) |
+EOF
+}
+
+report_pull() {
+  local rb rbd ct dk gz cu ut
+  rb=$(med pull_rb) rbd=$(med pull_rb_done) ct=$(med pull_ctr) dk=$(med pull_dk)
+  gz=$(med pull_gzip) cu=$(med pull_curl) ut=$(med pull_untar)
+  cat <<EOF
+
+## Scenario: pull of the ~200 MB image
+
+\`$BASE_IMAGE\` ($BASE_LAYERS layers; the big one $(mb "$BASE_BLOB_SIZE") gzip, $(mb "$BASE_UNCOMP") unpacked) from the
+loopback registry, with none of its blobs anywhere on the puller's side
+beforehand: for rbuild and ctr, a namespace that does not exist yet, and
+containerd's content store (shared by all namespaces) has no copy of the big
+layer in any namespace nor on disk (checked before every pull; after every
+pull the namespace's images, snapshots, content and leases are removed with
+\`ctr … images rm --sync\`, which runs the garbage collector, and the
+namespace is deleted); for docker, \`docker rmi\` of every image built on the
+base and \`docker builder prune -af\` (its pull must say \`Pull complete\`
+for the big layer). The busybox layer is already present for all three
+(other namespaces, other images), so it is not fetched.
+
+- **rbuild run**: \`rbuild run bench/pipelines/pull.rs -- $BASE_IMAGE\`
+  (\`from(image).with_exec(["true"])\`), a new state root and namespace
+  \`$PULL_RB_NS\`; pipeline compiled beforehand. The whole run: process
+  start, pull (fetch + unpack), one trivial step, exit.
+- **rbuild pull step**: the same runs' \`#N pull … DONE in X ms\` line alone.
+- **ctr**: \`ctr -n $PULL_CTR_NS images pull --plain-http $BASE_IMAGE\` (fetch, then unpack).
+- **docker**: \`docker pull $BASE_IMAGE\` into the bench's private dockerd (overlay2).
+- Floors, from the layer blob kept in \`$BASE_DIR\` (page-cached):
+  **curl** the blob from the registry to /dev/null (what the registry and
+  loopback can deliver); **gzip -dc** of it to /dev/null (one core);
+  **gzip -dc | tar -x** of it into a directory on the same file system as
+  containerd's (emptied after each).
+
+$PULL_REPS rounds; in each, rbuild, ctr and docker pull once each (a
+different one first each round), \`sync\` before every timed run, then the
+floors.
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+| rbuild run (whole) | $(fmt_s "$rb") | $(spread pull_rb) |
+| rbuild pull step (its DONE line) | $(fmt_s "$rbd") | $(spread pull_rb_done) |
+| ctr images pull | $(fmt_s "$ct") | $(spread pull_ctr) |
+| docker pull | $(fmt_s "$dk") | $(spread pull_dk) |
+| floor: curl of the blob to /dev/null | $(fmt_s "$cu") | $(spread pull_curl) |
+| floor: gzip -dc of the blob | $(fmt_s "$gz") | $(spread pull_gzip) |
+| floor: gzip -dc \| tar -x | $(fmt_s "$ut") | $(spread pull_untar) |
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild run / ctr | $(ratio "$rb" "$ct") |
+| rbuild pull step / ctr | $(ratio "$rbd" "$ct") |
+| rbuild run / docker | $(ratio "$rb" "$dk") |
+| rbuild pull step / docker | $(ratio "$rbd" "$dk") |
+| rbuild run / gzip -dc floor | $(ratio "$rb" "$gz") |
+| rbuild pull step / gzip -dc floor | $(ratio "$rbd" "$gz") |
+| rbuild pull step / gzip -dc \| tar -x floor | $(ratio "$rbd" "$ut") |
+| ctr / gzip -dc floor | $(ratio "$ct" "$gz") |
+| docker / gzip -dc floor | $(ratio "$dk" "$gz") |
+
+Where the time goes, ms, median (min–max), each cell its own median (a row
+need not add up). For rbuild and ctr, **download** is the life of the big
+blob's file in containerd's content store: from its birth (the ingest file
+is created when the first bytes arrive) to its last write (the commit),
+\`stat\` of \`$CTD_BLOBS/…\` right after the pull; **before** = process
+start to that birth (process and pipeline start, connection, resolving the
+tag, the small blobs). **unpack**: rbuild, from the blob's last write to the
+pull step's DONE line (config and manifest into the content store, Diff.Apply
+of both layers — decompress, sha256 of the tar, extract into the overlay
+snapshot —, commit, image record); ctr, its own \`done: Xs\` after
+\`unpacking linux/amd64 …\`. **after**: rbuild, from the pull's DONE line
+to exit, mostly the \`true\` step (its DONE: $(msr pull_rb_exec) ms). Docker,
+from the stamps of its own lines for the big layer: \`Pulling fs layer\` →
+\`Download complete\` (download, into a temporary file) → \`Pull complete\`
+(extract: decompress + untar into overlay2).
+
+| engine (ms) | total | before | download | download rate | unpack | after |
+|---|---|---|---|---|---|---|
+| rbuild | $(msr pull_rb) | $(msr pull_rb_before) | $(msr pull_rb_dl) | $(rate "$BASE_BLOB_SIZE" "$(med pull_rb_dl)") | $(msr pull_rb_unpack) | $(msr pull_rb_after) |
+| ctr | $(msr pull_ctr) | $(msr pull_ctr_before) | $(msr pull_ctr_dl) | $(rate "$BASE_BLOB_SIZE" "$(med pull_ctr_dl)") | $(msr pull_ctr_unpack) | – |
+| docker | $(msr pull_dk) | $(msr pull_dk_before) | $(msr pull_dk_dl) | $(rate "$BASE_BLOB_SIZE" "$(med pull_dk_dl)") | $(msr pull_dk_unpack) | $(msr pull_dk_after) |
+| floors | | | curl $(msr pull_curl) | $(rate "$BASE_BLOB_SIZE" "$cu") | gzip -dc $(msr pull_gzip); gzip -dc \| tar -x $(msr pull_untar) | |
+EOF
+}
+
 # per_mib MS: MS per MiB the cutoff step wrote.
 per_mib() { awk -v a="$1" -v m="$CO_MB" 'BEGIN { printf "%.2f ms", a / m }'; }
 
 # ------------------------------------------------------------------ main --
-if want steps || want hostdir; then
+if want steps || want hostdir || want publish || want pull; then
   ensure_package docker.io "$DOCKER" "$DOCKERD"
   ensure_dockerd
 fi
@@ -926,12 +1668,24 @@ if want cutoff; then
   say "early cutoff: $REPS runs of each mode"
   bench_cutoff
 fi
+if want publish || want pull; then ensure_base_image; fi
+if want publish; then
+  say "publish: $PUB_REPS rounds (a first push and a re-push per engine each)"
+  bench_publish
+fi
+if want pull; then
+  say "pull: $PULL_REPS pulls per engine and of each floor"
+  bench_pull
+fi
 
 {
   report_header
   if want steps; then report_ten_steps; fi
   if want hostdir; then report_hostdir; fi
   if want cutoff; then report_cutoff; fi
+  if want publish || want pull; then report_base_image; fi
+  if want publish; then report_publish; fi
+  if want pull; then report_pull; fi
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"

@@ -99,10 +99,64 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
         words: Vec<String>,
     },
+    /// Inspect and prune the build cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Recent runs: when, how long, steps run and cached.
+    History {
+        /// How many runs to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The containerd rbuild uses: status, or start/stop rbuild's own.
+    Engine {
+        #[command(subcommand)]
+        command: EngineCommand,
+    },
+    /// Check what rbuild needs: containerd, runc, overlayfs, cgroups, disk, registries.
+    Doctor {
+        /// Also check that this registry (host:port) answers; repeatable.
+        #[arg(long = "registry")]
+        registries: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Create a starter pipeline (ci/pipeline.rs) in a directory.
     Init {
         /// Where [default: the current directory].
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Cache entries, most recently used first: size, age, last use, what made them.
+    Ls,
+    /// Disk usage of the cache: steps, volumes, compiled pipelines.
+    Du,
+    /// Remove cache entries (and their snapshots and content).
+    Prune {
+        /// Keep the most recently used entries that fit in this size (10GB, 512MiB).
+        #[arg(long)]
+        keep_storage: Option<String>,
+        /// Keep entries used within this long (2h, 7d).
+        #[arg(long)]
+        keep_duration: Option<String>,
+        /// Remove everything: entries, rbuild's images and unused cache volumes.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EngineCommand {
+    /// Which containerd rbuild uses, and whether rbuild's own runs.
+    Status,
+    /// Start rbuild's own containerd (when no other answers).
+    Start,
+    /// Stop rbuild's own containerd.
+    Stop,
 }

@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rbuild_runtime::Containerd;
+use rbuild_runtime::managed::ManagedContainerd;
 use rbuild_snapshotter::{Registry, RegistryOptions, host_platform};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::GlobalOpts;
-use crate::index::Index;
+use crate::index::{Index, RunRecord};
 use crate::machinery::ContainerdMachinery;
 use crate::pipeline;
 use crate::progress::{Mode, Progress};
@@ -50,9 +51,33 @@ impl From<&GlobalOpts> for EngineConfig {
     }
 }
 
+/// The containerd at the configured address, or else rbuild's own (started
+/// now if it is not running; it stays up for the next runs).
+pub async fn connect(config: &EngineConfig) -> Result<Containerd> {
+    match Containerd::connect(&config.address, &config.namespace).await {
+        Ok(c) => Ok(c),
+        Err(rbuild_runtime::Error::Connect { .. }) => {
+            let managed = ManagedContainerd::new(&config.root);
+            let (c, started) = managed.start(&config.namespace).await?;
+            if started {
+                eprintln!(
+                    "rbuild: no containerd answers at {}; started rbuild's own (socket {}, state under {}); \
+                     later runs reuse it, `rbuild engine stop` stops it",
+                    config.address.display(),
+                    managed.socket().display(),
+                    managed.dir().display()
+                );
+            }
+            Ok(c)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub struct Engine {
     pub solver: Arc<Solver<ContainerdMachinery>>,
     pub progress: Arc<Progress>,
+    pub index: Arc<Index>,
 }
 
 impl Engine {
@@ -63,7 +88,7 @@ impl Engine {
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("create {}", scratch.display()))?;
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
-        let ctd = Containerd::connect(&config.address, &config.namespace).await?;
+        let ctd = connect(config).await?;
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: config.insecure_registries.clone(),
         });
@@ -77,7 +102,7 @@ impl Engine {
         let progress = Arc::new(Progress::stderr(config.progress, secrets.clone()));
         let solver = Solver::new(
             machinery,
-            index,
+            index.clone(),
             progress.clone(),
             SolverConfig {
                 platform: host_platform(),
@@ -87,7 +112,11 @@ impl Engine {
                 debug_shell: config.debug_shell.clone(),
             },
         );
-        Ok(Engine { solver, progress })
+        Ok(Engine {
+            solver,
+            progress,
+            index,
+        })
     }
 }
 
@@ -167,7 +196,43 @@ pub async fn run_pipeline(
         }),
     };
     engine.progress.summary(started.elapsed().as_millis(), code);
+    let (ran, cached) = engine.progress.counts();
+    let _ = engine.index.record_run(&RunRecord {
+        started: crate::gc::now_secs() - started.elapsed().as_secs() as i64,
+        duration_ms: started.elapsed().as_millis() as i64,
+        pipeline: path.display().to_string(),
+        steps_run: ran as i64,
+        steps_cached: cached as i64,
+        exit_code: code as i64,
+    });
+    auto_gc(&engine, config).await;
     Ok(code)
+}
+
+/// The default cache policy, after each run (see `gc::auto_policy`).
+async fn auto_gc(engine: &Engine, config: &EngineConfig) {
+    let cached: u64 = match engine.index.entries() {
+        Ok(e) => e.iter().map(|e| e.size.max(0) as u64).sum(),
+        Err(_) => return,
+    };
+    if let Some(policy) = crate::gc::auto_policy(&config.root, cached) {
+        match crate::gc::prune(
+            &engine.index,
+            engine.solver.machinery(),
+            &config.root,
+            &policy,
+        )
+        .await
+        {
+            Ok(p) if p.entries > 0 => eprintln!(
+                "rbuild: the cache was over its limit: removed {} least recently used entries ({})",
+                p.entries,
+                crate::gc::human_bytes(p.bytes)
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "automatic cache pruning failed"),
+        }
+    }
 }
 
 /// Shows a pipeline's own output lines above the live display.

@@ -33,6 +33,30 @@ pub struct StepRecord {
     pub duration_ms: u64,
     /// What made it (the command), for humans.
     pub description: String,
+    /// Bytes of the step's own snapshot layer (-1: not measured).
+    pub size: i64,
+}
+
+/// A cache entry as `rbuild cache ls` and pruning see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: String,
+    pub snapshot: SnapshotId,
+    pub size: i64,
+    pub created: i64,
+    pub last_used: i64,
+    pub description: String,
+}
+
+/// One `rbuild run` for `rbuild history`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub started: i64,
+    pub duration_ms: i64,
+    pub pipeline: String,
+    pub steps_run: i64,
+    pub steps_cached: i64,
+    pub exit_code: i64,
 }
 
 pub struct Index {
@@ -76,6 +100,15 @@ CREATE TABLE IF NOT EXISTS layers (
     size        INTEGER NOT NULL,
     diff_id     TEXT NOT NULL,
     PRIMARY KEY (snapshot, format)
+) STRICT;
+CREATE TABLE IF NOT EXISTS runs (
+    id            INTEGER PRIMARY KEY,
+    started       INTEGER NOT NULL,
+    duration_ms   INTEGER NOT NULL,
+    pipeline      TEXT NOT NULL,
+    steps_run     INTEGER NOT NULL,
+    steps_cached  INTEGER NOT NULL,
+    exit_code     INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS images (
     digest    TEXT NOT NULL,
@@ -128,6 +161,14 @@ impl Index {
             conn.execute_batch("ALTER TABLE steps ADD COLUMN output TEXT NOT NULL DEFAULT ''")
                 .map_err(err)?;
         }
+        let has_size: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = 'size'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
+        if !has_size {
+            conn.execute_batch("ALTER TABLE steps ADD COLUMN size INTEGER NOT NULL DEFAULT -1")
+                .map_err(err)?;
+        }
         Ok(Index {
             conn: Mutex::new(conn),
         })
@@ -147,7 +188,7 @@ impl Index {
         self.with(|c| {
             let rec = c
                 .query_row(
-                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output
+                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output, size
                      FROM steps WHERE key = ?1",
                     params![hex],
                     |r| {
@@ -159,6 +200,7 @@ impl Index {
                             exit_code: r.get(3)?,
                             duration_ms: r.get::<_, i64>(4)? as u64,
                             description: r.get(5)?,
+                            size: r.get(7)?,
                             output: {
                                 let o: String = r.get(6)?;
                                 if o.is_empty() {
@@ -187,13 +229,13 @@ impl Index {
         self.with(|c| {
             c.execute(
                 "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
-                                    created, last_used, description, output)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+                                    created, last_used, description, output, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
                  ON CONFLICT(key) DO UPDATE SET
                     snapshot = excluded.snapshot, output = excluded.output, stdout = excluded.stdout,
                     stderr = excluded.stderr, exit_code = excluded.exit_code,
                     duration_ms = excluded.duration_ms, last_used = excluded.last_used,
-                    description = excluded.description",
+                    description = excluded.description, size = excluded.size",
                 params![
                     rec.key.to_hex(),
                     rec.snapshot.0,
@@ -203,10 +245,99 @@ impl Index {
                     rec.duration_ms as i64,
                     now,
                     rec.description,
-                    rec.output
+                    rec.output,
+                    rec.size
                 ],
             )?;
             Ok(())
+        })
+    }
+
+    /// Every cache entry, most recently used first.
+    pub fn entries(&self) -> Result<Vec<CacheEntry>, IndexError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT key, snapshot, size, created, last_used, description FROM steps
+                 ORDER BY last_used DESC, created DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(CacheEntry {
+                    key: r.get(0)?,
+                    snapshot: SnapshotId(r.get(1)?),
+                    size: r.get(2)?,
+                    created: r.get(3)?,
+                    last_used: r.get(4)?,
+                    description: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Removes entries (and the layers made from their snapshots) in one transaction.
+    pub fn forget(&self, entries: &[CacheEntry]) -> Result<(), IndexError> {
+        let mut conn = self.conn.lock().expect("index mutex poisoned");
+        let err = |source| IndexError {
+            path: "steps".into(),
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        for e in entries {
+            tx.execute("DELETE FROM steps WHERE key = ?1", params![e.key])
+                .map_err(err)?;
+            tx.execute(
+                "DELETE FROM layers WHERE snapshot = ?1",
+                params![e.snapshot.0],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Forgets every resolved image (so that the next run resolves them again).
+    pub fn forget_images(&self) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute("DELETE FROM images", [])?;
+            Ok(())
+        })
+    }
+
+    pub fn record_run(&self, run: &RunRecord) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (started, duration_ms, pipeline, steps_run, steps_cached, exit_code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    run.started,
+                    run.duration_ms,
+                    run.pipeline,
+                    run.steps_run,
+                    run.steps_cached,
+                    run.exit_code
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The most recent runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, IndexError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT started, duration_ms, pipeline, steps_run, steps_cached, exit_code
+                 FROM runs ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(RunRecord {
+                    started: r.get(0)?,
+                    duration_ms: r.get(1)?,
+                    pipeline: r.get(2)?,
+                    steps_run: r.get(3)?,
+                    steps_cached: r.get(4)?,
+                    exit_code: r.get(5)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
@@ -373,6 +504,7 @@ mod tests {
             key: KeyBuilder::new("exec").field("cmd", cmd).finish(),
             snapshot: SnapshotId(format!("snap-{cmd}")),
             output: format!("out:{cmd}"),
+            size: 42,
             stdout: b"out\n".to_vec(),
             stderr: vec![0xff, 0x00],
             exit_code: 0,

@@ -144,6 +144,51 @@ impl ContainerdMachinery {
         }
     }
 
+    /// Lets containerd collect a step snapshot once nothing else needs it
+    /// (a later step's snapshot on top of it keeps it).
+    pub async fn release(&self, snapshot: &SnapshotId) -> Result<(), SolveError> {
+        snapshots::remove_labels(&self.ctd, &snapshot.0, &[GC_ROOT_LABEL]).await?;
+        Ok(())
+    }
+
+    /// Deletes every image record in rbuild's namespace (what pulls and
+    /// publishes made); their content goes with the next collection.
+    pub async fn remove_images(&self) -> Result<usize, SolveError> {
+        use rbuild_runtime::containerd_client::services::v1::{
+            DeleteImageRequest, ListImagesRequest,
+        };
+        let images = self
+            .ctd
+            .images()
+            .list(self.ctd.request(ListImagesRequest::default()))
+            .await
+            .map_err(|s| rbuild_runtime::Error::rpc("list images", self.ctd.namespace(), s))?
+            .into_inner()
+            .images;
+        for i in &images {
+            self.ctd
+                .images()
+                .delete(self.ctd.request(DeleteImageRequest {
+                    name: i.name.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|s| rbuild_runtime::Error::rpc("delete image", &i.name, s))?;
+        }
+        Ok(images.len())
+    }
+
+    /// Runs containerd's garbage collector now and waits for it.
+    pub async fn collect_garbage(&self) -> Result<(), SolveError> {
+        let id = format!("rbuild-gc-{}", unique_suffix());
+        let lease = self
+            .ctd
+            .create_lease(&id, Duration::from_secs(60), HashMap::new())
+            .await?;
+        self.ctd.delete_lease(&lease, true).await?;
+        Ok(())
+    }
+
     /// Removes what crashed or killed rbuild processes left behind:
     /// containers and their tasks, active snapshots and views, and their
     /// leases (whose uncommitted results containerd then collects).
@@ -873,6 +918,10 @@ impl Machinery for ContainerdMachinery {
         )]);
         snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
         Ok(())
+    }
+
+    async fn usage(&self, snapshot: &SnapshotId) -> Result<i64, SolveError> {
+        Ok(snapshots::usage(&self.ctd, &snapshot.0).await?)
     }
 
     async fn layer(

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod engine;
+mod gc;
 mod graph;
 mod index;
 mod key;
@@ -53,6 +54,21 @@ fn main() {
             cli::Command::Functions { path } => commands::functions::list(&cli.global, path).await,
             cli::Command::Call { words } => commands::functions::call(&cli.global, words).await,
             cli::Command::Init { dir } => commands::init::init(&dir),
+            cli::Command::Cache { command } => commands::cache::cache(&cli.global, command).await,
+            cli::Command::History { limit } => commands::cache::history(&cli.global, limit),
+            cli::Command::Engine { command } => {
+                commands::engine::engine(&cli.global, command).await
+            }
+            cli::Command::Doctor { registries } => {
+                commands::engine::doctor(&cli.global, registries).await
+            }
+            cli::Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cli::Cli::command(), "rbuild", &mut script);
+                commands::out(String::from_utf8_lossy(&script).trim_end());
+                Ok(0)
+            }
         }
     });
     let code = match result {

@@ -72,6 +72,38 @@ impl Volumes {
     }
 }
 
+impl Volumes {
+    /// Removes every volume instance nobody holds; returns how many volumes went entirely.
+    pub fn remove_unused(&self) -> std::io::Result<usize> {
+        let Ok(dirs) = std::fs::read_dir(&self.root) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for dir in dirs.flatten() {
+            let dir = dir.path();
+            let mut busy = false;
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".lock") || !entry.path().is_dir() {
+                    continue;
+                }
+                match try_instance(&dir, &name)? {
+                    Some(held) => {
+                        std::fs::remove_dir_all(&held.path)?;
+                        let _ = std::fs::remove_file(dir.join(format!("{name}.lock")));
+                    }
+                    None => busy = true,
+                }
+            }
+            if !busy {
+                let _ = std::fs::remove_dir_all(&dir);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 fn open_lock(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
     let path = dir.join(name);
     std::fs::create_dir_all(&path)?;

@@ -6,6 +6,7 @@
 //! it is given a root filesystem as mounts and a process to run on it.
 
 pub mod containerd;
+pub mod managed;
 pub mod owner;
 pub mod spec;
 pub mod task;

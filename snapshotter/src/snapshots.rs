@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use rbuild_runtime::containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, PrepareSnapshotRequest,
-    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, ViewSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest,
+    ViewSnapshotRequest,
 };
 use rbuild_runtime::containerd_client::tonic::Code;
 use rbuild_runtime::containerd_client::types::Mount;
@@ -142,6 +143,40 @@ pub async fn set_labels(
         .await
         .map_err(|s| rbuild_runtime::Error::rpc("label snapshot", name, s))?;
     Ok(())
+}
+
+/// Bytes a snapshot adds to its parent (containerd measures its own layer).
+pub async fn usage(ctd: &Containerd, name: &str) -> Result<i64, Error> {
+    let resp = ctd
+        .snapshots()
+        .usage(ctd.request(UsageRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: name.to_string(),
+        }))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("measure snapshot", name, s))?;
+    Ok(resp.into_inner().size)
+}
+
+/// Removes labels from a snapshot.
+pub async fn remove_labels(ctd: &Containerd, name: &str, keys: &[&str]) -> Result<(), Error> {
+    let paths = keys.iter().map(|k| format!("labels.{k}")).collect();
+    match ctd
+        .snapshots()
+        .update(ctd.request(UpdateSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            info: Some(Info {
+                name: name.to_string(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(rbuild_runtime::Error::rpc("unlabel snapshot", name, s).into()),
+    }
 }
 
 /// Snapshots matching a containerd filter, e.g. `labels."rbuild.key"`.

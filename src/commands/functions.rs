@@ -51,22 +51,22 @@ pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
     let path = path.map_or_else(default_pipeline, Ok)?;
     let doc = describe(global, &path).await?;
     for f in doc["functions"].as_array().into_iter().flatten() {
-        println!(
+        super::out(format_args!(
             "{}  {}",
             f["name"].as_str().unwrap_or(""),
             f["doc"].as_str().unwrap_or("")
-        );
+        ));
         for a in f["args"].as_array().into_iter().flatten() {
             let default = match a["default"].as_str() {
                 Some(d) => format!(" (default: {d})"),
                 None => " (required)".into(),
             };
-            println!(
+            super::out(format_args!(
                 "    --{} <{}>{default}  {}",
                 a["name"].as_str().unwrap_or(""),
                 a["kind"].as_str().unwrap_or(""),
                 a["doc"].as_str().unwrap_or("")
-            );
+            ));
         }
     }
     Ok(0)

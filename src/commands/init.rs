@@ -51,9 +51,9 @@ pub fn init(dir: &Path) -> Result<i32> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))
         .with_context(|| format!("create {}", dir.join("ci").display()))?;
     std::fs::write(&path, STARTER).with_context(|| format!("write {}", path.display()))?;
-    println!(
+    super::out(format_args!(
         "created {}; try `rbuild functions` and `rbuild call hello`",
         path.display()
-    );
+    ));
     Ok(0)
 }

@@ -239,6 +239,8 @@ pub trait Machinery: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ReadAnswer, SolveError>> + Send;
     /// Marks a committed step snapshot as kept (called after its index row exists).
     fn keep(&self, snapshot: &SnapshotId) -> impl Future<Output = Result<(), SolveError>> + Send;
+    /// Bytes a committed snapshot adds to its parent.
+    fn usage(&self, snapshot: &SnapshotId) -> impl Future<Output = Result<i64, SolveError>> + Send;
 
     /// The layer of snapshot `upper` (its diff against `lower`), in `format`.
     fn layer(

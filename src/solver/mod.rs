@@ -1130,6 +1130,8 @@ impl<M: Machinery> Solver<M> {
         };
         let millis = started.elapsed().as_millis();
         let output = plan.output_id(outcome.changes.as_deref());
+        // Measured once, for cache management; unknown (-1) if containerd can't tell.
+        let size = self.machinery.usage(&snapshot).await.unwrap_or(-1);
         self.index.put_step(&StepRecord {
             key: plan.key,
             snapshot: snapshot.clone(),
@@ -1139,6 +1141,7 @@ impl<M: Machinery> Solver<M> {
             exit_code: outcome.exit_code,
             duration_ms: millis as u64,
             description: plan.description.clone(),
+            size,
         })?;
         self.machinery.keep(&snapshot).await?;
         self.progress.done(no, &plan.description, millis);

@@ -135,6 +135,10 @@ impl Machinery for Fake {
         Ok(())
     }
 
+    async fn usage(&self, _snapshot: &SnapshotId) -> Result<i64, SolveError> {
+        Ok(1)
+    }
+
     // Images out are tested against real containerd and registries (tests/images.rs).
     async fn layer(
         &self,

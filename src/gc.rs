@@ -1,0 +1,280 @@
+//! Cache management: which entries a prune removes (pure policy), and
+//! removing them for real — index rows first, then the snapshots' GC-root
+//! labels, then a synchronous containerd garbage collection, which takes the
+//! snapshots and the content only they referenced.
+//!
+//! What a running step uses is never removed: its snapshots and content are
+//! held by its run's lease, and a cache volume in use is locked.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use crate::index::{CacheEntry, Index};
+use crate::machinery::ContainerdMachinery;
+
+/// What `rbuild cache prune` (or the automatic policy) keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Remove least recently used entries until the rest take at most this many bytes.
+    pub keep_storage: Option<u64>,
+    /// Remove entries not used for longer than this.
+    pub keep_duration: Option<Duration>,
+    /// Remove everything.
+    pub all: bool,
+}
+
+/// The entries `policy` removes from `entries` (most recently used first), at `now` (seconds).
+pub fn select(entries: &[CacheEntry], policy: &Policy, now: i64) -> Vec<CacheEntry> {
+    if policy.all {
+        return entries.to_vec();
+    }
+    let mut remove = Vec::new();
+    let mut kept = Vec::new();
+    for e in entries {
+        let idle = now - e.last_used;
+        match policy.keep_duration {
+            Some(d) if idle > d.as_secs() as i64 => remove.push(e.clone()),
+            _ => kept.push(e.clone()),
+        }
+    }
+    if let Some(limit) = policy.keep_storage {
+        let mut total: u64 = kept.iter().map(|e| e.size.max(0) as u64).sum();
+        while total > limit {
+            let Some(lru) = kept.pop() else { break };
+            total -= lru.size.max(0) as u64;
+            remove.push(lru);
+        }
+    }
+    remove
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+/// What a prune did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub entries: usize,
+    pub bytes: u64,
+    pub volumes: usize,
+}
+
+/// Removes what `policy` selects: index rows, their snapshots and the
+/// content only they held; with `all`, also rbuild's images and the cache
+/// volumes nobody is using.
+pub async fn prune(
+    index: &Index,
+    machinery: &ContainerdMachinery,
+    root: &Path,
+    policy: &Policy,
+) -> Result<Pruned> {
+    let entries = index.entries()?;
+    let doomed = select(&entries, policy, now_secs());
+    // Rows first: from now on nothing will reuse these results.
+    index.forget(&doomed)?;
+    for e in &doomed {
+        machinery.release(&e.snapshot).await?;
+    }
+    let mut pruned = Pruned {
+        entries: doomed.len(),
+        bytes: doomed.iter().map(|e| e.size.max(0) as u64).sum(),
+        volumes: 0,
+    };
+    if policy.all {
+        index.forget_images()?;
+        machinery.remove_images().await?;
+        pruned.volumes = crate::volumes::Volumes::new(root).remove_unused()?;
+    }
+    machinery
+        .collect_garbage()
+        .await
+        .context("containerd garbage collection")?;
+    Ok(pruned)
+}
+
+/// The automatic policy applied after each run: rbuild's cache takes at
+/// most 10 GiB or 10% of its filesystem (whichever is less), and leaves
+/// at least 10% of the filesystem free. `RBUILD_GC_KEEP_STORAGE` sets the
+/// size instead (`off` disables the automatic policy).
+pub fn auto_policy(root: &Path, cached_bytes: u64) -> Option<Policy> {
+    let setting = std::env::var("RBUILD_GC_KEEP_STORAGE").ok();
+    if setting.as_deref() == Some("off") {
+        return None;
+    }
+    let (size, free) = filesystem(root)?;
+    let mut limit = match setting.as_deref().map(parse_size) {
+        Some(Ok(n)) => n,
+        _ => (10u64 << 30).min(size / 10),
+    };
+    // Too little free space: shrink until a tenth of the disk is free again.
+    let wanted_free = size / 10;
+    if free < wanted_free {
+        limit = limit.min(cached_bytes.saturating_sub(wanted_free - free));
+    }
+    (cached_bytes > limit).then_some(Policy {
+        keep_storage: Some(limit),
+        ..Policy::default()
+    })
+}
+
+/// (size, free) in bytes of the filesystem holding `path`.
+fn filesystem(path: &Path) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+/// `10GB`, `512MiB`, `1.5G`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 10GB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        other => {
+            bail!("unknown size unit {other:?} in {s:?} (use B, KB, MB, GB, TB or KiB, MiB, GiB)")
+        }
+    };
+    Ok((n * mult) as u64)
+}
+
+/// `30s`, `15m`, `2h`, `7d`, `1w`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 2h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        other => bail!("unknown duration unit {other:?} in {s:?} (use s, m, h, d or w)"),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SnapshotId;
+
+    fn entry(key: &str, size: i64, last_used: i64) -> CacheEntry {
+        CacheEntry {
+            key: key.into(),
+            snapshot: SnapshotId(format!("snap-{key}")),
+            size,
+            created: 0,
+            last_used,
+            description: key.into(),
+        }
+    }
+
+    fn keys(v: &[CacheEntry]) -> Vec<&str> {
+        v.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn policies_select_what_they_say() {
+        let now = 100_000;
+        // Most recently used first.
+        let entries = vec![
+            entry("new", 10, now - 10),
+            entry("mid", 20, now - 5000),
+            entry("old", 30, now - 90_000),
+        ];
+        assert_eq!(
+            keys(&select(
+                &entries,
+                &Policy {
+                    all: true,
+                    ..Default::default()
+                },
+                now
+            )),
+            ["new", "mid", "old"]
+        );
+        let by_age = Policy {
+            keep_duration: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        assert_eq!(keys(&select(&entries, &by_age, now)), ["mid", "old"]);
+        let by_size = Policy {
+            keep_storage: Some(35),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(&select(&entries, &by_size, now)),
+            ["old"],
+            "least recently used goes first"
+        );
+        let tight = Policy {
+            keep_storage: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(keys(&select(&entries, &tight, now)), ["old", "mid"]);
+        let both = Policy {
+            keep_storage: Some(5),
+            keep_duration: Some(Duration::from_secs(60)),
+            all: false,
+        };
+        assert_eq!(keys(&select(&entries, &both, now)), ["mid", "old", "new"]);
+        assert!(select(&entries, &Policy::default(), now).is_empty());
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("1.5 MB").unwrap(), 1_500_000);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("2 fortnights").is_err());
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+    }
+}

@@ -1,0 +1,631 @@
+//! The command line end to end: progress formats, failures, functions and
+//! calls, cache management, history, the managed containerd, and the
+//! interactive paths under a real pseudo-terminal (tmux).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn steps(env: &TestEnv, progress: &str, args: &[&str]) -> Outcome {
+    let out = env
+        .command()
+        .arg("--progress")
+        .arg(progress)
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn two_steps(second: &str) -> Vec<String> {
+    vec![
+        format!("from={BUSYBOX}"),
+        "exec=echo first".into(),
+        format!("exec=echo {second}; echo to-stderr >&2"),
+        "print=stdout".into(),
+    ]
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn plain_progress_is_one_line_per_event_with_output_prefixed() {
+    let env = TestEnv::new("plain");
+    steps(&env, "plain", &refs(&two_steps("one"))).ok();
+    let out = steps(&env, "plain", &refs(&two_steps("two"))).ok();
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        lines.contains(&"#1 exec sh -c 'echo first' CACHED"),
+        "{}",
+        out.stderr
+    );
+    let started = lines
+        .iter()
+        .find(|l| l.ends_with("exec sh -c 'echo two; echo to-stderr >&2'"))
+        .unwrap_or_else(|| panic!("no start line: {}", out.stderr));
+    let no = started.split_whitespace().next().unwrap();
+    assert!(
+        lines.contains(&format!("{no} | two").as_str()),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        lines.contains(&format!("{no} | to-stderr").as_str()),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{no} DONE in "))),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("rbuild: 1 steps run, 1 cached (50% hits), in "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn json_progress_is_one_object_per_event() {
+    let env = TestEnv::new("json");
+    steps(&env, "plain", &refs(&two_steps("one"))).ok();
+    let out = steps(&env, "json", &refs(&two_steps("three"))).ok();
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kind = |k: &str| events.iter().filter(|e| e["event"] == k).count();
+    assert_eq!(kind("cached"), 1, "{}", out.stderr);
+    assert_eq!(kind("queued"), 1);
+    assert!(kind("started") >= 1);
+    assert_eq!(
+        kind("done"),
+        events.iter().filter(|e| e["event"] == "done").count()
+    );
+    let output: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "output")
+        .map(|e| e["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(output, ["three", "to-stderr"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "output" && e["stream"] == "stderr")
+    );
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    assert_eq!(
+        (
+            summary["steps_run"].as_i64(),
+            summary["steps_cached"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert!(events.iter().all(|e| e["time_ms"].is_u64()));
+    assert_eq!(
+        out.stdout, "three\n",
+        "the pipeline's own output stays on stdout"
+    );
+}
+
+#[test]
+fn a_failure_names_command_exit_code_stderr_and_pipeline_call() {
+    let env = TestEnv::new("failmsg");
+    let out = steps(
+        &env,
+        "plain",
+        &[
+            &format!("from={BUSYBOX}"),
+            "exec=echo bad news >&2; exit 9",
+            "print=stdout",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    for want in [
+        "FAILED: exec sh -c 'echo bad news >&2; exit 9'",
+        "exit code 9",
+        "| bad news",
+        "created at",
+        "fixtures/pipelines/steps.rs:",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "{want:?} missing:\n{}",
+            out.stderr
+        );
+    }
+}
+
+fn call(env: &TestEnv, args: &[&str]) -> Outcome {
+    let out = env
+        .command()
+        .arg("call")
+        .arg(repo_root().join("fixtures/pipelines/functions.rs"))
+        .args(args)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn functions_are_listed_and_called_with_each_argument_type() {
+    let env = TestEnv::new("functions");
+    let listed = env
+        .command()
+        .arg("functions")
+        .arg(repo_root().join("fixtures/pipelines/functions.rs"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("scalars  Echoes its string, int, float and bool arguments"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("--ratio <float> (default: 0.5)  a number"),
+        "{listed}"
+    );
+    assert!(listed.contains("--token <secret> (required)"), "{listed}");
+
+    let out = call(
+        &env,
+        &["scalars", "--text", "hi", "--count", "3", "--loud=true"],
+    )
+    .ok();
+    assert_eq!(out.stdout, "HI x3 at 0.5\n");
+    let bad = call(&env, &["scalars", "--text", "hi", "--count", "many"]);
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr
+            .contains("argument --count: \"many\" is not an integer"),
+        "{}",
+        bad.stderr
+    );
+    let missing = call(&env, &["scalars", "--text", "hi"]);
+    assert!(
+        missing.stderr.contains("missing argument --count"),
+        "{}",
+        missing.stderr
+    );
+
+    // Host paths are relative to where rbuild is started.
+    std::fs::create_dir_all(env.dir.path().join("src/sub")).unwrap();
+    std::fs::write(env.dir.path().join("src/sub/x.txt"), "x").unwrap();
+    std::fs::write(env.dir.path().join("note.txt"), "from a file").unwrap();
+    let out = call(&env, &["files", "--src", "src", "--file", "note.txt"]).ok();
+    assert_eq!(out.stdout, "./sub/x.txt\nfrom a file");
+
+    let out = env
+        .command()
+        .env("RBUILD_TEST_TOKEN", "s3cr3t-v4lue")
+        .arg("call")
+        .arg(repo_root().join("fixtures/pipelines/functions.rs"))
+        .args(["secret", "--token", "env:RBUILD_TEST_TOKEN"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, "token has 12 characters: ***\n");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t"));
+
+    let out = call(&env, &["image", "--base", BUSYBOX]).ok();
+    assert_eq!(out.stdout, "made by a function");
+
+    let dest = env.dir.path().join("exported");
+    let out = call(&env, &["tree", "export", "--path", dest.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("exported"), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
+
+    let tar = env.dir.path().join("image.tar");
+    call(
+        &env,
+        &[
+            "image",
+            "--base",
+            BUSYBOX,
+            "export",
+            "--path",
+            tar.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert!(
+        std::fs::metadata(&tar).unwrap().len() > 1_000_000,
+        "a container exports as an image tarball"
+    );
+}
+
+#[test]
+fn init_creates_a_pipeline_whose_functions_work() {
+    let env = TestEnv::new("init");
+    let made = env
+        .command()
+        .arg("init")
+        .arg(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let again = env
+        .command()
+        .arg("init")
+        .arg(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "init never overwrites");
+    let out = env
+        .command()
+        .args(["call", "hello", "--name", "tester"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello tester\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Step snapshots of the test namespace.
+fn step_snapshots(env: &TestEnv) -> Vec<String> {
+    env.ctr(&["snapshots", "ls"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.starts_with("rbuild-step-"))
+        .map(String::from)
+        .collect()
+}
+
+fn cache_keys(env: &TestEnv) -> Vec<String> {
+    let out = env.command().args(["cache", "ls"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+fn prune(env: &TestEnv, args: &[&str]) -> String {
+    let out = env
+        .command()
+        .args(["cache", "prune"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn prune_policies_remove_exactly_what_they_say() {
+    let env = TestEnv::new("prune");
+    let old = [
+        &format!("from={BUSYBOX}") as &str,
+        "exec=head -c 1000000 /dev/urandom > /old",
+        "print=stdout",
+    ];
+    let new = [
+        &format!("from={BUSYBOX}") as &str,
+        "exec=head -c 1000000 /dev/urandom > /new",
+        "print=stdout",
+    ];
+    env.steps(&old).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    env.steps(&new).ok();
+    assert_eq!(cache_keys(&env).len(), 2);
+    assert_eq!(step_snapshots(&env).len(), 2);
+    let du = env.command().args(["cache", "du"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&du.stdout).contains("2 entries"));
+
+    // By age: the older entry goes, rows and snapshot; the newer one still hits.
+    assert!(prune(&env, &["--keep-duration", "2s"]).contains("removed 1 entries"));
+    assert_eq!(cache_keys(&env).len(), 1);
+    assert_eq!(
+        step_snapshots(&env).len(),
+        1,
+        "the snapshot went with its row"
+    );
+    let hit = env.steps(&new).ok();
+    assert_eq!(hit.cached(), 1, "{}", hit.stderr);
+
+    // By size: the least recently used entries go until the rest fits.
+    env.steps(&old).ok();
+    std::thread::sleep(Duration::from_secs(1));
+    env.steps(&new).ok(); // `new` is the most recently used again
+    assert!(prune(&env, &["--keep-storage", "1.5MB"]).contains("removed 1 entries"));
+    assert_eq!(env.steps(&new).ok().cached(), 1);
+    assert_eq!(
+        env.steps(&old).ok().cached(),
+        0,
+        "`old` was pruned and ran again"
+    );
+
+    // Everything, images and content included.
+    assert!(prune(&env, &["--all"]).contains("removed 2 entries"));
+    assert!(cache_keys(&env).is_empty());
+    assert!(step_snapshots(&env).is_empty());
+    assert_eq!(
+        env.ctr(&["images", "ls", "-q"]).trim(),
+        "",
+        "rbuild's images are gone"
+    );
+    assert_eq!(
+        env.ctr(&["content", "ls", "-q"]).trim(),
+        "",
+        "and their content"
+    );
+    let again = env.steps(&new).ok();
+    assert!(
+        again.stderr.contains(" pull "),
+        "the image is pulled again: {}",
+        again.stderr
+    );
+
+    let history = env.command().arg("history").output().unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(history.lines().count() >= 7, "{history}");
+    assert!(history.contains("steps.rs"), "{history}");
+}
+
+#[test]
+fn the_automatic_policy_trims_the_cache_after_a_run() {
+    let env = TestEnv::new("autogc");
+    let out = env
+        .command()
+        .env("RBUILD_GC_KEEP_STORAGE", "1B")
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args([
+            &format!("from={BUSYBOX}") as &str,
+            "exec=head -c 100000 /dev/urandom > /x",
+            "print=stdout",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the cache was over its limit: removed 1"),
+        "{stderr}"
+    );
+    assert!(cache_keys(&env).is_empty());
+}
+
+#[test]
+fn a_managed_containerd_starts_from_nothing_and_stops() {
+    let env = TestEnv::new("managed");
+    let nowhere = env.dir.path().join("no-containerd.sock");
+    let rbuild = || {
+        let mut c = env.command();
+        c.arg("--address").arg(&nowhere);
+        c
+    };
+    let out = rbuild()
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args([
+            &format!("from={BUSYBOX}") as &str,
+            "exec=echo on my own containerd",
+            "print=stdout",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "on my own containerd\n"
+    );
+    assert!(stderr.contains("started rbuild's own"), "{stderr}");
+    let status =
+        String::from_utf8_lossy(&rbuild().args(["engine", "status"]).output().unwrap().stdout)
+            .into_owned();
+    assert!(
+        status.contains("rbuild's own containerd: running"),
+        "{status}"
+    );
+    // The next run reuses it without saying so again.
+    let again = rbuild()
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args([
+            &format!("from={BUSYBOX}") as &str,
+            "exec=echo on my own containerd",
+            "print=stdout",
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("started rbuild's own"));
+    let stop = String::from_utf8_lossy(&rbuild().args(["engine", "stop"]).output().unwrap().stdout)
+        .into_owned();
+    assert!(stop.contains("stopped"), "{stop}");
+    let status =
+        String::from_utf8_lossy(&rbuild().args(["engine", "status"]).output().unwrap().stdout)
+            .into_owned();
+    assert!(
+        status.contains("rbuild's own containerd: stopped"),
+        "{status}"
+    );
+    let ps = Command::new("pgrep")
+        .args(["-f", &env.root().join("containerd").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "no process of it is left");
+}
+
+#[test]
+fn doctor_and_completions() {
+    let env = TestEnv::new("doctor");
+    let out = env
+        .command()
+        .args(["doctor", "--registry", REGISTRY])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "ok    containerd is installed",
+        "ok    runc is installed",
+        "overlayfs",
+        "cgroups:",
+        "disk space",
+        "registry 127.0.0.1:5000 answers",
+    ] {
+        assert!(text.contains(want), "{want:?}: {text}");
+    }
+    let comp = env
+        .command()
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&comp.stdout).contains("_rbuild()"));
+    let version = env.command().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("rbuild "));
+}
+
+/// A command running in a tmux session: a real pseudo-terminal.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(env: &TestEnv, command: &str) -> Tmux {
+        let name = format!("rbuild-test-{}-{}", std::process::id(), env.namespace.len());
+        let envs = format!(
+            "RBUILD_ROOT={} RBUILD_NAMESPACE={} RBUILD_CACHE_DIR={} DOCKER_CONFIG={}",
+            env.root().display(),
+            env.namespace,
+            Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("rbuild-pipelines")
+                .display(),
+            env.docker_config.display()
+        );
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "160", "-y", "40"])
+            .arg(format!("{envs} {command}; echo RBUILD-EXIT=$?; sleep 600"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux starts");
+        Tmux { name }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "waited for {what:?}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["send-keys", "-t", &self.name, keys, "Enter"])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn interactive_mode_opens_a_shell_in_the_failed_step() {
+    let env = TestEnv::new("interactive");
+    let rbuild = env!("CARGO_BIN_EXE_rbuild");
+    let tmux = Tmux::start(
+        &env,
+        &format!(
+            "{rbuild} run -i {} -- from={BUSYBOX} workdir=/work env=MARK=debug-me 'exec=echo left-by-the-step > here.txt; exit 4' print=stdout",
+            steps_pipeline().display()
+        ),
+    );
+    tmux.wait_for("/work #");
+    tmux.keys("pwd; cat here.txt; echo mark=$MARK");
+    let screen = tmux.wait_for("mark=debug-me");
+    assert!(
+        screen.contains("\n/work\n") || screen.contains("\r\n/work"),
+        "{screen}"
+    );
+    assert!(screen.contains("left-by-the-step"), "{screen}");
+    tmux.keys("exit");
+    let screen = tmux.wait_for("RBUILD-EXIT=");
+    assert!(screen.contains("RBUILD-EXIT=1"), "{screen}");
+    assert!(screen.contains("exit code 4"), "{screen}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn a_terminal_can_be_opened_on_purpose() {
+    let env = TestEnv::new("terminal");
+    let rbuild = env!("CARGO_BIN_EXE_rbuild");
+    let tmux = Tmux::start(
+        &env,
+        &format!(
+            "{rbuild} call {} image --base {BUSYBOX} terminal",
+            repo_root()
+                .join("fixtures/pipelines/functions.rs")
+                .display()
+        ),
+    );
+    tmux.wait_for("/work #");
+    tmux.keys("cat made.txt; echo; echo done-$((40+2))");
+    let screen = tmux.wait_for("done-42");
+    assert!(screen.contains("made by a function"), "{screen}");
+    tmux.keys("exit");
+    let screen = tmux.wait_for("RBUILD-EXIT=");
+    assert!(screen.contains("RBUILD-EXIT=0"), "{screen}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
