@@ -16,6 +16,8 @@
 #   BENCH_CUTOFF_MB=50     early cutoff: MiB the step writes (plus 1000 small files)
 #   BENCH_PUBLISH_REPS=5   publish: rounds (a first push and a re-push per
 #                          engine each) (at least 3)
+#   BENCH_UPLOAD_REPS=3    publish: pushes per engine with nothing to mount
+#                          (every layer uploaded) (at least 3)
 #   BENCH_PULL_REPS=5      pull: pulls per engine, and the floors (at least 3)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
@@ -32,6 +34,7 @@ HD_REPS=${BENCH_HOSTDIR_REPS:-5}
 COLD_REPS=${BENCH_COLD_REPS:-5}
 CO_MB=${BENCH_CUTOFF_MB:-50}
 PUB_REPS=${BENCH_PUBLISH_REPS:-5}
+UP_REPS=${BENCH_UPLOAD_REPS:-3}
 PULL_REPS=${BENCH_PULL_REPS:-5}
 IMAGE=127.0.0.1:5000/busybox:latest
 STEPS=10
@@ -93,6 +96,9 @@ PUB_PIPELINE=$REPO/bench/pipelines/publish.rs
 PUB_DOCKERFILE=$REPO/bench/dockerfiles/publish.Dockerfile
 PUB_CONTEXT=$STATE/publish-context
 PUB_REPO=127.0.0.1:5000/bench-publish # repositories: {rb,dk}-RUN_ID-ROUND, lowercased
+# The same registry by another name: neither engine mounts across registry
+# names, so a push there uploads every layer, the base's too (up-{rb,dk}-…).
+PUB_UP_REPO=localhost:5000/bench-publish
 # Scenario "pull": a namespace per engine, created by each pull and removed
 # (with every blob and snapshot in it) after it; rbuild's root, likewise.
 PULL_RB_NS=rbuild-bench-pull-rbuild
@@ -124,6 +130,7 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $COLD_REPS =~ ^[0-9]+$ && $COLD_REPS -ge 3 ]] || die "BENCH_COLD_REPS must be a number >= 3 (got '$COLD_REPS')"
 [[ $CO_MB =~ ^[0-9]+$ && $CO_MB -ge 1 ]] || die "BENCH_CUTOFF_MB must be a number >= 1 (got '$CO_MB')"
 [[ $PUB_REPS =~ ^[0-9]+$ && $PUB_REPS -ge 3 ]] || die "BENCH_PUBLISH_REPS must be a number >= 3 (got '$PUB_REPS')"
+[[ $UP_REPS =~ ^[0-9]+$ && $UP_REPS -ge 3 ]] || die "BENCH_UPLOAD_REPS must be a number >= 3 (got '$UP_REPS')"
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
@@ -880,7 +887,8 @@ assert_blob_gone() {
 docker_rm_bench_images() {
   local ids
   ids=$("$DOCKER" images --format '{{.Repository}} {{.ID}}' 2>/dev/null |
-    awk -v a="${BASE_IMAGE%:*}" -v b="$PUB_REPO/" '$1 == a || index($1, b) == 1 { print $2 }' | sort -u)
+    awk -v a="${BASE_IMAGE%:*}" -v b="$PUB_REPO/" -v c="$PUB_UP_REPO/" \
+      '$1 == a || index($1, b) == 1 || index($1, c) == 1 { print $2 }' | sort -u)
   # shellcheck disable=SC2086
   [[ -z $ids ]] || "$DOCKER" rmi -f $ids >/dev/null 2>&1 || true
   "$DOCKER" builder prune -af >/dev/null 2>&1 || true
@@ -991,13 +999,44 @@ pub_dk_check() {
       print ""
     }' "$plog")
   echo "$what" >>"$TIMES/$name.what"
+  PUB_DK_DIGEST=$digest
 }
 
-# pub_rb_once MODE ROUND: MODE first (a new repository) or re (the same one again).
+# pub_addr ENGINE MODE ROUND: where a push goes. first and re: a new
+# repository each round (re-push: the same one again); up: one under the
+# registry's other name.
+pub_addr() {
+  case $2 in
+    up) echo "$PUB_UP_REPO/up-$1-${RUN_ID,,}-$3:1" ;;
+    *) echo "$PUB_REPO/$1-${RUN_ID,,}-$3:1" ;;
+  esac
+}
+
+# base_repo_of REGISTRY/REPO:TAG -> REPO
+base_repo_of() { local r=${1#*/}; echo "${r%:*}"; }
+
+# pub_unlink REPO@DIGEST: delete the links of the image's layers from its
+# repository (the registry keeps the data). Docker remembers where it pushed
+# a layer and mounts it from there next time; without the link, the mount
+# fails and it uploads again.
+pub_unlink() {
+  local ref=$1 repo digest d
+  repo=${ref#*/}
+  repo=${repo%@*}
+  repo=${repo%:*}
+  digest=${ref##*@}
+  for d in $(reg_manifest "$repo" "$digest" | jq -r '.layers[].digest'); do
+    curl -sf -o /dev/null -X DELETE "$REG_URL/v2/$repo/blobs/$d" || say "WARNING: could not delete $repo's link to $d"
+  done
+}
+
+# pub_rb_once MODE ROUND: MODE first (a new repository), re (the same one
+# again) or up (nothing to mount).
 pub_rb_once() {
-  local mode=$1 i=$2 log=$LOG_DIR/publish-rbuild.log name=pub_rb_$1 nonce t0 t1
-  local addr=$PUB_REPO/rb-${RUN_ID,,}-$i:1
+  local mode=$1 i=$2 log=$LOG_DIR/publish-rbuild.log name=pub_rb_$1 nonce t0 t1 addr
+  addr=$(pub_addr rb "$mode" "$i")
   nonce=$RUN_ID-$i-$mode
+  settle
   t0=$(now_ns)
   pub_rb_run "$nonce" "$addr" "$log" || { cat "$log" >&2; die "rbuild publish ($mode) failed"; }
   t1=$(now_ns)
@@ -1009,9 +1048,11 @@ pub_rb_once() {
 
 pub_dk_once() {
   local mode=$1 i=$2 blog=$LOG_DIR/publish-docker-build.log plog=$LOG_DIR/publish-docker-push.log
-  local name=pub_dk_$1 nonce t0 t1 t2 addr=$PUB_REPO/dk-${RUN_ID,,}-$i:1
+  local name=pub_dk_$1 nonce t0 t1 t2 addr
+  addr=$(pub_addr dk "$mode" "$i")
   nonce=$RUN_ID-$i-$mode
   echo "$nonce" >"$PUB_CONTEXT/version"
+  settle
   t0=$(now_ns)
   pub_dk_build "$addr" "$blog" || { cat "$blog" >&2; die "docker build ($mode) failed"; }
   t1=$(now_ns)
@@ -1021,8 +1062,33 @@ pub_dk_once() {
   record "${name}_build" $(((t1 - t0) / 1000000))
   record "${name}_push" $(((t2 - t1) / 1000000))
   pub_dk_check "$blog" "$plog" "$addr" "$nonce" "$name"
+  if [[ $mode == up ]]; then
+    # What docker uploaded for the base's big layer (it compresses again).
+    record pub_dk_up_bigsize "$(reg_manifest "$(base_repo_of "$addr")" "$PUB_DK_DIGEST" | jq '[.layers[].size] | max')"
+    pub_unlink "$addr@$PUB_DK_DIGEST"
+  fi
   cp "$blog" "$LOG_DIR/publish-docker-build-$mode.log"
   cp "$plog" "$LOG_DIR/publish-docker-push-$mode.log"
+}
+
+# pub_curl_up_once ROUND: the upload floor, the base's big layer blob
+# uploaded with curl to a new repository in one request (POST, then PUT of
+# the whole blob with its digest).
+pub_curl_up_once() {
+  local repo loc sep t0 t1 code
+  repo=$(base_repo_of "$PUB_REPO/curl-${RUN_ID,,}-$1:1")
+  settle
+  t0=$(now_ns)
+  loc=$(curl -sf -D - -o /dev/null -X POST "$REG_URL/v2/$repo/blobs/uploads/" |
+    awk -F': ' 'tolower($1) == "location" { print $2 }' | tr -d '\r')
+  [[ $loc == http* ]] || loc=$REG_URL$loc
+  sep='?'
+  [[ $loc == *\?* ]] && sep='&'
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/octet-stream' \
+    --data-binary "@$BASE_LAYER_FILE" "$loc${sep}digest=$BASE_BLOB")
+  t1=$(now_ns)
+  [[ $code == 201 ]] || die "curl upload of $BASE_BLOB to $repo: HTTP $code"
+  record pub_curl_up $(((t1 - t0) / 1000000))
 }
 
 bench_publish() {
@@ -1052,8 +1118,19 @@ bench_publish() {
       pub_rb_once first "$i"; pub_rb_once re "$i"
     fi
   done
-  say "publish, rbuild: first $(stats pub_rb_first) / re-push $(stats pub_rb_re) (median min max, ms)"
-  say "publish, docker build + push: first $(stats pub_dk_first) / re-push $(stats pub_dk_re) (median min max, ms)"
+  # Pushes with nothing to mount: every layer uploaded (docker compresses
+  # its layers again for that; rbuild sends the blobs it pulled).
+  cat "$BASE_LAYER_FILE" >/dev/null # page cache, for the curl floor
+  for ((i = 1; i <= UP_REPS; i++)); do
+    if ((i % 2)); then
+      pub_rb_once up "$i"; pub_dk_once up "$i"
+    else
+      pub_dk_once up "$i"; pub_rb_once up "$i"
+    fi
+    pub_curl_up_once "$i"
+  done
+  say "publish, rbuild: first $(stats pub_rb_first) / re-push $(stats pub_rb_re) / all uploaded $(stats pub_rb_up) (median min max, ms)"
+  say "publish, docker build + push: first $(stats pub_dk_first) / re-push $(stats pub_dk_re) / all uploaded $(stats pub_dk_up) (median min max, ms)"
   pub_purge
   docker_rm_bench_images
   PUB_STARTED=
@@ -1463,6 +1540,8 @@ whats() {
     sort "$TIMES/$1.what" | uniq -c | sort -rn | awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%d run%s)", (NR > 1 ? "; " : ""), $0, n, (n > 1 ? "s" : "") } END { print "" }'
   else echo –; fi
 }
+# base_push_bytes: the base's layers, gzip, as pulled (what rbuild uploads).
+base_push_bytes() { reg_manifest "$(base_repo)" "$(base_tag)" | jq '[.layers[].size] | add'; }
 base_busybox_size() { reg_manifest "$(base_repo)" "$(base_tag)" | jq -r '.layers[0].size'; }
 
 report_base_image() {
@@ -1489,8 +1568,9 @@ EOF
 }
 
 report_publish() {
-  local rf rr df dr
-  rf=$(med pub_rb_first) rr=$(med pub_rb_re) df=$(med pub_dk_first) dr=$(med pub_dk_re)
+  local rf rr ru df dr du
+  rf=$(med pub_rb_first) rr=$(med pub_rb_re) ru=$(med pub_rb_up)
+  df=$(med pub_dk_first) dr=$(med pub_dk_re) du=$(med pub_dk_up)
   cat <<EOF
 
 ## Scenario: publish an image with a ~200 MB base
@@ -1509,10 +1589,21 @@ The base image above plus \`/app/version\` (a new nonce every run), pushed to
   warm-up.
 - **first push**: to a repository that does not exist yet (a new one each
   round); **re-push**: to the same repository right after, with another nonce.
+- **nothing to mount**: a first push to \`$PUB_UP_REPO/…:1\`, the same
+  registry under another name. Neither engine mounts blobs across registry
+  names, so both upload every layer, the base's too: rbuild sends the gzip
+  blobs it pulled (from containerd's content store), docker compresses its
+  layers again (dockerd's overlay2 keeps them unpacked). After each docker
+  push the script deletes the pushed layers' links from that repository, or
+  docker's next push would mount them from there.
 
-$PUB_REPS rounds; in each, one engine does its first push and re-push, then
-the other (rbuild first in odd rounds). Every run is checked: the pushed
-manifest's top layer, fetched back from the registry, must hold the nonce.
+$PUB_REPS rounds of first push + re-push; in each, one engine does both, then
+the other (rbuild first in odd rounds). Then $UP_REPS pushes with nothing to
+mount per engine, alternating, each round followed by the upload floor:
+the big layer's blob uploaded by \`curl\` in one request. \`sync\` before
+each. Every run is checked:
+the pushed manifest's top layer, fetched back from the registry, must hold
+the nonce.
 
 | measurement | median (s) | min – max (s) |
 |---|---|---|
@@ -1520,11 +1611,16 @@ manifest's top layer, fetched back from the registry, must hold the nonce.
 | rbuild, re-push | $(fmt_s "$rr") | $(spread pub_rb_re) |
 | docker build + push, first push | $(fmt_s "$df") | $(spread pub_dk_first) |
 | docker build + push, re-push | $(fmt_s "$dr") | $(spread pub_dk_re) |
+| rbuild, nothing to mount | $(fmt_s "$ru") | $(spread pub_rb_up) |
+| docker build + push, nothing to mount | $(fmt_s "$du") | $(spread pub_dk_up) |
+| floor: curl upload of the $(mb "$BASE_BLOB_SIZE") blob (POST, one PUT) | $(fmt_s "$(med pub_curl_up)") | $(spread pub_curl_up) |
 
 | ratio (of medians) | value |
 |---|---|
 | rbuild first push / docker first push | $(ratio "$rf" "$df") |
 | rbuild re-push / docker re-push | $(ratio "$rr" "$dr") |
+| rbuild nothing to mount / docker nothing to mount | $(ratio "$ru" "$du") |
+| rbuild's push step, nothing to mount / curl upload floor | $(ratio "$(med pub_rb_up_push)" "$(med pub_curl_up)") |
 
 Where the time goes, ms, median (min–max). rbuild, from its progress lines:
 **write step** is the \`with_new_file\` step's \`DONE in X ms\`; **image** is
@@ -1539,11 +1635,17 @@ resolving the base's tag, index). Docker: the two commands' wall times.
 |---|---|---|---|---|---|
 | first push | $(msr pub_rb_first) | $(msr pub_rb_first_file) | $(msr pub_rb_first_image) | $(msr pub_rb_first_push) | $(msr pub_rb_first_rest) |
 | re-push | $(msr pub_rb_re) | $(msr pub_rb_re_file) | $(msr pub_rb_re_image) | $(msr pub_rb_re_push) | $(msr pub_rb_re_rest) |
+| nothing to mount | $(msr pub_rb_up) | $(msr pub_rb_up_file) | $(msr pub_rb_up_image) | $(msr pub_rb_up_push) ($(rate "$(base_push_bytes)" "$(med pub_rb_up_push)")) | $(msr pub_rb_up_rest) |
 
 | docker (ms) | total | docker build | docker push |
 |---|---|---|---|
 | first push | $(msr pub_dk_first) | $(msr pub_dk_first_build) | $(msr pub_dk_first_push) |
 | re-push | $(msr pub_dk_re) | $(msr pub_dk_re_build) | $(msr pub_dk_re_push) |
+| nothing to mount | $(msr pub_dk_up) | $(msr pub_dk_up_build) | $(msr pub_dk_up_push) |
+
+With nothing to mount, rbuild uploads the base's layers as pulled
+($(mb "$(base_push_bytes)") for both); docker uploads what it compressed
+again: the 200 MB layer came out at $(mb "$(med pub_dk_up_bigsize)") (gzip, another digest).
 
 What each engine did with each blob, from its output (rbuild: the
 \`#N   sha256:… uploaded | already present | mounted from the base image's repository\`
@@ -1557,6 +1659,8 @@ did so:
 | rbuild, re-push | $(whats pub_rb_re) |
 | docker, first push | $(whats pub_dk_first) |
 | docker, re-push | $(whats pub_dk_re) |
+| rbuild, nothing to mount | $(whats pub_rb_up) |
+| docker, nothing to mount | $(whats pub_dk_up) |
 EOF
 }
 
@@ -1577,8 +1681,9 @@ pull the namespace's images, snapshots, content and leases are removed with
 \`ctr … images rm --sync\`, which runs the garbage collector, and the
 namespace is deleted); for docker, \`docker rmi\` of every image built on the
 base and \`docker builder prune -af\` (its pull must say \`Pull complete\`
-for the big layer). The busybox layer is already present for all three
-(other namespaces, other images), so it is not fetched.
+for the big layer). The 1.1 MB busybox layer is in other namespaces and
+docker images already: docker says \`Already exists\`, rbuild still counts it
+as fetched (\`$BASE_LAYERS of $BASE_LAYERS layers fetched\`).
 
 - **rbuild run**: \`rbuild run bench/pipelines/pull.rs -- $BASE_IMAGE\`
   (\`from(image).with_exec(["true"])\`), a new state root and namespace
@@ -1630,7 +1735,9 @@ pull step's DONE line (config and manifest into the content store, Diff.Apply
 of both layers — decompress, sha256 of the tar, extract into the overlay
 snapshot —, commit, image record); ctr, its own \`done: Xs\` after
 \`unpacking linux/amd64 …\`. **after**: rbuild, from the pull's DONE line
-to exit, mostly the \`true\` step (its DONE: $(msr pull_rb_exec) ms). Docker,
+to exit, mostly the \`true\` step (its DONE: $(msr pull_rb_exec) ms; a step
+right after a pull is slower than usual: deleting its task unmounts its
+overlay, which syncs the file system the layer was just unpacked to). Docker,
 from the stamps of its own lines for the big layer: \`Pulling fs layer\` →
 \`Download complete\` (download, into a temporary file) → \`Pull complete\`
 (extract: decompress + untar into overlay2).
