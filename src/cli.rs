@@ -47,7 +47,8 @@ pub struct GlobalOpts {
         default_value = "rbuild"
     )]
     pub namespace: String,
-    /// How many steps may run at once [default: the number of CPUs, at least 2].
+    /// How many steps may run at once [default: 4 per CPU, at least 8: steps
+    /// often wait (on the network, on sleeps, on services) rather than compute].
     #[arg(long, short = 'j', global = true, env = "RBUILD_JOBS")]
     pub jobs: Option<usize>,
     /// How progress is shown: a live view on a terminal (tty), one line per

@@ -43,7 +43,7 @@ impl From<&GlobalOpts> for EngineConfig {
             cache_dir: g.cache_dir.clone().unwrap_or_else(|| g.root.join("cache")),
             address: g.address.clone(),
             namespace: g.namespace.clone(),
-            jobs: g.jobs.unwrap_or(cores.max(2)),
+            jobs: g.jobs.unwrap_or((cores * 4).max(8)),
             insecure_registries: g.insecure_registries.clone(),
             progress: g.progress.resolve(),
             debug_shell: None,
@@ -87,11 +87,12 @@ impl Engine {
         let scratch = config.root.join("tmp");
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("create {}", scratch.display()))?;
-        let index = Arc::new(Index::open(&config.root.join("index.db"))?);
-        let ctd = connect(config).await?;
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: config.insecure_registries.clone(),
         });
+        registry.prewarm();
+        let index = Arc::new(Index::open(&config.root.join("index.db"))?);
+        let ctd = connect(config).await?;
         let machinery =
             ContainerdMachinery::new(ctd, registry, Volumes::new(&config.root), scratch);
         machinery

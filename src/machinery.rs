@@ -87,22 +87,29 @@ impl HostMount {
     }
 }
 
-/// The overlay upper directory and lower directories of a snapshot's mounts.
-fn overlay_dirs(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
-    let m = mounts.first()?;
-    if m.r#type == "bind" {
-        return Some((PathBuf::from(&m.source), Vec::new()));
-    }
-    let mut upper = None;
-    let mut lowers = Vec::new();
-    for o in &m.options {
-        if let Some(u) = o.strip_prefix("upperdir=") {
-            upper = Some(PathBuf::from(u));
-        } else if let Some(l) = o.strip_prefix("lowerdir=") {
-            lowers = l.split(':').map(PathBuf::from).collect();
-        }
-    }
-    Some((upper?, lowers))
+/// How deep a stack of overlay layers may get before rbuild flattens it.
+/// Mounting it on the host passes every lower directory in one option
+/// string, which the kernel caps at a page (about 55 of containerd's
+/// paths); the kernel's own cap is 500 layers.
+const MAX_LOWERDIR_BYTES: usize = 3800;
+const MAX_LOWERS: usize = 400;
+
+/// Whether a snapshot's mounts stack too many layers to mount.
+fn too_deep(mounts: &[Mount]) -> bool {
+    mounts.first().is_some_and(|m| {
+        m.options.iter().any(|o| {
+            o.strip_prefix("lowerdir=")
+                .is_some_and(|l| o.len() > MAX_LOWERDIR_BYTES || l.split(':').count() > MAX_LOWERS)
+        })
+    })
+}
+
+/// The name of the one-layer copy of a deep snapshot.
+fn flat_name(snapshot: &str) -> String {
+    format!(
+        "rbuild-flat-{}",
+        &blake3::hash(snapshot.as_bytes()).to_hex()[..32]
+    )
 }
 
 impl ContainerdMachinery {
@@ -222,6 +229,51 @@ impl ContainerdMachinery {
         Ok(())
     }
 
+    /// Prepares active snapshot `key` on `parent`; on a parent too deep to
+    /// mount, on a flattened copy of it instead (same content, one layer).
+    async fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&SnapshotId>,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SolveError> {
+        let lease = self.lease().await?;
+        let parent_name = parent.map(|p| p.0.as_str());
+        let mounts = snapshots::prepare(&self.ctd, lease, key, parent_name, labels.clone()).await?;
+        let Some(parent) = parent_name.filter(|_| too_deep(&mounts)) else {
+            return Ok(mounts);
+        };
+        snapshots::remove(&self.ctd, key).await?;
+        let flat = self.flatten(parent).await?;
+        Ok(snapshots::prepare(&self.ctd, lease, key, Some(&flat), labels).await?)
+    }
+
+    /// A read-only view `key` of `snapshot` (of a flattened copy when it is too deep).
+    async fn view_mounts(
+        &self,
+        key: &str,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<Mount>, SolveError> {
+        let lease = self.lease().await?;
+        let mounts = snapshots::view(&self.ctd, lease, key, &snapshot.0).await?;
+        if !too_deep(&mounts) {
+            return Ok(mounts);
+        }
+        snapshots::remove(&self.ctd, key).await?;
+        let flat = self.flatten(&snapshot.0).await?;
+        Ok(snapshots::view(&self.ctd, lease, key, &flat).await?)
+    }
+
+    /// The flattened copy of a deep snapshot, made once. It is kept by the
+    /// run's lease, and afterwards by the snapshots on top of it.
+    async fn flatten(&self, snapshot: &str) -> Result<String, SolveError> {
+        let lease = self.lease().await?;
+        let flat = flat_name(snapshot);
+        tracing::info!(snapshot, flat, "flattening a deep stack of layers");
+        rbuild_snapshotter::export::flatten(&self.ctd, lease, snapshot, &flat).await?;
+        Ok(flat)
+    }
+
     fn mount_point(&self) -> PathBuf {
         self.scratch.join(format!("mnt-{}", unique_suffix()))
     }
@@ -239,9 +291,8 @@ impl ContainerdMachinery {
                 empty: Some(empty),
             });
         };
-        let lease = self.lease().await?;
         let key = format!("rbuild-view-{}", unique_suffix());
-        let mounts = snapshots::view(&self.ctd, lease, &key, &snapshot.0).await?;
+        let mounts = self.view_mounts(&key, snapshot).await?;
         self.host_mount(key, &mounts, true).await
     }
 
@@ -252,10 +303,7 @@ impl ContainerdMachinery {
         parent: Option<&SnapshotId>,
         labels: HashMap<String, String>,
     ) -> Result<(HostMount, Vec<Mount>), SolveError> {
-        let lease = self.lease().await?;
-        let mounts =
-            snapshots::prepare(&self.ctd, lease, &key, parent.map(|p| p.0.as_str()), labels)
-                .await?;
+        let mounts = self.prepare(&key, parent, labels).await?;
         Ok((self.host_mount(key, &mounts, false).await?, mounts))
     }
 
@@ -487,7 +535,7 @@ impl ContainerdMachinery {
         let mut changes = None;
         let mut snapshot = None;
         if req.expect.accepts(exit_code) {
-            if let Some((upper, lowers)) = overlay_dirs(rootfs) {
+            if let Some((upper, lowers)) = snapshots::overlay_dirs(rootfs) {
                 let started = Instant::now();
                 let budget = changes_digest_budget();
                 let digest = tokio::task::spawn_blocking(move || {
@@ -807,15 +855,7 @@ impl Machinery for ContainerdMachinery {
     ) -> Result<ExecOutcome, SolveError> {
         let active = format!("rbuild-active-{}-{}", req.key.short(), unique_suffix());
         let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
-        let lease = self.lease().await?;
-        let rootfs = snapshots::prepare(
-            &self.ctd,
-            lease,
-            &active,
-            req.parent.as_ref().map(|p| p.0.as_str()),
-            labels,
-        )
-        .await?;
+        let rootfs = self.prepare(&active, req.parent.as_ref(), labels).await?;
         // Secrets for mounts live in RAM (/dev/shm), never on disk.
         let secret_dir = tempfile::Builder::new()
             .prefix("rbuild-secrets-")

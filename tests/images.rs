@@ -264,3 +264,115 @@ fn pushing_to_the_auth_registry_needs_credentials() {
         "the password never shows"
     );
 }
+
+/// Layers with whiteouts, an opaque directory, a directory the layer only
+/// writes into, a file turned directory, hard and symbolic links, a device,
+/// a FIFO, set-uid and owners (fixtures/layered_image.py): rbuild unpacks
+/// them while they download, and the tree a step sees is the one containerd's
+/// own pull (`ctr images pull`, `ctr run`) gives.
+#[test]
+fn layers_unpack_as_containerd_unpacks_them() {
+    let env = TestEnv::new("layers");
+    let layout = tempfile::tempdir().unwrap();
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    run(
+        "python3",
+        &[
+            repo_root()
+                .join("fixtures/layered_image.py")
+                .to_str()
+                .unwrap(),
+            layout.path().to_str().unwrap(),
+            &nonce,
+        ],
+    );
+    let image = repo("layers");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:layers", layout.path().display()),
+            &format!("docker://{image}"),
+        ],
+    );
+    let list = "find /data /deep /bin | sort | xargs stat -c '%n %F %a %u:%g %s %h %t:%T %N'; \
+                find /data /deep ! -type d | sort | xargs stat -c '%n %Y'; cat /data/nonce.txt";
+    let out = env
+        .steps(&[
+            &format!("from={image}"),
+            &format!("exec={list}"),
+            "print=stdout",
+        ])
+        .ok();
+    assert!(
+        out.stderr.contains("2 of 2 layers fetched") && out.stderr.contains("2 unpacked"),
+        "{}",
+        out.stderr
+    );
+    let seen = out.stdout;
+    for want in [
+        "/data/keep directory 700 1000:1000 ",
+        "/data/keep/new.txt regular file 600 1000:1000 9 1 ",
+        "/data/keep/old.txt regular file 644 1000:1000 4 1 ",
+        "/data/opaque/new.txt regular file",
+        "/data/replace/inner.txt regular file",
+        "/data/setuid regular file 4755 1000:1000 ",
+        "/data/hard1 regular file 640 0:0 10 2 ",
+        "/data/null character special file 666 0:0 0 1 1:3 ",
+        "/data/fifo fifo 600 ",
+        "/data/sym symbolic link 777 1000:1000 14 1 0:0 '/data/sym' -> '../bin/busybox'",
+        "/deep/new/dir/file.txt regular file 644 0:0 5 1 ",
+        "/data/nonce.txt 1700000000\n",
+    ] {
+        assert!(seen.contains(want), "{want:?} not in\n{seen}");
+    }
+    for gone in [
+        "/data/gone.txt",
+        "/data/gone-dir",
+        "/data/opaque/a.txt",
+        "/data/opaque/sub",
+    ] {
+        assert!(
+            !seen.contains(&format!("{gone} ")),
+            "{gone} still there:\n{seen}"
+        );
+    }
+    assert!(seen.ends_with(&format!("{nonce}\n")), "{seen}");
+
+    let ns = format!("{}-ctr", env.namespace);
+    remove_namespace(&ns);
+    let pulled = Command::new("ctr")
+        .args(["-n", &ns, "images", "pull", "--plain-http", &image])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let theirs = Command::new("ctr")
+        .args([
+            "-n",
+            &ns,
+            "run",
+            "--rm",
+            &image,
+            "layers-check",
+            "sh",
+            "-c",
+            list,
+        ])
+        .output()
+        .unwrap();
+    remove_namespace(&ns);
+    assert_eq!(seen, String::from_utf8_lossy(&theirs.stdout));
+}

@@ -158,6 +158,28 @@ fn a_failing_command_is_reported_not_cached_and_retried() {
     );
 }
 
+/// A chain of steps deeper than the kernel lets one overlay mount stack
+/// (its options fit in a page: about 55 of containerd's layer paths) still
+/// runs, reads files and copies directories, and is cached like any other.
+#[test]
+fn a_chain_deeper_than_one_mount_can_stack_runs_reads_and_copies() {
+    let env = TestEnv::new("deep");
+    let mut args = vec![format!("from={BUSYBOX}")];
+    args.extend((0..70).map(|i| format!("exec=echo {i} > /f{i}")));
+    args.push("read=/f69".into());
+    args.push("copy=/etc:/etc-copy".into());
+    args.push("exec=cat /f0 /f35 /etc-copy/group | head -n 3".into());
+    args.push("print=stdout".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = env.steps(&args).ok();
+    assert_eq!(first.stdout, "69\n0\n35\nroot:x:0:\n", "{}", first.stderr);
+    assert_eq!(first.cached(), 0, "{}", first.stderr);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    let second = env.steps(&args).ok();
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(second.ran(), 0, "{}", second.stderr);
+}
+
 #[test]
 fn registry_problems_are_clear_errors_naming_the_reference() {
     let env = TestEnv::new("regerr");

@@ -15,6 +15,7 @@ pub mod reference;
 pub mod registry;
 pub mod snapshots;
 pub mod tree;
+pub mod unpack;
 
 use std::path::PathBuf;
 

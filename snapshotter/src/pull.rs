@@ -1,26 +1,29 @@
 //! Pulling an image into containerd the way its own Go client does: blobs
-//! into the content store with the GC reference labels, layers unpacked
-//! with the Diff service into snapshots named by chain ID, then an image
-//! record — so `ctr images check` and `ctr snapshots ls` see a normal image,
-//! and containerd's garbage collector keeps exactly what is referenced.
+//! into the content store with the GC reference labels, layers unpacked into
+//! snapshots named by chain ID, then an image record — so `ctr images check`
+//! and `ctr snapshots ls` see a normal image, and containerd's garbage
+//! collector keeps exactly what is referenced. A layer is unpacked while it
+//! downloads (see [`crate::unpack`]); what that cannot apply goes through
+//! containerd's Diff service.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use rbuild_runtime::containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
 };
 use rbuild_runtime::containerd_client::tonic::Code;
 use rbuild_runtime::containerd_client::types::Descriptor;
 use rbuild_runtime::{Containerd, LeaseId, SNAPSHOTTER};
+use tokio::sync::mpsc;
 
 use crate::content::{self, BlobTarget, Written};
 use crate::image::{BlobDesc, ResolvedImage};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
+use crate::unpack::{self, Compression};
 use crate::{Error, snapshots};
 
 const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -82,22 +85,52 @@ pub async fn pull(
         reference.repository().to_string(),
     );
 
-    // Layers first, in parallel: they are the bulk of the bytes.
-    let mut layer_writes: Vec<BoxFuture<'_, Result<Option<u64>, Error>>> = Vec::new();
-    for (layer, diff_id) in image.layers.iter().zip(&image.diff_ids) {
-        let labels = HashMap::from([
-            source_label.clone(),
-            (UNCOMPRESSED_LABEL.to_string(), diff_id.clone()),
-        ]);
-        layer_writes.push(Box::pin(fetch_blob(
-            ctd, registry, lease, &reference, layer, labels,
-        )));
+    // Layers are the bulk of the bytes. Those not unpacked yet are unpacked
+    // bottom-up, each while it downloads (into the content store at the same
+    // time); the blobs of layers whose snapshots exist are fetched alongside.
+    let mut unpacked_below = 0;
+    for i in (0..chain.len()).rev() {
+        if snapshots::stat(ctd, &chain[i]).await?.is_some() {
+            unpacked_below = i + 1;
+            break;
+        }
     }
-    let results: Vec<Result<Option<u64>, Error>> = futures::stream::iter(layer_writes)
-        .buffer_unordered(PARALLEL_DOWNLOADS)
-        .collect()
-        .await;
-    for r in results {
+    let layer_labels = |i: usize| {
+        HashMap::from([
+            source_label.clone(),
+            (UNCOMPRESSED_LABEL.to_string(), image.diff_ids[i].clone()),
+        ])
+    };
+    let fetch_only = futures::stream::iter((0..unpacked_below).map(|i| {
+        fetch_blob(
+            ctd,
+            registry,
+            lease,
+            &reference,
+            &image.layers[i],
+            layer_labels(i),
+        )
+    }))
+    .buffer_unordered(PARALLEL_DOWNLOADS)
+    .collect::<Vec<_>>();
+    let unpack = async {
+        let mut fetched = Vec::new();
+        for i in unpacked_below..chain.len() {
+            let layer = LayerJob {
+                reference: &reference,
+                desc: &image.layers[i],
+                diff_id: &image.diff_ids[i],
+                chain_id: &chain[i],
+                parent: (i > 0).then(|| chain[i - 1].as_str()),
+                labels: layer_labels(i),
+            };
+            fetched.push(unpack_layer(ctd, registry, lease, &layer).await);
+        }
+        fetched
+    };
+    let (fetched_only, unpacked) = tokio::join!(fetch_only, unpack);
+    report.layers_unpacked = unpacked.len();
+    for r in fetched_only.into_iter().chain(unpacked) {
         if let Some(bytes) = r? {
             report.blobs_fetched += 1;
             report.bytes_fetched += bytes;
@@ -146,24 +179,6 @@ pub async fn pull(
         write_doc(ctd, lease, &image.target, index, labels).await?;
     }
 
-    // Unpack bottom-up, skipping layers already unpacked.
-    for (i, layer) in image.layers.iter().enumerate() {
-        if snapshots::stat(ctd, &chain[i]).await?.is_some() {
-            continue;
-        }
-        let parent = (i > 0).then(|| chain[i - 1].as_str());
-        unpack_layer(
-            ctd,
-            lease,
-            &reference,
-            layer,
-            &image.diff_ids[i],
-            &chain[i],
-            parent,
-        )
-        .await?;
-        report.layers_unpacked += 1;
-    }
     if let Some(top) = &top {
         content::set_labels(
             ctd,
@@ -231,30 +246,247 @@ async fn write_doc(
     Ok(())
 }
 
+/// One layer to unpack into snapshot `chain_id` on `parent`.
+struct LayerJob<'a> {
+    reference: &'a ImageRef,
+    desc: &'a BlobDesc,
+    diff_id: &'a str,
+    chain_id: &'a str,
+    parent: Option<&'a str>,
+    /// Labels of its blob in the content store.
+    labels: HashMap<String, String>,
+}
+
+/// Where a streamed unpack reads the blob from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The registry, writing the content store at the same time.
+    Registry,
+    ContentStore,
+}
+
+/// What a streamed unpack came to.
+enum Streamed {
+    /// Committed (or found committed by a concurrent unpack).
+    Done,
+    /// The content store had the blob before this stream could write it;
+    /// what the unpacker saw may be incomplete: unpack it from there.
+    FromStore,
+    /// A layer the streaming unpacker leaves to containerd.
+    Unsupported(String),
+}
+
+/// Unpacks a layer, fetching its blob when the content store lacks it.
+/// Returns the bytes downloaded (None: nothing was).
 async fn unpack_layer(
     ctd: &Containerd,
+    registry: &Registry,
     lease: &LeaseId,
-    reference: &ImageRef,
-    layer: &BlobDesc,
-    diff_id: &str,
-    chain_id: &str,
-    parent: Option<&str>,
-) -> Result<(), Error> {
-    let key = format!("extract-{} {chain_id}", crate::unique_suffix());
-    let labels = HashMap::from([(
+    layer: &LayerJob<'_>,
+) -> Result<Option<u64>, Error> {
+    let digest = &layer.desc.digest;
+    let mut source = if content::info(ctd, digest).await?.is_some() {
+        content::set_labels(ctd, digest, layer.labels.clone()).await?;
+        Source::ContentStore
+    } else {
+        Source::Registry
+    };
+    let mut fetched = None;
+    if let Some(compression) = Compression::of_media_type(&layer.desc.media_type) {
+        loop {
+            let (streamed, bytes) =
+                stream_layer(ctd, registry, lease, layer, source, compression).await?;
+            fetched = fetched.or(bytes);
+            match streamed {
+                Streamed::Done => return Ok(fetched),
+                Streamed::FromStore if source == Source::Registry => source = Source::ContentStore,
+                Streamed::FromStore => {
+                    return Err(Error::BadImage {
+                        reference: layer.reference.to_string(),
+                        reason: format!(
+                            "layer {digest} could not be read back from the content store"
+                        ),
+                    });
+                }
+                Streamed::Unsupported(reason) => {
+                    tracing::info!(layer = %digest, reason, "unpacking with containerd's Diff service");
+                    break;
+                }
+            }
+        }
+    }
+    let bytes = fetch_blob(
+        ctd,
+        registry,
+        lease,
+        layer.reference,
+        layer.desc,
+        layer.labels.clone(),
+    )
+    .await?;
+    fetched = fetched.or(bytes);
+    with_diff_service(ctd, lease, layer).await?;
+    Ok(fetched)
+}
+
+/// Unpacks a layer into a new active snapshot while its blob streams in
+/// (from the registry, tee-ing into the content store, or from the content
+/// store), checks the uncompressed digest against the diff ID, and commits.
+async fn stream_layer(
+    ctd: &Containerd,
+    registry: &Registry,
+    lease: &LeaseId,
+    layer: &LayerJob<'_>,
+    source: Source,
+    compression: Compression,
+) -> Result<(Streamed, Option<u64>), Error> {
+    let digest = &layer.desc.digest;
+    let key = format!("extract-{} {}", crate::unique_suffix(), layer.chain_id);
+    let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
+    let Some((root, lowers)) = snapshots::overlay_dirs(&mounts) else {
+        snapshots::remove(ctd, &key).await?;
+        return Ok((
+            Streamed::Unsupported(format!("snapshot mounts {mounts:?}")),
+            None,
+        ));
+    };
+    let target = unpack::Target { root, lowers };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let applying = tokio::task::spawn_blocking(move || {
+        unpack::apply(unpack::ChannelReader::new(rx), compression, &target)
+    });
+    let fetched: Result<Option<u64>, Error> = match source {
+        Source::Registry => {
+            async {
+                let stream = registry
+                    .blob_stream(layer.reference, &layer.desc.as_oci_client())
+                    .await?;
+                let tee = stream
+                    .then(move |chunk| {
+                        let tx = tx.clone();
+                        async move {
+                            if let Ok(bytes) = &chunk {
+                                // The unpacker may have stopped; the blob still goes to the store.
+                                let _ = tx.send(bytes.clone()).await;
+                            }
+                            chunk
+                        }
+                    })
+                    .boxed();
+                let target = BlobTarget {
+                    digest,
+                    size: layer.desc.size,
+                    labels: layer.labels.clone(),
+                };
+                match content::write_stream(ctd, lease, target, tee).await? {
+                    Written::New => Ok(Some(layer.desc.size as u64)),
+                    Written::Present => {
+                        content::set_labels(ctd, digest, layer.labels.clone()).await?;
+                        Ok(None)
+                    }
+                }
+            }
+            .await
+        }
+        Source::ContentStore => {
+            async {
+                let mut stream = content::read_stream(ctd, digest).await?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| Error::Download {
+                        digest: digest.clone(),
+                        reason: format!("reading it from the content store: {e}"),
+                    })?;
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None)
+            }
+            .await
+        }
+    };
+    // The unpacker ends once the stream has (the sender is gone).
+    let applied = applying.await.expect("layer unpacker panicked");
+    let outcome = match fetched {
+        Err(e) => Err(e),
+        Ok(fetched) => settle(ctd, lease, layer, &key, source, fetched, applied)
+            .await
+            .map(|s| (s, fetched)),
+    };
+    if !matches!(outcome, Ok((Streamed::Done, _))) {
+        let _ = snapshots::remove(ctd, &key).await;
+    }
+    outcome
+}
+
+/// Commits snapshot `key` when the unpack went right; says what to do next otherwise.
+async fn settle(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    layer: &LayerJob<'_>,
+    key: &str,
+    source: Source,
+    fetched: Option<u64>,
+    applied: Result<String, unpack::ApplyError>,
+) -> Result<Streamed, Error> {
+    let digest = &layer.desc.digest;
+    let bad = |reason: String| Error::BadImage {
+        reference: layer.reference.to_string(),
+        reason,
+    };
+    match applied {
+        // The store had the blob before this stream wrote it: the unpacker
+        // saw none or part of it.
+        Ok(_) | Err(unpack::ApplyError::Invalid(_))
+            if source == Source::Registry && fetched.is_none() =>
+        {
+            Ok(Streamed::FromStore)
+        }
+        Err(unpack::ApplyError::Unsupported(reason)) => Ok(Streamed::Unsupported(reason)),
+        Err(unpack::ApplyError::Invalid(reason)) => Err(bad(format!("layer {digest}: {reason}"))),
+        Err(unpack::ApplyError::Io { what, source }) => Err(bad(format!(
+            "unpacking layer {digest}: cannot {what}: {source}"
+        ))),
+        Ok(applied) if applied != layer.diff_id => Err(bad(format!(
+            "layer {digest} unpacked to {applied}, but the image config says {}",
+            layer.diff_id
+        ))),
+        Ok(_) => match snapshots::commit(ctd, lease, key, layer.chain_id, HashMap::new()).await {
+            Ok(()) => Ok(Streamed::Done),
+            // Someone else unpacked the same layer meanwhile: theirs is as good.
+            Err(Error::Containerd(e)) if e.is_already_exists() => {
+                snapshots::remove(ctd, key).await?;
+                Ok(Streamed::Done)
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+fn snapshot_ref(layer: &LayerJob<'_>) -> HashMap<String, String> {
+    HashMap::from([(
         "containerd.io/snapshot.ref".to_string(),
-        chain_id.to_string(),
-    )]);
-    let mounts = snapshots::prepare(ctd, lease, &key, parent, labels).await?;
+        layer.chain_id.to_string(),
+    )])
+}
+
+/// Unpacks a layer already in the content store with containerd's Diff service.
+async fn with_diff_service(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    layer: &LayerJob<'_>,
+) -> Result<(), Error> {
+    let key = format!("extract-{} {}", crate::unique_suffix(), layer.chain_id);
+    let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
     let result = async {
         let applied = ctd
             .diff()
             .apply(ctd.leased(
                 ApplyRequest {
                     diff: Some(Descriptor {
-                        media_type: layer.media_type.clone(),
-                        digest: layer.digest.clone(),
-                        size: layer.size,
+                        media_type: layer.desc.media_type.clone(),
+                        digest: layer.desc.digest.clone(),
+                        size: layer.desc.size,
                         annotations: HashMap::new(),
                     }),
                     mounts,
@@ -263,20 +495,20 @@ async fn unpack_layer(
                 lease,
             ))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("unpack layer", &layer.digest, s))?
+            .map_err(|s| rbuild_runtime::Error::rpc("unpack layer", &layer.desc.digest, s))?
             .into_inner()
             .applied;
         let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
-        if applied_digest != diff_id {
+        if applied_digest != layer.diff_id {
             return Err(Error::BadImage {
-                reference: reference.to_string(),
+                reference: layer.reference.to_string(),
                 reason: format!(
-                    "layer {} unpacked to {applied_digest}, but the image config says {diff_id}",
-                    layer.digest
+                    "layer {} unpacked to {applied_digest}, but the image config says {}",
+                    layer.desc.digest, layer.diff_id
                 ),
             });
         }
-        match snapshots::commit(ctd, lease, &key, chain_id, HashMap::new()).await {
+        match snapshots::commit(ctd, lease, &key, layer.chain_id, HashMap::new()).await {
             // Someone else unpacked the same layer meanwhile: theirs is as good.
             Err(Error::Containerd(e)) if e.is_already_exists() => Err(Error::AlreadyUnpacked),
             other => other,

@@ -3,6 +3,7 @@
 //! removes active snapshots left behind by a crashed rbuild.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use rbuild_runtime::containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, PrepareSnapshotRequest,
@@ -14,6 +15,25 @@ use rbuild_runtime::containerd_client::types::Mount;
 use rbuild_runtime::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
 
 use crate::Error;
+
+/// The writable directory of a snapshot's mounts and the directories below
+/// it, topmost first (a snapshot without parent: its own directory, none).
+pub fn overlay_dirs(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
+    let m = mounts.first()?;
+    if m.r#type == "bind" {
+        return Some((PathBuf::from(&m.source), Vec::new()));
+    }
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for o in &m.options {
+        if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(u));
+        } else if let Some(l) = o.strip_prefix("lowerdir=") {
+            lowers = l.split(':').map(PathBuf::from).collect();
+        }
+    }
+    Some((upper?, lowers))
+}
 
 /// containerd's snapshot kinds (`snapshots.Kind`).
 const KIND_VIEW: i32 = 1;

@@ -144,6 +144,16 @@ pub fn scan_host_dir(
     filter: &Filter,
     known: &KnownHashes,
 ) -> Result<(HostListing, KnownHashes), Error> {
+    scan_host_dir_with(root, filter, || known)
+}
+
+/// `scan_host_dir`, asking for the stat cache's records only once the walk
+/// is done (so that reading them can overlap with it).
+pub fn scan_host_dir_with<K: std::borrow::Borrow<KnownHashes>>(
+    root: &Path,
+    filter: &Filter,
+    known: impl FnOnce() -> K,
+) -> Result<(HostListing, KnownHashes), Error> {
     let meta = fs::metadata(root).map_err(|e| Error::io("read host directory", root, e))?;
     if !meta.is_dir() {
         return Err(Error::io(
@@ -161,7 +171,11 @@ pub fn scan_host_dir(
         .git_global(false)
         .require_git(false)
         .parents(filter.gitignore)
-        .sort_by_file_name(|a, b| a.cmp(b));
+        .threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+        );
     {
         let root = root.to_path_buf();
         let ex = matchers.exclude.clone();
@@ -177,40 +191,77 @@ pub fn scan_host_dir(
         });
     }
 
-    // First pass: what is selected, with stat data; directories are decided
-    // after their contents (a directory is kept when it is selected itself or
-    // holds something selected).
+    // The walk and a stat of every entry, on several threads (the order
+    // does not matter: what is kept goes into sorted maps).
+    let found: Mutex<Vec<(PathBuf, fs::Metadata)>> = Mutex::new(Vec::new());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    walk.build_parallel().run(|| {
+        let failed = &failed;
+        let mut batch = Batch {
+            items: Vec::new(),
+            sink: &found,
+        };
+        Box::new(move |entry| {
+            use ignore::WalkState;
+            let stat = entry
+                .map_err(|e| {
+                    Error::io(
+                        "scan host directory",
+                        root,
+                        std::io::Error::other(e.to_string()),
+                    )
+                })
+                .and_then(|entry| {
+                    let path = entry.into_path();
+                    fs::symlink_metadata(&path)
+                        .map(|m| (path.clone(), m))
+                        .map_err(|e| Error::io("stat", &path, e))
+                });
+            match stat {
+                Ok(found_one) => {
+                    batch.items.push(found_one);
+                    if batch.items.len() >= 256 {
+                        batch.flush();
+                    }
+                    WalkState::Continue
+                }
+                Err(e) => {
+                    failed.lock().unwrap().get_or_insert(e);
+                    WalkState::Quit
+                }
+            }
+        })
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    let found = found.into_inner().unwrap();
+
+    // What is selected, with stat data; directories are decided after their
+    // contents (a directory is kept when it is selected itself or holds
+    // something selected).
     let mut picked: BTreeMap<String, (fs::Metadata, PathBuf)> = BTreeMap::new();
     let mut dirs: BTreeMap<String, fs::Metadata> = BTreeMap::new();
-    for entry in walk.build() {
-        let entry = entry.map_err(|e| {
-            Error::io(
-                "scan host directory",
-                root,
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        let path = entry.path();
+    for (path, m) in found {
         let rel_path = path.strip_prefix(root).expect("walk stays under root");
         if rel_path.as_os_str().is_empty() {
             continue;
         }
         let rel = rel_str(rel_path)?;
-        let m = fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         let ft = m.file_type();
         if ft.is_dir() {
             if matchers.excluded(rel_path, true) {
                 continue;
             }
             if matchers.include.is_some() && matchers.included(rel_path, true) {
-                picked.insert(rel.clone(), (m.clone(), path.to_path_buf()));
+                picked.insert(rel.clone(), (m.clone(), path.clone()));
             }
             dirs.insert(rel, m);
         } else if ft.is_file() || ft.is_symlink() {
             if matchers.excluded(rel_path, false) || !matchers.included(rel_path, false) {
                 continue;
             }
-            picked.insert(rel, (m, path.to_path_buf()));
+            picked.insert(rel, (m, path));
         }
         // Sockets, FIFOs and devices are not build inputs; they are skipped.
     }
@@ -231,7 +282,9 @@ pub fn scan_host_dir(
         }
     }
 
-    // Second pass: hash what the stat cache cannot vouch for, in parallel.
+    // Hash what the stat cache cannot vouch for, in parallel.
+    let known = known();
+    let known = known.borrow();
     let todo: Vec<(String, PathBuf, StatKey)> = picked
         .iter()
         .filter(|(_, (m, _))| m.file_type().is_file())
@@ -286,6 +339,25 @@ pub fn scan_host_dir(
         },
         fresh,
     ))
+}
+
+/// What one walker thread found, handed over in batches (and the rest when
+/// the thread is done with it).
+struct Batch<'a> {
+    items: Vec<(PathBuf, fs::Metadata)>,
+    sink: &'a Mutex<Vec<(PathBuf, fs::Metadata)>>,
+}
+
+impl Batch<'_> {
+    fn flush(&mut self) {
+        self.sink.lock().unwrap().append(&mut self.items);
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Scans a single host file (a listing rooted at its directory with one entry).
@@ -528,12 +600,11 @@ pub fn hash_file(path: &Path) -> Result<Hash, Error> {
 /// its children's names, types, permission bits and digests.
 pub fn merkle_digest(entries: &[HostEntry]) -> String {
     // children[dir] = [(name, node digest)], filled bottom-up.
-    let mut children: HashMap<String, Vec<(String, Hash)>> = HashMap::new();
-    let mut node: HashMap<&str, Hash> = HashMap::new();
+    let mut children: HashMap<&str, Vec<(&str, Hash)>> = HashMap::new();
     // Deepest first, so a directory's children are done before it.
-    let mut order: Vec<&HostEntry> = entries.iter().collect();
-    order.sort_by(|a, b| depth(&b.rel).cmp(&depth(&a.rel)).then(a.rel.cmp(&b.rel)));
-    for e in order {
+    let mut order: Vec<(usize, &HostEntry)> = entries.iter().map(|e| (depth(&e.rel), e)).collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.rel.cmp(&b.1.rel)));
+    for (_, e) in order {
         let mut h = blake3::Hasher::new();
         match &e.kind {
             EntryKind::File { hash, .. } => {
@@ -549,16 +620,12 @@ pub fn merkle_digest(entries: &[HostEntry]) -> String {
             EntryKind::Dir => {
                 h.update(b"dir\0");
                 h.update(&e.mode.to_le_bytes());
-                hash_children(&mut h, children.remove(&e.rel).unwrap_or_default());
+                hash_children(&mut h, children.remove(e.rel.as_str()).unwrap_or_default());
             }
         }
         let d = *h.finalize().as_bytes();
-        node.insert(&e.rel, d);
         let (parent, name) = e.rel.rsplit_once('/').unwrap_or(("", &e.rel));
-        children
-            .entry(parent.to_string())
-            .or_default()
-            .push((name.to_string(), d));
+        children.entry(parent).or_default().push((name, d));
     }
     let mut root = blake3::Hasher::new();
     root.update(b"root\0");
@@ -566,8 +633,8 @@ pub fn merkle_digest(entries: &[HostEntry]) -> String {
     format!("blake3:{}", root.finalize().to_hex())
 }
 
-fn hash_children(h: &mut blake3::Hasher, mut kids: Vec<(String, Hash)>) {
-    kids.sort();
+fn hash_children(h: &mut blake3::Hasher, mut kids: Vec<(&str, Hash)>) {
+    kids.sort_unstable();
     h.update(&(kids.len() as u64).to_le_bytes());
     for (name, d) in kids {
         h.update(&(name.len() as u64).to_le_bytes());

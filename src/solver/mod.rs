@@ -855,7 +855,7 @@ impl<M: Machinery> Solver<M> {
             filter.gitignore
         );
         self.host_scan(id, Path::new(path), None, move |root, known| {
-            tree::scan_host_dir(root, &filter, known)
+            tree::scan_host_dir_with(root, &filter, known)
         })
         .await
     }
@@ -873,7 +873,7 @@ impl<M: Machinery> Solver<M> {
             format!("file\0{path}"),
             &parent,
             Some(name),
-            move |_, known| tree::scan_host_file(&file, known),
+            move |_, known| tree::scan_host_file(&file, &known()),
         )
         .await
     }
@@ -890,7 +890,7 @@ impl<M: Machinery> Solver<M> {
     where
         F: FnOnce(
                 &Path,
-                &tree::KnownHashes,
+                Box<dyn FnOnce() -> tree::KnownHashes + Send>,
             )
                 -> Result<(HostListing, tree::KnownHashes), rbuild_snapshotter::Error>
             + Send
@@ -910,11 +910,24 @@ impl<M: Machinery> Solver<M> {
                 let index = this.index.clone();
                 let dir = root.clone();
                 let listing = tokio::task::spawn_blocking(move || {
-                    let known = match &only {
-                        Some(name) => index.known_hash(&dir, name)?,
-                        None => index.known_hashes(&dir)?,
+                    // The stat cache's records load while the walk runs.
+                    let query = {
+                        let (index, dir) = (index.clone(), dir.clone());
+                        std::thread::spawn(move || match &only {
+                            Some(name) => index.known_hash(&dir, name),
+                            None => index.known_hashes(&dir),
+                        })
                     };
-                    let (listing, fresh) = scan(&dir, &known)?;
+                    let known = Box::new(move || match query.join() {
+                        Ok(Ok(known)) => known,
+                        // Only an optimisation: without it, every file is read.
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not read the stat cache");
+                            tree::KnownHashes::new()
+                        }
+                        Err(_) => tree::KnownHashes::new(),
+                    });
+                    let (listing, fresh) = scan(&dir, known)?;
                     index.put_known_hashes(&dir, &fresh)?;
                     Ok::<_, SolveError>(listing)
                 })

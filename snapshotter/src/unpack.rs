@@ -1,0 +1,529 @@
+//! Applying a layer tarball straight into an active overlay snapshot, the
+//! way containerd's own overlay applier does since 1.7: entries are written
+//! into the snapshot's upper directory, whiteouts become overlay whiteouts
+//! (a 0/0 character device for a deleted path, the `trusted.overlay.opaque`
+//! attribute for a directory whose lower content is hidden), and the
+//! uncompressed stream is hashed on the way so its digest can be checked
+//! against the image's diff ID.
+//!
+//! This runs on a blocking thread fed by the download, so a layer is
+//! unpacked while it arrives (containerd 1.6's Diff service only starts once
+//! the whole blob is in its content store, and decompresses with Go's gzip).
+//! What it does not handle — a path through a symbolic link of a lower
+//! layer, a hard link to a file of a lower layer, an unknown compression —
+//! it reports as [`ApplyError::Unsupported`], and the caller lets
+//! containerd's Diff service apply that layer instead.
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::{Buf, Bytes};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// None for a media type that is not a layer tarball rbuild knows.
+    pub fn of_media_type(media_type: &str) -> Option<Compression> {
+        if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
+            Some(Compression::Gzip)
+        } else if media_type.ends_with("+zstd") {
+            Some(Compression::Zstd)
+        } else if media_type.ends_with(".tar") || media_type.ends_with("layer.v1.tar") {
+            Some(Compression::None)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where a layer goes: an active snapshot's writable directory and the
+/// directories below it, topmost first.
+#[derive(Debug)]
+pub struct Target {
+    pub root: PathBuf,
+    pub lowers: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Something this applier leaves to containerd's Diff service.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The layer is not a valid tarball, or names a path outside the root.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> ApplyError {
+    move |source| ApplyError::Io {
+        what: what(),
+        source,
+    }
+}
+
+/// A `Read` over chunks arriving on a channel; the end of the channel is
+/// the end of the stream.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Applies the layer read from `blob` to `target`. Returns the digest of
+/// the uncompressed tarball (`sha256:…`), to be compared with the diff ID.
+pub fn apply(
+    blob: impl Read,
+    compression: Compression,
+    target: &Target,
+) -> Result<String, ApplyError> {
+    let blob = BufReader::with_capacity(1 << 20, blob);
+    let decoded: Box<dyn Read> = match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(
+            zstd::Decoder::with_buffer(blob)
+                .map_err(io_err(|| "start zstd decompression".into()))?,
+        ),
+    };
+    let mut hashed = Hashing {
+        inner: decoded,
+        hasher: Sha256::new(),
+    };
+    let mut dirs = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut hashed);
+        let entries = archive
+            .entries()
+            .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| ApplyError::Invalid(format!("broken tar archive: {e}")))?;
+            apply_entry(&mut entry, target, &mut dirs)?;
+        }
+    }
+    // The digest covers the whole stream, the end-of-archive blocks too.
+    io::copy(&mut hashed, &mut io::sink())
+        .map_err(|e| ApplyError::Invalid(format!("broken layer stream: {e}")))?;
+    // Directory times last: creating entries in them changed their mtime.
+    for (dir, mtime) in dirs.iter().rev() {
+        set_times(dir, *mtime).map_err(io_err(|| format!("set times of {}", dir.display())))?;
+    }
+    Ok(format!("sha256:{:x}", hashed.hasher.finalize()))
+}
+
+/// The components of an entry's path below the root; an error for `..`.
+fn clean(path: &Path) -> Result<Vec<&OsStr>, ApplyError> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                return Err(ApplyError::Invalid(format!(
+                    "entry {} leaves the root with `..`",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(parts)
+}
+
+fn apply_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    target: &Target,
+    dirs: &mut Vec<(PathBuf, i64)>,
+) -> Result<(), ApplyError> {
+    let path = entry
+        .path()
+        .map_err(|e| ApplyError::Invalid(format!("bad entry path: {e}")))?
+        .into_owned();
+    let parts = clean(&path)?;
+    let header = entry.header();
+    let kind = header.entry_type();
+    let meta = Meta {
+        uid: header.uid().unwrap_or(0) as u32,
+        gid: header.gid().unwrap_or(0) as u32,
+        mode: header.mode().unwrap_or(0o644) & 0o7777,
+        mtime: header.mtime().unwrap_or(0) as i64,
+    };
+    let Some((name, parents)) = parts.split_last() else {
+        // The root directory itself.
+        if kind.is_dir() {
+            meta.apply(&target.root, None, false)?;
+            dirs.push((target.root.clone(), meta.mtime));
+        }
+        return Ok(());
+    };
+    let parent = ensure_dirs(target, parents)?;
+    let dst = parent.join(name);
+    let name = name.as_bytes();
+
+    if let Some(hidden) = name.strip_prefix(b".wh.") {
+        if hidden == b".wh..opq" {
+            if !target.lowers.is_empty() {
+                set_xattr(&parent, "trusted.overlay.opaque", b"y")
+                    .map_err(io_err(|| format!("mark {} opaque", parent.display())))?;
+            }
+        } else if !hidden.starts_with(b".wh.") {
+            let gone = parent.join(OsStr::from_bytes(hidden));
+            remove_existing(&gone)?;
+            if !target.lowers.is_empty() {
+                mknod(&gone, libc::S_IFCHR, 0)
+                    .map_err(io_err(|| format!("create whiteout {}", gone.display())))?;
+                meta.chown(&gone)?;
+            }
+        }
+        return Ok(());
+    }
+
+    let existing = fs::symlink_metadata(&dst).ok();
+    if let Some(m) = &existing
+        && !(kind.is_dir() && m.is_dir())
+    {
+        remove_existing(&dst)?;
+    }
+    let xattrs = xattrs(entry)?;
+    let kind = entry.header().entry_type();
+    use tar::EntryType as T;
+    match kind {
+        T::Regular | T::Continuous | T::GNUSparse => {
+            let mut f = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&dst)
+                .map_err(io_err(|| format!("create {}", dst.display())))?;
+            io::copy(entry, &mut f).map_err(io_err(|| format!("write {}", dst.display())))?;
+            meta.apply(&dst, Some(&xattrs), false)?;
+            set_times(&dst, meta.mtime)
+                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+        }
+        T::Directory => {
+            if existing.is_none() {
+                fs::create_dir(&dst).map_err(io_err(|| format!("create {}", dst.display())))?;
+            }
+            meta.apply(&dst, Some(&xattrs), false)?;
+            dirs.push((dst, meta.mtime));
+        }
+        T::Symlink => {
+            let link = link_name(entry)?;
+            std::os::unix::fs::symlink(&link, &dst)
+                .map_err(io_err(|| format!("create symbolic link {}", dst.display())))?;
+            meta.apply(&dst, Some(&xattrs), true)?;
+            set_times(&dst, meta.mtime)
+                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+        }
+        T::Link => {
+            let link = link_name(entry)?;
+            let src = resolve_in_layer(target, &link)?;
+            fs::hard_link(&src, &dst).map_err(io_err(|| {
+                format!("hard link {} to {}", dst.display(), src.display())
+            }))?;
+            // As containerd: the link's own header sets the (shared) inode's metadata.
+            let symlink = fs::symlink_metadata(&dst).is_ok_and(|m| m.file_type().is_symlink());
+            meta.apply(&dst, Some(&xattrs), symlink)?;
+            set_times(&dst, meta.mtime)
+                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+        }
+        T::Char | T::Block | T::Fifo => {
+            let header = entry.header();
+            let fmt = match kind {
+                T::Char => libc::S_IFCHR,
+                T::Block => libc::S_IFBLK,
+                _ => libc::S_IFIFO,
+            };
+            let dev = libc::makedev(
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+            );
+            mknod(&dst, fmt, dev).map_err(io_err(|| format!("create {}", dst.display())))?;
+            meta.apply(&dst, Some(&xattrs), false)?;
+            set_times(&dst, meta.mtime)
+                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+        }
+        T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
+        other => {
+            return Err(ApplyError::Unsupported(format!(
+                "entry {} of tar type {:?}",
+                path.display(),
+                other.as_byte() as char
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<PathBuf, ApplyError> {
+    entry
+        .link_name()
+        .map_err(|e| ApplyError::Invalid(format!("bad link name: {e}")))?
+        .map(|l| l.into_owned())
+        .filter(|l| !l.as_os_str().is_empty())
+        .ok_or_else(|| ApplyError::Invalid("a link entry without a target".into()))
+}
+
+/// Extended attributes of an entry (PAX `SCHILY.xattr.*` records).
+fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>, ApplyError> {
+    let mut out = Vec::new();
+    let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| ApplyError::Invalid(format!("bad PAX header: {e}")))?
+    else {
+        return Ok(out);
+    };
+    for ext in exts {
+        let ext = ext.map_err(|e| ApplyError::Invalid(format!("bad PAX record: {e}")))?;
+        if let Ok(key) = ext.key()
+            && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+        {
+            out.push((name.to_string(), ext.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+}
+
+impl Meta {
+    fn chown(&self, path: &Path) -> Result<(), ApplyError> {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+            .map_err(io_err(|| format!("change owner of {}", path.display())))
+    }
+
+    /// Owner first (it clears set-ID bits and capabilities), then mode and
+    /// extended attributes.
+    fn apply(
+        &self,
+        path: &Path,
+        xattrs: Option<&[(String, Vec<u8>)]>,
+        symlink: bool,
+    ) -> Result<(), ApplyError> {
+        self.chown(path)?;
+        if !symlink {
+            fs::set_permissions(path, fs::Permissions::from_mode(self.mode))
+                .map_err(io_err(|| format!("change mode of {}", path.display())))?;
+        }
+        for (name, value) in xattrs.unwrap_or_default() {
+            match set_xattr(path, name, value) {
+                Ok(()) => {}
+                // As containerd: attributes a symbolic link cannot carry are dropped.
+                Err(e) if symlink && e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
+                Err(e) => {
+                    return Err(ApplyError::Io {
+                        what: format!("set attribute {name} of {}", path.display()),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure the directories `parents` exist in the writable root, copying
+/// the mode, owner and times of a directory a lower layer has there (as
+/// overlayfs' copy-up would). Returns the innermost one.
+fn ensure_dirs(target: &Target, parents: &[&OsStr]) -> Result<PathBuf, ApplyError> {
+    let mut dir = target.root.clone();
+    let mut rel = PathBuf::new();
+    for part in parents {
+        dir.push(part);
+        rel.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => {
+                return Err(ApplyError::Unsupported(format!(
+                    "{} is not a directory in this layer but holds entries",
+                    rel.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(|| format!("look at {}", dir.display()))(e)),
+        }
+        let below = target
+            .lowers
+            .iter()
+            .find_map(|l| fs::symlink_metadata(l.join(&rel)).ok());
+        let (meta, copy) = match below {
+            Some(m) if m.is_dir() => (
+                Meta {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mode: m.mode() & 0o7777,
+                    mtime: m.mtime(),
+                },
+                true,
+            ),
+            // Deleted below (a whiteout): a new directory.
+            Some(m) if m.file_type().is_char_device() && m.rdev() == 0 => (Meta::new_dir(), false),
+            Some(_) => {
+                return Err(ApplyError::Unsupported(format!(
+                    "{} is a symbolic link or file in a lower layer",
+                    rel.display()
+                )));
+            }
+            None => (Meta::new_dir(), false),
+        };
+        fs::create_dir(&dir).map_err(io_err(|| format!("create {}", dir.display())))?;
+        meta.apply(&dir, None, false)?;
+        if copy {
+            set_times(&dir, meta.mtime)
+                .map_err(io_err(|| format!("set times of {}", dir.display())))?;
+        }
+    }
+    Ok(dir)
+}
+
+impl Meta {
+    fn new_dir() -> Meta {
+        Meta {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            mtime: 0,
+        }
+    }
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+/// The file a hard link in this layer points to; it must be in the layer.
+fn resolve_in_layer(target: &Target, link: &Path) -> Result<PathBuf, ApplyError> {
+    let parts = clean(link)?;
+    let mut path = target.root.clone();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if i + 1 == parts.len() || m.is_dir() => {}
+            _ => {
+                return Err(ApplyError::Unsupported(format!(
+                    "hard link to {}, which is not in this layer",
+                    link.display()
+                )));
+            }
+        }
+    }
+    Ok(path)
+}
+
+fn remove_existing(path: &Path) -> Result<(), ApplyError> {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    r.map_err(io_err(|| format!("remove {}", path.display())))
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn mknod(path: &Path, fmt: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: p is a valid NUL-terminated path.
+    if unsafe { libc::mknod(p.as_ptr(), fmt, dev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = cpath(path)?;
+    let n = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid NUL-terminated strings; value points to value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets access and modification time (without following a symbolic link).
+fn set_times(path: &Path, mtime: i64) -> io::Result<()> {
+    let p = cpath(path)?;
+    let t = libc::timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: valid path; times points to two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
