@@ -348,6 +348,20 @@ fn layers_unpack_as_containerd_unpacks_them() {
     }
     assert!(seen.ends_with(&format!("{nonce}\n")), "{seen}");
 
+    // Another namespace: containerd shares the blobs already on disk, so
+    // the layers are unpacked from its content store instead of the registry.
+    let again = TestEnv::new("layers-again");
+    let out = again
+        .steps(&[
+            &format!("from={image}"),
+            &format!("exec={list}"),
+            "print=stdout",
+        ])
+        .ok();
+    assert!(out.stderr.contains("2 unpacked"), "{}", out.stderr);
+    assert_eq!(out.stdout, seen);
+    assert!(again.leftovers().is_empty(), "{:?}", again.leftovers());
+
     let ns = format!("{}-ctr", env.namespace);
     remove_namespace(&ns);
     let pulled = Command::new("ctr")

@@ -389,7 +389,8 @@ async fn stream_layer(
             .await
         }
         Source::ContentStore => {
-            async {
+            // `move`: the sender must be gone once the blob has been sent.
+            async move {
                 let mut stream = content::read_stream(ctd, digest).await?;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| Error::Download {
