@@ -146,8 +146,16 @@ pub fn apply(
             .entries()
             .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| ApplyError::Invalid(format!("broken tar archive: {e}")))?;
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                // The stream ends in the padding after the last entry's data
+                // or without end-of-archive blocks (some tools write layers
+                // so); containerd's Go reader takes that as the end, and so
+                // does this one. Every entry so far was read whole, and the
+                // digest still has to match the diff ID.
+                Err(e) if e.to_string().contains("unexpected EOF") => break,
+                Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
+            };
             apply_entry(&mut entry, target, &mut dirs)?;
         }
     }
@@ -244,7 +252,15 @@ fn apply_entry<R: Read>(
                 .mode(0o600)
                 .open(&dst)
                 .map_err(io_err(|| format!("create {}", dst.display())))?;
-            io::copy(entry, &mut f).map_err(io_err(|| format!("write {}", dst.display())))?;
+            let size = entry.size();
+            let written =
+                io::copy(entry, &mut f).map_err(io_err(|| format!("write {}", dst.display())))?;
+            if written != size {
+                return Err(ApplyError::Invalid(format!(
+                    "entry {} ends after {written} of its {size} bytes",
+                    path.display()
+                )));
+            }
             meta.apply(&dst, Some(&xattrs), false)?;
             set_times(&dst, meta.mtime)
                 .map_err(io_err(|| format!("set times of {}", dst.display())))?;
