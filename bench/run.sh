@@ -6,10 +6,13 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff publish pull"
-#                          which scenarios to run (default: all five)
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile"
+#                          which scenarios to run (default: all nine)
 #   BENCH_REPS=10          timed repetitions per measurement (at least 5);
-#                          10 trivial steps, and both modes of early cutoff
+#                          10 trivial steps, both modes of early cutoff,
+#                          parallel steps (cold runs of each engine), the
+#                          fully cached runs of each N of scale, the edited
+#                          and unchanged runs of compile
 #   BENCH_HOSTDIR_REPS=5   host directory: unchanged and one-file-changed runs,
 #                          and the floors (at least 5)
 #   BENCH_COLD_REPS=5      host directory: cold runs of each engine (at least 3)
@@ -19,6 +22,21 @@
 #   BENCH_UPLOAD_REPS=3    publish: pushes per engine with nothing to mount
 #                          (every layer uploaded) (at least 3)
 #   BENCH_PULL_REPS=5      pull: pulls per engine, and the floors (at least 3)
+#   BENCH_SCALE_STEPS="10 100 1000"
+#                          scale: the chain lengths N (ascending, at least two)
+#   BENCH_SCALE_COLD_REPS=1
+#                          scale: cold runs per N and engine (at least 1; a
+#                          cold 1000-step run takes minutes)
+#   BENCH_SCALE_BUILDKIT_N=100
+#                          scale: the N that BuildKit builds too (one of
+#                          BENCH_SCALE_STEPS, at most 120; 0: none)
+#   BENCH_RUSTDEPS_COLD_REPS=3
+#                          rustdeps: cold builds per engine (at least 1)
+#   BENCH_RUSTDEPS_REPS=5  rustdeps: cached and one-line-changed builds per
+#                          engine (at least 3)
+#   BENCH_COMPILE_COLD_REPS=3
+#                          compile: first compiles with a new cache dir, and
+#                          bare cargo builds with a new target dir (at least 1)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
 #                          earlier runs instead of starting from empty
@@ -28,7 +46,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-SCENARIOS=${BENCH_SCENARIOS:-steps hostdir cutoff publish pull}
+ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile"
+SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
 COLD_REPS=${BENCH_COLD_REPS:-5}
@@ -36,6 +55,12 @@ CO_MB=${BENCH_CUTOFF_MB:-50}
 PUB_REPS=${BENCH_PUBLISH_REPS:-5}
 UP_REPS=${BENCH_UPLOAD_REPS:-3}
 PULL_REPS=${BENCH_PULL_REPS:-5}
+SC_STEPS=${BENCH_SCALE_STEPS:-10 100 1000}
+SC_COLD_REPS=${BENCH_SCALE_COLD_REPS:-1}
+SC_BK_N=${BENCH_SCALE_BUILDKIT_N:-100}
+RD_COLD_REPS=${BENCH_RUSTDEPS_COLD_REPS:-3}
+RD_REPS=${BENCH_RUSTDEPS_REPS:-5}
+CP_COLD_REPS=${BENCH_COMPILE_COLD_REPS:-3}
 IMAGE=127.0.0.1:5000/busybox:latest
 STEPS=10
 
@@ -108,6 +133,46 @@ PULL_PIPELINE=$REPO/bench/pipelines/pull.rs
 PULL_UNTAR=$STATE/pull-untar # the gzip | tar floor's target (same file system as containerd's)
 CTD_ROOT=/var/lib/containerd
 CTD_BLOBS=$CTD_ROOT/io.containerd.content.v1.content/blobs/sha256
+# Scenario "parallel": four independent `sleep 1` steps; own namespace and root.
+PAR_NS=rbuild-bench-parallel
+PAR_ROOT=$STATE/parallel-root
+PAR_PIPELINE=$REPO/bench/pipelines/parallel.rs
+PAR_DOCKERFILE=$REPO/bench/dockerfiles/parallel.Dockerfile
+PAR_BRANCHES=4
+PAR_IDEAL_MS=1000 # each branch sleeps 1 s
+# Scenario "scale": a chain of N trivial steps, one compiled pipeline for
+# every N; own namespace and root (emptied before and after: a cold
+# 1000-step run commits 1000 snapshots). BuildKit's Dockerfile of N RUNs is
+# generated into SC_DIR. An image has at most 127 layers in dockerd's
+# overlay2 driver, so BuildKit cannot export much more than 120 RUNs.
+SC_NS=rbuild-bench-scale
+SC_ROOT=$STATE/scale-root
+SC_PIPELINE=$REPO/bench/pipelines/scale.rs
+SC_DIR=$STATE/scale
+SC_BK_MAX=120
+# Scenario "rustdeps": examples/rust-deps on a copy of fixtures/rust-project
+# in the Rust image fixtures/setup.sh builds; own namespace and root. The
+# image stays in the namespace and in dockerd between runs (317 MB to pull).
+RD_NS=rbuild-bench-rustdeps
+RD_ROOT=$STATE/rustdeps-root
+RD_PIPELINE=$REPO/examples/rust-deps
+RD_FIXTURE=$REPO/fixtures/rust-project
+RD_PROJECT=$STATE/rustdeps-project
+RD_DOCKERFILE=$REPO/bench/dockerfiles/rust_deps.Dockerfile
+RD_IMAGE=127.0.0.1:5000/rust:1
+RD_TAG=bench-rustdeps:latest
+RD_CA=/etc/ssl/certs/ca-certificates.crt # lent to cargo by both engines (TLS-inspecting proxies)
+RD_GREETING0="hello from a cached build" # the fixture's GREETING
+# Scenario "compile": a working copy of bench/pipelines/compile.rs (edited
+# by the runs), the cache dirs of its first compiles, bare cargo's target
+# dir; own namespace and root.
+CP_NS=rbuild-bench-compile
+CP_ROOT=$STATE/compile-root
+CP_SRC=$REPO/bench/pipelines/compile.rs
+CP_DIR=$STATE/compile
+CP_FILE=$CP_DIR/compile.rs
+CP_CACHE=$CP_DIR/cache
+CP_BARE_TARGET=$CP_DIR/bare-target
 
 # Debian's docker.io (client and daemon from the same package); not the newer
 # client in /usr/local/bin. A private dockerd: own socket, data and exec roots.
@@ -134,10 +199,25 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull) ;;
-    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: steps hostdir cutoff publish pull)" ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile) ;;
+    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS)" ;;
   esac
 done
+prev=0
+for n in $SC_STEPS; do
+  [[ $n =~ ^[0-9]+$ && $n -gt $prev ]] ||
+    die "BENCH_SCALE_STEPS must be ascending numbers >= 1 (got '$SC_STEPS')"
+  prev=$n
+done
+[[ $(wc -w <<<"$SC_STEPS") -ge 2 ]] || die "BENCH_SCALE_STEPS needs at least two values, to see how the time grows (got '$SC_STEPS')"
+[[ $SC_COLD_REPS =~ ^[0-9]+$ && $SC_COLD_REPS -ge 1 ]] || die "BENCH_SCALE_COLD_REPS must be a number >= 1 (got '$SC_COLD_REPS')"
+if [[ $SC_BK_N != 0 ]]; then
+  [[ " $SC_STEPS " == *" $SC_BK_N "* ]] || die "BENCH_SCALE_BUILDKIT_N must be 0 or one of BENCH_SCALE_STEPS ($SC_STEPS) (got '$SC_BK_N')"
+  [[ $SC_BK_N -le $SC_BK_MAX ]] || die "BENCH_SCALE_BUILDKIT_N must be at most $SC_BK_MAX: dockerd's overlay2 keeps at most 127 layers per image, one per RUN (got '$SC_BK_N')"
+fi
+[[ $RD_COLD_REPS =~ ^[0-9]+$ && $RD_COLD_REPS -ge 1 ]] || die "BENCH_RUSTDEPS_COLD_REPS must be a number >= 1 (got '$RD_COLD_REPS')"
+[[ $RD_REPS =~ ^[0-9]+$ && $RD_REPS -ge 3 ]] || die "BENCH_RUSTDEPS_REPS must be a number >= 3 (got '$RD_REPS')"
+[[ $CP_COLD_REPS =~ ^[0-9]+$ && $CP_COLD_REPS -ge 1 ]] || die "BENCH_COMPILE_COLD_REPS must be a number >= 1 (got '$CP_COLD_REPS')"
 [[ -n ${SCENARIOS// /} ]] || die "BENCH_SCENARIOS is empty"
 # want NAME: is scenario NAME selected?
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -519,11 +599,11 @@ BK_EXPORT_RE='^exporting to image'
 # the file count) or were CACHED (unchanged); records NAME_context,
 # NAME_copy, NAME_run, NAME_export from the DONE lines.
 hd_bk_check() {
-  local log=$1 mode=$2 name=$3 ctx copy run export runid ok=1
+  local log=$1 mode=$2 name=$3 ctx copy run exported runid ok=1
   ctx=$(bk_step "$log" "$BK_CONTEXT_RE")
   copy=$(bk_step "$log" "$BK_COPY_RE")
   run=$(bk_step "$log" "$BK_RUN_RE")
-  export=$(bk_step "$log" "$BK_EXPORT_RE")
+  exported=$(bk_step "$log" "$BK_EXPORT_RE")
   if [[ $mode == unchanged ]]; then
     [[ $copy == CACHED && $run == CACHED ]] || ok=0
   else
@@ -539,7 +619,7 @@ hd_bk_check() {
   [[ $mode == unchanged ]] && return
   record "${name}_copy" "$copy"
   record "${name}_run" "$run"
-  if [[ $export =~ ^[0-9]+$ ]]; then record "${name}_export" "$export"; fi
+  if [[ $exported =~ ^[0-9]+$ ]]; then record "${name}_export" "$exported"; fi
 }
 
 # Cold for BuildKit: no build cache at all (which holds the context it keeps
@@ -814,15 +894,17 @@ ts_done() {
 }
 
 # ---------------------------------------------------- containerd cleanup --
-# snapshots_rm_all NS: every snapshot of NS, children before parents.
+# snapshots_rm_all NS [PREFIX]: every snapshot of NS (whose key starts with
+# PREFIX), children before parents.
 snapshots_rm_all() {
-  local ns=$1 keys pass
+  local ns=$1 prefix=${2:-} keys pass
   for ((pass = 0; pass < 3; pass++)); do
-    keys=$(ctr -n "$ns" snapshots ls 2>/dev/null | awk '
+    keys=$(ctr -n "$ns" snapshots ls 2>/dev/null | awk -v pre="$prefix" '
       NR > 1 { parent[$1] = ($3 == "" ? "" : $2); keys[NR] = $1 }
       END {
         for (i in keys) {
           k = keys[i]; d = 0
+          if (pre != "" && index(k, pre) != 1) continue
           for (p = parent[k]; p != "" && d < 10000; p = parent[p]) d++
           print d, k
         }
@@ -930,7 +1012,7 @@ image_version() {
 pub_rb_check() {
   local log=$1 addr=$2 nonce=$3 name=$4 ref file push got what
   ref=$(grep -m1 "^$addr@sha256:" "$log.out" || true)
-  got=$([[ -n $ref ]] && image_version "$ref" || true)
+  got=$(if [[ -n $ref ]]; then image_version "$ref" || true; fi)
   file=$(rb_step_ms "$log" write)
   push=$(rb_step_ms "$log" publish)
   if [[ -z $ref || $got != "$nonce" || ! $file =~ ^[0-9]+$ || ! $push =~ ^[0-9]+$ ]]; then
@@ -974,7 +1056,7 @@ pub_dk_check() {
   local blog=$1 plog=$2 addr=$3 nonce=$4 name=$5 digest got copy what
   copy=$(bk_step "$blog" "$BK_COPY_RE")
   digest=$(sed -n 's/^.*: digest: \(sha256:[0-9a-f]*\) size: .*/\1/p' "$plog" | head -n 1)
-  got=$([[ -n $digest ]] && image_version "$addr@$digest" || true)
+  got=$(if [[ -n $digest ]]; then image_version "$addr@$digest" || true; fi)
   if [[ ! $copy =~ ^[0-9]+$ || -z $digest || $got != "$nonce" ]]; then
     cat "$blog" "$plog" >&2
     die "docker build + push to $addr: expected COPY to run and the pushed image to carry '$nonce'; saw COPY '$copy', digest '$digest', version '$got'"
@@ -1150,7 +1232,7 @@ pull_purge_all() {
 # then to the pull DONE line: Diff.Apply, commit, image record), _after
 # (from the pull DONE line to exit: the step, the end of the run).
 pull_rb_once() {
-  local log=$LOG_DIR/pull-rbuild.log t0 t1 rc done exec born written _read t_done
+  local log=$LOG_DIR/pull-rbuild.log t0 t1 rc done_ms exec born written _read t_done
   assert_blob_gone
   rm -rf "$PULL_ROOT"
   settle
@@ -1161,17 +1243,17 @@ pull_rb_once() {
   t1=$EPOCHREALTIME
   cut -d' ' -f2- "$log.ts" >"$log"
   [[ $rc -eq 0 ]] || { cat "$log" >&2; die "rbuild pull run failed"; }
-  done=$(rb_step_ms "$log" pull)
+  done_ms=$(rb_step_ms "$log" pull)
   exec=$(rb_step_ms "$log" exec)
   if ! grep -q "^#[0-9]* DONE in [0-9]* ms ($BASE_LAYERS of $BASE_LAYERS layers fetched" "$log" ||
-    [[ ! $done =~ ^[0-9]+$ || ! $exec =~ ^[0-9]+$ ]] || [[ $(cat "$log.out") != "exit code 0" ]]; then
+    [[ ! $done_ms =~ ^[0-9]+$ || ! $exec =~ ^[0-9]+$ ]] || [[ $(cat "$log.out") != "exit code 0" ]]; then
     cat "$log" "$log.out" >&2
     die "rbuild pull: expected all $BASE_LAYERS layers fetched and the step to run (log: $log)"
   fi
   read -r born written _read < <(file_times "$CTD_BLOBS/${BASE_BLOB#sha256:}")
   t_done=$(ts_done "$log.ts" pull)
   record pull_rb "$(ms_between "$t0" "$t1")"
-  record pull_rb_done "$done"
+  record pull_rb_done "$done_ms"
   record pull_rb_exec "$exec"
   record pull_rb_before "$(ms_between "$t0" "$born")"
   record pull_rb_dl "$(ms_between "$born" "$written")"
@@ -1291,6 +1373,572 @@ bench_pull() {
   PULL_STARTED=
 }
 
+# ------------------------------------------------- shared by the new four --
+# rb_counts LOG -> "RUN CACHED", from rbuild's closing line
+# ("rbuild: 4 steps run, 0 cached (0% hits), in 1.32 s").
+rb_counts() { sed -n 's/^rbuild: \([0-9]*\) steps run, \([0-9]*\) cached .*/\1 \2/p' "$1" | tail -n 1; }
+
+# rb_forget NS ROOT: rbuild's state root (index, cache volumes, stat cache)
+# and every snapshot its steps committed in NS; the images' snapshots stay,
+# so nothing is pulled again.
+rb_forget() {
+  rm -rf "$2"
+  snapshots_rm_all "$1" rbuild-
+}
+
+# bk_runs LOG -> "RAN CACHED": how many RUN vertices of a --progress=plain
+# build ran (have a DONE line) and how many were CACHED.
+bk_runs() {
+  awk '
+    /^#[0-9]+ \[.*\] RUN / { run[$1] = 1 }
+    $2 == "DONE" && ($1 in run) { ran++ }
+    $2 == "CACHED" && ($1 in run) { cached++ }
+    END { print ran + 0, cached + 0 }' "$1"
+}
+
+# rb_step_re LOG ERE: the DONE time (ms) of the first rbuild step whose
+# progress line ("#N …") matches ERE, or CACHED; empty if absent.
+rb_step_re() {
+  awk -v re="$2" '
+    id == "" && $0 ~ re && $1 ~ /^#[0-9]+$/ { if ($NF == "CACHED") { print "CACHED"; exit } id = $1; next }
+    id != "" && $1 == id && $2 == "DONE" { print $4; exit }' "$1"
+}
+
+# --------------------------------------------------------------- parallel --
+# Four independent `sleep 1` steps; each run is cold (a new nonce in every
+# step's command). The engines take turns going first.
+par_rb_run() { # nonce log
+  BENCH_NONCE=$1 RBUILD_ROOT=$PAR_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$PAR_NS \
+    "$RBUILD" run "$PAR_PIPELINE" >"$2.out" 2>"$2"
+}
+
+par_want_out() { # nonce
+  local i
+  for ((i = 1; i <= PAR_BRANCHES; i++)); do echo "branch $i $1"; done
+}
+
+# par_rb_check LOG NONCE: all four steps ran (none cached) and printed their
+# line; records par_rb_step (each step's DONE), par_rb_steps (their sum) and
+# par_rb_inflight (the most steps started and not yet DONE at once, from the
+# order of the progress lines).
+par_rb_check() {
+  local log=$1 nonce=$2 run cached sum inflight ms
+  read -r run cached < <(rb_counts "$log") || true
+  if [[ ${run:-x} != "$PAR_BRANCHES" || ${cached:-x} != 0 || $(cat "$log.out") != "$(par_want_out "$nonce")" ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild parallel: expected $PAR_BRANCHES steps run, 0 cached and a line from each branch; saw '$run' run, '$cached' cached (log: $log)"
+  fi
+  read -r sum inflight < <(awk '
+    $2 == "exec" { ex[$1] = 1; n++; if (n > max) max = n; next }
+    $2 == "DONE" && ($1 in ex) { n--; s += $4 }
+    END { print s + 0, max + 0 }' "$log")
+  while read -r ms; do
+    record par_rb_step "$ms"
+  done < <(awk '$2 == "exec" { ex[$1] = 1 } $2 == "DONE" && ($1 in ex) { print $4 }' "$log")
+  record par_rb_steps "$sum"
+  record par_rb_inflight "$inflight"
+}
+
+par_bk_build() { # nonce log
+  "$DOCKER" build --progress=plain --network=none --build-arg "NONCE=$1" \
+    -t bench-parallel:latest - <"$PAR_DOCKERFILE" >"$2" 2>&1
+}
+
+# par_bk_check LOG NONCE: all four RUNs ran, with the nonce; records
+# par_bk_steps (the sum of their DONE times; BuildKit prints 0.1 s).
+par_bk_check() {
+  local log=$1 nonce=$2 ran cached with_nonce sum
+  read -r ran cached < <(bk_runs "$log")
+  with_nonce=$(grep -E "^#[0-9]+ \[b[0-9]+ [0-9]+/[0-9]+\] RUN .* $nonce " "$log" | awk '{print $1}' | sort -u | wc -l)
+  if [[ $ran -ne $PAR_BRANCHES || $cached -ne 0 || $with_nonce -ne $PAR_BRANCHES ]]; then
+    cat "$log" >&2
+    die "docker build parallel: expected $PAR_BRANCHES RUN steps to run with nonce $nonce; saw $ran run, $cached CACHED, $with_nonce with the nonce (log: $log)"
+  fi
+  sum=$(awk '
+    /^#[0-9]+ \[.*\] RUN / { run[$1] = 1 }
+    $2 == "DONE" && ($1 in run) { s = $3; sub(/s$/, "", s); t += s }
+    END { printf "%d\n", t * 1000 }' "$log")
+  record par_bk_steps "$sum"
+}
+
+par_rb_once() { # round
+  local log=$LOG_DIR/parallel-rbuild.log nonce=$RUN_ID-$1 t0 t1
+  t0=$(now_ns)
+  par_rb_run "$nonce" "$log" || { cat "$log" >&2; die "rbuild parallel run failed"; }
+  t1=$(now_ns)
+  par_rb_check "$log" "$nonce"
+  record par_rb $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/parallel-rbuild-last.log"
+}
+
+par_bk_once() { # round
+  local log=$LOG_DIR/parallel-buildkit.log nonce=$RUN_ID-$1 t0 t1
+  t0=$(now_ns)
+  par_bk_build "$nonce" "$log" || { cat "$log" >&2; die "docker build parallel failed"; }
+  t1=$(now_ns)
+  par_bk_check "$log" "$nonce"
+  record par_bk $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/parallel-buildkit-last.log"
+}
+
+bench_parallel() {
+  local i log=$LOG_DIR/parallel-rbuild.log
+  say "parallel: emptying namespace $PAR_NS; warm-ups (compile the pipeline, pull the image into $PAR_NS and into dockerd)"
+  rb_reset "$PAR_NS" "$PAR_ROOT"
+  par_rb_run "warmup-$RUN_ID" "$log" || { cat "$log" >&2; die "rbuild parallel warm-up failed"; }
+  par_rb_check "$log" "warmup-$RUN_ID"
+  par_bk_build "warmup-$RUN_ID" "$LOG_DIR/parallel-buildkit.log" ||
+    { cat "$LOG_DIR/parallel-buildkit.log" >&2; die "docker build parallel warm-up failed"; }
+  : >"$TIMES/par_rb_step"
+  : >"$TIMES/par_rb_steps"
+  : >"$TIMES/par_rb_inflight"
+  for ((i = 1; i <= REPS; i++)); do
+    if ((i % 2)); then
+      par_rb_once "$i"
+      par_bk_once "$i"
+    else
+      par_bk_once "$i"
+      par_rb_once "$i"
+    fi
+  done
+  say "parallel: rbuild $(stats par_rb) / BuildKit $(stats par_bk) (median min max, ms; ideal $PAR_IDEAL_MS)"
+  rb_reset "$PAR_NS" "$PAR_ROOT"
+  "$DOCKER" rmi -f bench-parallel:latest >/dev/null 2>&1 || true
+  "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
+}
+
+# ------------------------------------------------------------------ scale --
+# A chain of N trivial steps for each N of SC_STEPS: SC_COLD_REPS cold runs
+# (a new nonce: all N steps run), then REPS fully cached ones. BuildKit the
+# same for N = SC_BK_N, from a generated Dockerfile of N RUNs.
+sc_rb_run() { # n nonce log
+  BENCH_NONCE=$2 RBUILD_ROOT=$SC_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$SC_NS \
+    "$RBUILD" run "$SC_PIPELINE" -- "$1" >"$3.out" 2>"$3"
+}
+
+# sc_rb_check LOG N NONCE cold|cached
+sc_rb_check() {
+  local log=$1 n=$2 nonce=$3 mode=$4 run cached want_run=$2 want_cached=0
+  [[ $mode == cached ]] && want_run=0 want_cached=$n
+  read -r run cached < <(rb_counts "$log") || true
+  if [[ ${run:-x} != "$want_run" || ${cached:-x} != "$want_cached" ]] ||
+    [[ $(cat "$log.out") != "$(printf 'f%s %s\nnonce %s' "$n" "$n" "$nonce")" ]]; then
+    tail -n 20 "$log" >&2
+    cat "$log.out" >&2
+    die "rbuild scale N=$n ($mode): expected $want_run steps run and $want_cached cached, /f$n and the nonce printed; saw '$run' run, '$cached' cached (log: $log)"
+  fi
+}
+
+# sc_dockerfile N: the Dockerfile of N chained RUNs (the pipeline's steps).
+sc_dockerfile() {
+  local n=$1 f=$SC_DIR/scale-$1.Dockerfile i
+  mkdir -p "$SC_DIR"
+  {
+    echo "# Generated by bench/run.sh (scenario scale): $n chained RUN steps."
+    echo "FROM $IMAGE"
+    echo "ARG NONCE="
+    echo "RUN echo \$NONCE > /nonce && echo 1 > /f1"
+    for ((i = 2; i <= n; i++)); do echo "RUN echo $i > /f$i"; done
+  } >"$f"
+  echo "$f"
+}
+
+sc_bk_build() { # dockerfile nonce log
+  "$DOCKER" build --progress=plain --network=none --build-arg "NONCE=$2" \
+    -t bench-scale:latest - <"$1" >"$3" 2>&1
+}
+
+# sc_bk_check LOG N cold|cached
+sc_bk_check() {
+  local log=$1 n=$2 mode=$3 ran cached want_ran=$2 want_cached=0
+  [[ $mode == cached ]] && want_ran=0 want_cached=$n
+  read -r ran cached < <(bk_runs "$log")
+  if [[ $ran -ne $want_ran || $cached -ne $want_cached ]]; then
+    tail -n 40 "$log" >&2
+    die "docker build scale N=$n ($mode): expected $want_ran RUN steps to run and $want_cached CACHED; saw $ran and $cached (log: $log)"
+  fi
+}
+
+# sc_once ENGINE N MODE NONCE: one timed run, recorded as sc_ENGINE_MODE_N.
+sc_once() {
+  local e=$1 n=$2 mode=$3 nonce=$4 log t0 t1 rc=0
+  log=$LOG_DIR/scale-$e.log
+  t0=$(now_ns)
+  if [[ $e == rb ]]; then
+    sc_rb_run "$n" "$nonce" "$log" || rc=$?
+  else
+    sc_bk_build "$SC_DIR/scale-$n.Dockerfile" "$nonce" "$log" || rc=$?
+  fi
+  t1=$(now_ns)
+  [[ $rc -eq 0 ]] || { tail -n 40 "$log" >&2; die "scale N=$n ($e, $mode) failed (log: $log)"; }
+  if [[ $e == rb ]]; then sc_rb_check "$log" "$n" "$nonce" "$mode"; else sc_bk_check "$log" "$n" "$mode"; fi
+  record "sc_${e}_${mode}_$n" $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/scale-$e-$mode-$n.log"
+}
+
+bench_scale() {
+  local n i nonce log=$LOG_DIR/scale-rb.log
+  say "scale: emptying namespace $SC_NS; warm-up (compiles the pipeline, pulls the image)"
+  rb_reset "$SC_NS" "$SC_ROOT"
+  sc_rb_run 1 "warmup-$RUN_ID" "$log" || { cat "$log" >&2; die "rbuild scale warm-up failed"; }
+  sc_rb_check "$log" 1 "warmup-$RUN_ID" cold
+  for n in $SC_STEPS; do
+    say "scale: N=$n, $SC_COLD_REPS cold run(s) and $REPS cached$([[ $n == "$SC_BK_N" ]] && echo ", each engine")"
+    if [[ $n == "$SC_BK_N" ]]; then
+      sc_dockerfile "$n" >/dev/null
+      sc_bk_build "$SC_DIR/scale-$n.Dockerfile" "warmup-$RUN_ID" "$LOG_DIR/scale-bk.log" ||
+        { tail -n 40 "$LOG_DIR/scale-bk.log" >&2; die "docker build scale warm-up failed"; }
+    fi
+    for ((i = 1; i <= SC_COLD_REPS; i++)); do
+      nonce=$RUN_ID-$n-$i
+      sc_once rb "$n" cold "$nonce"
+      if [[ $n == "$SC_BK_N" ]]; then sc_once bk "$n" cold "$nonce"; fi
+    done
+    for ((i = 1; i <= REPS; i++)); do
+      if [[ $n == "$SC_BK_N" ]] && ! ((i % 2)); then
+        sc_once bk "$n" cached "$nonce"
+        sc_once rb "$n" cached "$nonce"
+      else
+        sc_once rb "$n" cached "$nonce"
+        if [[ $n == "$SC_BK_N" ]]; then sc_once bk "$n" cached "$nonce"; fi
+      fi
+    done
+    say "scale N=$n: rbuild cold $(stats "sc_rb_cold_$n") / cached $(stats "sc_rb_cached_$n") (median min max, ms)"
+  done
+  say "scale: emptying namespace $SC_NS"
+  rb_reset "$SC_NS" "$SC_ROOT"
+  if [[ $SC_BK_N != 0 ]]; then
+    "$DOCKER" rmi -f bench-scale:latest >/dev/null 2>&1 || true
+    "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+    "$DOCKER" image prune -f >/dev/null 2>&1 || true
+  fi
+}
+
+# --------------------------------------------------------------- rustdeps --
+# examples/rust-deps (manifests + stub: dependencies; sources: the crate;
+# then test, clippy and the program at once) on a copy of
+# fixtures/rust-project, beside rust_deps.Dockerfile with BuildKit. Modes:
+# cold (rbuild: new state root, so no index and empty cache volumes, and no
+# step snapshots; BuildKit: `docker builder prune -af`, which drops its
+# cache mounts too; both keep the Rust image), cached (nothing changed),
+# changed (one line of src/main.rs, different every time).
+
+# rd_deps: the project's dependency crates (Cargo.lock's packages but itself).
+rd_deps() {
+  local self
+  self=$(sed -n 's/^name = "\(.*\)"/\1/p' "$RD_FIXTURE/Cargo.toml" | head -n 1)
+  sed -n 's/^name = "\(.*\)"/\1/p' "$RD_FIXTURE/Cargo.lock" | grep -vx "$self" | tr '\n' ' '
+}
+rd_self() { sed -n 's/^name = "\(.*\)"/\1/p' "$RD_FIXTURE/Cargo.toml" | head -n 1; }
+
+# rd_edit GREETING: the one-line change (src/main.rs's GREETING constant).
+rd_edit() {
+  sed -i "s/^const GREETING: &str = \".*\";\$/const GREETING: \&str = \"$1\";/" "$RD_PROJECT/src/main.rs"
+  grep -q "^const GREETING: &str = \"$1\";\$" "$RD_PROJECT/src/main.rs" ||
+    die "could not edit GREETING in $RD_PROJECT/src/main.rs"
+}
+
+rd_rb_run() { # log
+  RBUILD_ROOT=$RD_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$RD_NS RBUILD_RUST_IMAGE=$RD_IMAGE \
+    "$RBUILD" run "$RD_PIPELINE" -- "$RD_PROJECT" >"$1.out" 2>"$1"
+}
+
+RD_RB_DEPS_RE='^#[0-9]+ exec cargo build --release --locked'
+RD_RB_BUILD_RE='^#[0-9]+ exec sh -c .touch src/main.rs'
+RD_BK_DEPS_RE='^\[dependencies [0-9]+/[0-9]+\] RUN .*cargo build'
+RD_BK_BUILD_RE='^\[built [0-9]+/[0-9]+\] RUN '
+
+# rd_compiled LOG: the dependency crates the log shows compiled, checked
+# (clippy) or downloaded, space-separated ("" when none).
+rd_compiled() {
+  local d out=
+  for d in $RD_DEPS; do
+    if grep -qE "(Compiling|Checking|Downloaded) $d v" "$1"; then out+="$d "; fi
+  done
+  echo "$out"
+}
+
+# rd_check ENGINE LOG MODE GREETING NAME: what every mode must show (in
+# rbuild's progress and output, or BuildKit's --progress=plain log):
+# the program printed GREETING and the tests passed (cold, changed); cold:
+# every step ran, every dependency was downloaded and compiled; cached:
+# no step ran; changed: the dependencies step was CACHED, no dependency
+# was compiled, downloaded or checked, the project's crate was compiled.
+# Records NAME_deps and NAME_build (the two cargo build steps' times).
+rd_check() {
+  local e=$1 log=$2 mode=$3 greeting=$4 name=$5 text run cached deps build compiled ok=1 why=
+  if [[ $e == rb ]]; then
+    text=$log.out
+    read -r run cached < <(rb_counts "$log") || true
+    deps=$(rb_step_re "$log" "$RD_RB_DEPS_RE")
+    build=$(rb_step_re "$log" "$RD_RB_BUILD_RE")
+  else
+    text=$log
+    read -r run cached < <(bk_runs "$log")
+    deps=$(bk_step "$log" "$RD_BK_DEPS_RE")
+    build=$(bk_step "$log" "$RD_BK_BUILD_RE")
+  fi
+  compiled=$(rd_compiled "$log")
+  case $mode in
+    cold)
+      [[ ${cached:-x} == 0 && ${run:-0} -gt 0 ]] || { ok=0; why+="steps: $run run, $cached cached; "; }
+      [[ $compiled == "$RD_DEPS" ]] || { ok=0; why+="dependencies downloaded/compiled: '$compiled'; "; }
+      local d
+      for d in $RD_DEPS; do
+        grep -qE "Downloaded $d v" "$log" || { ok=0; why+="$d not downloaded; "; }
+        grep -qE "Compiling $d v" "$log" || { ok=0; why+="$d not compiled; "; }
+      done
+      ;;
+    cached)
+      [[ ${run:-x} == 0 ]] || { ok=0; why+="$run steps ran; "; }
+      ;;
+    changed)
+      [[ $deps == CACHED ]] || { ok=0; why+="dependencies step '$deps'; "; }
+      [[ -z $compiled ]] || { ok=0; why+="dependencies compiled again: $compiled; "; }
+      grep -qE "Compiling $RD_SELF v" "$log" "$text" || { ok=0; why+="$RD_SELF not compiled; "; }
+      ;;
+  esac
+  if [[ $mode != cached ]]; then
+    grep -qF "$greeting (" "$text" || { ok=0; why+="no '$greeting' from the program; "; }
+    grep -qF "test result: ok." "$text" || { ok=0; why+="no 'test result: ok.'; "; }
+  fi
+  if [[ $ok -ne 1 ]]; then
+    cat "$log" >&2
+    [[ $e == rb ]] && cat "$log.out" >&2
+    die "rustdeps ($([[ $e == rb ]] && echo rbuild || echo BuildKit), $mode): ${why%; } (log: $log)"
+  fi
+  if [[ $deps =~ ^[0-9]+$ ]]; then record "${name}_deps" "$deps"; fi
+  if [[ $build =~ ^[0-9]+$ ]]; then record "${name}_build" "$build"; fi
+}
+
+rd_bk_build() { # log
+  local -a secret=()
+  [[ -f $RD_CA ]] && secret=(--secret "id=ca,src=$RD_CA")
+  "$DOCKER" build --progress=plain --network=host "${secret[@]}" \
+    -f "$RD_DOCKERFILE" -t "$RD_TAG" "$RD_PROJECT" >"$1" 2>&1
+}
+
+# rd_once ENGINE MODE GREETING: one timed build (the caller edits the
+# project for "changed"); cold forgets that engine's caches first.
+rd_once() {
+  local e=$1 mode=$2 greeting=$3 name=rd_$1_$2 log t0 t1 rc=0
+  log=$LOG_DIR/rustdeps-$e.log
+  if [[ $mode == cold ]]; then
+    if [[ $e == rb ]]; then
+      rb_forget "$RD_NS" "$RD_ROOT"
+    else
+      "$DOCKER" builder prune -af >/dev/null 2>&1 || die "docker builder prune -af failed"
+    fi
+  fi
+  settle
+  t0=$(now_ns)
+  if [[ $e == rb ]]; then rd_rb_run "$log" || rc=$?; else rd_bk_build "$log" || rc=$?; fi
+  t1=$(now_ns)
+  [[ $rc -eq 0 ]] || { cat "$log" >&2; die "rustdeps ($e, $mode) failed (log: $log)"; }
+  rd_check "$e" "$log" "$mode" "$greeting" "$name"
+  record "$name" $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/rustdeps-$e-$mode.log"
+  if [[ $e == rb ]]; then cp "$log.out" "$LOG_DIR/rustdeps-$e-$mode.log.out"; fi
+}
+
+# rd_both MODE GREETING ROUND: one build of each engine, taking turns going first.
+rd_both() {
+  if (($3 % 2)); then
+    rd_once rb "$1" "$2"
+    rd_once bk "$1" "$2"
+  else
+    rd_once bk "$1" "$2"
+    rd_once rb "$1" "$2"
+  fi
+}
+
+bench_rustdeps() {
+  local i greeting log=$LOG_DIR/rustdeps-rb.log
+  reg_manifest rust 1 >/dev/null || die "$RD_IMAGE is not in the registry: run 'make setup' (fixtures/setup.sh builds it)"
+  RD_DEPS=$(rd_deps)
+  RD_SELF=$(rd_self)
+  [[ -n $RD_DEPS && -n $RD_SELF ]] || die "no dependencies or package name found in $RD_FIXTURE"
+  say "rustdeps: project $RD_PROJECT (a copy of $RD_FIXTURE; dependencies: $RD_DEPS)"
+  rm -rf "$RD_PROJECT"
+  mkdir -p "$RD_PROJECT"
+  cp -r "$RD_FIXTURE/." "$RD_PROJECT/"
+  rm -rf "$RD_PROJECT/target"
+  say "rustdeps: warm-ups (compile the pipeline, $RD_IMAGE into $RD_NS and into dockerd: minutes the first time)"
+  rb_forget "$RD_NS" "$RD_ROOT"
+  rd_rb_run "$log" || { cat "$log" >&2; die "rbuild rustdeps warm-up failed"; }
+  "$DOCKER" pull "$RD_IMAGE" >"$LOG_DIR/rustdeps-docker-pull.log" 2>&1 ||
+    { cat "$LOG_DIR/rustdeps-docker-pull.log" >&2; die "docker pull $RD_IMAGE failed"; }
+
+  for ((i = 1; i <= RD_COLD_REPS; i++)); do rd_both cold "$RD_GREETING0" "$i"; done
+  for ((i = 1; i <= RD_REPS; i++)); do rd_both cached "$RD_GREETING0" "$i"; done
+  for ((i = 1; i <= RD_REPS; i++)); do
+    greeting="hello after edit $i"
+    rd_edit "$greeting"
+    rd_both changed "$greeting" "$i"
+  done
+  say "rustdeps, rbuild: cold $(stats rd_rb_cold) / cached $(stats rd_rb_cached) / one line changed $(stats rd_rb_changed) (median min max, ms)"
+  say "rustdeps, BuildKit: cold $(stats rd_bk_cold) / cached $(stats rd_bk_cached) / one line changed $(stats rd_bk_changed) (median min max, ms)"
+  rb_forget "$RD_NS" "$RD_ROOT"
+  "$DOCKER" rmi -f "$RD_TAG" >/dev/null 2>&1 || true
+  "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- compile --
+# `rbuild run` of a one-step pipeline whose step is cached, so the time is
+# the pipeline's compilation: (a) first compile with a new cache dir, (b)
+# after a one-line edit, (c) unchanged; beside bare `cargo build` of the
+# same generated crate (same Cargo.toml and Cargo.lock): with a new target
+# dir, after the same edit, and with nothing to do.
+
+# cp_rb_run LOG: progress and cargo's messages to LOG (LOG.ts with stamps).
+cp_rb_run() {
+  local rc=0
+  RBUILD_ROOT=$CP_ROOT RBUILD_CACHE_DIR=$CP_CACHE RBUILD_NAMESPACE=$CP_NS \
+    "$RBUILD" run "$CP_FILE" 2>&1 >"$1.out" | stamp >"$1.ts" || rc=$?
+  cut -d' ' -f2- "$1.ts" >"$1"
+  return "$rc"
+}
+
+# cp_edit TAG: the one-line edit (the EDIT constant the pipeline prints).
+cp_edit() {
+  sed -i "s/^const EDIT: &str = \".*\";\$/const EDIT: \&str = \"$1\";/" "$CP_FILE"
+  grep -q "^const EDIT: &str = \"$1\";\$" "$CP_FILE" || die "could not edit EDIT in $CP_FILE"
+}
+
+# cp_manifest: the crate rbuild generated for the pipeline in CP_CACHE.
+cp_manifest() {
+  local m
+  m=$(find "$CP_CACHE/pipelines" -mindepth 2 -maxdepth 2 -name Cargo.toml | head -n 1)
+  [[ -n $m ]] || die "no generated Cargo.toml under $CP_CACHE/pipelines"
+  echo "$m"
+}
+
+# cp_compiling LOG: the crates cargo compiled, space-separated.
+cp_compiling() { sed -n 's/^ *Compiling \([^ ]*\) v.*/\1/p' "$1" | tr '\n' ' '; }
+
+# cp_rb_once MODE TAG T0 T1 LOG: check an rbuild run (first|edit|unchanged)
+# and record it: cp_rb_MODE (wall), and from the stamps of cargo's lines:
+# _index ("Updating crates.io index" to "Locking"), _compile (the index
+# update's end, or the start, to "Finished"), _after ("Finished" to exit).
+cp_rb_once() {
+  local mode=$1 tag=$2 log=$LOG_DIR/compile-rbuild.log name=cp_rb_$1 t0 t1 rc=0 run cached comp ok=1 why=
+  local t_upd t_lock t_fin
+  settle
+  t0=$EPOCHREALTIME
+  cp_rb_run "$log" || rc=$?
+  t1=$EPOCHREALTIME
+  [[ $rc -eq 0 ]] || { cat "$log" >&2; die "rbuild compile ($mode) failed (log: $log)"; }
+  read -r run cached < <(rb_counts "$log") || true
+  comp=$(cp_compiling "$log")
+  [[ ${run:-x} == 0 && ${cached:-x} == 1 ]] || { ok=0; why+="steps: '$run' run, '$cached' cached (want 0, 1); "; }
+  [[ $(cat "$log.out") == "$(printf 'compile bench\nedit %s' "$tag")" ]] || { ok=0; why+="output is not 'edit $tag'; "; }
+  case $mode in
+    first)
+      [[ " $comp " == *" tokio "* && " $comp " == *" rbuild-sdk "* && " $comp " == *" pipeline-compile-"* ]] ||
+        { ok=0; why+="expected tokio, rbuild-sdk and the pipeline compiled, saw '$comp'; "; }
+      ;;
+    edit)
+      [[ $comp == pipeline-compile-*" " && $(wc -w <<<"$comp") -eq 1 ]] ||
+        { ok=0; why+="expected only the pipeline compiled, saw '$comp'; "; }
+      ;;
+    unchanged)
+      ! grep -qE '^ *(Compiling|Finished|Updating) ' "$log" ||
+        { ok=0; why+="cargo ran (rbuild should have found the executable); "; }
+      ;;
+  esac
+  if [[ $ok -ne 1 ]]; then
+    cat "$log" "$log.out" >&2
+    die "rbuild compile ($mode): ${why%; } (log: $log)"
+  fi
+  record "$name" "$(ms_between "$t0" "$t1")"
+  [[ $mode == unchanged ]] && { cp "$log" "$LOG_DIR/compile-rbuild-$mode.log"; return; }
+  t_upd=$(ts_of "$log.ts" '^ *Updating ')
+  t_lock=$(ts_of "$log.ts" '^ *Locking ')
+  t_fin=$(ts_of "$log.ts" '^ *Finished ')
+  [[ -n $t_fin ]] || { cat "$log" >&2; die "rbuild compile ($mode): no 'Finished' line from cargo (log: $log)"; }
+  if [[ -n $t_upd ]]; then
+    echo 1 >>"$TIMES/${name}_updated"
+    record "${name}_index" "$(ms_between "$t_upd" "${t_lock:-$t_fin}")"
+    record "${name}_compile" "$(ms_between "${t_lock:-$t_upd}" "$t_fin")"
+  else
+    echo 0 >>"$TIMES/${name}_updated"
+    record "${name}_compile" "$(ms_between "$t0" "$t_fin")"
+  fi
+  if grep -qE '^ *Downloaded ' "$log"; then echo 1 >>"$TIMES/${name}_downloaded"; fi
+  record "${name}_after" "$(ms_between "$t_fin" "$t1")"
+  cp "$log" "$LOG_DIR/compile-rbuild-$mode.log"
+}
+
+# cp_bare_once MODE: bare `cargo build` of the generated crate with its own
+# target dir (first: a new one); same checks on what it compiled.
+cp_bare_once() {
+  local mode=$1 log=$LOG_DIR/compile-cargo.log manifest t0 t1 comp ok=1
+  manifest=$(cp_manifest)
+  [[ $mode == first ]] && rm -rf "$CP_BARE_TARGET"
+  settle
+  t0=$(now_ns)
+  cargo build --manifest-path "$manifest" --target-dir "$CP_BARE_TARGET" >"$log" 2>&1 ||
+    { cat "$log" >&2; die "cargo build ($mode) of $manifest failed"; }
+  t1=$(now_ns)
+  comp=$(cp_compiling "$log")
+  case $mode in
+    first) [[ " $comp " == *" tokio "* && " $comp " == *" pipeline-compile-"* ]] || ok=0 ;;
+    edit) [[ $comp == pipeline-compile-*" " && $(wc -w <<<"$comp") -eq 1 ]] || ok=0 ;;
+    unchanged) [[ -z $comp ]] || ok=0 ;;
+  esac
+  if [[ $ok -ne 1 ]]; then
+    cat "$log" >&2
+    die "cargo build ($mode): compiled '$comp', not what a $mode build compiles (log: $log)"
+  fi
+  if grep -qE '^ *Updating ' "$log"; then echo 1 >>"$TIMES/cp_bare_${mode}_updated"; fi
+  record "cp_bare_$mode" $(((t1 - t0) / 1000000))
+  cp "$log" "$LOG_DIR/compile-cargo-$mode.log"
+}
+
+bench_compile() {
+  local i tag log=$LOG_DIR/compile-rbuild.log
+  command -v cargo >/dev/null || die "cargo not on PATH (rbuild compiles pipelines with it)"
+  say "compile: emptying namespace $CP_NS; warm-up (caches the pipeline's step, pulls the image)"
+  rb_reset "$CP_NS" "$CP_ROOT"
+  rm -rf "$CP_DIR"
+  mkdir -p "$CP_DIR"
+  cp "$CP_SRC" "$CP_FILE"
+  tag=warmup-$RUN_ID
+  cp_edit "$tag"
+  # The warm-up compiles in the bench's shared cache dir (quick when it has
+  # the dependencies); the step's result is in CP_ROOT's index either way.
+  RBUILD_ROOT=$CP_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$CP_NS \
+    "$RBUILD" run "$CP_FILE" >"$log.out" 2>"$log" || { cat "$log" >&2; die "rbuild compile warm-up failed"; }
+  # (a) first compile: a new cache dir every round, then bare cargo with a new target dir.
+  for ((i = 1; i <= CP_COLD_REPS; i++)); do
+    rm -rf "$CP_CACHE"
+    cp_rb_once first "$tag"
+    cp_bare_once first
+  done
+  # (b) a one-line edit before each round; (c) nothing changed.
+  for ((i = 1; i <= REPS; i++)); do
+    tag=$RUN_ID-edit-$i
+    cp_edit "$tag"
+    if ((i % 2)); then
+      cp_rb_once edit "$tag"
+      cp_bare_once edit
+    else
+      cp_bare_once edit
+      cp_rb_once edit "$tag"
+    fi
+  done
+  for ((i = 1; i <= REPS; i++)); do
+    cp_rb_once unchanged "$tag"
+    cp_bare_once unchanged
+  done
+  say "compile, rbuild run: first $(stats cp_rb_first) / edit $(stats cp_rb_edit) / unchanged $(stats cp_rb_unchanged) (median min max, ms)"
+  say "compile, cargo build: first $(stats cp_bare_first) / edit $(stats cp_bare_edit) / unchanged $(stats cp_bare_unchanged) (median min max, ms)"
+  rb_reset "$CP_NS" "$CP_ROOT"
+  rm -rf "$CP_DIR"
+}
+
 # --------------------------------------------------------------- versions --
 rbuild_commit() {
   local c
@@ -1332,11 +1980,11 @@ of the runs (how many: in each section), with the min – max spread.
 Scenarios run: $SCENARIOS.
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
-- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")
+- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
 - rbuild: commit $(rbuild_commit), release build
 - containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}')
 EOF
-  if want steps || want hostdir || want publish || want pull; then report_docker; fi
+  if uses_docker; then report_docker; fi
 }
 
 report_docker() {
@@ -1751,11 +2399,316 @@ from the stamps of its own lines for the big layer: \`Pulling fs layer\` →
 EOF
 }
 
+# count_of NAME: how many samples NAME has (0 when none).
+count_of() { if [[ -s $TIMES/$1 ]]; then wc -l <"$TIMES/$1"; else echo 0; fi; }
+# sum_of NAME: the sum of NAME's samples (0 when none).
+sum_of() { if [[ -s $TIMES/$1 ]]; then awk '{ s += $1 } END { print s + 0 }' "$TIMES/$1"; else echo 0; fi; }
+# per MS N [DECIMALS]: MS / N (ms per step).
+per() { awk -v a="$1" -v n="$2" -v d="${3:-1}" 'BEGIN { if (n > 0) printf "%.*f", d, a / n; else print "n/a" }'; }
+# under MS LIMIT_MS: "yes" when MS < LIMIT_MS.
+under() { if [[ -n $1 && $1 -lt $2 ]]; then echo "yes"; else echo "**no**"; fi; }
+# ratio_f A B: A / B for fractional numbers, "n/a" when B is not positive.
+ratio_f() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
+
+report_parallel() {
+  local rb bk rbs bks n4 runs
+  rb=$(med par_rb) bk=$(med par_bk) rbs=$(med par_rb_steps) bks=$(med par_bk_steps)
+  runs=$(count_of par_rb)
+  n4=$(grep -cx "$PAR_BRANCHES" "$TIMES/par_rb_inflight" || true)
+  cat <<EOF
+
+## Scenario: parallel steps
+
+Four independent steps \`sh -c 'sleep 1 && echo branch N NONCE'\`, each on
+\`$IMAGE\` (\`bench/pipelines/parallel.rs\`): four containers whose
+\`stdout()\` the pipeline awaits together (\`tokio::try_join!\`), so rbuild
+gets all four at once and runs them side by side; ideally the whole run takes
+1 s. BuildKit: \`bench/dockerfiles/parallel.Dockerfile\`, four stages
+\`RUN sleep 1 && echo branch N \$NONCE > /out\` and a last stage that copies
+\`/out\` from each, so BuildKit builds the four stages at once
+(\`docker build --network=none --build-arg NONCE=<new>\`, Dockerfile on
+stdin). Every run has a new nonce in every step's command: all four steps
+run every time (checked: rbuild runs 4 steps, caches none and prints each
+branch's line; BuildKit runs 4 RUN steps with the nonce, none CACHED).
+Pipeline compiled, image pulled (both engines) by untimed warm-ups. $runs runs
+of each engine, in turns (rbuild first in odd rounds).
+
+| measurement | median (s) | min – max (s) | / 1 s ideal |
+|---|---|---|---|
+$(row "rbuild" par_rb "$(ratio "$rb" "$PAR_IDEAL_MS")")
+$(row "BuildKit" par_bk "$(ratio "$bk" "$PAR_IDEAL_MS")")
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild / BuildKit | $(ratio "$rb" "$bk") |
+| rbuild / 1 s ideal | $(ratio "$rb" "$PAR_IDEAL_MS") |
+| BuildKit / 1 s ideal | $(ratio "$bk" "$PAR_IDEAL_MS") |
+| rbuild under the 1.4 s target (median) | $(under "$rb" 1400) |
+
+How parallel, ms, median (min–max): **one step** is each \`sleep 1\` step's
+own time (rbuild: its \`#N DONE in X ms\`, all four of every run; BuildKit
+prints it to 0.1 s, left out); **sum of the 4 steps** over the wall time
+is how many steps ran at once on average (4 at best). rbuild had all
+$PAR_BRANCHES steps started before the first one finished (from the order of its
+progress lines) in $n4 of $runs runs.
+
+| engine (ms) | wall | one step | sum of the 4 steps | sum / wall |
+|---|---|---|---|---|
+| rbuild | $(msr par_rb) | $(msr par_rb_step) | $(msr par_rb_steps) | $(ratio "$rbs" "$rb") |
+| BuildKit | $(msr par_bk) | – | $(msr par_bk_steps) | $(ratio "$bks" "$bk") |
+EOF
+}
+
+report_scale() {
+  local n first second last t_first t_second t_last c_first c_second c_last bkc bkk rbc rbk prev="" _rest
+  read -r first second _rest <<<"$SC_STEPS"
+  last=${SC_STEPS##* }
+  cat <<EOF
+
+## Scenario: scale (a chain of N steps)
+
+One pipeline (\`bench/pipelines/scale.rs\`, compiled once, run as
+\`rbuild run bench/pipelines/scale.rs -- N\`): N steps chained on one
+container from \`$IMAGE\`, step i \`sh -c 'echo i > /fi'\`; step 1 also
+writes a \`BENCH_NONCE\` to \`/nonce\`, so a new nonce makes all N steps
+run (a different file, so early cutoff does not let the later steps hit).
+For each N ($SC_STEPS): $SC_COLD_REPS cold run(s) with a new nonce, then $REPS fully cached
+runs (the same nonce). Checked from rbuild's closing line: cold runs run N
+steps and cache none, cached runs run none and cache N; every run prints
+\`/fN\` and the nonce. **per step** = median / N.
+
+| N | cold (s) | cold per step (ms) | cached median (s) | cached min – max (s) | cached per step (ms) |
+|---|---|---|---|---|---|
+EOF
+  for n in $SC_STEPS; do
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$n" "$(fmt_s "$(med "sc_rb_cold_$n")")" \
+      "$(per "$(med "sc_rb_cold_$n")" "$n")" "$(fmt_s "$(med "sc_rb_cached_$n")")" \
+      "$(spread "sc_rb_cached_$n")" "$(per "$(med "sc_rb_cached_$n")" "$n" 2)"
+  done
+  t_first=$(med "sc_rb_cached_$first") t_second=$(med "sc_rb_cached_$second") t_last=$(med "sc_rb_cached_$last")
+  c_first=$(med "sc_rb_cold_$first") c_second=$(med "sc_rb_cold_$second") c_last=$(med "sc_rb_cold_$last")
+  cat <<EOF
+
+How the time grows: the cost of one more step between two lengths a → b,
+(t(b) − t(a)) / (b − a), in ms, from the medians. With linear growth the
+cost per step from $first to $last is the one from $first to $second (ratio ≈ 1); a
+ratio well above 1 means each step costs more the longer the chain (below 1:
+the difference $first → $second is small and noisy beside the fixed cost of a run).
+
+| from → to | per cached step (ms) | per cold step (ms) |
+|---|---|---|
+EOF
+  for n in $SC_STEPS; do
+    if [[ -n $prev ]]; then
+      printf '| %s → %s | %s | %s |\n' "$prev" "$n" \
+        "$(per "$(($(med "sc_rb_cached_$n") - $(med "sc_rb_cached_$prev")))" "$((n - prev))" 3)" \
+        "$(per "$(($(med "sc_rb_cold_$n") - $(med "sc_rb_cold_$prev")))" "$((n - prev))" 1)"
+    fi
+    prev=$n
+  done
+  if [[ $last != "$second" ]]; then
+    printf '| %s → %s | %s | %s |\n' "$first" "$last" \
+      "$(per "$((t_last - t_first))" "$((last - first))" 3)" "$(per "$((c_last - c_first))" "$((last - first))" 1)"
+  fi
+  cat <<EOF
+
+| growth | value |
+|---|---|
+EOF
+  if [[ $last != "$second" ]]; then
+    cat <<EOF
+| cached: per step $first → $last / per step $first → $second | $(ratio_f "$(per "$((t_last - t_first))" "$((last - first))" 6)" "$(per "$((t_second - t_first))" "$((second - first))" 6)") |
+| cold: per step $first → $last / per step $first → $second | $(ratio_f "$(per "$((c_last - c_first))" "$((last - first))" 6)" "$(per "$((c_second - c_first))" "$((second - first))" 6)") |
+EOF
+  fi
+  cat <<EOF
+| fully cached N=$last run under 1 s (the target for 1000 steps) | $(under "$t_last" 1000) ($(fmt_s "$t_last") s) |
+EOF
+  if [[ $SC_BK_N == 0 ]]; then
+    printf '\nBuildKit was not run (%s).\n' "\`BENCH_SCALE_BUILDKIT_N=0\`"
+    return
+  fi
+  n=$SC_BK_N
+  rbc=$(med "sc_rb_cold_$n") rbk=$(med "sc_rb_cached_$n") bkc=$(med "sc_bk_cold_$n") bkk=$(med "sc_bk_cached_$n")
+  cat <<EOF
+
+BuildKit, N=$n only: a generated Dockerfile (\`$SC_DIR/scale-$n.Dockerfile\`)
+of the same N chained RUNs (\`RUN echo \$NONCE > /nonce && echo 1 > /f1\`,
+\`RUN echo i > /fi\`), \`docker build --network=none --build-arg NONCE=…\`
+(Dockerfile on stdin), cold with the same new nonce as rbuild's cold run,
+then cached (the engines in turns). Checked: all N RUN steps run / CACHED.
+Not for larger N: an image in dockerd's overlay2 store has at most 127
+layers (one per RUN), and a 1000-RUN build would take many minutes.
+
+| N=$n | median (s) | min – max (s) | per step (ms) |
+|---|---|---|---|
+$(row "rbuild cold" "sc_rb_cold_$n" "$(per "$rbc" "$n")")
+$(row "rbuild cached" "sc_rb_cached_$n" "$(per "$rbk" "$n" 2)")
+$(row "BuildKit cold" "sc_bk_cold_$n" "$(per "$bkc" "$n")")
+$(row "BuildKit cached" "sc_bk_cached_$n" "$(per "$bkk" "$n" 2)")
+
+| ratio (of medians), N=$n | value |
+|---|---|
+| rbuild cold / BuildKit cold | $(ratio "$rbc" "$bkc") |
+| rbuild cached / BuildKit cached | $(ratio "$rbk" "$bkk") |
+EOF
+}
+
+report_rustdeps() {
+  local rc rk rch bc bk bch deps
+  rc=$(med rd_rb_cold) rk=$(med rd_rb_cached) rch=$(med rd_rb_changed)
+  bc=$(med rd_bk_cold) bk=$(med rd_bk_cached) bch=$(med rd_bk_changed)
+  deps=$(for d in $RD_DEPS; do printf '%s%s%s, ' '`' "$d" '`'; done)
+  cat <<EOF
+
+## Scenario: a real Rust build (rustdeps)
+
+\`examples/rust-deps\` (a pipeline crate: \`rbuild run examples/rust-deps -- PROJECT\`)
+on a copy of \`fixtures/rust-project\` (\`$RD_SELF\`, with the dependencies
+${deps%, }) in \`$RD_IMAGE\` (Debian's rustc and cargo, built by
+\`fixtures/setup.sh\`): the manifests and a stub \`main.rs\` first, then
+\`cargo build --release --locked\` (the dependencies; the step's key covers
+the manifests alone), then the sources and \`cargo build\` again (the
+project's own crate), then \`cargo test\`, \`cargo clippy\` and the program
+at once. The cargo registry and \`target/\` are cache volumes. BuildKit:
+\`bench/dockerfiles/rust_deps.Dockerfile\`, the same steps as stages, with
+\`RUN --mount=type=cache\` for the registry and \`target/\` and a last stage
+that copies from the test, clippy and program stages;
+\`docker build --network=host --secret id=ca,src=$RD_CA -f … PROJECT\`.
+Nothing is vendored: both engines fetch the index and the crates from
+crates.io (rbuild's steps share the host's network; BuildKit's get
+\`--network=host\`). This machine reaches crates.io through a TLS-inspecting
+proxy, so both lend the host's CA bundle to cargo: the pipeline as a mounted
+file, the Dockerfile as a secret mount.
+
+- **cold**: rbuild with a new state root (no index, empty cache volumes) and
+  none of its step snapshots; BuildKit after \`docker builder prune -af\`
+  (no build cache, no cache mounts). Both keep the Rust image. Checked: every
+  step runs, every dependency is downloaded and compiled.
+- **cached**: nothing changed; checked: no step runs.
+- **one line changed**: \`src/main.rs\`'s \`GREETING\` line rewritten (new
+  text each round) before each round; checked: the dependencies step is
+  CACHED, no dependency is compiled, checked or downloaded again (its name
+  in no \`Compiling\`/\`Checking\`/\`Downloaded\` line of any step),
+  \`$RD_SELF\` is compiled, the program prints the new text, the test passes.
+
+$RD_COLD_REPS cold rounds, $RD_REPS cached and $RD_REPS changed; in each round one build per engine
+(rbuild first in odd rounds), \`sync\` before each. Pipeline compiled and
+image pulled (both engines) by untimed warm-ups.
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+| rbuild cold | $(fmt_s "$rc") | $(spread rd_rb_cold) |
+| rbuild cached | $(fmt_s "$rk") | $(spread rd_rb_cached) |
+| rbuild one line changed | $(fmt_s "$rch") | $(spread rd_rb_changed) |
+| BuildKit cold | $(fmt_s "$bc") | $(spread rd_bk_cold) |
+| BuildKit cached | $(fmt_s "$bk") | $(spread rd_bk_cached) |
+| BuildKit one line changed | $(fmt_s "$bch") | $(spread rd_bk_changed) |
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild cold / BuildKit cold | $(ratio "$rc" "$bc") |
+| rbuild cached / BuildKit cached | $(ratio "$rk" "$bk") |
+| rbuild one line changed / BuildKit one line changed | $(ratio "$rch" "$bch") |
+
+The two \`cargo build\` steps, ms, median (min–max): rbuild's \`#N DONE in X ms\`,
+BuildKit's DONE (to 0.1 s).
+
+| engine (ms) | cold: dependencies | cold: own crate | changed: own crate |
+|---|---|---|---|
+| rbuild | $(msr rd_rb_cold_deps) | $(msr rd_rb_cold_build) | $(msr rd_rb_changed_build) |
+| BuildKit | $(msr rd_bk_cold_deps) | $(msr rd_bk_cold_build) | $(msr rd_bk_changed_build) |
+EOF
+}
+
+report_compile() {
+  local rf re ru bf be bu nf
+  rf=$(med cp_rb_first) re=$(med cp_rb_edit) ru=$(med cp_rb_unchanged)
+  bf=$(med cp_bare_first) be=$(med cp_bare_edit) bu=$(med cp_bare_unchanged)
+  nf=$(count_of cp_rb_first)
+  cat <<EOF
+
+## Scenario: pipeline compile
+
+\`rbuild run\` of a single-file pipeline (a working copy of
+\`bench/pipelines/compile.rs\`: one step on busybox, cached by an untimed
+warm-up, so the runs time the compile, not the work). rbuild generates a
+crate for the file (depending on the SDK it embeds and on tokio) under its
+cache dir and builds it with cargo (\`$(cargo --version 2>/dev/null)\`,
+\`$(rustc --version 2>/dev/null)\`), in a target dir shared by the
+pipelines of that cache dir; it skips cargo entirely when neither the file
+nor the SDK changed.
+
+- **first compile**: \`RBUILD_CACHE_DIR\` new and empty: the crate is
+  generated, cargo resolves its dependencies (no \`Cargo.lock\` yet) and
+  builds all of them. cargo's own caches (\`~/.cargo/registry\`: index and
+  crate sources) are not emptied. Checked: tokio, rbuild-sdk and the
+  pipeline are compiled.
+- **one-line edit**: the \`EDIT\` constant (which the pipeline prints)
+  rewritten before each run. Checked: only the pipeline's crate compiles.
+- **unchanged**: checked: cargo prints nothing (rbuild did not start it).
+- **cargo build**: bare \`cargo build --manifest-path CRATE/Cargo.toml --target-dir DIR\`
+  of the crate rbuild generated (same \`Cargo.toml\` and \`Cargo.lock\`)
+  with a target dir of its own: a new one after each first compile, then
+  after the same edits, then with nothing to do. The floor for what rbuild
+  does around cargo (cargo alone does not run the pipeline).
+
+Every rbuild run also runs the pipeline (process start, containerd
+connection, one cached step). $CP_COLD_REPS first compiles of each (rbuild,
+then cargo), $REPS of each other one (edits: in turns, rbuild first in odd
+rounds); checked: every run's single step CACHED, the output shows the
+current edit.
+
+| measurement | median (s) | min – max (s) | |
+|---|---|---|---|
+$(row "rbuild run, first compile (new cache dir)" cp_rb_first "")
+$(row "cargo build, new target dir" cp_bare_first "")
+$(row "rbuild run, after a one-line edit" cp_rb_edit "")
+$(row "cargo build, after the same edit" cp_bare_edit "")
+$(row "rbuild run, unchanged (cargo not started)" cp_rb_unchanged "")
+$(row "cargo build, nothing to do" cp_bare_unchanged "")
+
+| ratio / difference (of medians) | value |
+|---|---|
+| rbuild first compile / cargo build, new target dir | $(ratio "$rf" "$bf") |
+| rbuild after an edit / cargo build after the edit | $(ratio "$re" "$be") |
+| rbuild unchanged / cargo build with nothing to do | $(ratio "$ru" "$bu") |
+| compile cost of a first compile: rbuild first − rbuild unchanged | $(fmt_s "$((rf - ru))") s |
+| compile cost of an edit: rbuild edit − rbuild unchanged | $(fmt_s "$((re - ru))") s |
+
+Where rbuild's time goes, ms, median (min–max), from the time each of
+cargo's lines arrived: **index** from \`Updating crates.io index\` to
+\`Locking N packages\` (cargo fetching the index entries it needs from
+crates.io to write a new \`Cargo.lock\`); **compile** from there (from the
+start, when there is no index update) to \`Finished\`; **after** from
+\`Finished\` to exit (copying the executable, running the pipeline).
+
+| rbuild run (ms) | total | index | compile | after |
+|---|---|---|---|---|
+| first compile | $(msr cp_rb_first) | $(msr cp_rb_first_index) | $(msr cp_rb_first_compile) | $(msr cp_rb_first_after) |
+| one-line edit | $(msr cp_rb_edit) | $(msr cp_rb_edit_index) | $(msr cp_rb_edit_compile) | $(msr cp_rb_edit_after) |
+
+cargo updated the crates.io index and wrote a new \`Cargo.lock\`
+(\`Updating crates.io index\`, \`Locking …\`) in $(sum_of cp_rb_first_updated) of $nf first compiles
+and $(sum_of cp_rb_edit_updated) of $(count_of cp_rb_edit) edits; bare cargo, which finds the lock file, in
+$(sum_of cp_bare_first_updated) of $(count_of cp_bare_first) first builds. A new cache dir has no lock
+file for the generated crate, so cargo resolves \`tokio = "1"\` and the
+SDK's dependencies against the live index: the first compile needs the
+network, and gets the newest versions of that moment. cargo downloaded
+crates in $(sum_of cp_rb_first_downloaded) of $nf first compiles.
+EOF
+}
+
 # per_mib MS: MS per MiB the cutoff step wrote.
 per_mib() { awk -v a="$1" -v m="$CO_MB" 'BEGIN { printf "%.2f ms", a / m }'; }
 
 # ------------------------------------------------------------------ main --
-if want steps || want hostdir || want publish || want pull; then
+# uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
+uses_docker() {
+  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps ||
+    { want scale && [[ $SC_BK_N != 0 ]]; }
+}
+if uses_docker; then
   ensure_package docker.io "$DOCKER" "$DOCKERD"
   ensure_dockerd
 fi
@@ -1784,6 +2737,22 @@ if want pull; then
   say "pull: $PULL_REPS pulls per engine and of each floor"
   bench_pull
 fi
+if want parallel; then
+  say "parallel: $REPS runs of each engine"
+  bench_parallel
+fi
+if want scale; then
+  say "scale: N = $SC_STEPS"
+  bench_scale
+fi
+if want rustdeps; then
+  say "rustdeps: $RD_COLD_REPS cold builds per engine, $RD_REPS cached and $RD_REPS after a one-line change"
+  bench_rustdeps
+fi
+if want compile; then
+  say "compile: $CP_COLD_REPS first compiles, $REPS after an edit and $REPS unchanged (and bare cargo)"
+  bench_compile
+fi
 
 {
   report_header
@@ -1793,6 +2762,10 @@ fi
   if want publish || want pull; then report_base_image; fi
   if want publish; then report_publish; fi
   if want pull; then report_pull; fi
+  if want parallel; then report_parallel; fi
+  if want scale; then report_scale; fi
+  if want rustdeps; then report_rustdeps; fi
+  if want compile; then report_compile; fi
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"
