@@ -20,6 +20,38 @@ use crate::Error;
 /// containerd's gRPC server accepts messages up to 4 MiB; stay well below.
 const CHUNK: usize = 1 << 20;
 
+/// A blocking `Read` over chunks sent from async code (a blob streaming
+/// into a tarball or a layer unpacker); the channel's end is the end of
+/// the stream, an error item is a read error.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
 /// What a blob write found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {

@@ -737,10 +737,7 @@ pub async fn write_tarball(
         )
         .map_err(io)?;
         for (desc, chunks) in rx {
-            let mut reader = ChannelReader {
-                rx: chunks,
-                buf: bytes::Bytes::new(),
-            };
+            let mut reader = content::ChannelReader::new(chunks);
             add(
                 &mut tar,
                 &blob_path(&desc.digest),
@@ -776,27 +773,6 @@ pub async fn write_tarball(
     writer
         .await
         .map_err(|e| Error::Export(format!("tarball task: {e}")))?
-}
-
-/// A blocking reader over chunks sent from async code.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
-    buf: bytes::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.buf = chunk?,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len());
-        out[..n].copy_from_slice(&self.buf[..n]);
-        self.buf = self.buf.slice(n..);
-        Ok(n)
-    }
 }
 
 /// Where each blob's data starts in a tarball file, and its size, by digest.

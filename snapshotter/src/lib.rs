@@ -79,9 +79,6 @@ pub enum Error {
     Export(String),
     #[error("invalid pattern {pattern:?}: {reason}")]
     InvalidPattern { pattern: String, reason: String },
-    /// Internal: a concurrent unpack committed the same layer first.
-    #[error("layer already unpacked")]
-    AlreadyUnpacked,
 }
 
 impl Error {

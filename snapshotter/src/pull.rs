@@ -351,9 +351,9 @@ async fn stream_layer(
         ));
     };
     let target = unpack::Target { root, lowers };
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
     let applying = tokio::task::spawn_blocking(move || {
-        unpack::apply(unpack::ChannelReader::new(rx), compression, &target)
+        unpack::apply(content::ChannelReader::new(rx), compression, &target)
     });
     let fetched: Result<Option<u64>, Error> = match source {
         Source::Registry => {
@@ -367,7 +367,7 @@ async fn stream_layer(
                         async move {
                             if let Ok(bytes) = &chunk {
                                 // The unpacker may have stopped; the blob still goes to the store.
-                                let _ = tx.send(bytes.clone()).await;
+                                let _ = tx.send(Ok(bytes.clone())).await;
                             }
                             chunk
                         }
@@ -397,7 +397,7 @@ async fn stream_layer(
                         digest: digest.clone(),
                         reason: format!("reading it from the content store: {e}"),
                     })?;
-                    if tx.send(chunk).await.is_err() {
+                    if tx.send(Ok(chunk)).await.is_err() {
                         break;
                     }
                 }
@@ -448,19 +448,35 @@ async fn settle(
         Err(unpack::ApplyError::Io { what, source }) => Err(bad(format!(
             "unpacking layer {digest}: cannot {what}: {source}"
         ))),
-        Ok(applied) if applied != layer.diff_id => Err(bad(format!(
-            "layer {digest} unpacked to {applied}, but the image config says {}",
-            layer.diff_id
-        ))),
-        Ok(_) => match snapshots::commit(ctd, lease, key, layer.chain_id, HashMap::new()).await {
-            Ok(()) => Ok(Streamed::Done),
-            // Someone else unpacked the same layer meanwhile: theirs is as good.
-            Err(Error::Containerd(e)) if e.is_already_exists() => {
-                snapshots::remove(ctd, key).await?;
-                Ok(Streamed::Done)
-            }
-            Err(e) => Err(e),
-        },
+        Ok(applied) => {
+            commit_layer(ctd, lease, key, layer, &applied).await?;
+            Ok(Streamed::Done)
+        }
+    }
+}
+
+/// Commits active snapshot `key` as the layer's chain ID once what was
+/// unpacked is the layer the image config names.
+async fn commit_layer(
+    ctd: &Containerd,
+    lease: &LeaseId,
+    key: &str,
+    layer: &LayerJob<'_>,
+    applied: &str,
+) -> Result<(), Error> {
+    if applied != layer.diff_id {
+        return Err(Error::BadImage {
+            reference: layer.reference.to_string(),
+            reason: format!(
+                "layer {} unpacked to {applied}, but the image config says {}",
+                layer.desc.digest, layer.diff_id
+            ),
+        });
+    }
+    match snapshots::commit(ctd, lease, key, layer.chain_id, HashMap::new()).await {
+        // Someone else unpacked the same layer meanwhile: theirs is as good.
+        Err(Error::Containerd(e)) if e.is_already_exists() => snapshots::remove(ctd, key).await,
+        other => other,
     }
 }
 
@@ -500,30 +516,13 @@ async fn with_diff_service(
             .into_inner()
             .applied;
         let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
-        if applied_digest != layer.diff_id {
-            return Err(Error::BadImage {
-                reference: layer.reference.to_string(),
-                reason: format!(
-                    "layer {} unpacked to {applied_digest}, but the image config says {}",
-                    layer.desc.digest, layer.diff_id
-                ),
-            });
-        }
-        match snapshots::commit(ctd, lease, &key, layer.chain_id, HashMap::new()).await {
-            // Someone else unpacked the same layer meanwhile: theirs is as good.
-            Err(Error::Containerd(e)) if e.is_already_exists() => Err(Error::AlreadyUnpacked),
-            other => other,
-        }
+        commit_layer(ctd, lease, &key, layer, &applied_digest).await
     }
     .await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(Error::AlreadyUnpacked) => snapshots::remove(ctd, &key).await,
-        Err(e) => {
-            let _ = snapshots::remove(ctd, &key).await;
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = snapshots::remove(ctd, &key).await;
     }
+    result
 }
 
 fn image_record(name: &str, target: &BlobDesc) -> Image {

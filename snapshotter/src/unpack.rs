@@ -18,12 +18,10 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use bytes::{Buf, Bytes};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,37 +70,6 @@ fn io_err(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> ApplyError
     move |source| ApplyError::Io {
         what: what(),
         source,
-    }
-}
-
-/// A `Read` over chunks arriving on a channel; the end of the channel is
-/// the end of the stream.
-pub struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    pub fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
     }
 }
 
@@ -164,7 +131,7 @@ pub fn apply(
         .map_err(|e| ApplyError::Invalid(format!("broken layer stream: {e}")))?;
     // Directory times last: creating entries in them changed their mtime.
     for (dir, mtime) in dirs.iter().rev() {
-        set_times(dir, *mtime).map_err(io_err(|| format!("set times of {}", dir.display())))?;
+        times(dir, *mtime)?;
     }
     Ok(format!("sha256:{:x}", hashed.hasher.finalize()))
 }
@@ -262,8 +229,7 @@ fn apply_entry<R: Read>(
                 )));
             }
             meta.apply(&dst, Some(&xattrs), false)?;
-            set_times(&dst, meta.mtime)
-                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+            times(&dst, meta.mtime)?;
         }
         T::Directory => {
             if existing.is_none() {
@@ -277,8 +243,7 @@ fn apply_entry<R: Read>(
             std::os::unix::fs::symlink(&link, &dst)
                 .map_err(io_err(|| format!("create symbolic link {}", dst.display())))?;
             meta.apply(&dst, Some(&xattrs), true)?;
-            set_times(&dst, meta.mtime)
-                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+            times(&dst, meta.mtime)?;
         }
         T::Link => {
             let link = link_name(entry)?;
@@ -289,8 +254,7 @@ fn apply_entry<R: Read>(
             // As containerd: the link's own header sets the (shared) inode's metadata.
             let symlink = fs::symlink_metadata(&dst).is_ok_and(|m| m.file_type().is_symlink());
             meta.apply(&dst, Some(&xattrs), symlink)?;
-            set_times(&dst, meta.mtime)
-                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+            times(&dst, meta.mtime)?;
         }
         T::Char | T::Block | T::Fifo => {
             let header = entry.header();
@@ -305,8 +269,7 @@ fn apply_entry<R: Read>(
             );
             mknod(&dst, fmt, dev).map_err(io_err(|| format!("create {}", dst.display())))?;
             meta.apply(&dst, Some(&xattrs), false)?;
-            set_times(&dst, meta.mtime)
-                .map_err(io_err(|| format!("set times of {}", dst.display())))?;
+            times(&dst, meta.mtime)?;
         }
         T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
         other => {
@@ -357,6 +320,16 @@ struct Meta {
 }
 
 impl Meta {
+    /// A directory no layer describes: as `mkdir -p` makes it.
+    fn new_dir() -> Meta {
+        Meta {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            mtime: 0,
+        }
+    }
+
     fn chown(&self, path: &Path) -> Result<(), ApplyError> {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
             .map_err(io_err(|| format!("change owner of {}", path.display())))
@@ -440,25 +413,11 @@ fn ensure_dirs(target: &Target, parents: &[&OsStr]) -> Result<PathBuf, ApplyErro
         fs::create_dir(&dir).map_err(io_err(|| format!("create {}", dir.display())))?;
         meta.apply(&dir, None, false)?;
         if copy {
-            set_times(&dir, meta.mtime)
-                .map_err(io_err(|| format!("set times of {}", dir.display())))?;
+            times(&dir, meta.mtime)?;
         }
     }
     Ok(dir)
 }
-
-impl Meta {
-    fn new_dir() -> Meta {
-        Meta {
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
-            mtime: 0,
-        }
-    }
-}
-
-use std::os::unix::fs::FileTypeExt;
 
 /// The file a hard link in this layer points to; it must be in the layer.
 fn resolve_in_layer(target: &Target, link: &Path) -> Result<PathBuf, ApplyError> {
@@ -519,6 +478,11 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sets access and modification time of `path` to `mtime`.
+fn times(path: &Path, mtime: i64) -> Result<(), ApplyError> {
+    set_times(path, mtime).map_err(io_err(|| format!("set times of {}", path.display())))
 }
 
 /// Sets access and modification time (without following a symbolic link).
