@@ -115,6 +115,19 @@ pub struct ExecOutcome {
     pub changes: Option<String>,
 }
 
+impl ExecOutcome {
+    /// The outcome of a step that ran no process: only a snapshot.
+    pub fn snapshot_only(snapshot: SnapshotId) -> ExecOutcome {
+        ExecOutcome {
+            exit_code: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            snapshot: Some(snapshot),
+            changes: None,
+        }
+    }
+}
+
 /// Where file content comes from.
 #[derive(Clone, Debug)]
 pub enum Source {

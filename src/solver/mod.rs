@@ -1102,13 +1102,7 @@ impl<M: Machinery> Solver<M> {
                         return Err(e);
                     }
                 };
-                let outcome = ExecOutcome {
-                    exit_code: 0,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    snapshot: Some(snapshot.clone()),
-                    changes: None,
-                };
+                let outcome = ExecOutcome::snapshot_only(snapshot.clone());
                 (snapshot, outcome, started, no)
             }
             StepKind::Apply(actions) => {
@@ -1131,13 +1125,7 @@ impl<M: Machinery> Solver<M> {
                         return Err(e);
                     }
                 };
-                let outcome = ExecOutcome {
-                    exit_code: 0,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    snapshot: Some(snapshot.clone()),
-                    changes: None,
-                };
+                let outcome = ExecOutcome::snapshot_only(snapshot.clone());
                 (snapshot, outcome, started, no)
             }
         };
