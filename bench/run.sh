@@ -1228,8 +1228,9 @@ pull_purge_all() {
 # pull_rb_once I: rbuild in a fresh namespace and root. Records the wall
 # time and its parts: pull_rb_done (its pull DONE), _exec (the step),
 # _before (process start to the blob's first byte in the content store),
-# _dl (the blob's ingest: its file's birth to its last write), _unpack (from
-# then to the pull DONE line: Diff.Apply, commit, image record), _after
+# _dl (the blob's ingest: its file's birth to its last write; rbuild
+# unpacks during it), _unpack (from then to the pull DONE line: the end of
+# the unpack, diff ID check, commit, image record), _after
 # (from the pull DONE line to exit: the step, the end of the run).
 pull_rb_once() {
   local log=$LOG_DIR/pull-rbuild.log t0 t1 rc done_ms exec born written _read t_done
@@ -2378,16 +2379,20 @@ blob's file in containerd's content store: from its birth (the ingest file
 is created when the first bytes arrive) to its last write (the commit),
 \`stat\` of \`$CTD_BLOBS/…\` right after the pull; **before** = process
 start to that birth (process and pipeline start, connection, resolving the
-tag, the small blobs). **unpack**: rbuild, from the blob's last write to the
-pull step's DONE line (config and manifest into the content store, Diff.Apply
-of both layers — decompress, sha256 of the tar, extract into the overlay
-snapshot —, commit, image record); ctr, its own \`done: Xs\` after
-\`unpacking linux/amd64 …\`. **after**: rbuild, from the pull's DONE line
-to exit, mostly the \`true\` step (its DONE: $(msr pull_rb_exec) ms; a step
-right after a pull is slower than usual: deleting its task unmounts its
-overlay, which syncs the file system the layer was just unpacked to). Docker,
-from the stamps of its own lines for the big layer: \`Pulling fs layer\` →
-\`Download complete\` (download, into a temporary file) → \`Pull complete\`
+tag, the small blobs). rbuild unpacks each layer *while* it downloads: the
+stream from the registry is decompressed, hashed (diff ID) and extracted
+straight into the overlay snapshot's upper directory, and teed into the
+content store, so its **download** column is download *and* unpack, and
+its **unpack** column is only what remains after the blob's last write
+(the end of the tar stream, the diff ID check, snapshot commit, image
+record). ctr downloads first, then unpacks (containerd's Diff.Apply):
+**unpack** is its own \`done: Xs\` after \`unpacking linux/amd64 …\`.
+**after**: rbuild, from the pull's DONE line to exit, mostly the \`true\`
+step (its DONE: $(msr pull_rb_exec) ms; a step right after a pull is
+slower than usual: deleting its task unmounts its overlay, which syncs the
+file system the layer was just unpacked to). Docker, from the stamps of
+its own lines for the big layer: \`Pulling fs layer\` → \`Download
+complete\` (download, into a temporary file) → \`Pull complete\`
 (extract: decompress + untar into overlay2).
 
 | engine (ms) | total | before | download | download rate | unpack | after |
@@ -2640,8 +2645,9 @@ pipelines of that cache dir; it skips cargo entirely when neither the file
 nor the SDK changed.
 
 - **first compile**: \`RBUILD_CACHE_DIR\` new and empty: the crate is
-  generated, cargo resolves its dependencies (no \`Cargo.lock\` yet) and
-  builds all of them. cargo's own caches (\`~/.cargo/registry\`: index and
+  generated with rbuild's own \`Cargo.lock\` (the versions rbuild was
+  built and tested with; cargo drops what the pipeline does not use), and
+  cargo builds all of its dependencies. cargo's own caches (\`~/.cargo/registry\`: index and
   crate sources) are not emptied. Checked: tokio, rbuild-sdk and the
   pipeline are compiled.
 - **one-line edit**: the \`EDIT\` constant (which the pipeline prints)
@@ -2691,16 +2697,81 @@ start, when there is no index update) to \`Finished\`; **after** from
 cargo updated the crates.io index and wrote a new \`Cargo.lock\`
 (\`Updating crates.io index\`, \`Locking …\`) in $(sum_of cp_rb_first_updated) of $nf first compiles
 and $(sum_of cp_rb_edit_updated) of $(count_of cp_rb_edit) edits; bare cargo, which finds the lock file, in
-$(sum_of cp_bare_first_updated) of $(count_of cp_bare_first) first builds. A new cache dir has no lock
-file for the generated crate, so cargo resolves \`tokio = "1"\` and the
-SDK's dependencies against the live index: the first compile needs the
-network, and gets the newest versions of that moment. cargo downloaded
-crates in $(sum_of cp_rb_first_downloaded) of $nf first compiles.
+$(sum_of cp_bare_first_updated) of $(count_of cp_bare_first) first builds. The generated crate starts
+from rbuild's own lock file, so a first compile needs no index update (nor
+network, once the crates are in \`~/.cargo/registry\`) unless the
+pipeline's cargo block adds a dependency the lock file lacks. cargo
+downloaded crates in $(sum_of cp_rb_first_downloaded) of $nf first compiles.
 EOF
 }
 
 # per_mib MS: MS per MiB the cutoff step wrote.
 per_mib() { awk -v a="$1" -v m="$CO_MB" 'BEGIN { printf "%.2f ms", a / m }'; }
+
+# at_most A B LIMIT: "yes" when A / B <= LIMIT, "**no**" when not, "n/a"
+# when a figure is missing.
+at_most() {
+  awk -v a="$1" -v b="$2" -v l="$3" 'BEGIN {
+    if (a == "" || b == "" || b <= 0) print "n/a"; else if (a / b <= l) print "yes"; else print "**no**" }'
+}
+
+# The issue's targets, each from this run's medians; the figures behind
+# them are in the scenario sections, and PROFILES.md (appended) explains
+# the misses.
+report_targets() {
+  local rc bc fl rcc bcc ru bu rbd ct par first second last t1 t2 t3 growth
+  cat <<EOT
+
+## Targets at a glance
+
+From this run's medians (the sections below have the runs, spreads and
+checks). Where a target is missed, **Profiles** at the end shows where the
+time goes and what would fix it.
+
+| target | this run | met |
+|---|---|---|
+EOT
+  if want steps; then
+    rc=$(med rbuild_cold) bc=$(med buildkit_cold) fl=$(med ctr_floor)
+    rcc=$(med rbuild_cached) bcc=$(med buildkit_cached)
+    echo "| cold trivial step ≤ 1.2× the \`ctr run\` floor | $(fmt_s "$((rc / STEPS))") s / $(fmt_s "$fl") s = $(ratio "$((rc / STEPS))" "$fl") | $(at_most "$((rc / STEPS))" "$fl" 1.2) |"
+    echo "| cold trivial step ≤ 0.4× BuildKit's | $(fmt_s "$((rc / STEPS))") s / $(fmt_s "$((bc / STEPS))") s = $(ratio "$rc" "$bc") | $(at_most "$rc" "$bc" 0.4) |"
+    echo "| fully cached 10 steps ≤ ⅓ of BuildKit's | $(fmt_s "$rcc") s / $(fmt_s "$bcc") s = $(ratio "$rcc" "$bcc") | $(at_most "$rcc" "$bcc" 0.3334) |"
+  fi
+  if want hostdir; then
+    ru=$(med hd_rb_unch) bu=$(med hd_bk_unch)
+    echo "| unchanged 20k-file directory ≤ 0.5× BuildKit's | $(fmt_s "$ru") s / $(fmt_s "$bu") s = $(ratio "$ru" "$bu") | $(at_most "$ru" "$bu" 0.5) |"
+  fi
+  if want pull; then
+    rbd=$(med pull_rb_done) ct=$(med pull_ctr)
+    echo "| pull ≤ 0.6× \`ctr images pull\` (rbuild's pull step) | $(fmt_s "$rbd") s / $(fmt_s "$ct") s = $(ratio "$rbd" "$ct") | $(at_most "$rbd" "$ct" 0.6) |"
+  fi
+  if want parallel; then
+    par=$(med par_rb)
+    echo "| 4 parallel \`sleep 1\` steps < 1.4 s | $(fmt_s "$par") s | $(under "$par" 1400) |"
+  fi
+  if want scale; then
+    read -r first second _ <<<"$SC_STEPS"
+    last=${SC_STEPS##* }
+    t1=$(med "sc_rb_cached_$first") t2=$(med "sc_rb_cached_$second") t3=$(med "sc_rb_cached_$last")
+    echo "| fully cached $last-step run < 1 s | $(fmt_s "$t3") s | $(under "$t3" 1000) |"
+    if [[ $last != "$second" ]]; then
+      # Linear: a cached step costs about as much from $second to $last as
+      # from $first to $second (within 2×: the first difference is small).
+      growth=$(awk -v a="$t1" -v b="$t2" -v c="$t3" -v n1="$first" -v n2="$second" -v n3="$last" \
+        'BEGIN { p1 = (b - a) / (n2 - n1); p2 = (c - b) / (n3 - n2); if (p1 > 0) printf "%.2f", p2 / p1; else print "n/a" }')
+      echo "| cached time grows linearly ($first → $second → $last steps) | $(fmt_s "$t1") / $(fmt_s "$t2") / $(fmt_s "$t3") s; a step $second → $last costs ${growth}× a step $first → $second | $(awk -v g="$growth" 'BEGIN { if (g == "n/a") print "n/a"; else if (g <= 2) print "yes"; else print "**no**" }') |"
+    fi
+  fi
+}
+
+# PROFILES.md, when present: the profiles behind the missed targets.
+report_profiles() {
+  if [[ -f $REPO/bench/PROFILES.md ]]; then
+    printf '\n'
+    sed '1s/^# /## /; 2,$s/^## /### /' "$REPO/bench/PROFILES.md"
+  fi
+}
 
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
@@ -2756,6 +2827,7 @@ fi
 
 {
   report_header
+  report_targets
   if want steps; then report_ten_steps; fi
   if want hostdir; then report_hostdir; fi
   if want cutoff; then report_cutoff; fi
@@ -2766,6 +2838,7 @@ fi
   if want scale; then report_scale; fi
   if want rustdeps; then report_rustdeps; fi
   if want compile; then report_compile; fi
+  report_profiles
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"

@@ -20,6 +20,12 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
 ];
 
+/// The versions rbuild itself was built and tested with. A single-file
+/// pipeline's first compile starts from this lock file, so cargo needs no
+/// index update (nor network) for the SDK and tokio, and gets the versions
+/// the SDK was tested with rather than whatever is newest that day.
+const WORKSPACE_LOCK: &str = include_str!("../Cargo.lock");
+
 /// Dependencies every single-file pipeline gets without declaring them.
 const DEFAULT_DEPS: &str = r#"
 rbuild-sdk = { path = "@SDK@" }
@@ -233,6 +239,7 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
             if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(manifest.as_str()) {
                 std::fs::write(&manifest_path, &manifest)?;
             }
+            seed_lock_file(&project)?;
             stamp.update(manifest.as_bytes());
             stamp.update(text.as_bytes());
             (project, manifest_path, Vec::new())
@@ -288,6 +295,23 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
         }
     }
     Ok(Built { executable: cached })
+}
+
+/// Gives a generated pipeline crate rbuild's own lock file when it has none
+/// yet; cargo drops what the pipeline does not use and resolves only what
+/// its cargo block adds.
+fn seed_lock_file(project: &Path) -> Result<()> {
+    let lock = project.join("Cargo.lock");
+    if lock.exists() {
+        return Ok(());
+    }
+    let tmp = project.join(format!(
+        ".Cargo.lock.tmp-{}",
+        rbuild_snapshotter::unique_suffix()
+    ));
+    std::fs::write(&tmp, WORKSPACE_LOCK).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &lock).with_context(|| format!("write {}", lock.display()))?;
+    Ok(())
 }
 
 /// Runs `cargo build`, showing its diagnostics as cargo shows them, and

@@ -292,6 +292,64 @@ fn init_creates_a_pipeline_whose_functions_work() {
     );
 }
 
+/// The version a lock file pins for a package (its first entry).
+fn locked_version(lock: &str, package: &str) -> Option<String> {
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == format!("name = \"{package}\"") {
+            return lines
+                .next()?
+                .strip_prefix("version = \"")?
+                .strip_suffix('"')
+                .map(str::to_string);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_new_single_file_pipeline_compiles_with_rbuilds_own_lock_file() {
+    let env = TestEnv::new("lockfile");
+    let file = env.dir.path().join("fresh.rs");
+    std::fs::write(
+        &file,
+        "#[tokio::main]\nasync fn main() -> rbuild_sdk::Result<()> {\n    \
+         let c = rbuild_sdk::connect().await?;\n    \
+         let out = c.container().from(\"127.0.0.1:5000/busybox:latest\")\n        \
+         .with_exec([\"echo\", \"fresh\"]).stdout().await?;\n    \
+         print!(\"{out}\");\n    Ok(())\n}\n",
+    )
+    .unwrap();
+    let first = env.run(&file, &[]);
+    assert!(
+        !first.stderr.contains("Updating crates.io index"),
+        "a new pipeline's first compile needs no index update (nor network):\n{}",
+        first.stderr
+    );
+    let first = first.ok();
+    assert_eq!(first.stdout, "fresh\n");
+    // Its lock file pins the versions rbuild was tested with.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rbuild-pipelines/pipelines");
+    let wanted = format!("path = {:?}", file.display().to_string());
+    let lock = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .find(|p| {
+            std::fs::read_to_string(p.path().join("Cargo.toml"))
+                .is_ok_and(|m| m.lines().any(|l| l == wanted))
+        })
+        .map(|p| std::fs::read_to_string(p.path().join("Cargo.lock")).unwrap())
+        .expect("the pipeline's generated crate");
+    let ours = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
+    for package in ["tokio", "serde_json"] {
+        assert_eq!(
+            locked_version(&lock, package),
+            locked_version(&ours, package),
+            "{package}"
+        );
+    }
+}
+
 /// Step snapshots of the test namespace.
 fn step_snapshots(env: &TestEnv) -> Vec<String> {
     env.ctr(&["snapshots", "ls"])
