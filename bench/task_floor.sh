@@ -50,6 +50,6 @@ ctr -n $NS containers rm keeper
 # runc alone: the image's (single) layer snapshot as the rootfs.
 layer=$(ctr -n $NS snapshots ls | awk 'NR > 1 && NF == 2 && $2 == "Committed" { print $1; exit }')
 mkdir -p "$BUNDLE/rootfs"
-eval "$(ctr -n $NS snapshots prepare --mounts "$BUNDLE/rootfs" task-floor-rootfs "$layer")"
+eval "$(ctr -n $NS snapshots prepare --target "$BUNDLE/rootfs" task-floor-rootfs "$layer")"
 (cd "$BUNDLE" && runc spec && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
 echo "runc run true (no shim, no containerd): $(for i in $(seq "$N"); do ms runc run --bundle "$BUNDLE" "rbuild-task-floor-$i"; done | median) ms"
