@@ -2293,7 +2293,8 @@ the nonce.
 Where the time goes, ms, median (min–max). rbuild, from its progress lines:
 **write step** is the \`with_new_file\` step's \`DONE in X ms\`; **image** is
 the time from that DONE line to the \`#N publish\` line (taken from when
-each line arrived): the new layer (diff against the base, tar, gzip, into the
+each line arrived): the new layer (read from the steps' own overlay
+directories above the base, tar, timestamps to the epoch, gzip, into the
 content store), config and manifest; **push** is the publish step's
 \`DONE in X ms\` (per blob: HEAD, mount or upload; then the manifest);
 **rest** = total − those, per run (process starts, containerd connection,

@@ -390,3 +390,115 @@ fn layers_unpack_as_containerd_unpacks_them() {
     remove_namespace(&ns);
     assert_eq!(seen, String::from_utf8_lossy(&theirs.stdout));
 }
+
+/// Steps on the layered image of the test above delete base files and
+/// directories, recreate a directory (opaque), make hard and symbolic links,
+/// a FIFO, set-uid and owners, and delete in one step what an earlier one
+/// made. The published image, pulled and run by containerd itself, has the
+/// tree the last step saw: the layer rbuild writes from the steps' own
+/// overlay directories says exactly what they changed.
+#[test]
+fn a_published_image_is_the_tree_its_last_step_saw() {
+    let env = TestEnv::new("publish-tree");
+    let layout = tempfile::tempdir().unwrap();
+    run(
+        "python3",
+        &[
+            repo_root()
+                .join("fixtures/layered_image.py")
+                .to_str()
+                .unwrap(),
+            layout.path().to_str().unwrap(),
+            "publish-tree",
+        ],
+    );
+    let base = repo("publish-tree-base");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:layers", layout.path().display()),
+            &format!("docker://{base}"),
+        ],
+    );
+    let step1 = "rm /data/keep/old.txt && rm -r /data/replace \
+                 && mkdir -p /data/made/sub && echo one > /data/made/sub/a.txt \
+                 && echo tmp > /data/made/tmp.txt && echo changed > /data/keep/new.txt \
+                 && ln /data/made/sub/a.txt /data/made/hard && ln -s ../keep/new.txt /data/made/sym \
+                 && mkfifo /data/made/fifo && chmod 4711 /data/made/sub/a.txt \
+                 && chown 1000:1000 /data/made/tmp.txt /data/made/sub";
+    let step2 = "rm /data/made/tmp.txt && rm -r /data/opaque && mkdir /data/opaque \
+                 && echo fresh > /data/opaque/only.txt && mkdir /data/replace \
+                 && echo back > /data/replace/x && rm /data/hard2";
+    let list = "find /data /deep | sort | xargs stat -c '%n %F %a %u:%g %s %h %t:%T %N'; \
+                find /data -type f | sort | xargs cat";
+    let target = repo("publish-tree");
+    let out = env
+        .steps(&[
+            &format!("from={base}"),
+            &format!("exec={step1}"),
+            &format!("exec={step2}"),
+            &format!("exec={list}"),
+            "print=stdout",
+            &format!("publish={target}"),
+        ])
+        .ok();
+    let seen: String = out
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("published: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for want in [
+        "/data/made/hard regular file 4711 0:0 4 2 ",
+        "/data/made/fifo fifo ",
+        "/data/opaque/only.txt regular file",
+        "/data/replace/x regular file",
+    ] {
+        assert!(seen.contains(want), "{want:?} not in\n{seen}");
+    }
+    for gone in [
+        "/data/keep/old.txt",
+        "/data/made/tmp.txt",
+        "/data/opaque/new.txt",
+        "/data/replace/inner.txt",
+        "/data/hard2",
+    ] {
+        assert!(
+            !seen.contains(&format!("{gone} ")),
+            "{gone} still there:\n{seen}"
+        );
+    }
+    let reference = published(&out);
+
+    let ns = format!("{}-ctr", env.namespace);
+    remove_namespace(&ns);
+    let pulled = Command::new("ctr")
+        .args(["-n", &ns, "images", "pull", "--plain-http", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let theirs = Command::new("ctr")
+        .args([
+            "-n",
+            &ns,
+            "run",
+            "--rm",
+            &reference,
+            "publish-tree-check",
+            "sh",
+            "-c",
+            list,
+        ])
+        .output()
+        .unwrap();
+    remove_namespace(&ns);
+    assert_eq!(String::from_utf8_lossy(&theirs.stdout), seen);
+}

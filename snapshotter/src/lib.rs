@@ -10,6 +10,7 @@ pub mod content;
 pub mod export;
 pub mod image;
 pub mod mount;
+pub mod overlay_diff;
 pub mod pull;
 pub mod reference;
 pub mod registry;
