@@ -89,6 +89,7 @@ impl Engine {
             .with_context(|| format!("create {}", scratch.display()))?;
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: config.insecure_registries.clone(),
+            https_marker: Some(config.root.join("https-registries-used")),
         });
         registry.prewarm();
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
