@@ -265,22 +265,10 @@ fn pushing_to_the_auth_registry_needs_credentials() {
     );
 }
 
-/// Layers with whiteouts, an opaque directory, a directory the layer only
-/// writes into, a file turned directory, hard and symbolic links, a device,
-/// a FIFO, set-uid and owners (fixtures/layered_image.py): rbuild unpacks
-/// them while they download, and the tree a step sees is the one containerd's
-/// own pull (`ctr images pull`, `ctr run`) gives.
-#[test]
-fn layers_unpack_as_containerd_unpacks_them() {
-    let env = TestEnv::new("layers");
+/// Builds the layered test image (fixtures/layered_image.py, `nonce` in
+/// /data/nonce.txt) and pushes it to the test registry as `repo(name)`.
+fn push_layered_image(name: &str, nonce: &str) -> String {
     let layout = tempfile::tempdir().unwrap();
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
     run(
         "python3",
         &[
@@ -289,10 +277,10 @@ fn layers_unpack_as_containerd_unpacks_them() {
                 .to_str()
                 .unwrap(),
             layout.path().to_str().unwrap(),
-            &nonce,
+            nonce,
         ],
     );
-    let image = repo("layers");
+    let image = repo(name);
     run(
         "skopeo",
         &[
@@ -304,6 +292,71 @@ fn layers_unpack_as_containerd_unpacks_them() {
             &format!("docker://{image}"),
         ],
     );
+    image
+}
+
+/// What `sh -c list` prints in `image` pulled and run by containerd itself
+/// (`ctr images pull`, `ctr run`), in a namespace of its own.
+fn containerd_sees(env: &TestEnv, image: &str, list: &str) -> String {
+    let ns = format!("{}-ctr", env.namespace);
+    remove_namespace(&ns);
+    let pulled = Command::new("ctr")
+        .args(["-n", &ns, "images", "pull", "--plain-http", image])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let theirs = Command::new("ctr")
+        .args([
+            "-n",
+            &ns,
+            "run",
+            "--rm",
+            image,
+            "containerd-sees",
+            "sh",
+            "-c",
+            list,
+        ])
+        .output()
+        .unwrap();
+    remove_namespace(&ns);
+    String::from_utf8_lossy(&theirs.stdout).into_owned()
+}
+
+/// `seen`, a `find | xargs stat` listing, has a line starting with each of
+/// `present` and no entry for any path of `absent`.
+fn assert_listing(seen: &str, present: &[&str], absent: &[&str]) {
+    for want in present {
+        assert!(seen.contains(want), "{want:?} not in\n{seen}");
+    }
+    for gone in absent {
+        assert!(
+            !seen.contains(&format!("{gone} ")),
+            "{gone} still there:\n{seen}"
+        );
+    }
+}
+
+/// Layers with whiteouts, an opaque directory, a directory the layer only
+/// writes into, a file turned directory, hard and symbolic links, a device,
+/// a FIFO, set-uid and owners (fixtures/layered_image.py): rbuild unpacks
+/// them while they download, and the tree a step sees is the one containerd's
+/// own pull (`ctr images pull`, `ctr run`) gives.
+#[test]
+fn layers_unpack_as_containerd_unpacks_them() {
+    let env = TestEnv::new("layers");
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let image = push_layered_image("layers", &nonce);
     let list = "find /data /deep /bin | sort | xargs stat -c '%n %F %a %u:%g %s %h %t:%T %N'; \
                 find /data /deep ! -type d | sort | xargs stat -c '%n %Y'; cat /data/nonce.txt";
     let out = env
@@ -319,33 +372,29 @@ fn layers_unpack_as_containerd_unpacks_them() {
         out.stderr
     );
     let seen = out.stdout;
-    for want in [
-        "/data/keep directory 700 1000:1000 ",
-        "/data/keep/new.txt regular file 600 1000:1000 9 1 ",
-        "/data/keep/old.txt regular file 644 1000:1000 4 1 ",
-        "/data/opaque/new.txt regular file",
-        "/data/replace/inner.txt regular file",
-        "/data/setuid regular file 4755 1000:1000 ",
-        "/data/hard1 regular file 640 0:0 10 2 ",
-        "/data/null character special file 666 0:0 0 1 1:3 ",
-        "/data/fifo fifo 600 ",
-        "/data/sym symbolic link 777 1000:1000 14 1 0:0 '/data/sym' -> '../bin/busybox'",
-        "/deep/new/dir/file.txt regular file 644 0:0 5 1 ",
-        "/data/nonce.txt 1700000000\n",
-    ] {
-        assert!(seen.contains(want), "{want:?} not in\n{seen}");
-    }
-    for gone in [
-        "/data/gone.txt",
-        "/data/gone-dir",
-        "/data/opaque/a.txt",
-        "/data/opaque/sub",
-    ] {
-        assert!(
-            !seen.contains(&format!("{gone} ")),
-            "{gone} still there:\n{seen}"
-        );
-    }
+    assert_listing(
+        &seen,
+        &[
+            "/data/keep directory 700 1000:1000 ",
+            "/data/keep/new.txt regular file 600 1000:1000 9 1 ",
+            "/data/keep/old.txt regular file 644 1000:1000 4 1 ",
+            "/data/opaque/new.txt regular file",
+            "/data/replace/inner.txt regular file",
+            "/data/setuid regular file 4755 1000:1000 ",
+            "/data/hard1 regular file 640 0:0 10 2 ",
+            "/data/null character special file 666 0:0 0 1 1:3 ",
+            "/data/fifo fifo 600 ",
+            "/data/sym symbolic link 777 1000:1000 14 1 0:0 '/data/sym' -> '../bin/busybox'",
+            "/deep/new/dir/file.txt regular file 644 0:0 5 1 ",
+            "/data/nonce.txt 1700000000\n",
+        ],
+        &[
+            "/data/gone.txt",
+            "/data/gone-dir",
+            "/data/opaque/a.txt",
+            "/data/opaque/sub",
+        ],
+    );
     assert!(seen.ends_with(&format!("{nonce}\n")), "{seen}");
 
     // Another namespace: containerd shares the blobs already on disk, so
@@ -361,34 +410,7 @@ fn layers_unpack_as_containerd_unpacks_them() {
     assert!(out.stderr.contains("2 unpacked"), "{}", out.stderr);
     assert_eq!(out.stdout, seen);
     assert!(again.leftovers().is_empty(), "{:?}", again.leftovers());
-
-    let ns = format!("{}-ctr", env.namespace);
-    remove_namespace(&ns);
-    let pulled = Command::new("ctr")
-        .args(["-n", &ns, "images", "pull", "--plain-http", &image])
-        .output()
-        .unwrap();
-    assert!(
-        pulled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pulled.stderr)
-    );
-    let theirs = Command::new("ctr")
-        .args([
-            "-n",
-            &ns,
-            "run",
-            "--rm",
-            &image,
-            "layers-check",
-            "sh",
-            "-c",
-            list,
-        ])
-        .output()
-        .unwrap();
-    remove_namespace(&ns);
-    assert_eq!(seen, String::from_utf8_lossy(&theirs.stdout));
+    assert_eq!(seen, containerd_sees(&env, &image, list));
 }
 
 /// Steps on the layered image of the test above delete base files and
@@ -400,30 +422,7 @@ fn layers_unpack_as_containerd_unpacks_them() {
 #[test]
 fn a_published_image_is_the_tree_its_last_step_saw() {
     let env = TestEnv::new("publish-tree");
-    let layout = tempfile::tempdir().unwrap();
-    run(
-        "python3",
-        &[
-            repo_root()
-                .join("fixtures/layered_image.py")
-                .to_str()
-                .unwrap(),
-            layout.path().to_str().unwrap(),
-            "publish-tree",
-        ],
-    );
-    let base = repo("publish-tree-base");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--insecure-policy",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:layers", layout.path().display()),
-            &format!("docker://{base}"),
-        ],
-    );
+    let base = push_layered_image("publish-tree-base", "publish-tree");
     let step1 = "rm /data/keep/old.txt && rm -r /data/replace \
                  && mkdir -p /data/made/sub && echo one > /data/made/sub/a.txt \
                  && echo tmp > /data/made/tmp.txt && echo changed > /data/keep/new.txt \
@@ -452,53 +451,22 @@ fn a_published_image_is_the_tree_its_last_step_saw() {
         .take_while(|l| !l.starts_with("published: "))
         .map(|l| format!("{l}\n"))
         .collect();
-    for want in [
-        "/data/made/hard regular file 4711 0:0 4 2 ",
-        "/data/made/fifo fifo ",
-        "/data/opaque/only.txt regular file",
-        "/data/replace/x regular file",
-    ] {
-        assert!(seen.contains(want), "{want:?} not in\n{seen}");
-    }
-    for gone in [
-        "/data/keep/old.txt",
-        "/data/made/tmp.txt",
-        "/data/opaque/new.txt",
-        "/data/replace/inner.txt",
-        "/data/hard2",
-    ] {
-        assert!(
-            !seen.contains(&format!("{gone} ")),
-            "{gone} still there:\n{seen}"
-        );
-    }
-    let reference = published(&out);
-
-    let ns = format!("{}-ctr", env.namespace);
-    remove_namespace(&ns);
-    let pulled = Command::new("ctr")
-        .args(["-n", &ns, "images", "pull", "--plain-http", &reference])
-        .output()
-        .unwrap();
-    assert!(
-        pulled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pulled.stderr)
+    assert_listing(
+        &seen,
+        &[
+            "/data/made/hard regular file 4711 0:0 4 2 ",
+            "/data/made/fifo fifo ",
+            "/data/opaque/only.txt regular file",
+            "/data/replace/x regular file",
+        ],
+        &[
+            "/data/keep/old.txt",
+            "/data/made/tmp.txt",
+            "/data/opaque/new.txt",
+            "/data/replace/inner.txt",
+            "/data/hard2",
+        ],
     );
-    let theirs = Command::new("ctr")
-        .args([
-            "-n",
-            &ns,
-            "run",
-            "--rm",
-            &reference,
-            "publish-tree-check",
-            "sh",
-            "-c",
-            list,
-        ])
-        .output()
-        .unwrap();
-    remove_namespace(&ns);
-    assert_eq!(String::from_utf8_lossy(&theirs.stdout), seen);
+    let reference = published(&out);
+    assert_eq!(containerd_sees(&env, &reference, list), seen);
 }
