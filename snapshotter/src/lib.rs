@@ -17,6 +17,7 @@ pub mod registry;
 pub mod snapshots;
 pub mod tree;
 pub mod unpack;
+mod xattr;
 
 use std::path::PathBuf;
 

@@ -11,16 +11,18 @@
 //! only what changed. It is the reverse of `unpack.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_runtime::containerd_client::types::Mount;
 
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+use crate::xattr::{OPAQUE, get_xattr, list_xattrs};
+
+/// Overlay's opaque marker, and its name when mounted with `userxattr`.
+const OPAQUE_XATTRS: [&str; 2] = [OPAQUE, "user.overlay.opaque"];
 
 /// The layer directories a read-only view mounts, top first: an overlay's
 /// `lowerdir` list, or the one directory of a bind mount. None for anything
@@ -230,61 +232,6 @@ impl<W: Write> LayerWriter<W> {
         }
         self.builder.append_data(&mut h, rel, io::empty())
     }
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
-/// The value of extended attribute `name` of `path` (not following a
-/// symlink), None when it has none.
-fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = c_path(path)?;
-    let n = CString::new(name).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: both strings are NUL-terminated; buf is writable for its length.
-        let len =
-            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if len >= 0 {
-            buf.truncate(len as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-            _ => return Err(e),
-        }
-    }
-}
-
-/// Every extended attribute of `path` (not following a symlink), by name.
-fn list_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let p = c_path(path)?;
-    let mut names = vec![0u8; 1024];
-    let len = loop {
-        // SAFETY: p is NUL-terminated; names is writable for its length.
-        let len = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        if len >= 0 {
-            break len as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
-            _ => return Err(e),
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        if let Some(value) = get_xattr(path, &name)? {
-            out.push((name, value));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -1054,19 +1054,11 @@ fn digest_node(p: &Path, h: &mut blake3::Hasher, budget: &mut u64) -> Result<boo
 }
 
 fn is_opaque(dir: &Path) -> bool {
-    let c = cstr(dir);
-    let name = c"trusted.overlay.opaque";
-    let mut buf = [0u8; 4];
-    // SAFETY: valid path and attribute name; buffer of its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n == 1 && buf[0] == b'y'
+    crate::xattr::get_xattr(dir, crate::xattr::OPAQUE)
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(b"y")
 }
 
 /// Removes the mount points runc created in a step's upper directory for

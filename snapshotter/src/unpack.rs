@@ -14,7 +14,7 @@
 //! it reports as [`ApplyError::Unsupported`], and the caller lets
 //! containerd's Diff service apply that layer instead.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -22,6 +22,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::xattr::{OPAQUE, cpath, set_xattr};
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +189,7 @@ fn apply_entry<R: Read>(
     if let Some(hidden) = name.strip_prefix(b".wh.") {
         if hidden == b".wh..opq" {
             if !target.lowers.is_empty() {
-                set_xattr(&parent, "trusted.overlay.opaque", b"y")
+                set_xattr(&parent, OPAQUE, b"y")
                     .map_err(io_err(|| format!("mark {} opaque", parent.display())))?;
             }
         } else if !hidden.starts_with(b".wh.") {
@@ -448,33 +450,10 @@ fn remove_existing(path: &Path) -> Result<(), ApplyError> {
     r.map_err(io_err(|| format!("remove {}", path.display())))
 }
 
-fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
 fn mknod(path: &Path, fmt: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
     let p = cpath(path)?;
     // SAFETY: p is a valid NUL-terminated path.
     if unsafe { libc::mknod(p.as_ptr(), fmt, dev) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = cpath(path)?;
-    let n = CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: valid NUL-terminated strings; value points to value.len() bytes.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
