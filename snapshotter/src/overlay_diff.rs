@@ -31,13 +31,10 @@ fn layer_dirs(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
     let [m] = mounts else { return None };
     match m.r#type.as_str() {
         "bind" => Some(vec![PathBuf::from(&m.source)]),
-        "overlay" => {
-            if m.options.iter().any(|o| o.starts_with("upperdir=")) {
-                return None;
-            }
-            let lower = m.options.iter().find_map(|o| o.strip_prefix("lowerdir="))?;
-            Some(lower.split(':').map(PathBuf::from).collect())
-        }
+        "overlay" => match crate::snapshots::overlay_options(m) {
+            (None, lowers) if !lowers.is_empty() => Some(lowers),
+            _ => None,
+        },
         _ => None,
     }
 }

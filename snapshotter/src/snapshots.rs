@@ -23,6 +23,13 @@ pub fn overlay_dirs(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
     if m.r#type == "bind" {
         return Some((PathBuf::from(&m.source), Vec::new()));
     }
+    let (upper, lowers) = overlay_options(m);
+    Some((upper?, lowers))
+}
+
+/// An overlay mount's `upperdir` (none in a read-only view) and its
+/// `lowerdir` list, topmost first.
+pub fn overlay_options(m: &Mount) -> (Option<PathBuf>, Vec<PathBuf>) {
     let mut upper = None;
     let mut lowers = Vec::new();
     for o in &m.options {
@@ -32,7 +39,7 @@ pub fn overlay_dirs(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
             lowers = l.split(':').map(PathBuf::from).collect();
         }
     }
-    Some((upper?, lowers))
+    (upper, lowers)
 }
 
 /// containerd's snapshot kinds (`snapshots.Kind`).
