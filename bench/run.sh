@@ -329,6 +329,18 @@ record() {
   printf '%s\t%s\t%s\n' "$RUN_ID" "$1" "$2" >>"$LOG_DIR/samples.tsv"
 }
 
+# timed NAME WHAT LOG COMMAND…: runs COMMAND, which writes its output to
+# LOG; when it fails, shows LOG and stops the bench ("WHAT failed");
+# otherwise records its wall time in ms as a sample of NAME.
+timed() {
+  local name=$1 what=$2 log=$3 t0 t1
+  shift 3
+  t0=$(now_ns)
+  "$@" || { cat "$log" >&2; die "$what failed (log: $log)"; }
+  t1=$(now_ns)
+  record "$name" $(((t1 - t0) / 1000000))
+}
+
 # stats NAME -> "median min max" in ms (median of an even count: mean of the middle two)
 stats() {
   sort -n "$TIMES/$1" | awk '{v[NR] = $1}
@@ -383,7 +395,7 @@ rb_reset() {
 }
 
 bench_rbuild() {
-  local log=$LOG_DIR/rbuild.log i t0 t1 nonce
+  local log=$LOG_DIR/rbuild.log i nonce
   if [[ ${BENCH_RESET:-1} == 1 ]]; then
     say "rbuild: resetting namespace $RB_NS and root $RB_ROOT"
     rb_reset
@@ -395,19 +407,13 @@ bench_rbuild() {
 
   for ((i = 1; i <= REPS; i++)); do
     nonce=$RUN_ID-$i
-    t0=$(now_ns)
-    rb_run "$nonce" "$log" || { cat "$log" >&2; die "rbuild cold run failed"; }
-    t1=$(now_ns)
+    timed rbuild_cold "rbuild cold run" "$log" rb_run "$nonce" "$log"
     check_rbuild "$log" 0
-    record rbuild_cold $(((t1 - t0) / 1000000))
     cp "$log" "$LOG_DIR/rbuild-cold.log"
   done
   for ((i = 1; i <= REPS; i++)); do
-    t0=$(now_ns)
-    rb_run "$nonce" "$log" || { cat "$log" >&2; die "rbuild cached run failed"; }
-    t1=$(now_ns)
+    timed rbuild_cached "rbuild cached run" "$log" rb_run "$nonce" "$log"
     check_rbuild "$log" "$STEPS"
-    record rbuild_cached $(((t1 - t0) / 1000000))
     cp "$log" "$LOG_DIR/rbuild-cached.log"
   done
   say "rbuild: cold $(stats rbuild_cold) / cached $(stats rbuild_cached) (median min max, ms)"
@@ -434,7 +440,7 @@ check_buildkit() {
 }
 
 bench_buildkit() {
-  local log=$LOG_DIR/buildkit.log i t0 t1 nonce
+  local log=$LOG_DIR/buildkit.log i nonce
   say "BuildKit: warm-up (pulls the base image into dockerd)"
   bk_build "warmup-$RUN_ID" "$log" || { cat "$log" >&2; die "docker build warm-up failed"; }
   bk_build "warmup-$RUN_ID" "$log" || { cat "$log" >&2; die "docker build warm-up failed"; }
@@ -442,19 +448,13 @@ bench_buildkit() {
 
   for ((i = 1; i <= REPS; i++)); do
     nonce=$RUN_ID-$i
-    t0=$(now_ns)
-    bk_build "$nonce" "$log" || { cat "$log" >&2; die "docker build (cold) failed"; }
-    t1=$(now_ns)
+    timed buildkit_cold "docker build (cold)" "$log" bk_build "$nonce" "$log"
     check_buildkit "$log" 0
-    record buildkit_cold $(((t1 - t0) / 1000000))
     cp "$log" "$LOG_DIR/buildkit-cold.log"
   done
   for ((i = 1; i <= REPS; i++)); do
-    t0=$(now_ns)
-    bk_build "$nonce" "$log" || { cat "$log" >&2; die "docker build (cached) failed"; }
-    t1=$(now_ns)
+    timed buildkit_cached "docker build (cached)" "$log" bk_build "$nonce" "$log"
     check_buildkit "$log" "$STEPS"
-    record buildkit_cached $(((t1 - t0) / 1000000))
     cp "$log" "$LOG_DIR/buildkit-cached.log"
   done
   # Drop the build cache of this run's cold builds and the images they left
@@ -658,17 +658,14 @@ bench_hostdir_floors() {
 # and stat cache): the whole tree is read and hashed, then copied into a new
 # snapshot. Unchanged and changed: the root of the previous run.
 hd_rb_once() {
-  local mode=$1 log=$LOG_DIR/hostdir-rbuild.log name t0 t1
+  local mode=$1 log=$LOG_DIR/hostdir-rbuild.log name
   name=hd_rb_$(hd_short "$mode")
   [[ $mode == cold ]] && rm -rf "$HD_ROOT"
   settle
-  t0=$(now_ns)
-  hd_rb_run "$HD_ROOT" "$log" || { cat "$log" >&2; die "rbuild host directory ($mode) failed"; }
-  t1=$(now_ns)
+  timed "$name" "rbuild host directory ($mode)" "$log" hd_rb_run "$HD_ROOT" "$log"
   hd_rb_check "$log" "$mode" "$name"
-  record "$name" $(((t1 - t0) / 1000000))
   # What the progress lines do not account for, in this run.
-  local rest=$(((t1 - t0) / 1000000 - $(last "${name}_scan")))
+  local rest=$(($(last "$name") - $(last "${name}_scan")))
   if [[ $mode != unchanged ]]; then
     rest=$((rest - $(last "${name}_copy") - $(last "${name}_exec")))
   fi
@@ -681,15 +678,12 @@ last() { tail -n 1 "$TIMES/$1"; }
 
 # hd_bk_once MODE: the same for BuildKit; cold = after bk_forget.
 hd_bk_once() {
-  local mode=$1 log=$LOG_DIR/hostdir-buildkit.log name t0 t1
+  local mode=$1 log=$LOG_DIR/hostdir-buildkit.log name
   name=hd_bk_$(hd_short "$mode")
   [[ $mode == cold ]] && bk_forget
   settle
-  t0=$(now_ns)
-  hd_bk_build "$log" || { cat "$log" >&2; die "docker build host directory ($mode) failed"; }
-  t1=$(now_ns)
+  timed "$name" "docker build host directory ($mode)" "$log" hd_bk_build "$log"
   hd_bk_check "$log" "$mode" "$name"
-  record "$name" $(((t1 - t0) / 1000000))
   cp "$log" "$LOG_DIR/hostdir-buildkit-$mode.log"
 }
 
@@ -768,7 +762,7 @@ co_check() {
 }
 
 bench_cutoff() {
-  local log=$LOG_DIR/cutoff.log i t0 t1 mode
+  local log=$LOG_DIR/cutoff.log i mode
   say "early cutoff: emptying namespace $CO_NS; warm-up (compiles the pipeline, pulls the image)"
   rb_reset "$CO_NS" "$CO_ROOT"
   co_run "warmup-on-$RUN_ID" on "$log" || { cat "$log" >&2; die "rbuild cutoff warm-up failed"; }
@@ -779,11 +773,8 @@ bench_cutoff() {
   for ((i = 1; i <= REPS; i++)); do
     for mode in on off; do
       settle
-      t0=$(now_ns)
-      co_run "$RUN_ID-$i-$mode" "$mode" "$log" || { cat "$log" >&2; die "rbuild cutoff ($mode) failed"; }
-      t1=$(now_ns)
+      timed "co_$mode" "rbuild cutoff ($mode)" "$log" co_run "$RUN_ID-$i-$mode" "$mode" "$log"
       co_check "$log" "$mode" "co_$mode"
-      record "co_$mode" $(((t1 - t0) / 1000000))
       cp "$log" "$LOG_DIR/cutoff-$mode.log"
     done
   done
@@ -1482,22 +1473,16 @@ par_bk_check() {
 }
 
 par_rb_once() { # round
-  local log=$LOG_DIR/parallel-rbuild.log nonce=$RUN_ID-$1 t0 t1
-  t0=$(now_ns)
-  par_rb_run "$nonce" "$log" || { cat "$log" >&2; die "rbuild parallel run failed"; }
-  t1=$(now_ns)
+  local log=$LOG_DIR/parallel-rbuild.log nonce=$RUN_ID-$1
+  timed par_rb "rbuild parallel run" "$log" par_rb_run "$nonce" "$log"
   par_rb_check "$log" "$nonce"
-  record par_rb $(((t1 - t0) / 1000000))
   cp "$log" "$LOG_DIR/parallel-rbuild-last.log"
 }
 
 par_bk_once() { # round
-  local log=$LOG_DIR/parallel-buildkit.log nonce=$RUN_ID-$1 t0 t1
-  t0=$(now_ns)
-  par_bk_build "$nonce" "$log" || { cat "$log" >&2; die "docker build parallel failed"; }
-  t1=$(now_ns)
+  local log=$LOG_DIR/parallel-buildkit.log nonce=$RUN_ID-$1
+  timed par_bk "docker build parallel" "$log" par_bk_build "$nonce" "$log"
   par_bk_check "$log" "$nonce"
-  record par_bk $(((t1 - t0) / 1000000))
   cp "$log" "$LOG_DIR/parallel-buildkit-last.log"
 }
 
@@ -1742,7 +1727,7 @@ rd_bk_build() { # log
 # rd_once ENGINE MODE GREETING: one timed build (the caller edits the
 # project for "changed"); cold forgets that engine's caches first.
 rd_once() {
-  local e=$1 mode=$2 greeting=$3 name=rd_$1_$2 log t0 t1 rc=0
+  local e=$1 mode=$2 greeting=$3 name=rd_$1_$2 log
   log=$LOG_DIR/rustdeps-$e.log
   if [[ $mode == cold ]]; then
     if [[ $e == rb ]]; then
@@ -1752,12 +1737,10 @@ rd_once() {
     fi
   fi
   settle
-  t0=$(now_ns)
-  if [[ $e == rb ]]; then rd_rb_run "$log" || rc=$?; else rd_bk_build "$log" || rc=$?; fi
-  t1=$(now_ns)
-  [[ $rc -eq 0 ]] || { cat "$log" >&2; die "rustdeps ($e, $mode) failed (log: $log)"; }
+  local build=rd_bk_build
+  [[ $e == rb ]] && build=rd_rb_run
+  timed "$name" "rustdeps ($e, $mode)" "$log" "$build" "$log"
   rd_check "$e" "$log" "$mode" "$greeting" "$name"
-  record "$name" $(((t1 - t0) / 1000000))
   cp "$log" "$LOG_DIR/rustdeps-$e-$mode.log"
   if [[ $e == rb ]]; then cp "$log.out" "$LOG_DIR/rustdeps-$e-$mode.log.out"; fi
 }
