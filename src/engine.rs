@@ -14,13 +14,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::GlobalOpts;
 use crate::index::{Index, RunRecord};
-use crate::machinery::ContainerdMachinery;
 use crate::pipeline;
 use crate::progress::{Mode, Progress};
 use crate::secrets::Secrets;
 use crate::session::Session;
 use crate::solver::{Solver, SolverConfig};
 use crate::volumes::Volumes;
+use crate::worker::ContainerdWorker;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -75,7 +75,7 @@ pub async fn connect(config: &EngineConfig) -> Result<Containerd> {
 }
 
 pub struct Engine {
-    pub solver: Arc<Solver<ContainerdMachinery>>,
+    pub solver: Arc<Solver<ContainerdWorker>>,
     pub progress: Arc<Progress>,
     pub index: Arc<Index>,
 }
@@ -94,16 +94,15 @@ impl Engine {
         registry.prewarm();
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
         let ctd = connect(config).await?;
-        let machinery =
-            ContainerdMachinery::new(ctd, registry, Volumes::new(&config.root), scratch);
-        machinery
+        let worker = ContainerdWorker::new(ctd, registry, Volumes::new(&config.root), scratch);
+        worker
             .remove_orphans()
             .await
             .context("clean up after an interrupted run")?;
         let secrets = Arc::new(Secrets::default());
         let progress = Arc::new(Progress::stderr(config.progress, secrets.clone()));
         let solver = Solver::new(
-            machinery,
+            worker,
             index.clone(),
             progress.clone(),
             SolverConfig {
@@ -185,7 +184,7 @@ pub async fn run_pipeline(
     // Whatever the pipeline left running is of no use to anyone now: stop
     // it, and wait until every container, task and snapshot is cleaned up.
     engine.solver.shutdown().await;
-    engine.solver.machinery().finish().await;
+    engine.solver.worker().finish().await;
     drop(session);
     let code = match status {
         None => {
@@ -218,14 +217,7 @@ async fn auto_gc(engine: &Engine, config: &EngineConfig) {
         Err(_) => return,
     };
     if let Some(policy) = crate::gc::auto_policy(&config.root, cached) {
-        match crate::gc::prune(
-            &engine.index,
-            engine.solver.machinery(),
-            &config.root,
-            &policy,
-        )
-        .await
-        {
+        match crate::gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await {
             Ok(p) if p.entries > 0 => eprintln!(
                 "rbuild: the cache was over its limit: removed {} least recently used entries ({})",
                 p.entries,

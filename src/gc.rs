@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::index::{CacheEntry, Index};
-use crate::machinery::ContainerdMachinery;
+use crate::worker::ContainerdWorker;
 
 /// What `rbuild cache prune` (or the automatic policy) keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct Pruned {
 /// volumes nobody is using.
 pub async fn prune(
     index: &Index,
-    machinery: &ContainerdMachinery,
+    worker: &ContainerdWorker,
     root: &Path,
     policy: &Policy,
 ) -> Result<Pruned> {
@@ -79,7 +79,7 @@ pub async fn prune(
     // Rows first: from now on nothing will reuse these results.
     index.forget(&doomed)?;
     for e in &doomed {
-        machinery.release(&e.snapshot).await?;
+        worker.release(&e.snapshot).await?;
     }
     let mut pruned = Pruned {
         entries: doomed.len(),
@@ -88,10 +88,10 @@ pub async fn prune(
     };
     if policy.all {
         index.forget_images()?;
-        machinery.remove_images().await?;
+        worker.remove_images().await?;
         pruned.volumes = crate::volumes::Volumes::new(root).remove_unused()?;
     }
-    machinery
+    worker
         .collect_garbage()
         .await
         .context("containerd garbage collection")?;
@@ -199,7 +199,7 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::SnapshotId;
+    use rbuild_snapshotter::snapshots::SnapshotId;
 
     fn entry(key: &str, size: i64, last_used: i64) -> CacheEntry {
         CacheEntry {

@@ -16,9 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::key::CacheKey;
 
-/// The name of a committed step snapshot in containerd.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SnapshotId(pub String);
+use rbuild_snapshotter::snapshots::SnapshotId;
 
 /// A cached step result.
 #[derive(Clone, Debug, PartialEq, Eq)]

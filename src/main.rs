@@ -10,14 +10,13 @@ mod graph;
 mod index;
 mod key;
 mod locks;
-mod machinery;
 mod pipeline;
 mod progress;
 mod secrets;
 mod session;
 mod solver;
-mod user;
 mod volumes;
+mod worker;
 
 use clap::Parser;
 

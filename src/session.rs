@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef};
-use crate::solver::{Machinery, ReadAnswer, ReadOp, SolveError, Solver, join_path};
+use crate::solver::{ReadAnswer, ReadOp, SolveError, Solver, Worker, join_path};
 
 /// Environment variables that carry the session to the pipeline process.
 pub const SOCKET_ENV: &str = "RBUILD_SESSION";
@@ -108,7 +108,7 @@ enum Query {
 
 impl Session {
     /// Starts serving `solver` on a fresh socket.
-    pub fn start<M: Machinery>(solver: Arc<Solver<M>>) -> std::io::Result<Session> {
+    pub fn start<M: Worker>(solver: Arc<Solver<M>>) -> std::io::Result<Session> {
         let dir = std::env::temp_dir().join(format!(
             "rbuild-session-{}-{}",
             std::process::id(),
@@ -168,7 +168,7 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-async fn serve<M: Machinery>(
+async fn serve<M: Worker>(
     conn: UnixStream,
     solver: &Arc<Solver<M>>,
     token: &str,
@@ -202,7 +202,7 @@ fn error_response(message: &str) -> Value {
     json!({ "error": { "message": message } })
 }
 
-async fn answer<M: Machinery>(solver: &Arc<Solver<M>>, query: Query) -> Result<Value, SolveError> {
+async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Value, SolveError> {
     match query {
         Query::Stdout { container } => {
             let st = solver.container(&container).await?;
@@ -317,7 +317,7 @@ async fn answer<M: Machinery>(solver: &Arc<Solver<M>>, query: Query) -> Result<V
 }
 
 fn unexpected(a: ReadAnswer) -> SolveError {
-    SolveError::Internal(format!("unexpected answer from the machinery: {a:?}"))
+    SolveError::Internal(format!("unexpected answer from the worker: {a:?}"))
 }
 
 fn names(a: ReadAnswer) -> Result<Value, SolveError> {

@@ -3,11 +3,14 @@
 //! Owns everything about bytes on disk: resolving and pulling images from
 //! registries ([`registry`], [`image`], [`pull`]), containerd's content store
 //! ([`content`]), snapshots ([`snapshots`]) and mounting them on the host
-//! ([`mount`]). It does not run processes and knows nothing of pipelines or
+//! ([`mount`]), file operations and reads on mounted trees ([`fileops`])
+//! and the users of a root filesystem ([`user`]). It does not run processes and knows nothing of pipelines or
 //! cache keys.
 
 pub mod content;
 pub mod export;
+pub mod fileops;
+pub mod host_scan;
 pub mod image;
 pub mod mount;
 pub mod overlay_diff;
@@ -17,6 +20,7 @@ pub mod registry;
 pub mod snapshots;
 pub mod tree;
 pub mod unpack;
+pub mod user;
 mod xattr;
 
 use std::path::PathBuf;
@@ -81,6 +85,10 @@ pub enum Error {
     Export(String),
     #[error("invalid pattern {pattern:?}: {reason}")]
     InvalidPattern { pattern: String, reason: String },
+    /// A file operation or read the pipeline asked for cannot be done (a
+    /// missing path, a directory where a file was wanted, ...).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -588,3 +588,27 @@ pub async fn put_image_record(
         Err(s) => Err(rbuild_runtime::Error::rpc("create image", name, s).into()),
     }
 }
+
+/// Deletes every image record in the namespace (what pulls and publishes
+/// made); their content goes with containerd's next collection. Returns how
+/// many there were.
+pub async fn remove_image_records(ctd: &Containerd) -> Result<usize, Error> {
+    use rbuild_runtime::containerd_client::services::v1::{DeleteImageRequest, ListImagesRequest};
+    let images = ctd
+        .images()
+        .list(ctd.request(ListImagesRequest::default()))
+        .await
+        .map_err(|s| rbuild_runtime::Error::rpc("list images", ctd.namespace(), s))?
+        .into_inner()
+        .images;
+    for i in &images {
+        ctd.images()
+            .delete(ctd.request(DeleteImageRequest {
+                name: i.name.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| rbuild_runtime::Error::rpc("delete image", &i.name, s))?;
+    }
+    Ok(images.len())
+}

@@ -11,10 +11,35 @@ use rbuild_runtime::containerd_client::services::v1::snapshots::{
     ViewSnapshotRequest,
 };
 use rbuild_runtime::containerd_client::tonic::Code;
-use rbuild_runtime::containerd_client::types::Mount;
+pub use rbuild_runtime::containerd_client::types::Mount;
 use rbuild_runtime::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
 
 use crate::Error;
+
+/// The name of a committed snapshot: a step's result, an image layer's
+/// chain ID. Committed snapshots are immutable and outlive a run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotId(pub String);
+
+/// The key of an active snapshot or a view: a tree being written, or one
+/// mounted read-only, for the length of one operation. Never a committed
+/// snapshot's name: committing turns an `ActiveKey` into a [`SnapshotId`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ActiveKey(pub String);
+
+impl ActiveKey {
+    /// A new unique key with a prefix that says what it is for
+    /// (`rbuild-active-…`, `rbuild-view-…`, `rbuild-mount-…`).
+    pub fn unique(prefix: &str) -> ActiveKey {
+        ActiveKey(format!("{prefix}-{}", crate::unique_suffix()))
+    }
+}
+
+impl std::fmt::Display for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The writable directory of a snapshot's mounts and the directories below
 /// it, topmost first (a snapshot without parent: its own directory, none).

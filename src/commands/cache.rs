@@ -96,13 +96,8 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
             }
             drop(index);
             let engine = Engine::start(&config).await?;
-            let pruned = gc::prune(
-                &engine.index,
-                engine.solver.machinery(),
-                &config.root,
-                &policy,
-            )
-            .await?;
+            let pruned =
+                gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await?;
             super::out(format_args!(
                 "removed {} entries ({}){}",
                 pruned.entries,

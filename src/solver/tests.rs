@@ -1,15 +1,20 @@
-//! Solver logic against a fake machinery: which steps run, which hit, what
+//! Solver logic against a fake worker: which steps run, which hit, what
 //! a failure leaves behind. (The same behaviour against real containerd is
 //! covered by tests/.)
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use rbuild_snapshotter::{BlobDesc, PullReport};
+use rbuild_snapshotter::host_scan::{HostScan, Known};
+use rbuild_snapshotter::tree::{HostListing, KnownHashes};
+use rbuild_snapshotter::{BlobDesc, ImageRef, PullReport};
 
-use crate::graph::{Expect, SecretDef, Sharing};
+use crate::graph::{ContainerDef, ContainerOp, Expect, SecretDef, Sharing};
 
+use super::interpret::expand_env;
 use super::*;
 
 #[derive(Default)]
@@ -25,7 +30,7 @@ fn digest(s: &str) -> String {
     format!("sha256:{}", blake3::hash(s.as_bytes()).to_hex())
 }
 
-impl Machinery for Fake {
+impl Worker for Fake {
     async fn resolve_digest(&self, image: &ImageRef) -> Result<String, SolveError> {
         if image.repository().contains("missing") {
             return Err(SolveError::Image(format!("image {image} not found")));
@@ -92,7 +97,7 @@ impl Machinery for Fake {
                 changes: None,
             });
         }
-        let name = format!("snap-{}", req.key);
+        let name = req.name.0.clone();
         self.snapshots.lock().unwrap().insert(name.clone());
         // A step whose command mentions "same-output" changes the tree the
         // same way whatever else its command says (early cutoff's case).
@@ -122,7 +127,7 @@ impl Machinery for Fake {
             .lock()
             .unwrap()
             .push(vec![format!("apply {}", req.actions.len())]);
-        let name = format!("snap-{}", req.key);
+        let name = req.name.0.clone();
         self.snapshots.lock().unwrap().insert(name.clone());
         Ok(SnapshotId(name))
     }
@@ -139,56 +144,16 @@ impl Machinery for Fake {
         Ok(1)
     }
 
-    // Images out are tested against real containerd and registries (tests/images.rs).
-    async fn layer(
+    async fn scan_host(
         &self,
-        _lower: Option<&SnapshotId>,
-        _upper: &SnapshotId,
-        _format: ImageFormat,
-    ) -> Result<Layer, SolveError> {
-        Err(SolveError::Internal("not faked".into()))
+        scan: HostScan,
+        known: Known,
+    ) -> Result<(HostListing, KnownHashes), SolveError> {
+        // Host scans are pure host work: the fake scans for real.
+        Ok(rbuild_snapshotter::host_scan::scan(&scan, known)?)
     }
-
-    async fn has_blob(&self, _digest: &str) -> Result<bool, SolveError> {
-        Ok(false)
-    }
-
-    async fn assemble(
-        &self,
-        _base: Option<&ResolvedImage>,
-        _layers: &[(Layer, String)],
-        _config: &rbuild_snapshotter::export::ImageConfig,
-        _format: ImageFormat,
-    ) -> Result<BuiltImage, SolveError> {
-        Err(SolveError::Internal("not faked".into()))
-    }
-
-    async fn publish(
-        &self,
-        _image: &BuiltImage,
-        _target: &ImageRef,
-        _auth: Option<(String, Arc<Vec<u8>>)>,
-        _report: &(dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
-    ) -> Result<String, SolveError> {
-        Err(SolveError::Internal("not faked".into()))
-    }
-
-    async fn tarball(
-        &self,
-        _image: &BuiltImage,
-        _name: Option<&str>,
-        _dest: TarballDest,
-    ) -> Result<Option<SnapshotId>, SolveError> {
-        Err(SolveError::Internal("not faked".into()))
-    }
-
-    async fn import_image(
-        &self,
-        _source: Source,
-        _platform: &Platform,
-    ) -> Result<ResolvedImage, SolveError> {
-        Err(SolveError::Internal("not faked".into()))
-    }
+    // Images out are tested against real containerd and registries
+    // (tests/images.rs): the fake offers no image verbs.
 }
 
 #[derive(Clone, Default)]
@@ -280,7 +245,7 @@ fn exec(args: &[&str]) -> ContainerOp {
 }
 
 fn execs(s: &Solver<Fake>) -> Vec<String> {
-    s.machinery()
+    s.worker()
         .execs
         .lock()
         .unwrap()
@@ -301,14 +266,14 @@ async fn a_second_run_executes_nothing_and_returns_the_same_bytes() {
     let (first, _) = h.run();
     let out1 = stdout(&first, &def).await;
     assert_eq!(execs(&first), ["a", "b", "c"]);
-    assert_eq!(first.machinery().pulls.load(Ordering::SeqCst), 1);
+    assert_eq!(first.worker().pulls.load(Ordering::SeqCst), 1);
 
     let (second, progress) = h.run();
     let out2 = stdout(&second, &def).await;
     assert_eq!(out1, out2);
     assert!(execs(&second).is_empty());
     assert_eq!(
-        second.machinery().pulls.load(Ordering::SeqCst),
+        second.worker().pulls.load(Ordering::SeqCst),
         0,
         "a fully cached run pulls nothing"
     );

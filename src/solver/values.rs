@@ -13,9 +13,9 @@ use rbuild_snapshotter::ResolvedImage;
 use rbuild_snapshotter::tree::HostListing;
 
 use crate::graph::{Expect, Sharing, shell_words};
-use crate::index::SnapshotId;
 use crate::key::{CacheKey, KeyBuilder};
 use crate::secrets::SecretValue;
+use rbuild_snapshotter::snapshots::SnapshotId;
 
 /// A filesystem state.
 #[derive(Clone, Debug)]

@@ -1,21 +1,30 @@
-//! The narrow interface between the solver and the machinery that touches
-//! containerd, registries and the host: what to run, copy or read, on which
-//! (already materialized) snapshots. Nothing here knows about cache keys'
-//! composition or the index.
+//! The narrow interface between the solver and the worker that touches
+//! containerd, registries and the host (BuildKit calls it a worker): what to
+//! run, copy, read or scan, on which (already materialized) snapshots, and
+//! the name to commit a result under. Nothing here knows about cache keys'
+//! composition or the index; the solver names every snapshot it keeps.
+//!
+//! [`Worker`] is what every run needs; [`ImageWorker`] (images out: layers,
+//! assembly, publish, tarballs, import) is a second trait, offered by a
+//! worker that can build images ([`Worker::images`]).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use rbuild_runtime::CancellationToken;
 use rbuild_snapshotter::export::{BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
-use rbuild_snapshotter::tree::HostListing;
+use rbuild_snapshotter::host_scan::{HostScan, Known};
+use rbuild_snapshotter::tree::{HostListing, KnownHashes};
 use rbuild_snapshotter::{BlobDesc, ImageRef, Platform, PullReport, ResolvedImage};
+
+pub use rbuild_snapshotter::fileops::{ReadAnswer, ReadOp};
 
 use super::SolveError;
 use crate::graph::{Expect, Sharing};
-use crate::index::SnapshotId;
 use crate::key::CacheKey;
+use rbuild_snapshotter::snapshots::SnapshotId;
 
 /// A mount of a step's container besides its root filesystem.
 #[derive(Clone, Debug)]
@@ -59,6 +68,8 @@ impl MountRequest {
 #[derive(Clone, Debug)]
 pub struct ExecRequest {
     pub key: CacheKey,
+    /// The name to commit the result under (when the exit code meets `expect`).
+    pub name: SnapshotId,
     /// Snapshot the root filesystem starts from; None for an empty one.
     pub parent: Option<SnapshotId>,
     pub args: Vec<String>,
@@ -175,6 +186,8 @@ pub enum FileAction {
 #[derive(Clone, Debug)]
 pub struct ApplyRequest {
     pub key: CacheKey,
+    /// The name to commit the result under.
+    pub name: SnapshotId,
     pub parent: Option<SnapshotId>,
     pub actions: Vec<FileAction>,
 }
@@ -184,32 +197,12 @@ pub struct ApplyRequest {
 pub enum TarballDest {
     /// A host path.
     Host(PathBuf),
-    /// `/image.tar` in a new snapshot committed for this key.
-    Snapshot(CacheKey),
-}
-
-/// A read-only question about a tree.
-#[derive(Clone, Debug)]
-pub enum ReadOp {
-    Entries,
-    Glob(String),
-    Contents,
-    Size,
-    Digest,
-    Export(PathBuf),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadAnswer {
-    Names(Vec<String>),
-    Bytes(Vec<u8>),
-    Size(u64),
-    Digest(String),
-    Done,
+    /// `/image.tar` in a new snapshot for step `key`, committed as `name`.
+    Snapshot { key: CacheKey, name: SnapshotId },
 }
 
 /// Everything the solver needs from containerd, registries and the host.
-pub trait Machinery: Send + Sync + 'static {
+pub trait Worker: Send + Sync + 'static {
     /// The digest a reference points at now (a pinned reference: its own).
     fn resolve_digest(
         &self,
@@ -255,43 +248,59 @@ pub trait Machinery: Send + Sync + 'static {
     /// Bytes a committed snapshot adds to its parent.
     fn usage(&self, snapshot: &SnapshotId) -> impl Future<Output = Result<i64, SolveError>> + Send;
 
+    /// Scans a host tree; `known` is what the stat cache knows of its root.
+    fn scan_host(
+        &self,
+        scan: HostScan,
+        known: Known,
+    ) -> impl Future<Output = Result<(HostListing, KnownHashes), SolveError>> + Send;
+    /// The image verbs, where this worker can build images.
+    fn images(&self) -> Option<&dyn ImageWorker> {
+        None
+    }
+}
+
+/// Images out: what building, publishing, exporting and importing images
+/// needs besides running steps. Boxed futures, so that a worker can offer
+/// it as a trait object ([`Worker::images`]).
+pub trait ImageWorker: Send + Sync {
     /// The layer of snapshot `upper` (its diff against `lower`), in `format`.
-    fn layer(
-        &self,
-        lower: Option<&SnapshotId>,
-        upper: &SnapshotId,
+    fn layer<'a>(
+        &'a self,
+        lower: Option<&'a SnapshotId>,
+        upper: &'a SnapshotId,
         format: ImageFormat,
-    ) -> impl Future<Output = Result<Layer, SolveError>> + Send;
+    ) -> BoxFuture<'a, Result<Layer, SolveError>>;
     /// Whether containerd's content store has a blob.
-    fn has_blob(&self, digest: &str) -> impl Future<Output = Result<bool, SolveError>> + Send;
+    fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, SolveError>>;
     /// Writes an image's config and manifest to the content store.
-    fn assemble(
-        &self,
-        base: Option<&ResolvedImage>,
-        layers: &[(Layer, String)],
-        config: &ImageConfig,
+    fn assemble<'a>(
+        &'a self,
+        base: Option<&'a ResolvedImage>,
+        layers: &'a [(Layer, String)],
+        config: &'a ImageConfig,
         format: ImageFormat,
-    ) -> impl Future<Output = Result<BuiltImage, SolveError>> + Send;
+    ) -> BoxFuture<'a, Result<BuiltImage, SolveError>>;
     /// Pushes an image; returns its manifest digest. `auth` overrides the
     /// Docker config's credentials for the target registry.
-    fn publish(
-        &self,
-        image: &BuiltImage,
-        target: &ImageRef,
+    fn publish<'a>(
+        &'a self,
+        image: &'a BuiltImage,
+        target: &'a ImageRef,
         auth: Option<(String, Arc<Vec<u8>>)>,
-        report: &(dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
-    ) -> impl Future<Output = Result<String, SolveError>> + Send;
+        report: &'a (dyn Fn(&BlobDesc, BlobPush) + Send + Sync),
+    ) -> BoxFuture<'a, Result<String, SolveError>>;
     /// Writes an image as a tarball; into a snapshot, returns it.
-    fn tarball(
-        &self,
-        image: &BuiltImage,
-        name: Option<&str>,
+    fn tarball<'a>(
+        &'a self,
+        image: &'a BuiltImage,
+        name: Option<&'a str>,
         dest: TarballDest,
-    ) -> impl Future<Output = Result<Option<SnapshotId>, SolveError>> + Send;
+    ) -> BoxFuture<'a, Result<Option<SnapshotId>, SolveError>>;
     /// Loads an OCI image tarball into the content store and describes it.
-    fn import_image(
-        &self,
+    fn import_image<'a>(
+        &'a self,
         source: Source,
-        platform: &Platform,
-    ) -> impl Future<Output = Result<ResolvedImage, SolveError>> + Send;
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<ResolvedImage, SolveError>>;
 }

@@ -94,6 +94,18 @@ pub fn resolve(user: &str, passwd: &str, group: &str) -> Result<ResolvedUser, St
     })
 }
 
+/// Resolves `user` with the passwd and group files of a root filesystem
+/// mounted at `rootfs` (read only when the spec has names).
+pub fn resolve_in_rootfs(user: &str, rootfs: &std::path::Path) -> Result<ResolvedUser, String> {
+    let (passwd, group) = if needs_lookup(user) {
+        let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+        (read("etc/passwd"), read("etc/group"))
+    } else {
+        (String::new(), String::new())
+    };
+    resolve(user, &passwd, &group)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

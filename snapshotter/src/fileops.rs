@@ -1,0 +1,346 @@
+//! File operations on mounted trees, and reads of them: what a step that
+//! copies, writes, removes or diffs files does to its new snapshot once it
+//! is mounted on the host, and the answers to `entries`, `glob`,
+//! `contents`, `size`, `digest` and `export` about a mounted tree or a
+//! scanned host directory.
+//!
+//! Pure filesystem work: the caller mounts the snapshots (and unmounts and
+//! commits them after); nothing here speaks to containerd. Paths inside a
+//! tree are resolved with [`crate::tree`]'s confined resolvers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::tree::{self, CopyFilter, HostListing, HostNode};
+use crate::{Error, unique_suffix, user};
+
+/// Where a copy's or a diff's content is on the host.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    /// `path` in a scanned host directory (read from the host and checked
+    /// against the scan).
+    Host {
+        listing: Arc<HostListing>,
+        path: String,
+    },
+    /// `path` in a tree mounted at `root`.
+    Mounted { root: PathBuf, path: String },
+}
+
+/// One file operation on the tree being built.
+#[derive(Clone, Debug)]
+pub enum FileOp {
+    /// Copy a directory's contents (or a file) to `dest`.
+    Copy {
+        dest: String,
+        origin: Origin,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        /// A user spec, resolved with the target tree's passwd and group.
+        owner: Option<String>,
+        permissions: Option<u32>,
+    },
+    Write {
+        dest: String,
+        contents: Arc<Vec<u8>>,
+        permissions: u32,
+        owner: Option<String>,
+    },
+    Remove {
+        path: String,
+    },
+    /// Copy what in `other` differs from `base` to the root.
+    Diff {
+        base: (PathBuf, String),
+        other: (PathBuf, String),
+    },
+}
+
+/// A read-only question about a tree.
+#[derive(Clone, Debug)]
+pub enum ReadOp {
+    Entries,
+    Glob(String),
+    Contents,
+    Size,
+    Digest,
+    Export(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    Names(Vec<String>),
+    Bytes(Vec<u8>),
+    Size(u64),
+    Digest(String),
+    Done,
+}
+
+fn invalid(message: String) -> Error {
+    Error::Invalid(message)
+}
+
+fn resolve_user(spec: &str, rootfs: &Path) -> Result<user::ResolvedUser, Error> {
+    user::resolve_in_rootfs(spec, rootfs).map_err(invalid)
+}
+
+/// Runs file operations against the tree mounted at `target`.
+pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
+    let owner_of = |o: &Option<String>| -> Result<Option<(u32, u32)>, Error> {
+        o.as_deref()
+            .map(|spec| resolve_user(spec, target).map(|u| (u.uid, u.gid)))
+            .transpose()
+    };
+    for op in ops {
+        match op {
+            FileOp::Copy {
+                dest,
+                origin,
+                include,
+                exclude,
+                owner,
+                permissions,
+            } => {
+                let owner = owner_of(owner)?;
+                copy_into(target, dest, origin, include, exclude, owner, *permissions)?;
+            }
+            FileOp::Write {
+                dest,
+                contents,
+                permissions,
+                owner,
+            } => {
+                let dst = tree::resolve_entry_in(target, dest);
+                tree::make_parents(target, &dst)?;
+                tree::remove_path(&dst)?;
+                std::fs::write(&dst, contents.as_slice())
+                    .map_err(|e| invalid(format!("write {dest}: {e}")))?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*permissions))
+                    .map_err(|e| invalid(format!("chmod {dest}: {e}")))?;
+                let (uid, gid) = owner_of(owner)?.unwrap_or((0, 0));
+                std::os::unix::fs::chown(&dst, Some(uid), Some(gid))
+                    .map_err(|e| invalid(format!("chown {dest}: {e}")))?;
+            }
+            FileOp::Remove { path } => {
+                tree::remove_path(&tree::resolve_entry_in(target, path))?;
+            }
+            FileOp::Diff {
+                base: (base_root, bp),
+                other: (other_root, op),
+            } => {
+                let b = tree::resolve_in(base_root, bp);
+                let o = tree::resolve_in(other_root, op);
+                copy_differences(&b, &o, target, Path::new(""))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One copy: a directory merges into what `dest` leads to (following
+/// symlinks inside the tree); a file replaces the entry at `dest`.
+fn copy_into(
+    target: &Path,
+    dest: &str,
+    origin: &Origin,
+    include: &[String],
+    exclude: &[String],
+    owner: Option<(u32, u32)>,
+    permissions: Option<u32>,
+) -> Result<(), Error> {
+    let placed = match origin {
+        Origin::Host { listing, path } => match listing.at(path) {
+            Some(HostNode::Dir(sub)) => {
+                let dst = tree::resolve_in(target, dest);
+                let sub = sub.filtered(include, exclude)?;
+                tree::make_parents(target, &dst)?;
+                tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
+                dst
+            }
+            Some(HostNode::File(entry)) => {
+                let dst = tree::resolve_entry_in(target, dest);
+                tree::make_parents(target, &dst)?;
+                let single = single_entry_listing(listing, entry);
+                let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
+                tree::copy_listing(&single, &tmp, owner.unwrap_or((0, 0)))?;
+                tree::remove_path(&dst)?;
+                std::fs::rename(tmp.join(&entry.rel), &dst)
+                    .map_err(|e| Error::io("place", &dst, e))?;
+                let _ = std::fs::remove_dir(&tmp);
+                dst
+            }
+            None => {
+                return Err(invalid(format!(
+                    "{path} does not exist in host directory {}",
+                    listing.root.display()
+                )));
+            }
+        },
+        Origin::Mounted { root, path } => {
+            let src = tree::resolve_in(root, path);
+            let meta = std::fs::symlink_metadata(&src)
+                .map_err(|_| invalid(format!("{path} does not exist in the copied value")))?;
+            let dst = if meta.is_dir() {
+                tree::resolve_in(target, dest)
+            } else {
+                tree::resolve_entry_in(target, dest)
+            };
+            let filter = CopyFilter::new(&src, include, exclude)?;
+            tree::make_parents(target, &dst)?;
+            tree::copy_tree(&src, &dst, &filter, owner)?;
+            dst
+        }
+    };
+    if let Some(p) = permissions {
+        std::fs::set_permissions(&placed, std::fs::Permissions::from_mode(p))
+            .map_err(|e| invalid(format!("chmod {dest}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn single_entry_listing(listing: &HostListing, entry: &tree::HostEntry) -> HostListing {
+    HostListing {
+        root: listing.root.clone(),
+        entries: vec![entry.clone()],
+        digest: String::new(),
+        files_hashed: 0,
+        bytes_hashed: 0,
+    }
+}
+
+/// Copies entries of `other` that are absent from `base` or differ from it.
+fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result<(), Error> {
+    let dir = other.join(rel);
+    for name in tree::entries(&dir)? {
+        let r = rel.join(&name);
+        let o = other.join(&r);
+        let b = base.join(&r);
+        let om = std::fs::symlink_metadata(&o).map_err(|e| Error::io("inspect", &o, e))?;
+        let bm = std::fs::symlink_metadata(&b).ok();
+        if om.is_dir() {
+            if !bm.as_ref().is_some_and(|m| m.is_dir()) {
+                tree::copy_tree(&o, &out.join(&r), &CopyFilter::all(), None)?;
+            } else {
+                copy_differences(base, other, out, &r)?;
+            }
+            continue;
+        }
+        let same = match &bm {
+            Some(bm)
+                if bm.file_type() == om.file_type() && bm.permissions() == om.permissions() =>
+            {
+                if om.file_type().is_symlink() {
+                    std::fs::read_link(&o).ok() == std::fs::read_link(&b).ok()
+                } else {
+                    bm.len() == om.len() && tree::hash_file(&o)? == tree::hash_file(&b)?
+                }
+            }
+            _ => false,
+        };
+        if !same {
+            let dst = out.join(&r);
+            tree::make_parents(out, &dst)?;
+            tree::copy_tree(&o, &dst, &CopyFilter::all(), None)?;
+        }
+    }
+    Ok(())
+}
+
+fn not_found(path: &str) -> Error {
+    invalid(format!("{path}: no such file or directory"))
+}
+
+/// Answers a read-only question about `path` in a scanned host directory.
+pub fn read_host(listing: &HostListing, path: &str, op: ReadOp) -> Result<ReadAnswer, Error> {
+    let node = listing.at(path).ok_or_else(|| not_found(path))?;
+    Ok(match (node, op) {
+        (HostNode::Dir(d), ReadOp::Entries) => ReadAnswer::Names(
+            d.entries
+                .iter()
+                .filter(|e| !e.rel.contains('/'))
+                .map(|e| e.rel.clone())
+                .collect(),
+        ),
+        (HostNode::Dir(d), ReadOp::Glob(pattern)) => {
+            let glob = tree::glob_matcher(&pattern)?;
+            ReadAnswer::Names(
+                d.entries
+                    .iter()
+                    .filter(|e| glob.is_match(&e.rel))
+                    .map(|e| e.rel.clone())
+                    .collect(),
+            )
+        }
+        (HostNode::Dir(d), ReadOp::Digest) => ReadAnswer::Digest(d.digest),
+        (HostNode::Dir(d), ReadOp::Export(dest)) => {
+            tree::copy_listing(&d, &dest, (0, 0))?;
+            ReadAnswer::Done
+        }
+        (HostNode::File(e), ReadOp::Contents) => ReadAnswer::Bytes(listing.read(e)?),
+        (HostNode::File(e), ReadOp::Size) => ReadAnswer::Size(match e.kind {
+            tree::EntryKind::File { size, .. } => size,
+            _ => 0,
+        }),
+        (HostNode::File(e), ReadOp::Digest) => ReadAnswer::Digest(format!(
+            "blake3:{}",
+            blake3::hash(&listing.read(e)?).to_hex()
+        )),
+        (HostNode::File(e), ReadOp::Export(dest)) => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
+            }
+            std::fs::write(&dest, listing.read(e)?)
+                .map_err(|err| invalid(format!("export to {}: {err}", dest.display())))?;
+            ReadAnswer::Done
+        }
+        (HostNode::Dir(_), _) => {
+            return Err(invalid(format!("{path} is a directory, not a file")));
+        }
+        (HostNode::File(_), _) => {
+            return Err(invalid(format!("{path} is a file, not a directory")));
+        }
+    })
+}
+
+/// Answers a read-only question about `path` in the tree mounted at `root`.
+pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Error> {
+    let node = &tree::resolve_in(root, path);
+    let meta = std::fs::symlink_metadata(node).map_err(|_| not_found(path))?;
+    let is_dir = meta.is_dir();
+    Ok(match op {
+        ReadOp::Entries if is_dir => ReadAnswer::Names(tree::entries(node)?),
+        ReadOp::Glob(p) if is_dir => ReadAnswer::Names(tree::glob(node, &p)?),
+        ReadOp::Digest if is_dir => ReadAnswer::Digest(tree::tree_digest(node)?),
+        ReadOp::Export(dest) if is_dir => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
+            }
+            tree::copy_tree(node, &dest, &CopyFilter::all(), None)?;
+            ReadAnswer::Done
+        }
+        ReadOp::Contents if !is_dir => ReadAnswer::Bytes(
+            std::fs::read(node).map_err(|e| invalid(format!("read {path}: {e}")))?,
+        ),
+        ReadOp::Size if !is_dir => {
+            ReadAnswer::Size(std::fs::metadata(node).map(|m| m.len()).unwrap_or(0))
+        }
+        ReadOp::Digest => {
+            ReadAnswer::Digest(format!("blake3:{}", hex::encode(tree::hash_file(node)?)))
+        }
+        ReadOp::Export(dest) => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
+            }
+            std::fs::copy(node, &dest)
+                .map_err(|e| invalid(format!("export to {}: {e}", dest.display())))?;
+            ReadAnswer::Done
+        }
+        _ if is_dir => {
+            return Err(invalid(format!("{path} is a directory, not a file")));
+        }
+        _ => {
+            return Err(invalid(format!("{path} is a file, not a directory")));
+        }
+    })
+}

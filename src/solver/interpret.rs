@@ -1,0 +1,467 @@
+//! Interpreting the pipeline's builder calls: a container's, directory's
+//! or file's chain of operations becomes container state, trees and the
+//! steps that make them. What a step's key is lives in [`super::values`].
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rbuild_snapshotter::ImageRef;
+use rbuild_snapshotter::tree::Filter;
+
+use super::*;
+use crate::graph::{
+    ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, FileDef, SecretDef,
+    shell_words,
+};
+use crate::secrets::SecretValue;
+
+impl<W: Worker> Solver<W> {
+    // ---------------------------------------------------------------- values
+
+    /// Evaluates a container value: every step in it has a result after this.
+    pub fn container<'a>(
+        self: &'a Arc<Self>,
+        def: &'a ContainerDef,
+    ) -> BoxFuture<'a, Result<ContainerState, SolveError>> {
+        async move {
+            let mut st = ContainerState::scratch();
+            for (i, op) in def.ops.iter().enumerate() {
+                let at = def.at.get(i).cloned().flatten();
+                self.container_op(&mut st, op, at).await?;
+            }
+            Ok(st)
+        }
+        .boxed()
+    }
+
+    pub(super) async fn container_op(
+        self: &Arc<Self>,
+        st: &mut ContainerState,
+        op: &ContainerOp,
+        at: Option<String>,
+    ) -> Result<(), SolveError> {
+        match op {
+            ContainerOp::From { address } => {
+                *st = ContainerState::from_image(self.resolve_image(address).await?);
+            }
+            ContainerOp::Import { file } => {
+                let f = self.file(file).await?;
+                let image = self.import_image(&f).await?;
+                *st = ContainerState::from_image(image);
+            }
+            ContainerOp::WithExposedPort { port, protocol } => {
+                st.exposed_ports
+                    .insert(format!("{port}/{}", protocol.to_lowercase()));
+            }
+            ContainerOp::WithRegistryAuth {
+                address,
+                username,
+                secret,
+            } => {
+                let host = ImageRef::parse(address)
+                    .map(|r| r.registry().to_string())
+                    .unwrap_or_else(|_| address.clone());
+                let secret = self.secret(secret)?;
+                st.registry_auth.insert(host, (username.clone(), secret));
+            }
+            ContainerOp::WithEnvVariable {
+                name,
+                value,
+                expand,
+            } => {
+                check_env_name(name)?;
+                let value = if *expand {
+                    expand_env(value, |n| st.plain_env(n).map(str::to_string))
+                } else {
+                    value.clone()
+                };
+                st.set_env(name, EnvValue::Plain(value));
+            }
+            ContainerOp::WithoutEnvVariable { name } => st.env.retain(|(n, _)| n != name),
+            ContainerOp::WithSecretVariable { name, secret } => {
+                check_env_name(name)?;
+                let secret = self.secret(secret)?;
+                st.set_env(name, EnvValue::Secret(secret));
+            }
+            ContainerOp::WithWorkdir { path } => st.workdir = st.resolve(path),
+            ContainerOp::WithUser { name } => st.user = name.clone(),
+            ContainerOp::WithEntrypoint { args } => st.entrypoint = args.clone(),
+            ContainerOp::WithDefaultArgs { args } => st.default_args = args.clone(),
+            ContainerOp::WithLabel { name, value } => {
+                st.labels.insert(name.clone(), value.clone());
+            }
+            ContainerOp::WithExec {
+                args,
+                expect,
+                stdin,
+                use_entrypoint,
+            } => {
+                let mut argv = if args.is_empty() {
+                    st.default_args.clone()
+                } else {
+                    args.clone()
+                };
+                if *use_entrypoint || args.is_empty() {
+                    argv = st.entrypoint.iter().cloned().chain(argv).collect();
+                }
+                if argv.is_empty() {
+                    return Err(SolveError::Invalid(
+                        "with_exec: no command: the argument list is empty and the container has no default args".into(),
+                    ));
+                }
+                if matches!(st.rootfs, Tree::Empty) {
+                    return Err(SolveError::Invalid(format!(
+                        "with_exec({}): the container has no root filesystem; start it with .from(\"<image>\")",
+                        shell_words(&argv)
+                    )));
+                }
+                let plan = StepPlan::exec(
+                    st.rootfs.clone(),
+                    ExecPlan {
+                        args: argv,
+                        at,
+                        env: st.env.clone(),
+                        cwd: st.workdir.clone(),
+                        user: st.user.clone(),
+                        mounts: st
+                            .mounts
+                            .iter()
+                            .map(|(t, m)| (t.clone(), m.clone()))
+                            .collect(),
+                        stdin: stdin.clone(),
+                        expect: *expect,
+                    },
+                    &self.platform.to_string(),
+                );
+                let result = self.step(plan).await?;
+                st.rootfs = Tree::Step(result.clone());
+                st.last_exec = Some(result);
+            }
+            ContainerOp::WithDirectory {
+                path,
+                directory,
+                include,
+                exclude,
+                owner,
+            } => {
+                let source = self.directory(directory).await?;
+                let action = PlannedAction::CopyDir {
+                    dest: st.resolve(path),
+                    source,
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                    owner: owner.clone(),
+                };
+                st.rootfs = self.apply(st.rootfs.clone(), action).await?;
+            }
+            ContainerOp::WithFile {
+                path,
+                file,
+                permissions,
+                owner,
+            } => {
+                let source = self.file(file).await?;
+                let action = PlannedAction::CopyFile {
+                    dest: st.resolve(path),
+                    source,
+                    permissions: *permissions,
+                    owner: owner.clone(),
+                };
+                st.rootfs = self.apply(st.rootfs.clone(), action).await?;
+            }
+            ContainerOp::WithNewFile {
+                path,
+                contents,
+                permissions,
+                owner,
+            } => {
+                let action = PlannedAction::Write {
+                    dest: st.resolve(path),
+                    contents: Arc::new(contents.clone().into_bytes()),
+                    permissions: permissions.unwrap_or(0o644),
+                    owner: owner.clone(),
+                };
+                st.rootfs = self.apply(st.rootfs.clone(), action).await?;
+            }
+            ContainerOp::WithoutFile { path } | ContainerOp::WithoutDirectory { path } => {
+                let action = PlannedAction::Remove {
+                    path: st.resolve(path),
+                };
+                st.rootfs = self.apply(st.rootfs.clone(), action).await?;
+            }
+            ContainerOp::WithMountedDirectory { path, directory } => {
+                let dir = self.directory(directory).await?;
+                st.mounts
+                    .insert(st.resolve(path), MountSpec::Directory(dir));
+            }
+            ContainerOp::WithMountedFile { path, file } => {
+                let f = self.file(file).await?;
+                st.mounts.insert(st.resolve(path), MountSpec::File(f));
+            }
+            ContainerOp::WithMountedCache {
+                path,
+                volume,
+                sharing,
+            } => {
+                if volume.is_empty() {
+                    return Err(SolveError::Invalid(
+                        "with_mounted_cache: the cache volume needs a name".into(),
+                    ));
+                }
+                st.mounts.insert(
+                    st.resolve(path),
+                    MountSpec::Cache {
+                        volume: volume.clone(),
+                        sharing: *sharing,
+                    },
+                );
+            }
+            ContainerOp::WithMountedTemp { path } => {
+                st.mounts.insert(st.resolve(path), MountSpec::Temp);
+            }
+            ContainerOp::WithMountedSecret { path, secret, mode } => {
+                let secret = self.secret(secret)?;
+                st.mounts.insert(
+                    st.resolve(path),
+                    MountSpec::Secret {
+                        secret,
+                        mode: mode.unwrap_or(0o400),
+                    },
+                );
+            }
+            ContainerOp::WithoutMount { path } => {
+                st.mounts.remove(&st.resolve(path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates a directory value.
+    pub fn directory<'a>(
+        self: &'a Arc<Self>,
+        def: &'a DirectoryDef,
+    ) -> BoxFuture<'a, Result<DirValue, SolveError>> {
+        async move {
+            let mut dir = match &def.source {
+                DirectorySource::Empty => DirValue {
+                    tree: Tree::Empty,
+                    path: "/".into(),
+                },
+                DirectorySource::Host {
+                    path,
+                    include,
+                    exclude,
+                    gitignore,
+                } => {
+                    let filter = Filter {
+                        include: include.clone(),
+                        exclude: exclude.clone(),
+                        gitignore: *gitignore,
+                    };
+                    DirValue {
+                        tree: Tree::Host(self.host_dir(path, filter).await?),
+                        path: "/".into(),
+                    }
+                }
+                DirectorySource::Container { container, path } => {
+                    let st = self.container(container).await?;
+                    DirValue {
+                        path: st.resolve(path),
+                        tree: st.rootfs,
+                    }
+                }
+            };
+            for op in &def.ops {
+                dir = self.directory_op(dir, op).await?;
+            }
+            Ok(dir)
+        }
+        .boxed()
+    }
+
+    pub(super) async fn directory_op(
+        self: &Arc<Self>,
+        dir: DirValue,
+        op: &DirectoryOp,
+    ) -> Result<DirValue, SolveError> {
+        let at = |p: &str| join_path(&dir.path, p);
+        let action = match op {
+            DirectoryOp::Directory { path } => {
+                return Ok(DirValue {
+                    path: at(path),
+                    tree: dir.tree,
+                });
+            }
+            DirectoryOp::WithNewFile {
+                path,
+                contents,
+                permissions,
+            } => PlannedAction::Write {
+                dest: at(path),
+                contents: Arc::new(contents.clone().into_bytes()),
+                permissions: permissions.unwrap_or(0o644),
+                owner: None,
+            },
+            DirectoryOp::WithFile {
+                path,
+                file,
+                permissions,
+            } => PlannedAction::CopyFile {
+                dest: at(path),
+                source: self.file(file).await?,
+                permissions: *permissions,
+                owner: None,
+            },
+            DirectoryOp::WithDirectory {
+                path,
+                directory,
+                include,
+                exclude,
+            } => PlannedAction::CopyDir {
+                dest: at(path),
+                source: self.directory(directory).await?,
+                include: include.clone(),
+                exclude: exclude.clone(),
+                owner: None,
+            },
+            DirectoryOp::WithoutFile { path } | DirectoryOp::WithoutDirectory { path } => {
+                PlannedAction::Remove { path: at(path) }
+            }
+            // Filter and diff make a tree of their own.
+            DirectoryOp::Filter { include, exclude } => {
+                let action = PlannedAction::CopyDir {
+                    dest: "/".into(),
+                    source: dir,
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                    owner: None,
+                };
+                return Ok(DirValue {
+                    tree: self.apply(Tree::Empty, action).await?,
+                    path: "/".into(),
+                });
+            }
+            DirectoryOp::Diff { other } => {
+                let action = PlannedAction::Diff {
+                    base: dir,
+                    other: self.directory(other).await?,
+                };
+                return Ok(DirValue {
+                    tree: self.apply(Tree::Empty, action).await?,
+                    path: "/".into(),
+                });
+            }
+        };
+        Ok(DirValue {
+            tree: self.apply(dir.tree, action).await?,
+            path: dir.path,
+        })
+    }
+
+    /// Evaluates a file value.
+    pub async fn file(self: &Arc<Self>, def: &FileDef) -> Result<FileValue, SolveError> {
+        match def {
+            FileDef::Host { path } => {
+                let listing = self.host_file(path).await?;
+                let name = listing.entries[0].rel.clone();
+                Ok(FileValue {
+                    tree: Tree::Host(listing),
+                    path: format!("/{name}"),
+                })
+            }
+            FileDef::Container { container, path } => {
+                let st = self.container(container).await?;
+                Ok(FileValue {
+                    path: st.resolve(path),
+                    tree: st.rootfs,
+                })
+            }
+            FileDef::Directory { directory, path } => {
+                let dir = self.directory(directory).await?;
+                Ok(FileValue {
+                    path: join_path(&dir.path, path),
+                    tree: dir.tree,
+                })
+            }
+            FileDef::Tarball {
+                container,
+                format,
+                name,
+            } => {
+                let st = self.container(container).await?;
+                self.tarball(&st, format.format(), name.as_deref()).await
+            }
+        }
+    }
+
+    pub(super) fn secret(&self, def: &SecretDef) -> Result<Arc<SecretValue>, SolveError> {
+        self.secrets.resolve(def).map_err(SolveError::Invalid)
+    }
+}
+
+fn check_env_name(name: &str) -> Result<(), SolveError> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(SolveError::Invalid(format!(
+            "{name:?} is not a valid environment variable name"
+        )));
+    }
+    Ok(())
+}
+
+/// Expands `$NAME` and `${NAME}` with `lookup`; unknown names expand to "".
+pub fn expand_env(value: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let mut name = String::new();
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '}' {
+                    break;
+                }
+                name.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    name.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if name.is_empty() {
+                out.push('$');
+                continue;
+            }
+        }
+        out.push_str(&lookup(&name).unwrap_or_default());
+    }
+    out
+}
+
+/// Resolves `path` against the working directory `base`, as `cd` would.
+pub fn join_path(base: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), path)
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for p in joined.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}

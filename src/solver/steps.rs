@@ -1,0 +1,469 @@
+//! Running steps: a step's result from the index when it has it, else run
+//! on the worker and recorded (snapshot committed first, index row second,
+//! then the snapshot kept); its output shown scrubbed; the trees it needs
+//! made present first (pulled, imported, or rebuilt when pruned).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rbuild_snapshotter::snapshots::SnapshotId;
+
+use super::*;
+use crate::graph::shell_words;
+use crate::index::StepRecord;
+use crate::key::CacheKey;
+use crate::progress::{STDERR_TAIL_LINES, tail_lines};
+use crate::secrets::StreamScrubber;
+
+/// The name of a step's committed result: one per key, so that two runs of
+/// the same step (or two rbuild processes) commit the same snapshot.
+pub(super) fn step_snapshot_name(key: &CacheKey) -> SnapshotId {
+    SnapshotId(format!("rbuild-step-{key}"))
+}
+
+impl<W: Worker> Solver<W> {
+    // ----------------------------------------------------------------- steps
+
+    /// File operations on a tree, as a cached step.
+    pub(super) async fn apply(
+        self: &Arc<Self>,
+        parent: Tree,
+        action: PlannedAction,
+    ) -> Result<Tree, SolveError> {
+        let plan = StepPlan::apply(parent, vec![action]);
+        Ok(Tree::Step(self.step(plan).await?))
+    }
+
+    /// Runs a step once per key: from the index when it has it, else for real.
+    pub(super) async fn step(
+        self: &Arc<Self>,
+        plan: StepPlan,
+    ) -> Result<Arc<StepResult>, SolveError> {
+        let plan = Arc::new(plan);
+        let this = self.clone();
+        let p = plan.clone();
+        self.steps
+            .get_or_start(&self.tasks, plan.key.to_hex(), move || async move {
+                this.run_step(&p).await
+            })
+            .await
+    }
+
+    pub(super) fn cached(
+        &self,
+        plan: &Arc<StepPlan>,
+    ) -> Result<Option<Arc<StepResult>>, SolveError> {
+        Ok(self.index.get_step(&plan.key)?.map(|rec| {
+            Arc::new(StepResult {
+                key: rec.key,
+                snapshot: rec.snapshot,
+                output: rec.output,
+                stdout: rec.stdout,
+                stderr: rec.stderr,
+                exit_code: rec.exit_code,
+                plan: plan.clone(),
+            })
+        }))
+    }
+
+    pub(super) async fn run_step(
+        self: &Arc<Self>,
+        plan: &Arc<StepPlan>,
+    ) -> Result<Arc<StepResult>, SolveError> {
+        if let Some(hit) = self.cached(plan)? {
+            self.progress.cached(&plan.description);
+            return Ok(hit);
+        }
+        // Another rbuild may be running this very step: wait for it, then
+        // take its result.
+        let _lock = self.locks.lock(plan.key).await?;
+        if let Some(hit) = self.cached(plan)? {
+            self.progress.cached(&plan.description);
+            return Ok(hit);
+        }
+        self.execute(plan).await
+    }
+
+    /// Runs a step on the worker and records it: snapshot committed
+    /// first, index row second, then the snapshot is marked kept.
+    pub(super) async fn execute(
+        self: &Arc<Self>,
+        plan: &Arc<StepPlan>,
+    ) -> Result<Arc<StepResult>, SolveError> {
+        let parent = self.materialize(&plan.parent).await?;
+        let (snapshot, outcome, started, no) = match &plan.kind {
+            StepKind::Exec(exec) => {
+                let mounts = self.mount_requests(exec).await?;
+                let env = exec
+                    .env
+                    .iter()
+                    .map(|(n, v)| match v {
+                        EnvValue::Plain(p) => format!("{n}={p}"),
+                        EnvValue::Secret(s) => {
+                            format!("{n}={}", String::from_utf8_lossy(s.plaintext()))
+                        }
+                    })
+                    .collect();
+                let no = self.progress.queued(&plan.description);
+                let _permit = self
+                    .jobs
+                    .acquire()
+                    .await
+                    .map_err(|_| SolveError::Cancelled)?;
+                if self.cancel.is_cancelled() {
+                    return Err(SolveError::Cancelled);
+                }
+                self.progress.running(no, &plan.description);
+                let (output, forwarder) = self.forward_output(no);
+                let req = ExecRequest {
+                    key: plan.key,
+                    name: step_snapshot_name(&plan.key),
+                    parent,
+                    args: exec.args.clone(),
+                    env,
+                    cwd: exec.cwd.clone(),
+                    user: exec.user.clone(),
+                    mounts,
+                    stdin: exec.stdin.as_ref().map(|s| s.clone().into_bytes()),
+                    expect: exec.expect,
+                    output: Some(output),
+                    terminal: match &self.debug_shell {
+                        Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
+                        None => TerminalUse::None,
+                    },
+                };
+                let started = Instant::now();
+                let result = self.worker.exec(req, self.cancel.clone()).await;
+                // The last lines are shown before the step's end.
+                let _ = forwarder.await;
+                let mut outcome = match result {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let e = self.scrub_error(e);
+                        let reason = match &exec.at {
+                            Some(at) => format!("{e}\n  created at {at}"),
+                            None => e.to_string(),
+                        };
+                        self.progress.failed(no, &plan.description, &reason, &[]);
+                        return Err(e);
+                    }
+                };
+                outcome.stdout = self.secrets.scrub(&outcome.stdout);
+                outcome.stderr = self.secrets.scrub(&outcome.stderr);
+                let Some(snapshot) = outcome.snapshot.clone() else {
+                    let mut reason = format!("exit code {}", outcome.exit_code);
+                    if let Some(at) = &exec.at {
+                        reason.push_str(&format!(", created at {at}"));
+                    }
+                    self.progress
+                        .failed(no, &plan.description, &reason, &outcome.stderr);
+                    return Err(SolveError::ExecFailed {
+                        command: shell_words(&exec.args),
+                        exit_code: outcome.exit_code,
+                        stderr_tail: tail_lines(&outcome.stderr, STDERR_TAIL_LINES),
+                        expected_failure: exec.expect == crate::graph::Expect::Failure,
+                        at: exec.at.clone(),
+                    });
+                };
+                (snapshot, outcome, started, no)
+            }
+            StepKind::Tarball { image, name } => {
+                let no = self.progress.started(&plan.description);
+                let started = Instant::now();
+                let dest = TarballDest::Snapshot {
+                    key: plan.key,
+                    name: step_snapshot_name(&plan.key),
+                };
+                let snapshot = match self
+                    .image_worker()?
+                    .tarball(image, name.as_deref(), dest)
+                    .await
+                {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        return Err(SolveError::Internal("tarball snapshot missing".into()));
+                    }
+                    Err(e) => {
+                        self.progress
+                            .failed(no, &plan.description, &e.to_string(), &[]);
+                        return Err(e);
+                    }
+                };
+                let outcome = ExecOutcome::snapshot_only(snapshot.clone());
+                (snapshot, outcome, started, no)
+            }
+            StepKind::Apply(actions) => {
+                let mut resolved = Vec::with_capacity(actions.len());
+                for a in actions {
+                    resolved.push(self.file_action(a).await?);
+                }
+                let no = self.progress.started(&plan.description);
+                let started = Instant::now();
+                let req = ApplyRequest {
+                    key: plan.key,
+                    name: step_snapshot_name(&plan.key),
+                    parent,
+                    actions: resolved,
+                };
+                let snapshot = match self.worker.apply(req).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.progress
+                            .failed(no, &plan.description, &e.to_string(), &[]);
+                        return Err(e);
+                    }
+                };
+                let outcome = ExecOutcome::snapshot_only(snapshot.clone());
+                (snapshot, outcome, started, no)
+            }
+        };
+        let millis = started.elapsed().as_millis();
+        let output = plan.output_id(outcome.changes.as_deref());
+        // Measured once, for cache management; unknown (-1) if containerd can't tell.
+        let size = self.worker.usage(&snapshot).await.unwrap_or(-1);
+        self.index.put_step(&StepRecord {
+            key: plan.key,
+            snapshot: snapshot.clone(),
+            output: output.clone(),
+            stdout: outcome.stdout.clone(),
+            stderr: outcome.stderr.clone(),
+            exit_code: outcome.exit_code,
+            duration_ms: millis as u64,
+            description: plan.description.clone(),
+            size,
+        })?;
+        self.worker.keep(&snapshot).await?;
+        self.progress.done(no, &plan.description, millis);
+        Ok(Arc::new(StepResult {
+            key: plan.key,
+            snapshot,
+            output,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            exit_code: outcome.exit_code,
+            plan: plan.clone(),
+        }))
+    }
+
+    /// A channel for a running step's output, and the task that shows it
+    /// line by line, scrubbed (also of secrets split across writes).
+    pub(super) fn forward_output(
+        &self,
+        no: crate::progress::StepNo,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use crate::progress::{LineSplitter, Stream};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rbuild_runtime::OutputChunk>();
+        let progress = self.progress.clone();
+        let secrets = self.secrets.clone();
+        let task = tokio::spawn(async move {
+            let mut streams: [(StreamScrubber, LineSplitter); 2] = [
+                (
+                    StreamScrubber::new(secrets.clone()),
+                    LineSplitter::default(),
+                ),
+                (StreamScrubber::new(secrets), LineSplitter::default()),
+            ];
+            let which = |s: rbuild_runtime::Stream| match s {
+                rbuild_runtime::Stream::Stdout => (0, Stream::Stdout),
+                rbuild_runtime::Stream::Stderr => (1, Stream::Stderr),
+            };
+            while let Some(chunk) = rx.recv().await {
+                let (i, stream) = which(chunk.stream);
+                let (scrubber, lines) = &mut streams[i];
+                for line in lines.push(&scrubber.push(&chunk.bytes)) {
+                    progress.output(no, stream, &line);
+                }
+            }
+            for (i, (scrubber, lines)) in streams.iter_mut().enumerate() {
+                let stream = if i == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                for line in lines.push(&scrubber.finish()) {
+                    progress.output(no, stream, &line);
+                }
+                if let Some(last) = lines.finish() {
+                    progress.output(no, stream, &last);
+                }
+            }
+        });
+        (tx, task)
+    }
+
+    pub(super) fn scrub_error(&self, e: SolveError) -> SolveError {
+        match e {
+            SolveError::Invalid(m) => SolveError::Invalid(self.secrets.scrub_str(&m)),
+            SolveError::Internal(m) => SolveError::Internal(self.secrets.scrub_str(&m)),
+            other => other,
+        }
+    }
+
+    pub(super) async fn mount_requests(
+        self: &Arc<Self>,
+        exec: &ExecPlan,
+    ) -> Result<Vec<MountRequest>, SolveError> {
+        let mut out = Vec::with_capacity(exec.mounts.len());
+        for (target, m) in &exec.mounts {
+            let target = target.clone();
+            out.push(match m {
+                MountSpec::Directory(d) => MountRequest::Snapshot {
+                    target,
+                    snapshot: self.materialize(&d.tree).await?,
+                    path: d.path.clone(),
+                    file: false,
+                },
+                MountSpec::File(f) => MountRequest::Snapshot {
+                    target,
+                    snapshot: self.materialize(&f.tree).await?,
+                    path: f.path.clone(),
+                    file: true,
+                },
+                MountSpec::Cache { volume, sharing } => MountRequest::Cache {
+                    target,
+                    volume: volume.clone(),
+                    sharing: *sharing,
+                },
+                MountSpec::Temp => MountRequest::Temp { target },
+                MountSpec::Secret { secret, mode } => MountRequest::Secret {
+                    target,
+                    plaintext: Arc::new(secret.plaintext().to_vec()),
+                    mode: *mode,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn file_action(
+        self: &Arc<Self>,
+        a: &PlannedAction,
+    ) -> Result<FileAction, SolveError> {
+        Ok(match a {
+            PlannedAction::CopyDir {
+                dest,
+                source,
+                include,
+                exclude,
+                owner,
+            } => FileAction::Copy {
+                dest: dest.clone(),
+                source: self.source(&source.tree, &source.path).await?,
+                include: include.clone(),
+                exclude: exclude.clone(),
+                owner: owner.clone(),
+                permissions: None,
+            },
+            PlannedAction::CopyFile {
+                dest,
+                source,
+                permissions,
+                owner,
+            } => FileAction::Copy {
+                dest: dest.clone(),
+                source: self.source(&source.tree, &source.path).await?,
+                include: Vec::new(),
+                exclude: Vec::new(),
+                owner: owner.clone(),
+                permissions: *permissions,
+            },
+            PlannedAction::Write {
+                dest,
+                contents,
+                permissions,
+                owner,
+            } => FileAction::Write {
+                dest: dest.clone(),
+                contents: contents.clone(),
+                permissions: *permissions,
+                owner: owner.clone(),
+            },
+            PlannedAction::Remove { path } => FileAction::Remove { path: path.clone() },
+            PlannedAction::Diff { base, other } => FileAction::Diff {
+                base: self.source(&base.tree, &base.path).await?,
+                other: self.source(&other.tree, &other.path).await?,
+            },
+        })
+    }
+
+    /// Makes a tree present as a snapshot and returns its name: pulls an
+    /// image, imports a host directory, or checks a step's snapshot and, if
+    /// it has gone missing (pruned behind rbuild's back), runs that step again.
+    pub(super) fn materialize<'a>(
+        self: &'a Arc<Self>,
+        tree: &'a Tree,
+    ) -> BoxFuture<'a, Result<Option<SnapshotId>, SolveError>> {
+        async move {
+            match tree {
+                Tree::Empty => Ok(None),
+                Tree::Image(image) => {
+                    let this = self.clone();
+                    let image = image.clone();
+                    self.pulls
+                        .get_or_start(&self.tasks, image.manifest.digest.clone(), move || async move {
+                            let what = format!("pull {}", image.reference);
+                            let no = this.progress.started(&what);
+                            let started = Instant::now();
+                            match this.worker.pull_image(&image).await {
+                                Ok((snapshot, report)) => {
+                                    this.progress.finished(
+                                        no,
+                                        started.elapsed().as_millis(),
+                                        &report.to_string(),
+                                    );
+                                    Ok(snapshot)
+                                }
+                                Err(e) => {
+                                    this.progress.failed(no, &what, &e.to_string(), &[]);
+                                    Err(e)
+                                }
+                            }
+                        })
+                        .await
+                }
+                Tree::Host(listing) => {
+                    let action = PlannedAction::CopyDir {
+                        dest: "/".into(),
+                        source: DirValue {
+                            tree: Tree::Host(listing.clone()),
+                            path: "/".into(),
+                        },
+                        include: Vec::new(),
+                        exclude: Vec::new(),
+                        owner: None,
+                    };
+                    let mut plan = StepPlan::apply(Tree::Empty, vec![action]);
+                    plan.description = format!(
+                        "import {} ({} entries)",
+                        listing.root.display(),
+                        listing.entries.len()
+                    );
+                    let step = self.step(plan).await?;
+                    self.materialize(&Tree::Step(step)).await
+                }
+                Tree::Step(step) => {
+                    if self.worker.snapshot_exists(&step.snapshot).await? {
+                        return Ok(Some(step.snapshot.clone()));
+                    }
+                    tracing::warn!(key = %step.key, "cached step's snapshot is gone; running it again");
+                    self.index.delete_step(&step.key)?;
+                    let this = self.clone();
+                    let plan = step.plan.clone();
+                    let snap = self
+                        .remakes
+                        .get_or_start(&self.tasks, step.key.to_hex(), move || async move {
+                            this.execute(&plan).await.map(|r| r.snapshot.clone())
+                        })
+                        .await?;
+                    Ok(Some(snap))
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,304 @@
+//! Running a step's process: its mounts (snapshots, cache volumes, tmpfs,
+//! secrets in RAM), its user, the container and task through
+//! rbuild-runtime, the user's terminal for `-i` and `terminal()`, and the
+//! commit of its result with the digest of what it changed (early cutoff).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::*;
+
+/// Early cutoff digests a step's changes only up to this many bytes of file
+/// content; beyond, the result is identified by its key.
+/// `RBUILD_CHANGES_DIGEST_MAX_BYTES` changes it (0 turns early cutoff off).
+const CHANGES_DIGEST_BUDGET: u64 = 64 << 20;
+
+fn changes_digest_budget() -> u64 {
+    std::env::var("RBUILD_CHANGES_DIGEST_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHANGES_DIGEST_BUDGET)
+}
+
+impl ContainerdWorker {
+    /// Runs `shell.command` (or `run`'s own process, when the command is
+    /// empty) on the user's terminal; one shell at a time.
+    pub(super) async fn terminal(
+        &self,
+        mut run: ContainerRun,
+        shell: &Interactive,
+    ) -> Result<u32, SolveError> {
+        let _one = self.terminal_lock.lock().await;
+        if !shell.command.is_empty() {
+            run.process.args = shell.command.clone();
+        }
+        run.process.terminal = Some(rbuild_runtime::terminal_size().unwrap_or((80, 24)));
+        (shell.pause)(true);
+        let result = self.ctd.run_terminal(run).await;
+        (shell.pause)(false);
+        result.map_err(SolveError::from)
+    }
+
+    /// The numeric user of a step, looked up in the root filesystem's own
+    /// passwd/group when the spec has names. The root filesystem is mounted
+    /// on the host only for that moment: it must not be mounted twice while
+    /// the container runs.
+    pub(super) fn step_user(
+        &self,
+        spec: &str,
+        rootfs: &[Mount],
+    ) -> Result<user::ResolvedUser, SolveError> {
+        if !user::needs_lookup(spec) {
+            return user::resolve(spec, "", "").map_err(SolveError::Invalid);
+        }
+        let mounted = MountedSnapshot::mount(rootfs, &self.mount_point(), true)?;
+        user::resolve_in_rootfs(spec, mounted.path()).map_err(SolveError::Invalid)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exec_in(
+        &self,
+        req: &ExecRequest,
+        active: &ActiveKey,
+        rootfs: &[Mount],
+        opened: &mut Vec<HostMount>,
+        volumes: &mut Vec<VolumeUse>,
+        secret_dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, SolveError> {
+        let who = self.step_user(&req.user, rootfs)?;
+        let mut extra = Vec::new();
+        // Mount points runc creates when the image lacks them must not end up in results.
+        let mut stub_targets: Vec<String> = ["/proc", "/dev", "/sys"].map(String::from).to_vec();
+        // The host's name resolution, since steps share its network.
+        for f in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(f).exists() {
+                extra.push(bind(f, f, true));
+                stub_targets.push(f.to_string());
+            }
+        }
+        for (n, m) in req.mounts.iter().enumerate() {
+            stub_targets.push(m.target().to_string());
+            match m {
+                MountRequest::Snapshot {
+                    target,
+                    snapshot,
+                    path,
+                    file,
+                } => {
+                    let key = ActiveKey::unique("rbuild-mount");
+                    let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+                    let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
+                    let source = tree::resolve_in(mnt.path(), path);
+                    opened.push(mnt);
+                    let meta = std::fs::metadata(&source).map_err(|_| {
+                        SolveError::Invalid(format!(
+                            "mount at {target}: {path} does not exist in the mounted value"
+                        ))
+                    })?;
+                    if meta.is_dir() == *file {
+                        return Err(SolveError::Invalid(format!(
+                            "mount at {target}: {path} is {}",
+                            if meta.is_dir() {
+                                "a directory, not a file"
+                            } else {
+                                "a file, not a directory"
+                            }
+                        )));
+                    }
+                    extra.push(bind(&source.to_string_lossy(), target, false));
+                }
+                MountRequest::Cache {
+                    target,
+                    volume,
+                    sharing,
+                } => {
+                    let vols = self.volumes.clone();
+                    let (volume, sharing) = (volume.clone(), *sharing);
+                    let v = tokio::task::spawn_blocking(move || vols.acquire(&volume, sharing))
+                        .await
+                        .map_err(|e| SolveError::Internal(format!("volume task: {e}")))?
+                        .map_err(|e| SolveError::Internal(format!("cache volume: {e}")))?;
+                    extra.push(bind(&v.path.to_string_lossy(), target, false));
+                    volumes.push(v);
+                }
+                MountRequest::Temp { target } => extra.push(ExtraMount {
+                    destination: target.clone(),
+                    kind: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["nosuid".into(), "nodev".into(), "mode=1777".into()],
+                }),
+                MountRequest::Secret {
+                    target,
+                    plaintext,
+                    mode,
+                } => {
+                    let file = secret_dir.join(format!("secret-{n}"));
+                    write_secret(&file, plaintext, *mode, (who.uid, who.gid))
+                        .map_err(|e| SolveError::Internal(format!("secret mount {target}: {e}")))?;
+                    extra.push(bind(&file.to_string_lossy(), target, true));
+                }
+            }
+        }
+        let run = ContainerRun {
+            id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),
+            snapshot_key: active.0.clone(),
+            rootfs: rootfs.to_vec(),
+            process: ProcessSpec {
+                args: req.args.clone(),
+                env: req.env.clone(),
+                cwd: req.cwd.clone(),
+                uid: who.uid,
+                gid: who.gid,
+                additional_gids: who.additional_gids,
+                terminal: None,
+            },
+            mounts: extra,
+            labels: HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]),
+            io_dir: self.scratch.join("io"),
+            output: req.output.clone(),
+            stdin: req.stdin.clone(),
+            host_network: true,
+        };
+        if let TerminalUse::Shell(shell) = &req.terminal {
+            let exit_code = self.terminal(run, shell).await? as i64;
+            return Ok(ExecOutcome {
+                exit_code,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                snapshot: None,
+                changes: None,
+            });
+        }
+        let debug_run = ContainerRun {
+            id: format!("rbuild-debug-{}-{}", req.key.short(), unique_suffix()),
+            output: None,
+            stdin: None,
+            ..run.clone()
+        };
+        let outcome = self
+            .ctd
+            .run(run, cancel)
+            .await
+            .map_err(|e| explain_start_failure(&req.args, e))?;
+        let exit_code = outcome.exit_code as i64;
+        if !req.expect.accepts(exit_code)
+            && let TerminalUse::OnFailure(shell) = &req.terminal
+        {
+            // The failed step's own filesystem, environment and mounts.
+            let _ = self.terminal(debug_run, shell).await;
+        }
+        let mut changes = None;
+        let mut snapshot = None;
+        if req.expect.accepts(exit_code) {
+            if let Some((upper, lowers)) = snapshots::overlay_dirs(rootfs) {
+                let started = Instant::now();
+                let budget = changes_digest_budget();
+                let digest = tokio::task::spawn_blocking(move || {
+                    tree::remove_mount_stubs(&upper, &lowers, &stub_targets)?;
+                    if budget == 0 {
+                        return Ok(None);
+                    }
+                    tree::upper_digest(&upper, budget)
+                })
+                .await
+                .map_err(|e| SolveError::Internal(format!("digest task: {e}")))??;
+                tracing::debug!(
+                    key = %req.key.short(),
+                    ms = started.elapsed().as_millis(),
+                    known = digest.is_some(),
+                    "digested the step's changes"
+                );
+                changes = digest;
+            }
+            snapshot = Some(self.commit(active, &req.name, &req.key).await?);
+        }
+        Ok(ExecOutcome {
+            exit_code,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            snapshot,
+            changes,
+        })
+    }
+
+    /// Runs a step; see [`Worker::exec`].
+    pub(super) async fn run_exec(
+        &self,
+        req: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SolveError> {
+        let active = ActiveKey::unique(&format!("rbuild-active-{}", req.key.short()));
+        let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+        let rootfs = self.prepare(&active, req.parent.as_ref(), labels).await?;
+        // Secrets for mounts live in RAM (/dev/shm), never on disk.
+        let secret_dir = tempfile::Builder::new()
+            .prefix("rbuild-secrets-")
+            .tempdir_in("/dev/shm")
+            .map_err(|e| SolveError::Internal(format!("create secret directory: {e}")))?;
+        let mut opened = Vec::new();
+        let mut volumes = Vec::new();
+        let result = self
+            .exec_in(
+                &req,
+                &active,
+                &rootfs,
+                &mut opened,
+                &mut volumes,
+                secret_dir.path(),
+                &cancel,
+            )
+            .await;
+        drop(volumes);
+        drop(secret_dir);
+        for m in opened {
+            self.close(m, false).await;
+        }
+        // Failed, cancelled or errored: the active snapshot must not outlive
+        // the step. (Committed: it is no longer an active snapshot.)
+        if !matches!(&result, Ok(o) if o.snapshot.is_some())
+            && let Err(e) = snapshots::remove(&self.ctd, &active.0).await
+        {
+            tracing::warn!(error = %e, %active, "could not remove a step's snapshot");
+        }
+        result
+    }
+}
+
+fn bind(source: &str, target: &str, readonly: bool) -> ExtraMount {
+    ExtraMount {
+        destination: target.to_string(),
+        kind: "bind".into(),
+        source: source.to_string(),
+        options: vec!["rbind".into(), if readonly { "ro" } else { "rw" }.into()],
+    }
+}
+
+fn write_secret(
+    path: &Path,
+    plaintext: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+) -> std::io::Result<()> {
+    std::fs::write(path, plaintext)?;
+    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// runc's "cannot exec" (no such binary, not executable, bad working
+/// directory) comes back as a task error wrapped in four layers of context;
+/// a user wants the command and the reason.
+fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveError {
+    if let rbuild_runtime::Error::Rpc { op, message, .. } = &err
+        && (*op == "create task" || *op == "start task")
+        && let Some(reason) = message.split("unable to start container process: ").nth(1)
+    {
+        return SolveError::Invalid(format!(
+            "cannot start {}: {}",
+            crate::graph::shell_words(args),
+            reason.trim_end_matches(": unknown")
+        ));
+    }
+    err.into()
+}
