@@ -96,16 +96,6 @@ impl<W: Worker> Solver<W> {
         let (snapshot, outcome, started, no) = match &plan.kind {
             StepKind::Exec(exec) => {
                 let mounts = self.mount_requests(exec).await?;
-                let env = exec
-                    .env
-                    .iter()
-                    .map(|(n, v)| match v {
-                        EnvValue::Plain(p) => format!("{n}={p}"),
-                        EnvValue::Secret(s) => {
-                            format!("{n}={}", String::from_utf8_lossy(s.plaintext()))
-                        }
-                    })
-                    .collect();
                 let no = self.progress.queued(&plan.description);
                 let _permit = self
                     .jobs
@@ -122,7 +112,7 @@ impl<W: Worker> Solver<W> {
                     name: step_snapshot_name(&plan.key),
                     parent,
                     args: exec.args.clone(),
-                    env,
+                    env: exec.process_env(),
                     cwd: exec.cwd.clone(),
                     user: exec.user.clone(),
                     mounts,

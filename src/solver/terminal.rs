@@ -58,14 +58,6 @@ impl<W: Worker> Solver<W> {
         };
         let parent = self.materialize(&plan.parent).await?;
         let mounts = self.mount_requests(exec).await?;
-        let env = exec
-            .env
-            .iter()
-            .map(|(n, v)| match v {
-                EnvValue::Plain(p) => format!("{n}={p}"),
-                EnvValue::Secret(s) => format!("{n}={}", String::from_utf8_lossy(s.plaintext())),
-            })
-            .collect();
         let no = self
             .progress
             .started(&format!("terminal {}", shell_words(&command)));
@@ -75,7 +67,7 @@ impl<W: Worker> Solver<W> {
             name: super::steps::step_snapshot_name(&plan.key),
             parent,
             args: command,
-            env,
+            env: exec.process_env(),
             cwd: exec.cwd.clone(),
             user: exec.user.clone(),
             mounts,

@@ -263,6 +263,20 @@ pub struct ExecPlan {
     pub expect: Expect,
 }
 
+impl ExecPlan {
+    /// The process environment as `NAME=value`, secrets resolved (for the
+    /// runtime spec only: never for a key, a log or the index).
+    pub fn process_env(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .map(|(n, v)| match v {
+                EnvValue::Plain(p) => format!("{n}={p}"),
+                EnvValue::Secret(s) => format!("{n}={}", String::from_utf8_lossy(s.plaintext())),
+            })
+            .collect()
+    }
+}
+
 /// A file operation with its sources still as values.
 #[derive(Clone, Debug)]
 pub enum PlannedAction {
