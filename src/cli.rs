@@ -3,7 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The command line of this process (exits with clap's message on a bad one).
+pub fn parse() -> Cli {
+    Cli::parse()
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,7 +65,7 @@ pub struct GlobalOpts {
         value_enum,
         default_value = "auto"
     )]
-    pub progress: crate::progress::Mode,
+    pub progress: ProgressMode,
     /// A registry (host:port) to speak plain HTTP to; loopback registries always are.
     #[arg(
         long = "insecure-registry",
@@ -69,6 +74,16 @@ pub struct GlobalOpts {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+}
+
+/// `--progress`'s values (the engine's own is `progress::Mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// `tty` on a terminal, `plain` otherwise.
+    Auto,
+    Tty,
+    Plain,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

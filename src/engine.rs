@@ -12,7 +12,6 @@ use rbuild_runtime::managed::ManagedContainerd;
 use rbuild_snapshotter::{Registry, RegistryOptions, host_platform};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::GlobalOpts;
 use crate::index::{Index, RunRecord};
 use crate::pipeline;
 use crate::progress::{Mode, Progress};
@@ -22,6 +21,8 @@ use crate::solver::{Solver, SolverConfig};
 use crate::volumes::Volumes;
 use crate::worker::ContainerdWorker;
 
+/// What the engine is told by its caller (the command line, in
+/// `commands::`): where its state is, which containerd, how many jobs.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub root: PathBuf,
@@ -33,22 +34,6 @@ pub struct EngineConfig {
     pub progress: Mode,
     /// `-i`: the shell to open in a failed step's container.
     pub debug_shell: Option<Vec<String>>,
-}
-
-impl From<&GlobalOpts> for EngineConfig {
-    fn from(g: &GlobalOpts) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        EngineConfig {
-            root: g.root.clone(),
-            cache_dir: g.cache_dir.clone().unwrap_or_else(|| g.root.join("cache")),
-            address: g.address.clone(),
-            namespace: g.namespace.clone(),
-            jobs: g.jobs.unwrap_or((cores * 4).max(8)),
-            insecure_registries: g.insecure_registries.clone(),
-            progress: g.progress.resolve(),
-            debug_shell: None,
-        }
-    }
 }
 
 /// The containerd at the configured address, or else rbuild's own (started

@@ -123,16 +123,11 @@ pub fn auto_policy(root: &Path, cached_bytes: u64) -> Option<Policy> {
     })
 }
 
-/// (size, free) in bytes of the filesystem holding `path`.
-fn filesystem(path: &Path) -> Option<(u64, u64)> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid path and a statvfs to fill.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+/// (size, free) in bytes of the filesystem holding `path`; free is what
+/// an unprivileged user may still use.
+pub fn filesystem(path: &Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
 }
 
 /// `10GB`, `512MiB`, `1.5G`, `1000` (bytes).
@@ -162,23 +157,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult) as u64)
 }
 
-/// `30s`, `15m`, `2h`, `7d`, `1w`.
+/// `30s`, `15m`, `2h`, `7d`, `1w`, and combinations (`1h 30m`).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a duration like 2h or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        other => bail!("unknown duration unit {other:?} in {s:?} (use s, m, h, d or w)"),
-    };
-    Ok(Duration::from_secs(n * secs))
+    humantime::parse_duration(s).with_context(|| format!("{s:?} is not a duration like 2h or 7d"))
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -274,6 +256,11 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
         assert!(parse_duration("2 fortnights").is_err());
+        assert!(parse_duration("10").is_err(), "a duration has a unit");
+        assert_eq!(parse_duration(" 30s ").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(1_500_000), "1.5 MB");
     }

@@ -25,8 +25,8 @@ pub struct StepNo(pub u64);
 /// How many stderr lines a failure shows.
 pub const STDERR_TAIL_LINES: usize = 20;
 
-/// How progress is shown (`--progress`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// `tty` on a terminal, `plain` otherwise.
     Auto,

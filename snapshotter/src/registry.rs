@@ -342,6 +342,59 @@ impl Registry {
             detail,
         }
     }
+
+    /// Whether `registry` (host:port) answers the distribution API's version
+    /// check, `GET /v2/`, over the scheme and TLS a pull would use: 200, or
+    /// 401 (it wants credentials), is a registry.
+    pub async fn ping(&self, registry: &str, timeout: Duration) -> Result<(), PingError> {
+        let plain_http = self.plain_http(registry);
+        let url = format!(
+            "{}://{registry}/v2/",
+            if plain_http { "http" } else { "https" }
+        );
+        let hint = if plain_http {
+            ""
+        } else {
+            " (a registry that speaks plain HTTP must be listed with --insecure-registry)"
+        };
+        let unreachable = |e: &reqwest::Error| PingError::Unreachable {
+            url: url.clone(),
+            reason: root_cause(e),
+            hint,
+        };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| unreachable(&e))?;
+        match client.get(&url).send().await {
+            Ok(answer) if matches!(answer.status().as_u16(), 200 | 401) => Ok(()),
+            Ok(answer) => Err(PingError::Unexpected {
+                url: url.clone(),
+                status: answer.status().to_string(),
+            }),
+            Err(e) if e.is_timeout() => Err(PingError::Timeout {
+                url: url.clone(),
+                timeout,
+            }),
+            Err(e) => Err(unreachable(&e)),
+        }
+    }
+}
+
+/// Why a registry did not answer [`Registry::ping`] as a registry does.
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("cannot connect to {url}: {reason}; is the registry running?{hint}")]
+    Unreachable {
+        url: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("no answer from {url} within {} s", .timeout.as_secs())]
+    Timeout { url: String, timeout: Duration },
+    #[error("unexpected answer from {url}: {status}")]
+    Unexpected { url: String, status: String },
 }
 
 /// Credentials for a registry from `$DOCKER_CONFIG/config.json` or
@@ -488,6 +541,42 @@ mod tests {
         assert!(!marker.exists(), "a plain-HTTP client does not mark it");
         registry.base_client(false);
         assert!(marker.exists(), "an HTTPS client marks the state root");
+    }
+
+    /// A one-request HTTP server on loopback that answers with `status`.
+    async fn answering(status: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request).await;
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let _ = conn.write_all(answer.as_bytes()).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn ping_takes_200_and_401_for_a_registry_and_names_anything_else() {
+        let registry = Registry::new(RegistryOptions::default());
+        let timeout = Duration::from_secs(5);
+        for status in ["200 OK", "401 Unauthorized"] {
+            let addr = answering(status).await;
+            registry.ping(&addr, timeout).await.unwrap();
+        }
+        let addr = answering("404 Not Found").await;
+        let e = registry.ping(&addr, timeout).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("http://{addr}/v2/")), "{e}");
+        assert!(e.contains("404 Not Found"), "{e}");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let e = registry.ping(&closed, timeout).await.unwrap_err();
+        assert!(matches!(e, PingError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("is the registry running?"), "{e}");
     }
 
     fn busybox() -> ImageRef {

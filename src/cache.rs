@@ -1,0 +1,212 @@
+//! The build cache as a user sees it (`rbuild cache ls|du|prune`, `rbuild
+//! history`): its entries, the disk it takes, pruning on request, and the
+//! record of past runs. Which entries a policy removes, and removing them,
+//! is gc.rs; the rows themselves are the index's.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::gc::{self, Policy, Pruned, human_bytes, now_secs};
+use crate::index::{CacheEntry, Index, RunRecord};
+
+fn open_index(config: &EngineConfig) -> Result<Index> {
+    Ok(Index::open(&config.root.join("index.db"))?)
+}
+
+/// How long ago, in the largest unit that still shows a change.
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// An entry's size; negative is unknown.
+fn size(n: i64) -> String {
+    if n < 0 {
+        "?".into()
+    } else {
+        human_bytes(n as u64)
+    }
+}
+
+/// Bytes under a directory (files only; symlinks not followed).
+fn du(dir: &Path) -> u64 {
+    ignore::WalkBuilder::new(dir)
+        .standard_filters(false)
+        .build()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The cache's entries, most recently used first (a table).
+pub struct Entries {
+    entries: Vec<CacheEntry>,
+    now: i64,
+}
+
+pub fn entries(config: &EngineConfig) -> Result<Entries> {
+    let index = open_index(config)?;
+    Ok(Entries {
+        now: now_secs(),
+        entries: index.entries()?,
+    })
+}
+
+impl fmt::Display for Entries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<12}  {:>9}  {:>6}  {:>9}  WHAT",
+            "KEY", "SIZE", "AGE", "LAST USE"
+        )?;
+        for e in &self.entries {
+            write!(
+                f,
+                "\n{:<12}  {:>9}  {:>6}  {:>9}  {}",
+                &e.key[..12],
+                size(e.size),
+                age(self.now - e.created),
+                age(self.now - e.last_used),
+                e.description
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What the cache takes on disk, by kind.
+pub struct Usage {
+    entries: usize,
+    steps: u64,
+    volumes: u64,
+    pipelines: u64,
+}
+
+pub fn usage(config: &EngineConfig) -> Result<Usage> {
+    let entries = open_index(config)?.entries()?;
+    Ok(Usage {
+        entries: entries.len(),
+        steps: entries.iter().map(|e| e.size.max(0) as u64).sum(),
+        volumes: du(&config.root.join("volumes")),
+        pipelines: du(&config.cache_dir),
+    })
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "steps              {:>6} entries  {:>10}",
+            self.entries,
+            human_bytes(self.steps)
+        )?;
+        writeln!(
+            f,
+            "cache volumes                      {:>10}",
+            human_bytes(self.volumes)
+        )?;
+        write!(
+            f,
+            "compiled pipelines                 {:>10}",
+            human_bytes(self.pipelines)
+        )
+    }
+}
+
+/// What a prune on request removed.
+pub struct PruneReport {
+    pruned: Pruned,
+    all: bool,
+}
+
+/// A prune as the user asked for it: sizes like `10GB`, durations like `7d`.
+#[derive(Debug)]
+pub struct PruneRequest<'a> {
+    pub keep_storage: Option<&'a str>,
+    pub keep_duration: Option<&'a str>,
+    pub all: bool,
+}
+
+/// Removes what the request selects, with a running engine (containerd
+/// collects the snapshots and content).
+pub async fn prune(config: &EngineConfig, request: PruneRequest<'_>) -> Result<PruneReport> {
+    // As for the other cache commands, a state root that does not exist is
+    // an error (opening the index fails), not one to create (as starting
+    // the engine would).
+    drop(open_index(config)?);
+    let policy = Policy {
+        keep_storage: request.keep_storage.map(gc::parse_size).transpose()?,
+        keep_duration: request.keep_duration.map(gc::parse_duration).transpose()?,
+        all: request.all,
+    };
+    if policy == Policy::default() {
+        bail!("say what to prune: --keep-storage SIZE, --keep-duration DURATION or --all");
+    }
+    let engine = Engine::start(config).await?;
+    let pruned = gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await?;
+    Ok(PruneReport {
+        pruned,
+        all: policy.all,
+    })
+}
+
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "removed {} entries ({})",
+            self.pruned.entries,
+            human_bytes(self.pruned.bytes)
+        )?;
+        if self.all {
+            write!(f, ", {} cache volumes", self.pruned.volumes)?;
+        }
+        Ok(())
+    }
+}
+
+/// The most recent runs, newest first (a table).
+pub struct History {
+    runs: Vec<RunRecord>,
+    now: i64,
+}
+
+pub fn history(config: &EngineConfig, limit: usize) -> Result<History> {
+    let index = open_index(config)?;
+    Ok(History {
+        now: now_secs(),
+        runs: index.runs(limit)?,
+    })
+}
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>8}  {:>9}  {:>5}  {:>6}  {:>4}  PIPELINE",
+            "WHEN", "DURATION", "RUN", "CACHED", "EXIT"
+        )?;
+        for r in &self.runs {
+            write!(
+                f,
+                "\n{:>8}  {:>8.2}s  {:>5}  {:>6}  {:>4}  {}",
+                format!("{} ago", age(self.now - r.started)),
+                r.duration_ms as f64 / 1000.0,
+                r.steps_run,
+                r.steps_cached,
+                r.exit_code,
+                r.pipeline
+            )?;
+        }
+        Ok(())
+    }
+}
