@@ -136,17 +136,9 @@ fn copy_entries<W: Write>(
             header.set_mtime(0);
         }
         header.set_cksum();
-        if !records.is_empty() {
-            let data = pax_records(&records);
-            let mut ph = tar::Header::new_ustar();
-            ph.set_entry_type(tar::EntryType::XHeader);
-            ph.set_path("PaxHeaders/entry").map_err(io)?;
-            ph.set_size(data.len() as u64);
-            ph.set_mode(0o644);
-            ph.set_mtime(0);
-            ph.set_cksum();
-            builder.append(&ph, &data[..]).map_err(io)?;
-        }
+        builder
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(io)?;
         builder.append(&header, &mut entry).map_err(io)?;
     }
     builder.into_inner().map_err(io).map(|w| w.inner)
@@ -171,35 +163,42 @@ fn set_name_field(
     }
 }
 
-/// PAX extended header records: "<len> <key>=<value>\n", len counting itself.
-fn pax_records(records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in records {
-        let body = k.len() + v.len() + 3; // ' ', '=', '\n'
-        let mut len = body + body.to_string().len();
-        if len.to_string().len() + body != len {
-            len += 1;
-        }
-        out.extend_from_slice(format!("{len} {k}=").as_bytes());
-        out.extend_from_slice(v);
-        out.push(b'\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The data of the PAX header in front of the first entry of a tar.
+    fn first_pax_data(tar: &[u8]) -> Vec<u8> {
+        let header = tar::Header::from_byte_slice(&tar[..512]);
+        assert_eq!(header.entry_type(), tar::EntryType::XHeader);
+        let size = header.entry_size().unwrap() as usize;
+        tar[512..512 + size].to_vec()
+    }
+
     #[test]
     fn pax_record_lengths_count_themselves() {
-        let out = pax_records(&[("path".into(), b"a".to_vec())]);
-        assert_eq!(out, b"9 path=a\n".to_vec());
-        let long = "x".repeat(95);
-        let out = pax_records(&[("path".into(), long.as_bytes().to_vec())]);
-        let s = String::from_utf8(out).unwrap();
-        let (len, _) = s.split_once(' ').unwrap();
-        assert_eq!(len.parse::<usize>().unwrap(), s.len());
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(101);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.a", &b"b"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+        let input = dir.path().join("in.tar");
+        std::fs::write(&input, b.into_inner().unwrap()).unwrap();
+        let output = dir.path().join("out.tar");
+        rewrite_layer(&input, &output, Compression::Uncompressed, true).unwrap();
+        let data = String::from_utf8(first_pax_data(&std::fs::read(&output).unwrap())).unwrap();
+        let records: Vec<&str> = data.split_inclusive('\n').collect();
+        assert_eq!(records[0], "25 SCHILY.xattr.user.a=b\n");
+        assert_eq!(records[1], format!("111 path={long}\n"));
+        for r in records {
+            let (len, _) = r.split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), r.len());
+        }
     }
 
     fn tar_with(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
