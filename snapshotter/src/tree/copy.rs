@@ -5,7 +5,7 @@
 //! Callers resolve destinations first (`crate::confine`); this module
 //! never writes through what is at a destination, it replaces it.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -205,22 +205,14 @@ fn copy_node(
             *bytes += fs::copy(src, dst).map_err(|e| Error::io("copy", src, e))?;
         } else {
             // Devices, FIFOs, sockets: recreate the node.
-            let c = cstr(dst);
-            // SAFETY: valid path; mode and rdev from the source.
-            let rc = unsafe {
-                libc::mknod(
-                    c.as_ptr(),
-                    m.mode() as libc::mode_t,
-                    m.rdev() as libc::dev_t,
-                )
-            };
-            if rc != 0 {
-                return Err(Error::io(
-                    "create node",
-                    dst,
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                dst,
+                rustix::fs::FileType::from_raw_mode(m.mode()),
+                rustix::fs::Mode::from_raw_mode(m.mode()),
+                m.rdev(),
+            )
+            .map_err(|e| Error::io("create node", dst, e.into()))?;
         }
     }
     lchown(dst, uid, gid).map_err(|e| Error::io("chown", dst, e))?;
@@ -232,34 +224,62 @@ fn copy_node(
     Ok(())
 }
 
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
-}
-
 /// Sets a path's mtime (and atime) without following symlinks.
 fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
-    let t = libc::timespec {
+    let t = rustix::fs::Timespec {
         tv_sec: sec,
         tv_nsec: nsec,
     };
-    let times = [t, t];
-    let c = cstr(path);
-    // SAFETY: valid path and two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn copied_nodes_and_symlinks_keep_their_kind_mode_and_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let fifo = src.join("fifo");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("fifo", src.join("link")).unwrap();
+        for (p, t) in [(&fifo, 1_000_000_000), (&src.join("link"), 1_000_000_007)] {
+            set_mtime(p, t, 5).unwrap();
+        }
+        let dst = d.path().join("dst");
+        copy_tree(&src, &dst, &CopyFilter::all(), None).unwrap();
+        let m = fs::symlink_metadata(dst.join("fifo")).unwrap();
+        assert!(m.file_type().is_fifo());
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+        let l = fs::symlink_metadata(dst.join("link")).unwrap();
+        assert!(l.file_type().is_symlink(), "the symlink is not followed");
+        assert_eq!((l.mtime(), l.mtime_nsec()), (1_000_000_007, 5));
+    }
 }
