@@ -3,10 +3,11 @@
 //! Owns everything about bytes on disk. It does not run processes and
 //! knows nothing of pipelines or cache keys.
 //!
-//! - Images in: [`reference`] (parsing image references), [`registry`]
-//!   (the registry client), [`image`] (manifests, configs, platforms),
-//!   [`pull`] (fetching blobs into the content store), [`unpack`] (layers
-//!   into snapshots, falling back to containerd's Diff service).
+//! - Images in: [`reference`](mod@reference) (parsing image
+//!   references), [`registry`] (the registry client), [`image`]
+//!   (manifests, configs, platforms), [`pull`](mod@pull) (fetching blobs
+//!   into the content store), [`unpack`] (layers into snapshots, falling
+//!   back to containerd's Diff service).
 //! - containerd's stores: [`content`] (the content store), [`snapshots`]
 //!   (prepare / view / commit / remove), [`mount`] (snapshots mounted on
 //!   the host).
