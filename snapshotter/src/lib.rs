@@ -1,12 +1,27 @@
 //! rbuild-snapshotter: filesystem state.
 //!
-//! Owns everything about bytes on disk: resolving and pulling images from
-//! registries ([`registry`], [`image`], [`pull`]), containerd's content store
-//! ([`content`]), snapshots ([`snapshots`]) and mounting them on the host
-//! ([`mount`]), file operations and reads on mounted trees ([`fileops`])
-//! and the users of a root filesystem ([`user`]). It does not run processes and knows nothing of pipelines or
-//! cache keys.
+//! Owns everything about bytes on disk. It does not run processes and
+//! knows nothing of pipelines or cache keys.
+//!
+//! - Images in: [`reference`](mod@reference) (parsing image
+//!   references), [`registry`] (the registry client), [`image`]
+//!   (manifests, configs, platforms), [`pull`](mod@pull) (fetching blobs
+//!   into the content store), [`unpack`] (layers into snapshots, falling
+//!   back to containerd's Diff service).
+//! - containerd's stores: [`content`] (the content store), [`snapshots`]
+//!   (prepare / view / commit / remove), [`mount`] (snapshots mounted on
+//!   the host).
+//! - Trees on the host and in mounted snapshots: [`tree`] (host scans,
+//!   digests, copies, mount stubs, globs), [`host_scan`] (what a scan is
+//!   asked for), [`fileops`] (a step's file operations and reads on
+//!   mounted trees), [`user`] (a root filesystem's users and groups),
+//!   [`confine`] (resolving a path inside a root without leaving it),
+//!   `xattr` (extended attributes without following symlinks).
+//! - Images out: [`overlay_diff`] (a layer read from overlay directories),
+//!   [`export`] (layer diffs, flattening, image assembly, OCI tarballs,
+//!   publishing).
 
+pub mod confine;
 pub mod content;
 pub mod export;
 pub mod fileops;

@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::xattr::{OPAQUE, cpath, set_xattr};
+use crate::xattr::{OPAQUE, set_xattr};
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +196,7 @@ fn apply_entry<R: Read>(
             let gone = parent.join(OsStr::from_bytes(hidden));
             remove_existing(&gone)?;
             if !target.lowers.is_empty() {
-                mknod(&gone, libc::S_IFCHR, 0)
+                mknod(&gone, rustix::fs::FileType::CharacterDevice, 0)
                     .map_err(io_err(|| format!("create whiteout {}", gone.display())))?;
                 meta.chown(&gone)?;
             }
@@ -261,11 +261,11 @@ fn apply_entry<R: Read>(
         T::Char | T::Block | T::Fifo => {
             let header = entry.header();
             let fmt = match kind {
-                T::Char => libc::S_IFCHR,
-                T::Block => libc::S_IFBLK,
-                _ => libc::S_IFIFO,
+                T::Char => rustix::fs::FileType::CharacterDevice,
+                T::Block => rustix::fs::FileType::BlockDevice,
+                _ => rustix::fs::FileType::Fifo,
             };
-            let dev = libc::makedev(
+            let dev = rustix::fs::makedev(
                 header.device_major().ok().flatten().unwrap_or(0),
                 header.device_minor().ok().flatten().unwrap_or(0),
             );
@@ -450,12 +450,10 @@ fn remove_existing(path: &Path) -> Result<(), ApplyError> {
     r.map_err(io_err(|| format!("remove {}", path.display())))
 }
 
-fn mknod(path: &Path, fmt: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
-    let p = cpath(path)?;
-    // SAFETY: p is a valid NUL-terminated path.
-    if unsafe { libc::mknod(p.as_ptr(), fmt, dev) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// Creates a device node or FIFO with no permission bits (a whiteout keeps
+/// none; an entry gets its own from its header afterwards).
+fn mknod(path: &Path, kind: rustix::fs::FileType, dev: rustix::fs::Dev) -> io::Result<()> {
+    rustix::fs::mknodat(rustix::fs::CWD, path, kind, rustix::fs::Mode::empty(), dev)?;
     Ok(())
 }
 
@@ -466,23 +464,19 @@ fn times(path: &Path, mtime: i64) -> Result<(), ApplyError> {
 
 /// Sets access and modification time (without following a symbolic link).
 fn set_times(path: &Path, mtime: i64) -> io::Result<()> {
-    let p = cpath(path)?;
-    let t = libc::timespec {
+    let t = rustix::fs::Timespec {
         tv_sec: mtime,
         tv_nsec: 0,
     };
-    let times = [t, t];
-    // SAFETY: valid path; times points to two timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
     };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }

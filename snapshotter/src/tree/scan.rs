@@ -1,0 +1,486 @@
+//! Host directories and single host files scanned into a [`HostListing`]:
+//! the selected entries with their kind, permission bits and content hash,
+//! and the listing's Merkle digest.
+//!
+//! Content identity never involves an mtime, an inode or a host path. Stat
+//! data is only used to skip re-hashing a file whose (device, inode, size,
+//! mtime, ctime) all match what was recorded when it was last hashed. How
+//! the digest is formed is `digest`; which paths are taken is `filter`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::digest::{hash_file, hash_files, merkle_digest};
+use super::filter::{Filter, Matchers};
+use crate::Error;
+
+/// What identifies a file's content without reading it: if all of these
+/// are unchanged, so is the content (ctime cannot be set back by tools
+/// that restore mtimes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl StatKey {
+    pub fn of(m: &fs::Metadata) -> StatKey {
+        StatKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+pub type Hash = [u8; 32];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File { hash: Hash, size: u64 },
+    Symlink { target: Vec<u8> },
+}
+
+/// One entry of a scanned host directory.
+#[derive(Clone, Debug)]
+pub struct HostEntry {
+    /// Path relative to the scanned root, `/`-separated, no leading slash.
+    pub rel: String,
+    pub kind: EntryKind,
+    /// Permission bits (mode & 0o7777).
+    pub mode: u32,
+    pub stat: StatKey,
+    pub mtime: (i64, i64),
+}
+
+/// A host directory as selected by a [`Filter`], with its content digest.
+#[derive(Clone, Debug)]
+pub struct HostListing {
+    pub root: PathBuf,
+    /// Sorted by `rel`; parents before children.
+    pub entries: Vec<HostEntry>,
+    /// `blake3:<hex>` Merkle digest over (name, type, permission bits,
+    /// symlink target, content hash).
+    pub digest: String,
+    pub files_hashed: usize,
+    pub bytes_hashed: u64,
+}
+
+/// What the stat cache knew, and what it should learn.
+pub type KnownHashes = HashMap<String, (StatKey, Hash)>;
+
+/// Scans `root` under `filter`. `known` maps relative paths to the stat
+/// key and hash recorded last time; files whose stat key matches are not
+/// read again. Returns the listing and the (relative path → stat key, hash)
+/// records of files that were hashed now.
+pub fn scan_host_dir(
+    root: &Path,
+    filter: &Filter,
+    known: &KnownHashes,
+) -> Result<(HostListing, KnownHashes), Error> {
+    scan_host_dir_with(root, filter, || known)
+}
+
+/// `scan_host_dir`, asking for the stat cache's records only once the walk
+/// is done (so that reading them can overlap with it).
+pub fn scan_host_dir_with<K: std::borrow::Borrow<KnownHashes>>(
+    root: &Path,
+    filter: &Filter,
+    known: impl FnOnce() -> K,
+) -> Result<(HostListing, KnownHashes), Error> {
+    let meta = fs::metadata(root).map_err(|e| Error::io("read host directory", root, e))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            "read host directory",
+            root,
+            std::io::Error::other("not a directory"),
+        ));
+    }
+    let matchers = Matchers::new(root, filter)?;
+    let mut walk = ignore::WalkBuilder::new(root);
+    walk.standard_filters(false)
+        .follow_links(false)
+        .git_ignore(filter.gitignore)
+        .git_exclude(false)
+        .git_global(false)
+        .require_git(false)
+        .parents(filter.gitignore)
+        .threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+        );
+    {
+        let root = root.to_path_buf();
+        let ex = matchers.exclude.clone();
+        walk.filter_entry(move |e| {
+            let Ok(rel) = e.path().strip_prefix(&root) else {
+                return true;
+            };
+            let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+            !ex.as_ref().is_some_and(|m| {
+                !rel.as_os_str().is_empty()
+                    && m.matched_path_or_any_parents(rel, is_dir).is_ignore()
+            })
+        });
+    }
+
+    // The walk and a stat of every entry, on several threads (the order
+    // does not matter: what is kept goes into sorted maps).
+    let found: Mutex<Vec<(PathBuf, fs::Metadata)>> = Mutex::new(Vec::new());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    walk.build_parallel().run(|| {
+        let failed = &failed;
+        let mut batch = Batch {
+            items: Vec::new(),
+            sink: &found,
+        };
+        Box::new(move |entry| {
+            use ignore::WalkState;
+            let stat = entry
+                .map_err(|e| {
+                    Error::io(
+                        "scan host directory",
+                        root,
+                        std::io::Error::other(e.to_string()),
+                    )
+                })
+                .and_then(|entry| {
+                    let path = entry.into_path();
+                    fs::symlink_metadata(&path)
+                        .map(|m| (path.clone(), m))
+                        .map_err(|e| Error::io("stat", &path, e))
+                });
+            match stat {
+                Ok(found_one) => {
+                    batch.items.push(found_one);
+                    if batch.items.len() >= 256 {
+                        batch.flush();
+                    }
+                    WalkState::Continue
+                }
+                Err(e) => {
+                    failed.lock().unwrap().get_or_insert(e);
+                    WalkState::Quit
+                }
+            }
+        })
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    let found = found.into_inner().unwrap();
+
+    // What is selected, with stat data; directories are decided after their
+    // contents (a directory is kept when it is selected itself or holds
+    // something selected).
+    let mut picked: BTreeMap<String, (fs::Metadata, PathBuf)> = BTreeMap::new();
+    let mut dirs: BTreeMap<String, fs::Metadata> = BTreeMap::new();
+    for (path, m) in found {
+        let rel_path = path.strip_prefix(root).expect("walk stays under root");
+        if rel_path.as_os_str().is_empty() {
+            continue;
+        }
+        let rel = rel_str(rel_path)?;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            if matchers.excluded(rel_path, true) {
+                continue;
+            }
+            if matchers.include.is_some() && matchers.included(rel_path, true) {
+                picked.insert(rel.clone(), (m.clone(), path.clone()));
+            }
+            dirs.insert(rel, m);
+        } else if ft.is_file() || ft.is_symlink() {
+            if matchers.excluded(rel_path, false) || !matchers.included(rel_path, false) {
+                continue;
+            }
+            picked.insert(rel, (m, path));
+        }
+        // Sockets, FIFOs and devices are not build inputs; they are skipped.
+    }
+    // Without an include filter every directory is an entry (an added empty
+    // directory changes the digest); with one, only parents of what is kept.
+    if matchers.include.is_none() {
+        for (rel, m) in &dirs {
+            picked.insert(rel.clone(), (m.clone(), root.join(rel)));
+        }
+    } else {
+        let parents: Vec<String> = picked.keys().flat_map(|rel| ancestors(rel)).collect();
+        for p in parents {
+            if !picked.contains_key(&p)
+                && let Some(m) = dirs.get(&p)
+            {
+                picked.insert(p.clone(), (m.clone(), root.join(&p)));
+            }
+        }
+    }
+
+    // Hash what the stat cache cannot vouch for, in parallel.
+    let known = known();
+    let known = known.borrow();
+    let todo: Vec<(String, PathBuf, StatKey)> = picked
+        .iter()
+        .filter(|(_, (m, _))| m.file_type().is_file())
+        .filter_map(|(rel, (m, path))| {
+            let key = StatKey::of(m);
+            match known.get(rel) {
+                Some((k, _)) if *k == key => None,
+                _ => Some((rel.clone(), path.clone(), key)),
+            }
+        })
+        .collect();
+    let fresh = hash_files(&todo)?;
+    let bytes_hashed = todo.iter().map(|t| t.2.size).sum();
+
+    let mut entries = Vec::with_capacity(picked.len());
+    for (rel, (m, path)) in picked {
+        let stat = StatKey::of(&m);
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(|e| Error::io("read symlink", &path, e))?;
+            EntryKind::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            }
+        } else {
+            let hash = match fresh.get(&rel) {
+                Some((_, h)) => *h,
+                None => known[&rel].1,
+            };
+            EntryKind::File {
+                hash,
+                size: m.size(),
+            }
+        };
+        entries.push(HostEntry {
+            rel,
+            kind,
+            mode: m.permissions().mode() & 0o7777,
+            stat,
+            mtime: (m.mtime(), m.mtime_nsec()),
+        });
+    }
+    let digest = merkle_digest(&entries);
+    Ok((
+        HostListing {
+            root: root.to_path_buf(),
+            files_hashed: todo.len(),
+            bytes_hashed,
+            entries,
+            digest,
+        },
+        fresh,
+    ))
+}
+
+/// What one walker thread found, handed over in batches (and the rest when
+/// the thread is done with it).
+struct Batch<'a> {
+    items: Vec<(PathBuf, fs::Metadata)>,
+    sink: &'a Mutex<Vec<(PathBuf, fs::Metadata)>>,
+}
+
+impl Batch<'_> {
+    fn flush(&mut self) {
+        self.sink.lock().unwrap().append(&mut self.items);
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Scans a single host file (a listing rooted at its directory with one entry).
+pub fn scan_host_file(
+    path: &Path,
+    known: &KnownHashes,
+) -> Result<(HostListing, KnownHashes), Error> {
+    let (Some(root), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::io(
+            "read host file",
+            path,
+            std::io::Error::other("not a file path"),
+        ));
+    };
+    let rel = rel_str(Path::new(name))?;
+    let m = fs::symlink_metadata(path).map_err(|e| Error::io("read host file", path, e))?;
+    if m.is_dir() {
+        return Err(Error::io(
+            "read host file",
+            path,
+            std::io::Error::other("is a directory; use host().directory()"),
+        ));
+    }
+    let stat = StatKey::of(&m);
+    let mut fresh = KnownHashes::new();
+    let kind = if m.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
+        EntryKind::Symlink {
+            target: target.as_os_str().as_bytes().to_vec(),
+        }
+    } else {
+        let hash = match known.get(&rel) {
+            Some((k, h)) if *k == stat => *h,
+            _ => {
+                let h = hash_file(path)?;
+                fresh.insert(rel.clone(), (stat, h));
+                h
+            }
+        };
+        EntryKind::File {
+            hash,
+            size: m.size(),
+        }
+    };
+    let entries = vec![HostEntry {
+        rel,
+        kind,
+        mode: m.permissions().mode() & 0o7777,
+        stat,
+        mtime: (m.mtime(), m.mtime_nsec()),
+    }];
+    let digest = merkle_digest(&entries);
+    Ok((
+        HostListing {
+            root: root.to_path_buf(),
+            files_hashed: fresh.len(),
+            bytes_hashed: if fresh.is_empty() { 0 } else { m.size() },
+            entries,
+            digest,
+        },
+        fresh,
+    ))
+}
+
+/// What is at a path of a host listing.
+pub enum HostNode<'a> {
+    Dir(HostListing),
+    File(&'a HostEntry),
+}
+
+impl HostListing {
+    /// The directory or file at `path` ("/" is the root), re-rooted for a directory.
+    pub fn at(&self, path: &str) -> Option<HostNode<'_>> {
+        let rel = path.trim_matches('/');
+        if rel.is_empty() {
+            return Some(HostNode::Dir(self.clone()));
+        }
+        let entry = self.entries.iter().find(|e| e.rel == rel)?;
+        if entry.kind != EntryKind::Dir {
+            return Some(HostNode::File(entry));
+        }
+        let prefix = format!("{rel}/");
+        let entries: Vec<HostEntry> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                e.rel.strip_prefix(&prefix).map(|r| HostEntry {
+                    rel: r.to_string(),
+                    ..e.clone()
+                })
+            })
+            .collect();
+        let digest = merkle_digest(&entries);
+        Some(HostNode::Dir(HostListing {
+            root: self.root.join(rel),
+            entries,
+            digest,
+            files_hashed: 0,
+            bytes_hashed: 0,
+        }))
+    }
+
+    /// Keeps only what `filter` selects (include/exclude; `.gitignore` is not re-read).
+    pub fn filtered(&self, include: &[String], exclude: &[String]) -> Result<HostListing, Error> {
+        if include.is_empty() && exclude.is_empty() {
+            return Ok(self.clone());
+        }
+        let m = Matchers::new(
+            &self.root,
+            &Filter {
+                include: include.to_vec(),
+                exclude: exclude.to_vec(),
+                gitignore: false,
+            },
+        )?;
+        let kept: Vec<&HostEntry> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                let is_dir = e.kind == EntryKind::Dir;
+                let p = Path::new(&e.rel);
+                !m.excluded(p, is_dir) && (is_dir && m.include.is_none() || m.included(p, is_dir))
+            })
+            .collect();
+        let mut rels: std::collections::BTreeSet<String> =
+            kept.iter().map(|e| e.rel.clone()).collect();
+        for e in &kept {
+            rels.extend(ancestors(&e.rel));
+        }
+        let entries: Vec<HostEntry> = self
+            .entries
+            .iter()
+            .filter(|e| rels.contains(&e.rel))
+            .cloned()
+            .collect();
+        let digest = merkle_digest(&entries);
+        Ok(HostListing {
+            root: self.root.clone(),
+            entries,
+            digest,
+            files_hashed: 0,
+            bytes_hashed: 0,
+        })
+    }
+
+    /// Reads a file of the listing, checking it still has the scanned content.
+    pub fn read(&self, entry: &HostEntry) -> Result<Vec<u8>, Error> {
+        let path = self.root.join(&entry.rel);
+        let data = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        if let EntryKind::File { hash, .. } = entry.kind
+            && *blake3::hash(&data).as_bytes() != hash
+        {
+            return Err(Error::io(
+                "read",
+                &path,
+                std::io::Error::other("the file changed since it was scanned; run again"),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+fn rel_str(rel: &Path) -> Result<String, Error> {
+    rel.to_str().map(|s| s.to_string()).ok_or_else(|| {
+        Error::io(
+            "read host directory",
+            rel,
+            std::io::Error::other("path is not UTF-8"),
+        )
+    })
+}
+
+/// "a/b/c" → ["a", "a/b"]
+fn ancestors(rel: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = rel;
+    while let Some((parent, _)) = cur.rsplit_once('/') {
+        out.push(parent.to_string());
+        cur = parent;
+    }
+    out
+}
