@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rbuild_runtime::containerd_client::types::Mount;
-use rbuild_runtime::{
-    CancellationToken, ContainerRun, Containerd, ExtraMount, GC_ROOT_LABEL, LeaseId, OWNER_LABEL,
-    Owner, ProcessSpec,
-};
+use rbuild_containerd::containerd_client::types::Mount;
+use rbuild_containerd::{Containerd, GC_ROOT_LABEL, LeaseId, OWNER_LABEL, Owner};
+use rbuild_runtime::{CancellationToken, ContainerRun, ExtraMount, ProcessSpec};
 use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::tree::{self, CopyFilter, HostNode};
 use rbuild_snapshotter::{
@@ -161,7 +159,7 @@ impl ContainerdMachinery {
     /// Deletes every image record in rbuild's namespace (what pulls and
     /// publishes made); their content goes with the next collection.
     pub async fn remove_images(&self) -> Result<usize, SolveError> {
-        use rbuild_runtime::containerd_client::services::v1::{
+        use rbuild_containerd::containerd_client::services::v1::{
             DeleteImageRequest, ListImagesRequest,
         };
         let images = self
@@ -169,7 +167,7 @@ impl ContainerdMachinery {
             .images()
             .list(self.ctd.request(ListImagesRequest::default()))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("list images", self.ctd.namespace(), s))?
+            .map_err(|s| rbuild_containerd::Error::rpc("list images", self.ctd.namespace(), s))?
             .into_inner()
             .images;
         for i in &images {
@@ -180,7 +178,7 @@ impl ContainerdMachinery {
                     ..Default::default()
                 }))
                 .await
-                .map_err(|s| rbuild_runtime::Error::rpc("delete image", &i.name, s))?;
+                .map_err(|s| rbuild_containerd::Error::rpc("delete image", &i.name, s))?;
         }
         Ok(images.len())
     }
@@ -200,7 +198,7 @@ impl ContainerdMachinery {
     /// containers and their tasks, active snapshots and views, and their
     /// leases (whose uncommitted results containerd then collects).
     pub async fn remove_orphans(&self) -> Result<(), SolveError> {
-        let containers = self.ctd.remove_orphan_containers().await?;
+        let containers = rbuild_runtime::task::remove_orphan_containers(&self.ctd).await?;
         let snaps = snapshots::remove_orphans(&self.ctd).await?;
         let mut leases = 0;
         for l in self
@@ -382,7 +380,7 @@ impl ContainerdMachinery {
         }
         run.process.terminal = Some(rbuild_runtime::terminal_size().unwrap_or((80, 24)));
         (shell.pause)(true);
-        let result = self.ctd.run_terminal(run).await;
+        let result = rbuild_runtime::terminal::run_terminal(&self.ctd, run).await;
         (shell.pause)(false);
         result.map_err(SolveError::from)
     }
@@ -520,9 +518,7 @@ impl ContainerdMachinery {
             stdin: None,
             ..run.clone()
         };
-        let outcome = self
-            .ctd
-            .run(run, cancel)
+        let outcome = rbuild_runtime::task::run(&self.ctd, run, cancel)
             .await
             .map_err(|e| explain_start_failure(&req.args, e))?;
         let exit_code = outcome.exit_code as i64;
@@ -804,7 +800,8 @@ fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result
 /// directory) comes back as a task error wrapped in four layers of context;
 /// a user wants the command and the reason.
 fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveError {
-    if let rbuild_runtime::Error::Rpc { op, message, .. } = &err
+    if let rbuild_runtime::Error::Containerd(rbuild_containerd::Error::Rpc { op, message, .. }) =
+        &err
         && (*op == "create task" || *op == "start task")
         && let Some(reason) = message.split("unable to start container process: ").nth(1)
     {
@@ -954,7 +951,7 @@ impl Machinery for ContainerdMachinery {
     async fn keep(&self, snapshot: &SnapshotId) -> Result<(), SolveError> {
         let labels = HashMap::from([(
             GC_ROOT_LABEL.to_string(),
-            rbuild_runtime::containerd::rfc3339(SystemTime::now()),
+            rbuild_containerd::rfc3339(SystemTime::now()),
         )]);
         snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
         Ok(())
@@ -1001,7 +998,7 @@ impl Machinery for ContainerdMachinery {
             .unwrap_or_else(rbuild_snapshotter::host_platform);
         // Reproducible by default: the epoch, not the time of the build.
         let created = if format.real_timestamps {
-            rbuild_runtime::containerd::rfc3339(SystemTime::now())
+            rbuild_containerd::rfc3339(SystemTime::now())
         } else {
             "1970-01-01T00:00:00Z".to_string()
         };

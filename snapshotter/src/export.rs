@@ -14,9 +14,9 @@ use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rbuild_runtime::containerd_client::services::v1::DiffRequest;
-use rbuild_runtime::containerd_client::types::Mount;
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::containerd_client::services::v1::DiffRequest;
+use rbuild_containerd::containerd_client::types::Mount;
+use rbuild_containerd::{Containerd, LeaseId};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -179,7 +179,7 @@ pub async fn flatten(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("flatten snapshot", snapshot, s));
+        .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s));
     let _ = snapshots::remove(ctd, &view_key).await;
     let tar = diffed?
         .into_inner()
@@ -190,8 +190,8 @@ pub async fn flatten(
     let result = async {
         ctd.diff()
             .apply(ctd.leased(
-                rbuild_runtime::containerd_client::services::v1::ApplyRequest {
-                    diff: Some(rbuild_runtime::containerd_client::types::Descriptor {
+                rbuild_containerd::containerd_client::services::v1::ApplyRequest {
+                    diff: Some(rbuild_containerd::containerd_client::types::Descriptor {
                         media_type: tar.media_type.clone(),
                         digest: tar.digest.clone(),
                         size: tar.size,
@@ -203,7 +203,7 @@ pub async fn flatten(
                 lease,
             ))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("flatten snapshot", snapshot, s))?;
+            .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s))?;
         snapshots::commit(ctd, lease, &active, name, HashMap::new()).await
     }
     .await;
@@ -328,7 +328,7 @@ async fn layer_from_differ(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("compute the diff of snapshot", upper, s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("compute the diff of snapshot", upper, s))?
         .into_inner()
         .diff
         .ok_or_else(|| Error::Export(format!("containerd returned no diff for {upper}")))?;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rbuild_runtime::Containerd;
-use rbuild_runtime::managed::{ManagedContainerd, ManagedState, missing_program};
+use rbuild_containerd::Containerd;
+use rbuild_containerd::managed::{ManagedContainerd, ManagedState, missing_program};
 
 use super::out;
 use crate::cli::{EngineCommand, GlobalOpts};
