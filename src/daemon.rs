@@ -7,8 +7,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use rbuild_runtime::Containerd;
-use rbuild_runtime::managed::{ManagedContainerd, ManagedState};
+use rbuild_containerd::Containerd;
+use rbuild_containerd::managed::{ManagedContainerd, ManagedState};
 
 use crate::engine::{EngineConfig, connect};
 

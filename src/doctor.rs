@@ -6,8 +6,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use rbuild_runtime::Containerd;
-use rbuild_runtime::managed::{ManagedContainerd, ManagedState, missing_program};
+use rbuild_containerd::Containerd;
+use rbuild_containerd::managed::{ManagedContainerd, ManagedState, missing_program};
 use rbuild_snapshotter::{Registry, RegistryOptions};
 
 use crate::engine::EngineConfig;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rbuild_runtime::Containerd;
-use rbuild_runtime::managed::ManagedContainerd;
+use rbuild_containerd::Containerd;
+use rbuild_containerd::managed::ManagedContainerd;
 use rbuild_snapshotter::{Registry, RegistryOptions, host_platform};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -41,7 +41,7 @@ pub struct EngineConfig {
 pub async fn connect(config: &EngineConfig) -> Result<Containerd> {
     match Containerd::connect(&config.address, &config.namespace).await {
         Ok(c) => Ok(c),
-        Err(rbuild_runtime::Error::Connect { .. }) => {
+        Err(rbuild_containerd::Error::Connect { .. }) => {
             let managed = ManagedContainerd::new(&config.root);
             let (c, started) = managed.start(&config.namespace).await?;
             if started {

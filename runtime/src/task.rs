@@ -13,22 +13,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerd_client::services::v1::{
+use prost_types::Any;
+use rbuild_containerd::containerd_client::services::v1::{
     CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
     container::Runtime,
 };
-use containerd_client::tonic::Code;
-use containerd_client::types::Mount;
-use prost_types::Any;
+use rbuild_containerd::containerd_client::tonic::Code;
+use rbuild_containerd::containerd_client::types::Mount;
+use rbuild_containerd::{Containerd, OWNER_LABEL, Owner, SNAPSHOTTER};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::containerd::{Containerd, SNAPSHOTTER};
-use crate::owner::{OWNER_LABEL, Owner};
 use crate::spec::{ExtraMount, ProcessSpec, build_spec};
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
@@ -78,248 +77,245 @@ pub struct ProcessOutcome {
     pub stderr: Vec<u8>,
 }
 
-impl Containerd {
-    /// Runs the process to completion. The container and its task are gone
-    /// when this returns, whatever the outcome; the FIFO directory too.
-    pub async fn run(
-        &self,
-        run: ContainerRun,
-        cancel: &CancellationToken,
-    ) -> Result<ProcessOutcome, Error> {
-        let io_dir = run.io_dir.join(&run.id);
-        std::fs::create_dir_all(&io_dir)
-            .map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
-        let result = self.run_in(&run, &io_dir, cancel).await;
-        let cleanup = self.remove_container(&run.id).await;
-        let _ = std::fs::remove_dir_all(&io_dir);
-        let outcome = result?;
-        cleanup?;
-        Ok(outcome)
-    }
+/// Runs the process to completion. The container and its task are gone
+/// when this returns, whatever the outcome; the FIFO directory too.
+pub async fn run(
+    ctd: &Containerd,
+    run: ContainerRun,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, Error> {
+    let io_dir = run.io_dir.join(&run.id);
+    std::fs::create_dir_all(&io_dir).map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
+    let result = run_in(ctd, &run, &io_dir, cancel).await;
+    let cleanup = remove_container(ctd, &run.id).await;
+    let _ = std::fs::remove_dir_all(&io_dir);
+    let outcome = result?;
+    cleanup?;
+    Ok(outcome)
+}
 
-    async fn run_in(
-        &self,
-        run: &ContainerRun,
-        io_dir: &Path,
-        cancel: &CancellationToken,
-    ) -> Result<ProcessOutcome, Error> {
-        let t0 = std::time::Instant::now();
-        let stdout_path = io_dir.join("stdout");
-        let stderr_path = io_dir.join("stderr");
-        // The read ends must be open before Tasks.Create, which blocks until
-        // the shim can open the write ends.
-        let stdout = open_fifo(&stdout_path)?;
-        let stderr = open_fifo(&stderr_path)?;
-        // stdin: opened read-write so that opening never blocks and the shim
-        // finds a writer; the data is written after Start and the end closed.
-        let stdin_path = io_dir.join("stdin");
-        let stdin = match &run.stdin {
-            Some(_) => Some(open_fifo_writer(&stdin_path)?),
-            None => None,
-        };
+async fn run_in(
+    ctd: &Containerd,
+    run: &ContainerRun,
+    io_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, Error> {
+    let t0 = std::time::Instant::now();
+    let stdout_path = io_dir.join("stdout");
+    let stderr_path = io_dir.join("stderr");
+    // The read ends must be open before Tasks.Create, which blocks until
+    // the shim can open the write ends.
+    let stdout = open_fifo(&stdout_path)?;
+    let stderr = open_fifo(&stderr_path)?;
+    // stdin: opened read-write so that opening never blocks and the shim
+    // finds a writer; the data is written after Start and the end closed.
+    let stdin_path = io_dir.join("stdin");
+    let stdin = match &run.stdin {
+        Some(_) => Some(open_fifo_writer(&stdin_path)?),
+        None => None,
+    };
 
-        self.create_container(run).await?;
-        tracing::debug!(
-            id = run.id,
-            ms = t0.elapsed().as_millis(),
-            "container created"
-        );
+    create_container(ctd, run).await?;
+    tracing::debug!(
+        id = run.id,
+        ms = t0.elapsed().as_millis(),
+        "container created"
+    );
 
-        self.tasks()
-            .create(self.request(CreateTaskRequest {
-                container_id: run.id.clone(),
-                rootfs: run.rootfs.clone(),
-                stdin: if stdin.is_some() {
-                    stdin_path.to_string_lossy().into_owned()
-                } else {
-                    String::new()
-                },
-                stdout: stdout_path.to_string_lossy().into_owned(),
-                stderr: stderr_path.to_string_lossy().into_owned(),
-                terminal: false,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|s| Error::rpc("create task", &run.id, s))?;
-        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
-
-        let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
-        let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
-
-        // Wait before Start, so that a process that exits at once cannot be missed.
-        let waiter = {
-            let mut tasks = self.tasks();
-            let req = self.request(WaitRequest {
-                container_id: run.id.clone(),
-                exec_id: String::new(),
-            });
-            tokio::spawn(async move { tasks.wait(req).await })
-        };
-        self.tasks()
-            .start(self.request(StartRequest {
-                container_id: run.id.clone(),
-                exec_id: String::new(),
-            }))
-            .await
-            .map_err(|s| Error::rpc("start task", &run.id, s))?;
-        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
-        if let (Some(mut tx), Some(data)) = (stdin, run.stdin.clone()) {
-            let mut tasks = self.tasks();
-            let close = self.request(CloseIoRequest {
-                container_id: run.id.clone(),
-                exec_id: String::new(),
-                stdin: true,
-            });
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                // A process that never reads its input just doesn't get it.
-                let _ = tx.write_all(&data).await;
-                drop(tx);
-                // The shim holds the FIFO open; only CloseIO ends the process's stdin.
-                let _ = tasks.close_io(close).await;
-            });
-        }
-
-        let mut waiter = waiter;
-        let exit = tokio::select! {
-            r = &mut waiter => r,
-            _ = cancel.cancelled() => {
-                self.kill(&run.id).await;
-                // The task reports its exit once killed; don't wait forever on a wedged shim.
-                let _ = tokio::time::timeout(Duration::from_secs(10), &mut waiter).await;
-                return Err(Error::Cancelled);
-            }
-        };
-        let exit = exit
-            .map_err(|e| Error::Spec(format!("wait task panicked: {e}")))?
-            .map_err(|s| Error::rpc("wait for task", &run.id, s))?
-            .into_inner();
-
-        // Deleting the task makes the shim close its end of the FIFOs, which
-        // ends the readers even if a background process kept them open.
-        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task exited");
-        self.delete_task(&run.id).await?;
-        tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task deleted");
-        let stdout = stdout_reader.await.unwrap_or_default();
-        let stderr = stderr_reader.await.unwrap_or_default();
-        Ok(ProcessOutcome {
-            exit_code: exit.exit_status,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// Creates the container record for `run` (spec, snapshot, owner label).
-    pub(crate) async fn create_container(&self, run: &ContainerRun) -> Result<(), Error> {
-        let spec = build_spec(
-            &run.id,
-            self.namespace(),
-            &run.process,
-            &run.mounts,
-            run.host_network,
-        )?;
-        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
-        let mut labels = run.labels.clone();
-        labels.insert(OWNER_LABEL.into(), Owner::current().label());
-        let container = Container {
-            id: run.id.clone(),
-            labels,
-            image: String::new(),
-            runtime: Some(Runtime {
-                name: RUNC_RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(Any {
-                type_url: SPEC_TYPE_URL.into(),
-                value: spec_json,
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: run.snapshot_key.clone(),
+    ctd.tasks()
+        .create(ctd.request(CreateTaskRequest {
+            container_id: run.id.clone(),
+            rootfs: run.rootfs.clone(),
+            stdin: if stdin.is_some() {
+                stdin_path.to_string_lossy().into_owned()
+            } else {
+                String::new()
+            },
+            stdout: stdout_path.to_string_lossy().into_owned(),
+            stderr: stderr_path.to_string_lossy().into_owned(),
+            terminal: false,
             ..Default::default()
-        };
-        self.containers()
-            .create(self.request(CreateContainerRequest {
-                container: Some(container),
-            }))
-            .await
-            .map_err(|s| Error::rpc("create container", &run.id, s))?;
-        Ok(())
+        }))
+        .await
+        .map_err(|s| Error::rpc("create task", &run.id, s))?;
+    tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
+
+    let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
+    let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
+
+    // Wait before Start, so that a process that exits at once cannot be missed.
+    let waiter = {
+        let mut tasks = ctd.tasks();
+        let req = ctd.request(WaitRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+        });
+        tokio::spawn(async move { tasks.wait(req).await })
+    };
+    ctd.tasks()
+        .start(ctd.request(StartRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+    tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
+    if let (Some(mut tx), Some(data)) = (stdin, run.stdin.clone()) {
+        let mut tasks = ctd.tasks();
+        let close = ctd.request(CloseIoRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+            stdin: true,
+        });
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A process that never reads its input just doesn't get it.
+            let _ = tx.write_all(&data).await;
+            drop(tx);
+            // The shim holds the FIFO open; only CloseIO ends the process's stdin.
+            let _ = tasks.close_io(close).await;
+        });
     }
 
-    pub(crate) async fn kill(&self, id: &str) {
-        let _ = self
-            .tasks()
-            .kill(self.request(KillRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-                signal: SIGKILL,
-                all: true,
-            }))
-            .await;
-    }
+    let mut waiter = waiter;
+    let exit = tokio::select! {
+        r = &mut waiter => r,
+        _ = cancel.cancelled() => {
+            kill(ctd, &run.id).await;
+            // The task reports its exit once killed; don't wait forever on a wedged shim.
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut waiter).await;
+            return Err(Error::Cancelled);
+        }
+    };
+    let exit = exit
+        .map_err(|e| Error::Spec(format!("wait task panicked: {e}")))?
+        .map_err(|s| Error::rpc("wait for task", &run.id, s))?
+        .into_inner();
 
-    pub(crate) async fn delete_task(&self, id: &str) -> Result<(), Error> {
-        match self
-            .tasks()
-            .delete(self.request(DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(Error::rpc("delete task", id, s)),
-        }
-    }
+    // Deleting the task makes the shim close its end of the FIFOs, which
+    // ends the readers even if a background process kept them open.
+    tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task exited");
+    delete_task(ctd, &run.id).await?;
+    tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task deleted");
+    let stdout = stdout_reader.await.unwrap_or_default();
+    let stderr = stderr_reader.await.unwrap_or_default();
+    Ok(ProcessOutcome {
+        exit_code: exit.exit_status,
+        stdout,
+        stderr,
+    })
+}
 
-    /// Kills and deletes a container's task, then the container. Idempotent.
-    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
-        if self.delete_task(id).await.is_err() {
-            // Still running: kill it, wait until it is stopped, delete again.
-            self.kill(id).await;
-            let mut tasks = self.tasks();
-            let req = self.request(WaitRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            });
-            let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(req)).await;
-            self.delete_task(id).await?;
-        }
-        match self
-            .containers()
-            .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(Error::rpc("delete container", id, s)),
-        }
-    }
+/// Creates the container record for `run` (spec, snapshot, owner label).
+pub(crate) async fn create_container(ctd: &Containerd, run: &ContainerRun) -> Result<(), Error> {
+    let spec = build_spec(
+        &run.id,
+        ctd.namespace(),
+        &run.process,
+        &run.mounts,
+        run.host_network,
+    )?;
+    let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
+    let mut labels = run.labels.clone();
+    labels.insert(OWNER_LABEL.into(), Owner::current().label());
+    let container = Container {
+        id: run.id.clone(),
+        labels,
+        image: String::new(),
+        runtime: Some(Runtime {
+            name: RUNC_RUNTIME.into(),
+            options: None,
+        }),
+        spec: Some(Any {
+            type_url: SPEC_TYPE_URL.into(),
+            value: spec_json,
+        }),
+        snapshotter: SNAPSHOTTER.into(),
+        snapshot_key: run.snapshot_key.clone(),
+        ..Default::default()
+    };
+    ctd.containers()
+        .create(ctd.request(CreateContainerRequest {
+            container: Some(container),
+        }))
+        .await
+        .map_err(|s| Error::rpc("create container", &run.id, s))?;
+    Ok(())
+}
 
-    /// Removes containers left behind by rbuild processes that no longer run
-    /// (killed, crashed). Returns how many were removed.
-    pub async fn remove_orphan_containers(&self) -> Result<usize, Error> {
-        let resp = self
-            .containers()
-            .list(self.request(ListContainersRequest {
-                filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
-            }))
-            .await
-            .map_err(|s| Error::rpc("list containers", self.namespace(), s))?;
-        let mut removed = 0;
-        for c in resp.into_inner().containers {
-            let dead = c
-                .labels
-                .get(OWNER_LABEL)
-                .and_then(|l| Owner::parse(l))
-                .is_some_and(|o| !o.is_alive());
-            if dead {
-                self.remove_container(&c.id).await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+pub(crate) async fn kill(ctd: &Containerd, id: &str) {
+    let _ = ctd
+        .tasks()
+        .kill(ctd.request(KillRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            signal: SIGKILL,
+            all: true,
+        }))
+        .await;
+}
+
+pub(crate) async fn delete_task(ctd: &Containerd, id: &str) -> Result<(), Error> {
+    match ctd
+        .tasks()
+        .delete(ctd.request(DeleteTaskRequest {
+            container_id: id.to_string(),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(Error::rpc("delete task", id, s)),
     }
+}
+
+/// Kills and deletes a container's task, then the container. Idempotent.
+pub async fn remove_container(ctd: &Containerd, id: &str) -> Result<(), Error> {
+    if delete_task(ctd, id).await.is_err() {
+        // Still running: kill it, wait until it is stopped, delete again.
+        kill(ctd, id).await;
+        let mut tasks = ctd.tasks();
+        let req = ctd.request(WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(req)).await;
+        delete_task(ctd, id).await?;
+    }
+    match ctd
+        .containers()
+        .delete(ctd.request(DeleteContainerRequest { id: id.to_string() }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(Error::rpc("delete container", id, s)),
+    }
+}
+
+/// Removes containers left behind by rbuild processes that no longer run
+/// (killed, crashed). Returns how many were removed.
+pub async fn remove_orphan_containers(ctd: &Containerd) -> Result<usize, Error> {
+    let resp = ctd
+        .containers()
+        .list(ctd.request(ListContainersRequest {
+            filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
+        }))
+        .await
+        .map_err(|s| Error::rpc("list containers", ctd.namespace(), s))?;
+    let mut removed = 0;
+    for c in resp.into_inner().containers {
+        let dead = c
+            .labels
+            .get(OWNER_LABEL)
+            .and_then(|l| Owner::parse(l))
+            .is_some_and(|o| !o.is_alive());
+        if dead {
+            remove_container(ctd, &c.id).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 pub(crate) fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {

@@ -14,15 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use containerd_client::services::v1::{
+use rbuild_containerd::Containerd;
+use rbuild_containerd::containerd_client::services::v1::{
     CreateTaskRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
-use crate::containerd::Containerd;
-use crate::task::{ContainerRun, open_fifo, open_fifo_writer};
+use crate::task::{
+    ContainerRun, create_container, delete_task, open_fifo, open_fifo_writer, remove_container,
+};
 
 /// The size (columns, rows) of the terminal on stdin, if it is one.
 pub fn terminal_size() -> Option<(u16, u16)> {
@@ -61,113 +63,111 @@ impl Drop for RawMode {
     }
 }
 
-impl Containerd {
-    /// Runs `run` (its process must have `terminal` set) attached to this
-    /// process's terminal until it exits; returns its exit code. The
-    /// container and task are removed afterwards.
-    pub async fn run_terminal(&self, run: ContainerRun) -> Result<u32, Error> {
-        if terminal_size().is_none() {
-            return Err(Error::Spec(
-                "an interactive shell needs a terminal: run rbuild from one (stdin is not a terminal)".into(),
-            ));
-        }
-        let io_dir = run.io_dir.join(&run.id);
-        std::fs::create_dir_all(&io_dir)
-            .map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
-        let result = self.terminal_in(&run, &io_dir).await;
-        let cleanup = self.remove_container(&run.id).await;
-        let _ = std::fs::remove_dir_all(&io_dir);
-        let code = result?;
-        cleanup?;
-        Ok(code)
+/// Runs `run` (its process must have `terminal` set) attached to this
+/// process's terminal until it exits; returns its exit code. The
+/// container and task are removed afterwards.
+pub async fn run_terminal(ctd: &Containerd, run: ContainerRun) -> Result<u32, Error> {
+    if terminal_size().is_none() {
+        return Err(Error::Spec(
+            "an interactive shell needs a terminal: run rbuild from one (stdin is not a terminal)"
+                .into(),
+        ));
     }
+    let io_dir = run.io_dir.join(&run.id);
+    std::fs::create_dir_all(&io_dir).map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
+    let result = terminal_in(ctd, &run, &io_dir).await;
+    let cleanup = remove_container(ctd, &run.id).await;
+    let _ = std::fs::remove_dir_all(&io_dir);
+    let code = result?;
+    cleanup?;
+    Ok(code)
+}
 
-    async fn terminal_in(&self, run: &ContainerRun, io_dir: &Path) -> Result<u32, Error> {
-        let stdin_path = io_dir.join("stdin");
-        let stdout_path = io_dir.join("stdout");
-        let stdin = open_fifo_writer(&stdin_path)?;
-        let mut stdout = open_fifo(&stdout_path)?;
-        self.create_container(run).await?;
-        self.tasks()
-            .create(self.request(CreateTaskRequest {
-                container_id: run.id.clone(),
-                rootfs: run.rootfs.clone(),
-                stdin: stdin_path.to_string_lossy().into_owned(),
-                stdout: stdout_path.to_string_lossy().into_owned(),
-                stderr: String::new(),
-                terminal: true,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|s| Error::rpc("create task", &run.id, s))?;
+async fn terminal_in(ctd: &Containerd, run: &ContainerRun, io_dir: &Path) -> Result<u32, Error> {
+    let stdin_path = io_dir.join("stdin");
+    let stdout_path = io_dir.join("stdout");
+    let stdin = open_fifo_writer(&stdin_path)?;
+    let mut stdout = open_fifo(&stdout_path)?;
+    create_container(ctd, run).await?;
+    ctd.tasks()
+        .create(ctd.request(CreateTaskRequest {
+            container_id: run.id.clone(),
+            rootfs: run.rootfs.clone(),
+            stdin: stdin_path.to_string_lossy().into_owned(),
+            stdout: stdout_path.to_string_lossy().into_owned(),
+            stderr: String::new(),
+            terminal: true,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| Error::rpc("create task", &run.id, s))?;
 
-        let mut waiter = {
-            let mut tasks = self.tasks();
-            let req = self.request(WaitRequest {
-                container_id: run.id.clone(),
-                exec_id: String::new(),
-            });
-            tokio::spawn(async move { tasks.wait(req).await })
-        };
-        let raw = RawMode::enter(libc::STDIN_FILENO)
-            .map_err(|e| Error::io("set raw mode on", Path::new("/dev/stdin"), e))?;
-        self.tasks()
-            .start(self.request(StartRequest {
-                container_id: run.id.clone(),
-                exec_id: String::new(),
-            }))
-            .await
-            .map_err(|s| Error::rpc("start task", &run.id, s))?;
-
-        // Keystrokes in: a thread polls stdin so that it can stop when the shell ends.
-        let done = Arc::new(AtomicBool::new(false));
-        let keys = {
-            let done = done.clone();
-            let stdin_fd = stdin.as_raw_fd();
-            let dup = unsafe { libc::dup(stdin_fd) };
-            std::thread::spawn(move || copy_keys(dup, &done))
-        };
-        // Output out.
-        let screen = tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            while let Ok(n) = stdout.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let mut out = std::io::stdout();
-                let _ = out.write_all(&buf[..n]);
-                let _ = out.flush();
-            }
+    let mut waiter = {
+        let mut tasks = ctd.tasks();
+        let req = ctd.request(WaitRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
         });
-        let mut winch = signal(SignalKind::window_change())
-            .map_err(|e| Error::io("watch window size of", Path::new("/dev/stdin"), e))?;
-        let exit = loop {
-            tokio::select! {
-                r = &mut waiter => break r,
-                _ = winch.recv() => {
-                    if let Some((cols, rows)) = terminal_size() {
-                        let _ = self.tasks().resize_pty(self.request(ResizePtyRequest {
-                            container_id: run.id.clone(),
-                            exec_id: String::new(),
-                            width: cols as u32,
-                            height: rows as u32,
-                        })).await;
-                    }
+        tokio::spawn(async move { tasks.wait(req).await })
+    };
+    let raw = RawMode::enter(libc::STDIN_FILENO)
+        .map_err(|e| Error::io("set raw mode on", Path::new("/dev/stdin"), e))?;
+    ctd.tasks()
+        .start(ctd.request(StartRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+
+    // Keystrokes in: a thread polls stdin so that it can stop when the shell ends.
+    let done = Arc::new(AtomicBool::new(false));
+    let keys = {
+        let done = done.clone();
+        let stdin_fd = stdin.as_raw_fd();
+        let dup = unsafe { libc::dup(stdin_fd) };
+        std::thread::spawn(move || copy_keys(dup, &done))
+    };
+    // Output out.
+    let screen = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+        }
+    });
+    let mut winch = signal(SignalKind::window_change())
+        .map_err(|e| Error::io("watch window size of", Path::new("/dev/stdin"), e))?;
+    let exit = loop {
+        tokio::select! {
+            r = &mut waiter => break r,
+            _ = winch.recv() => {
+                if let Some((cols, rows)) = terminal_size() {
+                    let _ = ctd.tasks().resize_pty(ctd.request(ResizePtyRequest {
+                        container_id: run.id.clone(),
+                        exec_id: String::new(),
+                        width: cols as u32,
+                        height: rows as u32,
+                    })).await;
                 }
             }
-        };
-        done.store(true, Ordering::Relaxed);
-        let _ = keys.join();
-        drop(stdin);
-        self.delete_task(&run.id).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), screen).await;
-        drop(raw);
-        let exit = exit
-            .map_err(|e| Error::Spec(format!("wait task panicked: {e}")))?
-            .map_err(|s| Error::rpc("wait for task", &run.id, s))?
-            .into_inner();
-        Ok(exit.exit_status)
-    }
+        }
+    };
+    done.store(true, Ordering::Relaxed);
+    let _ = keys.join();
+    drop(stdin);
+    delete_task(ctd, &run.id).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), screen).await;
+    drop(raw);
+    let exit = exit
+        .map_err(|e| Error::Spec(format!("wait task panicked: {e}")))?
+        .map_err(|s| Error::rpc("wait for task", &run.id, s))?
+        .into_inner();
+    Ok(exit.exit_status)
 }
 
 /// Copies the user's keystrokes into the shell's stdin until `done`.

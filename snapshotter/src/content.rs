@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use rbuild_runtime::containerd_client::services::v1::{
+use rbuild_containerd::containerd_client::services::v1::{
     DeleteContentRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
     WriteContentRequest,
 };
-use rbuild_runtime::containerd_client::tonic::Code;
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::containerd_client::tonic::Code;
+use rbuild_containerd::{Containerd, LeaseId};
 use tokio::sync::mpsc;
 
 use crate::Error;
@@ -78,7 +78,7 @@ pub async fn info(ctd: &Containerd, digest: &str) -> Result<Option<Info>, Error>
     {
         Ok(r) => Ok(r.into_inner().info),
         Err(s) if s.code() == Code::NotFound => Ok(None),
-        Err(s) => Err(rbuild_runtime::Error::rpc("look up content", digest, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("look up content", digest, s).into()),
     }
 }
 
@@ -95,7 +95,7 @@ pub async fn read_stream(
             size: 0,
         }))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("read content", digest, s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("read content", digest, s))?
         .into_inner();
     Ok(stream.map(|r| {
         r.map(|m| Bytes::from(m.data))
@@ -151,7 +151,7 @@ pub async fn delete(ctd: &Containerd, digest: &str) -> Result<(), Error> {
     {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => Ok(()),
-        Err(s) => Err(rbuild_runtime::Error::rpc("delete content", digest, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("delete content", digest, s).into()),
     }
 }
 
@@ -172,7 +172,7 @@ pub async fn set_labels(
             update_mask: Some(prost_types::FieldMask { paths }),
         }))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("label content", digest, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("label content", digest, s))?;
     Ok(())
 }
 
@@ -217,8 +217,8 @@ where
     })
 }
 
-fn is_locked(e: &rbuild_runtime::Error) -> bool {
-    matches!(e, rbuild_runtime::Error::Rpc { code, message, .. }
+fn is_locked(e: &rbuild_containerd::Error) -> bool {
+    matches!(e, rbuild_containerd::Error::Rpc { code, message, .. }
         if *code == Code::Unavailable || message.contains("locked"))
 }
 
@@ -232,7 +232,7 @@ where
     S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
 {
     let rpc_err =
-        |s| -> Error { rbuild_runtime::Error::rpc("write content", target.digest, s).into() };
+        |s| -> Error { rbuild_containerd::Error::rpc("write content", target.digest, s).into() };
     let (tx, mut rx) = mpsc::channel::<WriteContentRequest>(8);
     let requests = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     // The first message opens the writer; containerd answers AlreadyExists

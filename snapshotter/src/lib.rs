@@ -89,7 +89,7 @@ pub enum Error {
     #[error("download of blob {digest} failed: {reason}")]
     Download { digest: String, reason: String },
     #[error(transparent)]
-    Containerd(#[from] rbuild_runtime::Error),
+    Containerd(#[from] rbuild_containerd::Error),
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
         op: &'static str,

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rbuild_runtime::containerd_client::types::Mount;
+use rbuild_containerd::containerd_client::types::Mount;
 
 use crate::Error;
 

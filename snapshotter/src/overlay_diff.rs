@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rbuild_runtime::containerd_client::types::Mount;
+use rbuild_containerd::containerd_client::types::Mount;
 
 use crate::xattr::{OPAQUE, get_xattr, list_xattrs};
 

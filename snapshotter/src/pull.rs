@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rbuild_runtime::containerd_client::services::v1::{
+use rbuild_containerd::containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
 };
-use rbuild_runtime::containerd_client::tonic::Code;
-use rbuild_runtime::containerd_client::types::Descriptor;
-use rbuild_runtime::{Containerd, LeaseId, SNAPSHOTTER};
+use rbuild_containerd::containerd_client::tonic::Code;
+use rbuild_containerd::containerd_client::types::Descriptor;
+use rbuild_containerd::{Containerd, LeaseId, SNAPSHOTTER};
 use tokio::sync::mpsc;
 
 use crate::content::{self, BlobTarget, Written};
@@ -512,7 +512,7 @@ async fn with_diff_service(
                 lease,
             ))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("unpack layer", &layer.desc.digest, s))?
+            .map_err(|s| rbuild_containerd::Error::rpc("unpack layer", &layer.desc.digest, s))?
             .into_inner()
             .applied;
         let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
@@ -552,7 +552,7 @@ async fn image_record_matches(ctd: &Containerd, image: &ResolvedImage) -> Result
             .and_then(|i| i.target)
             .is_some_and(|t| t.digest == image.target.digest)),
         Err(s) if s.code() == Code::NotFound => Ok(false),
-        Err(s) => Err(rbuild_runtime::Error::rpc("look up image", &image.reference, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("look up image", &image.reference, s).into()),
     }
 }
 
@@ -582,10 +582,10 @@ pub async fn put_image_record(
                     ..Default::default()
                 }))
                 .await
-                .map_err(|s| rbuild_runtime::Error::rpc("update image", name, s))?;
+                .map_err(|s| rbuild_containerd::Error::rpc("update image", name, s))?;
             Ok(())
         }
-        Err(s) => Err(rbuild_runtime::Error::rpc("create image", name, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("create image", name, s).into()),
     }
 }
 
@@ -593,12 +593,14 @@ pub async fn put_image_record(
 /// made); their content goes with containerd's next collection. Returns how
 /// many there were.
 pub async fn remove_image_records(ctd: &Containerd) -> Result<usize, Error> {
-    use rbuild_runtime::containerd_client::services::v1::{DeleteImageRequest, ListImagesRequest};
+    use rbuild_containerd::containerd_client::services::v1::{
+        DeleteImageRequest, ListImagesRequest,
+    };
     let images = ctd
         .images()
         .list(ctd.request(ListImagesRequest::default()))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("list images", ctd.namespace(), s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("list images", ctd.namespace(), s))?
         .into_inner()
         .images;
     for i in &images {
@@ -608,7 +610,7 @@ pub async fn remove_image_records(ctd: &Containerd) -> Result<usize, Error> {
                 ..Default::default()
             }))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("delete image", &i.name, s))?;
+            .map_err(|s| rbuild_containerd::Error::rpc("delete image", &i.name, s))?;
     }
     Ok(images.len())
 }

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use rbuild_runtime::containerd_client::services::v1::snapshots::{
+use rbuild_containerd::containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest,
     ViewSnapshotRequest,
 };
-use rbuild_runtime::containerd_client::tonic::Code;
-pub use rbuild_runtime::containerd_client::types::Mount;
-use rbuild_runtime::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
+use rbuild_containerd::containerd_client::tonic::Code;
+pub use rbuild_containerd::containerd_client::types::Mount;
+use rbuild_containerd::{Containerd, LeaseId, OWNER_LABEL, Owner, SNAPSHOTTER};
 
 use crate::Error;
 
@@ -82,7 +82,7 @@ pub async fn stat(ctd: &Containerd, name: &str) -> Result<Option<Info>, Error> {
     {
         Ok(r) => Ok(r.into_inner().info),
         Err(s) if s.code() == Code::NotFound => Ok(None),
-        Err(s) => Err(rbuild_runtime::Error::rpc("stat snapshot", name, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("stat snapshot", name, s).into()),
     }
 }
 
@@ -108,7 +108,7 @@ pub async fn prepare(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("prepare snapshot", key, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("prepare snapshot", key, s))?;
     Ok(resp.into_inner().mounts)
 }
 
@@ -132,7 +132,7 @@ pub async fn view(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("view snapshot", parent, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("view snapshot", parent, s))?;
     Ok(resp.into_inner().mounts)
 }
 
@@ -155,7 +155,7 @@ pub async fn commit(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("commit snapshot", name, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("commit snapshot", name, s))?;
     Ok(())
 }
 
@@ -171,7 +171,7 @@ pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), Error> {
     {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => Ok(()),
-        Err(s) => Err(rbuild_runtime::Error::rpc("remove snapshot", key, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("remove snapshot", key, s).into()),
     }
 }
 
@@ -193,7 +193,7 @@ pub async fn set_labels(
             update_mask: Some(prost_types::FieldMask { paths }),
         }))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("label snapshot", name, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("label snapshot", name, s))?;
     Ok(())
 }
 
@@ -206,7 +206,7 @@ pub async fn usage(ctd: &Containerd, name: &str) -> Result<i64, Error> {
             key: name.to_string(),
         }))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("measure snapshot", name, s))?;
+        .map_err(|s| rbuild_containerd::Error::rpc("measure snapshot", name, s))?;
     Ok(resp.into_inner().size)
 }
 
@@ -227,7 +227,7 @@ pub async fn remove_labels(ctd: &Containerd, name: &str, keys: &[&str]) -> Resul
     {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => Ok(()),
-        Err(s) => Err(rbuild_runtime::Error::rpc("unlabel snapshot", name, s).into()),
+        Err(s) => Err(rbuild_containerd::Error::rpc("unlabel snapshot", name, s).into()),
     }
 }
 
@@ -240,13 +240,13 @@ pub async fn list(ctd: &Containerd, filter: &str) -> Result<Vec<Info>, Error> {
             filters: vec![filter.to_string()],
         }))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("list snapshots", filter, s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("list snapshots", filter, s))?
         .into_inner();
     let mut out = Vec::new();
     while let Some(page) = stream
         .message()
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("list snapshots", filter, s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("list snapshots", filter, s))?
     {
         out.extend(page.info);
     }

@@ -42,13 +42,18 @@ impl From<rbuild_snapshotter::Error> for SolveError {
     fn from(e: rbuild_snapshotter::Error) -> Self {
         use rbuild_snapshotter::Error as E;
         match e {
-            E::Containerd(rbuild_runtime::Error::Cancelled) => SolveError::Cancelled,
-            E::Containerd(e) => SolveError::Internal(e.to_string()),
+            E::Containerd(e) => e.into(),
             e @ (E::Io { .. } | E::InvalidPattern { .. } | E::Invalid(_)) => {
                 SolveError::Invalid(e.to_string())
             }
             other => SolveError::Image(other.to_string()),
         }
+    }
+}
+
+impl From<rbuild_containerd::Error> for SolveError {
+    fn from(e: rbuild_containerd::Error) -> Self {
+        SolveError::Internal(e.to_string())
     }
 }
 

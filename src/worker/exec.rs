@@ -35,7 +35,7 @@ impl ContainerdWorker {
         }
         run.process.terminal = Some(rbuild_runtime::terminal_size().unwrap_or((80, 24)));
         (shell.pause)(true);
-        let result = self.ctd.run_terminal(run).await;
+        let result = rbuild_runtime::terminal::run_terminal(&self.ctd, run).await;
         (shell.pause)(false);
         result.map_err(SolveError::from)
     }
@@ -177,9 +177,7 @@ impl ContainerdWorker {
             stdin: None,
             ..run.clone()
         };
-        let outcome = self
-            .ctd
-            .run(run, cancel)
+        let outcome = rbuild_runtime::task::run(&self.ctd, run, cancel)
             .await
             .map_err(|e| explain_start_failure(&req.args, e))?;
         let exit_code = outcome.exit_code as i64;
@@ -290,7 +288,8 @@ fn write_secret(
 /// directory) comes back as a task error wrapped in four layers of context;
 /// a user wants the command and the reason.
 fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveError {
-    if let rbuild_runtime::Error::Rpc { op, message, .. } = &err
+    if let rbuild_runtime::Error::Containerd(rbuild_containerd::Error::Rpc { op, message, .. }) =
+        &err
         && (*op == "create task" || *op == "start task")
         && let Some(reason) = message.split("unable to start container process: ").nth(1)
     {

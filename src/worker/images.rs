@@ -48,7 +48,7 @@ impl ImageWorker for ContainerdWorker {
                 .unwrap_or_else(rbuild_snapshotter::host_platform);
             // Reproducible by default: the epoch, not the time of the build.
             let created = if format.real_timestamps {
-                rbuild_runtime::containerd::rfc3339(SystemTime::now())
+                rbuild_containerd::rfc3339(SystemTime::now())
             } else {
                 "1970-01-01T00:00:00Z".to_string()
             };

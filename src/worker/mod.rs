@@ -20,10 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rbuild_runtime::{
-    CancellationToken, ContainerRun, Containerd, ExtraMount, GC_ROOT_LABEL, LeaseId, OWNER_LABEL,
-    Owner, ProcessSpec,
-};
+use rbuild_containerd::{Containerd, GC_ROOT_LABEL, LeaseId, OWNER_LABEL, Owner};
+use rbuild_runtime::{CancellationToken, ContainerRun, ExtraMount, ProcessSpec};
 use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::fileops::{self, FileOp, Origin};
 use rbuild_snapshotter::host_scan::{self, HostScan, Known};
@@ -126,7 +124,7 @@ impl ContainerdWorker {
     /// containers and their tasks, active snapshots and views, and their
     /// leases (whose uncommitted results containerd then collects).
     pub async fn remove_orphans(&self) -> Result<(), SolveError> {
-        let containers = self.ctd.remove_orphan_containers().await?;
+        let containers = rbuild_runtime::task::remove_orphan_containers(&self.ctd).await?;
         let snaps = snapshots::remove_orphans(&self.ctd).await?;
         let mut leases = 0;
         for l in self
@@ -206,7 +204,7 @@ impl Worker for ContainerdWorker {
     async fn keep(&self, snapshot: &SnapshotId) -> Result<(), SolveError> {
         let labels = HashMap::from([(
             GC_ROOT_LABEL.to_string(),
-            rbuild_runtime::containerd::rfc3339(SystemTime::now()),
+            rbuild_containerd::rfc3339(SystemTime::now()),
         )]);
         snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
         Ok(())

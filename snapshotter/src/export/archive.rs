@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read, Seek, Write};
 use std::path::Path;
 
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::{Containerd, LeaseId};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 

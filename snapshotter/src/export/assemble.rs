@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::{Containerd, LeaseId};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use rbuild_runtime::containerd_client::services::v1::DiffRequest;
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::containerd_client::services::v1::DiffRequest;
+use rbuild_containerd::{Containerd, LeaseId};
 
 use super::format::OCI_LAYER;
 use crate::{Error, content, snapshots, unique_suffix};
@@ -42,7 +42,7 @@ pub async fn flatten(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("flatten snapshot", snapshot, s));
+        .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s));
     let _ = snapshots::remove(ctd, &view_key).await;
     let tar = diffed?
         .into_inner()
@@ -53,8 +53,8 @@ pub async fn flatten(
     let result = async {
         ctd.diff()
             .apply(ctd.leased(
-                rbuild_runtime::containerd_client::services::v1::ApplyRequest {
-                    diff: Some(rbuild_runtime::containerd_client::types::Descriptor {
+                rbuild_containerd::containerd_client::services::v1::ApplyRequest {
+                    diff: Some(rbuild_containerd::containerd_client::types::Descriptor {
                         media_type: tar.media_type.clone(),
                         digest: tar.digest.clone(),
                         size: tar.size,
@@ -66,7 +66,7 @@ pub async fn flatten(
                 lease,
             ))
             .await
-            .map_err(|s| rbuild_runtime::Error::rpc("flatten snapshot", snapshot, s))?;
+            .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s))?;
         snapshots::commit(ctd, lease, &active, name, HashMap::new()).await
     }
     .await;

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rbuild_runtime::containerd_client::services::v1::DiffRequest;
-use rbuild_runtime::containerd_client::types::Mount;
-use rbuild_runtime::{Containerd, LeaseId};
+use rbuild_containerd::containerd_client::services::v1::DiffRequest;
+use rbuild_containerd::containerd_client::types::Mount;
+use rbuild_containerd::{Containerd, LeaseId};
 
 use super::format::{Compression, ImageFormat, OCI_LAYER};
 use super::rewrite::rewrite_layer;
@@ -133,7 +133,7 @@ async fn layer_from_differ(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_runtime::Error::rpc("compute the diff of snapshot", upper, s))?
+        .map_err(|s| rbuild_containerd::Error::rpc("compute the diff of snapshot", upper, s))?
         .into_inner()
         .diff
         .ok_or_else(|| Error::Export(format!("containerd returned no diff for {upper}")))?;

@@ -4,7 +4,7 @@
 //! The registry protocol itself is `crate::registry`; this only decides
 //! what to send.
 
-use rbuild_runtime::Containerd;
+use rbuild_containerd::Containerd;
 
 use super::assemble::BuiltImage;
 use crate::Error;

@@ -25,10 +25,8 @@ pub fn missing_program(program: &str) -> Option<Error> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
-    (!found).then(|| {
-        Error::Spec(format!(
-            "{program} is not installed (not on PATH): install Debian's `{program}` package (apt-get install {program})"
-        ))
+    (!found).then(|| Error::NotInstalled {
+        program: program.to_string(),
     })
 }
 

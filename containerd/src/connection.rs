@@ -1,8 +1,9 @@
-//! The connection to containerd: one gRPC channel, one namespace, and the
-//! headers (namespace, lease) every request must carry.
+//! The connection to containerd: one gRPC channel, one namespace, the
+//! headers (namespace, lease) every request must carry, and leases.
 //!
 //! Everything in rbuild that speaks to containerd goes through [`Containerd`],
-//! so that no request can forget its namespace or lease.
+//! so that no request can forget its namespace or lease. What the requests
+//! say (snapshots, content, tasks) belongs to snapshotter/ and runtime/.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
