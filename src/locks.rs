@@ -4,8 +4,9 @@
 //! waits for it, then finds the result in the index.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
 
 use crate::key::CacheKey;
 use crate::solver::SolveError;
@@ -36,11 +37,8 @@ impl KeyLocks {
                 .truncate(false)
                 .write(true)
                 .open(&path)?;
-            // SAFETY: a valid open file descriptor.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(KeyLock { _file: file })
+            flock(&file, FlockOperation::LockExclusive)?;
+            Ok::<_, std::io::Error>(KeyLock { _file: file })
         })
         .await
         .map_err(|e| SolveError::Internal(format!("lock task: {e}")))?

@@ -9,8 +9,10 @@
 //! nobody holds — a new, empty one when all are in use (as BuildKit does).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+use rustix::io::Errno;
 
 use crate::graph::Sharing;
 
@@ -53,8 +55,8 @@ impl Volumes {
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir)?;
         match sharing {
-            Sharing::Shared => instance(&dir, "data", libc::LOCK_SH),
-            Sharing::Locked => instance(&dir, "data", libc::LOCK_EX),
+            Sharing::Shared => instance(&dir, "data", FlockOperation::LockShared),
+            Sharing::Locked => instance(&dir, "data", FlockOperation::LockExclusive),
             Sharing::Private => {
                 for n in 0.. {
                     let name = if n == 0 {
@@ -115,27 +117,19 @@ fn open_lock(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
     Ok((path, lock))
 }
 
-fn instance(dir: &Path, name: &str, mode: libc::c_int) -> std::io::Result<VolumeUse> {
+fn instance(dir: &Path, name: &str, mode: FlockOperation) -> std::io::Result<VolumeUse> {
     let (path, lock) = open_lock(dir, name)?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::flock(lock.as_raw_fd(), mode) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    flock(&lock, mode)?;
     Ok(VolumeUse { path, _lock: lock })
 }
 
 fn try_instance(dir: &Path, name: &str) -> std::io::Result<Option<VolumeUse>> {
     let (path, lock) = open_lock(dir, name)?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(VolumeUse { path, _lock: lock })),
+        Err(Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(VolumeUse { path, _lock: lock }))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal, kill_process};
+
 use crate::{Containerd, Error};
 
 pub struct ManagedContainerd {
@@ -116,7 +118,7 @@ impl ManagedContainerd {
         // SAFETY: setsid is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                libc::setsid();
+                let _ = rustix::process::setsid();
                 Ok(())
             });
         }
@@ -148,8 +150,11 @@ impl ManagedContainerd {
         let ManagedState::Running { pid } = self.state() else {
             return Ok(false);
         };
-        // SAFETY: signalling a process we started (checked by its command line).
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // Only the process we started: state() checked its command line.
+        let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return Ok(false);
+        };
+        let _ = kill_process(pid, Signal::TERM);
         for _ in 0..100 {
             if self.state() == ManagedState::Stopped {
                 let _ = std::fs::remove_file(self.pid_file());
@@ -157,7 +162,7 @@ impl ManagedContainerd {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = kill_process(pid, Signal::KILL);
         let _ = std::fs::remove_file(self.pid_file());
         Ok(true)
     }

@@ -8,8 +8,6 @@
 //! caller's business.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +20,7 @@ use rbuild_containerd::containerd_client::services::v1::{
 use rbuild_containerd::containerd_client::tonic::Code;
 use rbuild_containerd::containerd_client::types::Mount;
 use rbuild_containerd::{Containerd, OWNER_LABEL, Owner, SNAPSHOTTER};
+use rustix::fs::{CWD, Mode, mkfifoat};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
@@ -318,31 +317,20 @@ pub async fn remove_orphan_containers(ctd: &Containerd) -> Result<usize, Error> 
     Ok(removed)
 }
 
+fn make_fifo(path: &Path) -> Result<(), Error> {
+    mkfifoat(CWD, path, Mode::RUSR | Mode::WUSR)
+        .map_err(|e| Error::io("create FIFO", path, e.into()))
+}
+
 pub(crate) fn open_fifo(path: &Path) -> Result<pipe::Receiver, Error> {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(Error::io(
-            "create FIFO",
-            path,
-            std::io::Error::last_os_error(),
-        ));
-    }
+    make_fifo(path)?;
     pipe::OpenOptions::new()
         .open_receiver(path)
         .map_err(|e| Error::io("open FIFO", path, e))
 }
 
 pub(crate) fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(Error::io(
-            "create FIFO",
-            path,
-            std::io::Error::last_os_error(),
-        ));
-    }
+    make_fifo(path)?;
     pipe::OpenOptions::new()
         .read_write(true)
         .open_sender(path)
