@@ -23,6 +23,7 @@ use crate::content::{self, BlobTarget, Written};
 use crate::image::{BlobDesc, ResolvedImage};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
+use crate::snapshots::{ActiveKey, SnapshotId};
 use crate::unpack::{self, Compression};
 use crate::{Error, snapshots};
 
@@ -62,10 +63,10 @@ pub async fn pull(
     registry: &Registry,
     lease: &LeaseId,
     image: &ResolvedImage,
-) -> Result<(Option<String>, PullReport), Error> {
+) -> Result<(Option<SnapshotId>, PullReport), Error> {
     let started = Instant::now();
     let reference = ImageRef::parse(&image.reference)?;
-    let chain = image.chain_ids();
+    let chain: Vec<SnapshotId> = image.chain_ids().into_iter().map(SnapshotId).collect();
     let top = chain.last().cloned();
     let mut report = PullReport {
         layers: image.layers.len(),
@@ -121,7 +122,7 @@ pub async fn pull(
                 desc: &image.layers[i],
                 diff_id: &image.diff_ids[i],
                 chain_id: &chain[i],
-                parent: (i > 0).then(|| chain[i - 1].as_str()),
+                parent: (i > 0).then(|| &chain[i - 1]),
                 labels: layer_labels(i),
             };
             fetched.push(unpack_layer(ctd, registry, lease, &layer).await);
@@ -185,7 +186,7 @@ pub async fn pull(
             &image.config.digest,
             HashMap::from([(
                 format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
-                top.clone(),
+                top.0.clone(),
             )]),
         )
         .await?;
@@ -251,8 +252,8 @@ struct LayerJob<'a> {
     reference: &'a ImageRef,
     desc: &'a BlobDesc,
     diff_id: &'a str,
-    chain_id: &'a str,
-    parent: Option<&'a str>,
+    chain_id: &'a SnapshotId,
+    parent: Option<&'a SnapshotId>,
     /// Labels of its blob in the content store.
     labels: HashMap<String, String>,
 }
@@ -341,7 +342,11 @@ async fn stream_layer(
     compression: Compression,
 ) -> Result<(Streamed, Option<u64>), Error> {
     let digest = &layer.desc.digest;
-    let key = format!("extract-{} {}", crate::unique_suffix(), layer.chain_id);
+    let key = ActiveKey(format!(
+        "extract-{} {}",
+        crate::unique_suffix(),
+        layer.chain_id.0
+    ));
     let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
     let Some((root, lowers)) = snapshots::overlay_dirs(&mounts) else {
         snapshots::remove(ctd, &key).await?;
@@ -425,7 +430,7 @@ async fn settle(
     ctd: &Containerd,
     lease: &LeaseId,
     layer: &LayerJob<'_>,
-    key: &str,
+    key: &ActiveKey,
     source: Source,
     fetched: Option<u64>,
     applied: Result<String, unpack::ApplyError>,
@@ -460,7 +465,7 @@ async fn settle(
 async fn commit_layer(
     ctd: &Containerd,
     lease: &LeaseId,
-    key: &str,
+    key: &ActiveKey,
     layer: &LayerJob<'_>,
     applied: &str,
 ) -> Result<(), Error> {
@@ -483,7 +488,7 @@ async fn commit_layer(
 fn snapshot_ref(layer: &LayerJob<'_>) -> HashMap<String, String> {
     HashMap::from([(
         "containerd.io/snapshot.ref".to_string(),
-        layer.chain_id.to_string(),
+        layer.chain_id.0.clone(),
     )])
 }
 
@@ -493,7 +498,11 @@ async fn with_diff_service(
     lease: &LeaseId,
     layer: &LayerJob<'_>,
 ) -> Result<(), Error> {
-    let key = format!("extract-{} {}", crate::unique_suffix(), layer.chain_id);
+    let key = ActiveKey(format!(
+        "extract-{} {}",
+        crate::unique_suffix(),
+        layer.chain_id.0
+    ));
     let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
     let result = async {
         let applied = ctd

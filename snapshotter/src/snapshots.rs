@@ -71,7 +71,8 @@ pub fn overlay_options(m: &Mount) -> (Option<PathBuf>, Vec<PathBuf>) {
 const KIND_VIEW: i32 = 1;
 const KIND_ACTIVE: i32 = 2;
 
-pub async fn stat(ctd: &Containerd, name: &str) -> Result<Option<Info>, Error> {
+pub async fn stat(ctd: &Containerd, name: &SnapshotId) -> Result<Option<Info>, Error> {
+    let name = name.0.as_str();
     match ctd
         .snapshots()
         .stat(ctd.request(StatSnapshotRequest {
@@ -91,10 +92,11 @@ pub async fn stat(ctd: &Containerd, name: &str) -> Result<Option<Info>, Error> {
 pub async fn prepare(
     ctd: &Containerd,
     lease: &LeaseId,
-    key: &str,
-    parent: Option<&str>,
+    key: &ActiveKey,
+    parent: Option<&SnapshotId>,
     mut labels: HashMap<String, String>,
 ) -> Result<Vec<Mount>, Error> {
+    let (key, parent) = (key.0.as_str(), parent.map(|p| p.0.as_str()));
     labels.insert(OWNER_LABEL.into(), Owner::current().label());
     let resp = ctd
         .snapshots()
@@ -116,9 +118,10 @@ pub async fn prepare(
 pub async fn view(
     ctd: &Containerd,
     lease: &LeaseId,
-    key: &str,
-    parent: &str,
+    key: &ActiveKey,
+    parent: &SnapshotId,
 ) -> Result<Vec<Mount>, Error> {
+    let (key, parent) = (key.0.as_str(), parent.0.as_str());
     let labels = HashMap::from([(OWNER_LABEL.to_string(), Owner::current().label())]);
     let resp = ctd
         .snapshots()
@@ -140,10 +143,11 @@ pub async fn view(
 pub async fn commit(
     ctd: &Containerd,
     lease: &LeaseId,
-    key: &str,
-    name: &str,
+    key: &ActiveKey,
+    name: &SnapshotId,
     labels: HashMap<String, String>,
 ) -> Result<(), Error> {
+    let (key, name) = (key.0.as_str(), name.0.as_str());
     ctd.snapshots()
         .commit(ctd.leased(
             CommitSnapshotRequest {
@@ -159,8 +163,12 @@ pub async fn commit(
     Ok(())
 }
 
-/// Removes a snapshot; one that is already gone is fine.
-pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), Error> {
+/// Removes an active snapshot or a view; one that is already gone is fine.
+pub async fn remove(ctd: &Containerd, key: &ActiveKey) -> Result<(), Error> {
+    remove_key(ctd, &key.0).await
+}
+
+async fn remove_key(ctd: &Containerd, key: &str) -> Result<(), Error> {
     match ctd
         .snapshots()
         .remove(ctd.request(RemoveSnapshotRequest {
@@ -178,9 +186,10 @@ pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), Error> {
 /// Sets labels on a snapshot, leaving its other labels alone.
 pub async fn set_labels(
     ctd: &Containerd,
-    name: &str,
+    name: &SnapshotId,
     labels: HashMap<String, String>,
 ) -> Result<(), Error> {
+    let name = name.0.as_str();
     let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
     ctd.snapshots()
         .update(ctd.request(UpdateSnapshotRequest {
@@ -198,7 +207,8 @@ pub async fn set_labels(
 }
 
 /// Bytes a snapshot adds to its parent (containerd measures its own layer).
-pub async fn usage(ctd: &Containerd, name: &str) -> Result<i64, Error> {
+pub async fn usage(ctd: &Containerd, name: &SnapshotId) -> Result<i64, Error> {
+    let name = name.0.as_str();
     let resp = ctd
         .snapshots()
         .usage(ctd.request(UsageRequest {
@@ -211,7 +221,12 @@ pub async fn usage(ctd: &Containerd, name: &str) -> Result<i64, Error> {
 }
 
 /// Removes labels from a snapshot.
-pub async fn remove_labels(ctd: &Containerd, name: &str, keys: &[&str]) -> Result<(), Error> {
+pub async fn remove_labels(
+    ctd: &Containerd,
+    name: &SnapshotId,
+    keys: &[&str],
+) -> Result<(), Error> {
+    let name = name.0.as_str();
     let paths = keys.iter().map(|k| format!("labels.{k}")).collect();
     match ctd
         .snapshots()
@@ -264,7 +279,7 @@ pub async fn remove_orphans(ctd: &Containerd) -> Result<usize, Error> {
             .and_then(|l| Owner::parse(l))
             .is_some_and(|o| !o.is_alive());
         if dead && (info.kind == KIND_ACTIVE || info.kind == KIND_VIEW) {
-            remove(ctd, &info.name).await?;
+            remove_key(ctd, &info.name).await?;
             removed += 1;
         }
     }

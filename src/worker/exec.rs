@@ -256,7 +256,7 @@ impl ContainerdWorker {
         // Failed, cancelled or errored: the active snapshot must not outlive
         // the step. (Committed: it is no longer an active snapshot.)
         if !matches!(&result, Ok(o) if o.snapshot.is_some())
-            && let Err(e) = snapshots::remove(&self.ctd, &active.0).await
+            && let Err(e) = snapshots::remove(&self.ctd, &active).await
         {
             tracing::warn!(error = %e, %active, "could not remove a step's snapshot");
         }

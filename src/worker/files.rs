@@ -111,7 +111,7 @@ impl ContainerdWorker {
             Err(e) => Err(e),
         };
         if committed.is_err() {
-            let _ = snapshots::remove(&self.ctd, &active.0).await;
+            let _ = snapshots::remove(&self.ctd, &active).await;
         }
         committed
     }

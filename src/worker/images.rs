@@ -14,15 +14,7 @@ impl ImageWorker for ContainerdWorker {
     ) -> BoxFuture<'a, Result<Layer, SolveError>> {
         Box::pin(async move {
             let lease = self.lease().await?;
-            Ok(export::diff_layer(
-                &self.ctd,
-                lease,
-                &self.scratch,
-                lower.map(|s| s.0.as_str()),
-                &upper.0,
-                format,
-            )
-            .await?)
+            Ok(export::diff_layer(&self.ctd, lease, &self.scratch, lower, upper, format).await?)
         })
     }
 
@@ -123,7 +115,7 @@ impl ImageWorker for ContainerdWorker {
                         Err(e) => Err(e.into()),
                     };
                     if result.is_err() {
-                        let _ = snapshots::remove(&self.ctd, &active.0).await;
+                        let _ = snapshots::remove(&self.ctd, &active).await;
                     }
                     result
                 }

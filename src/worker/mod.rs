@@ -99,7 +99,7 @@ impl ContainerdWorker {
     /// Lets containerd collect a step snapshot once nothing else needs it
     /// (a later step's snapshot on top of it keeps it).
     pub async fn release(&self, snapshot: &SnapshotId) -> Result<(), SolveError> {
-        snapshots::remove_labels(&self.ctd, &snapshot.0, &[GC_ROOT_LABEL]).await?;
+        snapshots::remove_labels(&self.ctd, snapshot, &[GC_ROOT_LABEL]).await?;
         Ok(())
     }
 
@@ -178,11 +178,11 @@ impl Worker for ContainerdWorker {
         let lease = self.lease().await?;
         let (top, report) =
             rbuild_snapshotter::pull(&self.ctd, &self.registry, lease, image).await?;
-        Ok((top.map(SnapshotId), report))
+        Ok((top, report))
     }
 
     async fn snapshot_exists(&self, snapshot: &SnapshotId) -> Result<bool, SolveError> {
-        Ok(snapshots::stat(&self.ctd, &snapshot.0).await?.is_some())
+        Ok(snapshots::stat(&self.ctd, snapshot).await?.is_some())
     }
 
     async fn exec(
@@ -206,12 +206,12 @@ impl Worker for ContainerdWorker {
             GC_ROOT_LABEL.to_string(),
             rbuild_containerd::rfc3339(SystemTime::now()),
         )]);
-        snapshots::set_labels(&self.ctd, &snapshot.0, labels).await?;
+        snapshots::set_labels(&self.ctd, snapshot, labels).await?;
         Ok(())
     }
 
     async fn usage(&self, snapshot: &SnapshotId) -> Result<i64, SolveError> {
-        Ok(snapshots::usage(&self.ctd, &snapshot.0).await?)
+        Ok(snapshots::usage(&self.ctd, snapshot).await?)
     }
 
     async fn scan_host(

@@ -45,11 +45,11 @@ fn too_deep(mounts: &[Mount]) -> bool {
 }
 
 /// The name of the one-layer copy of a deep snapshot.
-fn flat_name(snapshot: &str) -> String {
-    format!(
+fn flat_name(snapshot: &SnapshotId) -> SnapshotId {
+    SnapshotId(format!(
         "rbuild-flat-{}",
-        &blake3::hash(snapshot.as_bytes()).to_hex()[..32]
-    )
+        &blake3::hash(snapshot.0.as_bytes()).to_hex()[..32]
+    ))
 }
 
 impl ContainerdWorker {
@@ -62,15 +62,13 @@ impl ContainerdWorker {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SolveError> {
         let lease = self.lease().await?;
-        let parent_name = parent.map(|p| p.0.as_str());
-        let mounts =
-            snapshots::prepare(&self.ctd, lease, &key.0, parent_name, labels.clone()).await?;
-        let Some(parent) = parent_name.filter(|_| too_deep(&mounts)) else {
+        let mounts = snapshots::prepare(&self.ctd, lease, key, parent, labels.clone()).await?;
+        let Some(parent) = parent.filter(|_| too_deep(&mounts)) else {
             return Ok(mounts);
         };
-        snapshots::remove(&self.ctd, &key.0).await?;
+        snapshots::remove(&self.ctd, key).await?;
         let flat = self.flatten(parent).await?;
-        Ok(snapshots::prepare(&self.ctd, lease, &key.0, Some(&flat), labels).await?)
+        Ok(snapshots::prepare(&self.ctd, lease, key, Some(&flat), labels).await?)
     }
 
     /// A read-only view `key` of `snapshot` (of a flattened copy when it is too deep).
@@ -80,21 +78,25 @@ impl ContainerdWorker {
         snapshot: &SnapshotId,
     ) -> Result<Vec<Mount>, SolveError> {
         let lease = self.lease().await?;
-        let mounts = snapshots::view(&self.ctd, lease, &key.0, &snapshot.0).await?;
+        let mounts = snapshots::view(&self.ctd, lease, key, snapshot).await?;
         if !too_deep(&mounts) {
             return Ok(mounts);
         }
-        snapshots::remove(&self.ctd, &key.0).await?;
-        let flat = self.flatten(&snapshot.0).await?;
-        Ok(snapshots::view(&self.ctd, lease, &key.0, &flat).await?)
+        snapshots::remove(&self.ctd, key).await?;
+        let flat = self.flatten(snapshot).await?;
+        Ok(snapshots::view(&self.ctd, lease, key, &flat).await?)
     }
 
     /// The flattened copy of a deep snapshot, made once. It is kept by the
     /// run's lease, and afterwards by the snapshots on top of it.
-    pub(super) async fn flatten(&self, snapshot: &str) -> Result<String, SolveError> {
+    pub(super) async fn flatten(&self, snapshot: &SnapshotId) -> Result<SnapshotId, SolveError> {
         let lease = self.lease().await?;
         let flat = flat_name(snapshot);
-        tracing::info!(snapshot, flat, "flattening a deep stack of layers");
+        tracing::info!(
+            snapshot = snapshot.0,
+            flat = flat.0,
+            "flattening a deep stack of layers"
+        );
         rbuild_snapshotter::export::flatten(&self.ctd, lease, snapshot, &flat).await?;
         Ok(flat)
     }
@@ -149,7 +151,7 @@ impl ContainerdWorker {
                 empty: None,
             }),
             Err(e) => {
-                let _ = snapshots::remove(&self.ctd, &key.0).await;
+                let _ = snapshots::remove(&self.ctd, &key).await;
                 Err(e.into())
             }
         }
@@ -162,7 +164,7 @@ impl ContainerdWorker {
         drop(empty);
         if let Some(key) = key
             && !keep_snapshot
-            && let Err(e) = snapshots::remove(&self.ctd, &key.0).await
+            && let Err(e) = snapshots::remove(&self.ctd, &key).await
         {
             tracing::warn!(error = %e, %key, "could not remove a temporary snapshot");
         }
@@ -179,10 +181,10 @@ impl ContainerdWorker {
     ) -> Result<SnapshotId, SolveError> {
         let lease = self.lease().await?;
         let labels = HashMap::from([(KEY_LABEL.to_string(), key.to_hex())]);
-        match snapshots::commit(&self.ctd, lease, &active.0, &name.0, labels).await {
+        match snapshots::commit(&self.ctd, lease, active, name, labels).await {
             Ok(()) => Ok(name.clone()),
             Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
-                snapshots::remove(&self.ctd, &active.0).await?;
+                snapshots::remove(&self.ctd, active).await?;
                 Ok(name.clone())
             }
             Err(e) => Err(e.into()),

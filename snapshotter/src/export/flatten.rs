@@ -10,6 +10,7 @@ use rbuild_containerd::containerd_client::services::v1::DiffRequest;
 use rbuild_containerd::{Containerd, LeaseId};
 
 use super::format::OCI_LAYER;
+use crate::snapshots::{ActiveKey, SnapshotId};
 use crate::{Error, content, snapshots, unique_suffix};
 
 /// Writes the whole content of committed snapshot `snapshot` into a new
@@ -21,13 +22,13 @@ use crate::{Error, content, snapshots, unique_suffix};
 pub async fn flatten(
     ctd: &Containerd,
     lease: &LeaseId,
-    snapshot: &str,
-    name: &str,
+    snapshot: &SnapshotId,
+    name: &SnapshotId,
 ) -> Result<(), Error> {
     if snapshots::stat(ctd, name).await?.is_some() {
         return Ok(());
     }
-    let view_key = format!("rbuild-flatten-view-{}", unique_suffix());
+    let view_key = ActiveKey::unique("rbuild-flatten-view");
     let view = snapshots::view(ctd, lease, &view_key, snapshot).await?;
     let diffed = ctd
         .diff()
@@ -42,13 +43,13 @@ pub async fn flatten(
             lease,
         ))
         .await
-        .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s));
+        .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", &snapshot.0, s));
     let _ = snapshots::remove(ctd, &view_key).await;
     let tar = diffed?
         .into_inner()
         .diff
-        .ok_or_else(|| Error::Export(format!("containerd returned no diff for {snapshot}")))?;
-    let active = format!("rbuild-flatten-{}", unique_suffix());
+        .ok_or_else(|| Error::Export(format!("containerd returned no diff for {}", snapshot.0)))?;
+    let active = ActiveKey::unique("rbuild-flatten");
     let mounts = snapshots::prepare(ctd, lease, &active, None, HashMap::new()).await?;
     let result = async {
         ctd.diff()
@@ -66,7 +67,7 @@ pub async fn flatten(
                 lease,
             ))
             .await
-            .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", snapshot, s))?;
+            .map_err(|s| rbuild_containerd::Error::rpc("flatten snapshot", &snapshot.0, s))?;
         snapshots::commit(ctd, lease, &active, name, HashMap::new()).await
     }
     .await;

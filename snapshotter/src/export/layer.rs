@@ -18,6 +18,7 @@ use super::format::{Compression, ImageFormat, OCI_LAYER};
 use super::rewrite::rewrite_layer;
 use crate::content::{self, BlobTarget};
 use crate::image::BlobDesc;
+use crate::snapshots::{ActiveKey, SnapshotId};
 use crate::{Error, snapshots, unique_suffix};
 
 /// A layer in the content store, and the digest of its uncompressed tar.
@@ -37,21 +38,22 @@ pub async fn diff_layer(
     ctd: &Containerd,
     lease: &LeaseId,
     scratch: &Path,
-    lower: Option<&str>,
-    upper: &str,
+    lower: Option<&SnapshotId>,
+    upper: &SnapshotId,
     format: ImageFormat,
 ) -> Result<Layer, Error> {
     let media_type = format.layer_media_type()?;
-    let view = |parent: String| async move {
-        let key = format!("rbuild-diff-view-{}", unique_suffix());
+    let view = |parent: SnapshotId| async move {
+        let key = ActiveKey::unique("rbuild-diff-view");
         let mounts = snapshots::view(ctd, lease, &key, &parent).await?;
-        Ok::<(String, Vec<Mount>), Error>((key, mounts))
+        Ok::<(ActiveKey, Vec<Mount>), Error>((key, mounts))
     };
     let left = match lower {
-        Some(l) => Some(view(l.to_string()).await?),
+        Some(l) => Some(view(l.clone()).await?),
         None => None,
     };
-    let right = view(upper.to_string()).await;
+    let right = view(upper.clone()).await;
+    let upper = upper.0.as_str();
     let result = match &right {
         Ok((_, right_mounts)) => {
             let left_mounts = left.as_ref().map(|l| l.1.as_slice());
