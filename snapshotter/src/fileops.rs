@@ -6,14 +6,14 @@
 //!
 //! Pure filesystem work: the caller mounts the snapshots (and unmounts and
 //! commits them after); nothing here speaks to containerd. Paths inside a
-//! tree are resolved with [`crate::tree`]'s confined resolvers.
+//! tree are resolved with [`crate::confine`], never leaving their root.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::tree::{self, CopyFilter, HostListing, HostNode};
-use crate::{Error, unique_suffix, user};
+use crate::{Error, confine, unique_suffix, user};
 
 /// Where a copy's or a diff's content is on the host.
 #[derive(Clone, Debug)]
@@ -111,7 +111,7 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
                 permissions,
                 owner,
             } => {
-                let dst = tree::resolve_entry_in(target, dest);
+                let dst = confine::resolve_entry_in(target, dest);
                 tree::make_parents(target, &dst)?;
                 tree::remove_path(&dst)?;
                 std::fs::write(&dst, contents.as_slice())
@@ -123,14 +123,14 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
                     .map_err(|e| invalid(format!("chown {dest}: {e}")))?;
             }
             FileOp::Remove { path } => {
-                tree::remove_path(&tree::resolve_entry_in(target, path))?;
+                tree::remove_path(&confine::resolve_entry_in(target, path))?;
             }
             FileOp::Diff {
                 base: (base_root, bp),
                 other: (other_root, op),
             } => {
-                let b = tree::resolve_in(base_root, bp);
-                let o = tree::resolve_in(other_root, op);
+                let b = confine::resolve_in(base_root, bp);
+                let o = confine::resolve_in(other_root, op);
                 copy_differences(&b, &o, target, Path::new(""))?;
             }
         }
@@ -152,14 +152,14 @@ fn copy_into(
     let placed = match origin {
         Origin::Host { listing, path } => match listing.at(path) {
             Some(HostNode::Dir(sub)) => {
-                let dst = tree::resolve_in(target, dest);
+                let dst = confine::resolve_in(target, dest);
                 let sub = sub.filtered(include, exclude)?;
                 tree::make_parents(target, &dst)?;
                 tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
                 dst
             }
             Some(HostNode::File(entry)) => {
-                let dst = tree::resolve_entry_in(target, dest);
+                let dst = confine::resolve_entry_in(target, dest);
                 tree::make_parents(target, &dst)?;
                 let single = single_entry_listing(listing, entry);
                 let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
@@ -178,13 +178,13 @@ fn copy_into(
             }
         },
         Origin::Mounted { root, path } => {
-            let src = tree::resolve_in(root, path);
+            let src = confine::resolve_in(root, path);
             let meta = std::fs::symlink_metadata(&src)
                 .map_err(|_| invalid(format!("{path} does not exist in the copied value")))?;
             let dst = if meta.is_dir() {
-                tree::resolve_in(target, dest)
+                confine::resolve_in(target, dest)
             } else {
-                tree::resolve_entry_in(target, dest)
+                confine::resolve_entry_in(target, dest)
             };
             let filter = CopyFilter::new(&src, include, exclude)?;
             tree::make_parents(target, &dst)?;
@@ -305,7 +305,7 @@ pub fn read_host(listing: &HostListing, path: &str, op: ReadOp) -> Result<ReadAn
 
 /// Answers a read-only question about `path` in the tree mounted at `root`.
 pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Error> {
-    let node = &tree::resolve_in(root, path);
+    let node = &confine::resolve_in(root, path);
     let meta = std::fs::symlink_metadata(node).map_err(|_| not_found(path))?;
     let is_dir = meta.is_dir();
     Ok(match op {

@@ -90,7 +90,7 @@ impl ContainerdWorker {
                     let key = ActiveKey::unique("rbuild-mount");
                     let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
                     let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
-                    let source = tree::resolve_in(mnt.path(), path);
+                    let source = confine::resolve_in(mnt.path(), path);
                     opened.push(mnt);
                     let meta = std::fs::metadata(&source).map_err(|_| {
                         SolveError::Invalid(format!(

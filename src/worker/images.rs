@@ -140,7 +140,7 @@ impl ImageWorker for ContainerdWorker {
                 }
                 Source::Snapshot { snapshot, path } => {
                     let mounted = self.view(snapshot.as_ref()).await?;
-                    let file = tree::resolve_in(mounted.path(), path);
+                    let file = confine::resolve_in(mounted.path(), path);
                     let result = export::import_tarball(&self.ctd, lease, &file, platform).await;
                     self.close(mounted, false).await;
                     Ok(result?)

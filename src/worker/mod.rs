@@ -26,6 +26,7 @@ use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageF
 use rbuild_snapshotter::fileops::{self, FileOp, Origin};
 use rbuild_snapshotter::host_scan::{self, HostScan, Known};
 use rbuild_snapshotter::snapshots::{self, ActiveKey, Mount, SnapshotId};
+use rbuild_snapshotter::confine;
 use rbuild_snapshotter::tree::{self, HostListing, HostNode, KnownHashes};
 use rbuild_snapshotter::{
     BlobDesc, ImageRef, MountedSnapshot, Platform, PullReport, Registry, ResolvedImage,
