@@ -28,13 +28,15 @@ pub enum Origin {
     Mounted { root: PathBuf, path: String },
 }
 
-/// One file operation on the tree being built.
+/// One file operation on the tree being built, reading from sources of
+/// type `S`: [`Origin`]s on the host when it runs; the engine describes the
+/// same operation with its own source type first ([`FileOp::map_sources`]).
 #[derive(Clone, Debug)]
-pub enum FileOp {
+pub enum FileOp<S = Origin> {
     /// Copy a directory's contents (or a file) to `dest`.
     Copy {
         dest: String,
-        origin: Origin,
+        source: S,
         include: Vec<String>,
         exclude: Vec<String>,
         /// A user spec, resolved with the target tree's passwd and group.
@@ -52,9 +54,60 @@ pub enum FileOp {
     },
     /// Copy what in `other` differs from `base` to the root.
     Diff {
-        base: (PathBuf, String),
-        other: (PathBuf, String),
+        base: S,
+        other: S,
     },
+}
+
+impl<S> FileOp<S> {
+    /// The sources the operation reads, in order.
+    pub fn sources(&self) -> Vec<&S> {
+        match self {
+            FileOp::Copy { source, .. } => vec![source],
+            FileOp::Diff { base, other } => vec![base, other],
+            FileOp::Write { .. } | FileOp::Remove { .. } => Vec::new(),
+        }
+    }
+
+    /// The same operation reading `f(source)` for each of its sources, in order.
+    pub fn map_sources<T>(&self, mut f: impl FnMut(&S) -> T) -> FileOp<T> {
+        match self {
+            FileOp::Copy {
+                dest,
+                source,
+                include,
+                exclude,
+                owner,
+                permissions,
+            } => FileOp::Copy {
+                dest: dest.clone(),
+                source: f(source),
+                include: include.clone(),
+                exclude: exclude.clone(),
+                owner: owner.clone(),
+                permissions: *permissions,
+            },
+            FileOp::Write {
+                dest,
+                contents,
+                permissions,
+                owner,
+            } => FileOp::Write {
+                dest: dest.clone(),
+                contents: contents.clone(),
+                permissions: *permissions,
+                owner: owner.clone(),
+            },
+            FileOp::Remove { path } => FileOp::Remove { path: path.clone() },
+            FileOp::Diff { base, other } => {
+                let base = f(base);
+                FileOp::Diff {
+                    base,
+                    other: f(other),
+                }
+            }
+        }
+    }
 }
 
 /// A read-only question about a tree.
@@ -96,7 +149,7 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
         match op {
             FileOp::Copy {
                 dest,
-                origin,
+                source: origin,
                 include,
                 exclude,
                 owner,
@@ -125,10 +178,20 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
             FileOp::Remove { path } => {
                 tree::remove_path(&confine::resolve_entry_in(target, path))?;
             }
-            FileOp::Diff {
-                base: (base_root, bp),
-                other: (other_root, op),
-            } => {
+            FileOp::Diff { base, other } => {
+                let (
+                    Origin::Mounted {
+                        root: base_root,
+                        path: bp,
+                    },
+                    Origin::Mounted {
+                        root: other_root,
+                        path: op,
+                    },
+                ) = (base, other)
+                else {
+                    return Err(invalid("a diff compares two mounted trees".into()));
+                };
                 let b = confine::resolve_in(base_root, bp);
                 let o = confine::resolve_in(other_root, op);
                 copy_differences(&b, &o, target, Path::new(""))?;

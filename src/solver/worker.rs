@@ -19,7 +19,7 @@ use rbuild_snapshotter::host_scan::{HostScan, Known};
 use rbuild_snapshotter::tree::{HostListing, KnownHashes};
 use rbuild_snapshotter::{BlobDesc, ImageRef, Platform, PullReport, ResolvedImage};
 
-pub use rbuild_snapshotter::fileops::{ReadAnswer, ReadOp};
+pub use rbuild_snapshotter::fileops::{FileOp, ReadAnswer, ReadOp};
 
 use super::SolveError;
 use crate::graph::{Expect, Sharing};
@@ -154,33 +154,10 @@ pub enum Source {
     },
 }
 
-/// One file operation on a snapshot being built.
-#[derive(Clone, Debug)]
-pub enum FileAction {
-    /// Copy a directory's contents (or a file) to `dest`.
-    Copy {
-        dest: String,
-        source: Source,
-        include: Vec<String>,
-        exclude: Vec<String>,
-        owner: Option<String>,
-        permissions: Option<u32>,
-    },
-    Write {
-        dest: String,
-        contents: Arc<Vec<u8>>,
-        permissions: u32,
-        owner: Option<String>,
-    },
-    Remove {
-        path: String,
-    },
-    /// Copy what in `other` differs from `base` to the root.
-    Diff {
-        base: Source,
-        other: Source,
-    },
-}
+/// One file operation on a snapshot being built, reading from [`Source`]s
+/// (the worker mounts them and runs the operation as rbuild-snapshotter's
+/// [`FileOp`] on the mounted trees).
+pub type FileAction = FileOp<Source>;
 
 /// File operations applied on top of `parent`, committed as a new snapshot.
 #[derive(Clone, Debug)]

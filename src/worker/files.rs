@@ -19,53 +19,13 @@ fn origin(source: &Source, mounted: Option<&HostMount>) -> Origin {
     }
 }
 
-/// A mounted snapshot source's root and path (a diff's sides).
-fn mounted_side(source: &Source, mounted: Option<&HostMount>) -> (PathBuf, String) {
-    match origin(source, mounted) {
-        Origin::Mounted { root, path } => (root, path),
-        Origin::Host { .. } => unreachable!("diff sources are materialized as snapshots"),
-    }
-}
-
 /// The file operations of `actions` on the sources mounted in `opened`
 /// (in the order the actions name their sources).
 fn file_ops(actions: &[FileAction], opened: &[Option<HostMount>]) -> Vec<FileOp> {
     let mut mounted = opened.iter().map(Option::as_ref);
     actions
         .iter()
-        .map(|a| match a {
-            FileAction::Copy {
-                dest,
-                source,
-                include,
-                exclude,
-                owner,
-                permissions,
-            } => FileOp::Copy {
-                dest: dest.clone(),
-                origin: origin(source, mounted.next().flatten()),
-                include: include.clone(),
-                exclude: exclude.clone(),
-                owner: owner.clone(),
-                permissions: *permissions,
-            },
-            FileAction::Write {
-                dest,
-                contents,
-                permissions,
-                owner,
-            } => FileOp::Write {
-                dest: dest.clone(),
-                contents: contents.clone(),
-                permissions: *permissions,
-                owner: owner.clone(),
-            },
-            FileAction::Remove { path } => FileOp::Remove { path: path.clone() },
-            FileAction::Diff { base, other } => FileOp::Diff {
-                base: mounted_side(base, mounted.next().flatten()),
-                other: mounted_side(other, mounted.next().flatten()),
-            },
-        })
+        .map(|a| a.map_sources(|s| origin(s, mounted.next().flatten())))
         .collect()
 }
 
@@ -80,12 +40,7 @@ impl ContainerdWorker {
         let mut sources: Vec<Option<HostMount>> = Vec::new();
         let mut result = Ok(());
         for a in &req.actions {
-            let srcs: Vec<&Source> = match a {
-                FileAction::Copy { source, .. } => vec![source],
-                FileAction::Diff { base, other } => vec![base, other],
-                _ => vec![],
-            };
-            for s in srcs {
+            for s in a.sources() {
                 match self.open_source(s).await {
                     Ok(m) => sources.push(m),
                     Err(e) => result = Err(e),

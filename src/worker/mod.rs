@@ -22,11 +22,11 @@ use std::time::{Duration, SystemTime};
 
 use rbuild_containerd::{Containerd, GC_ROOT_LABEL, LeaseId, OWNER_LABEL, Owner};
 use rbuild_runtime::{CancellationToken, ContainerRun, ExtraMount, ProcessSpec};
+use rbuild_snapshotter::confine;
 use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::fileops::{self, FileOp, Origin};
 use rbuild_snapshotter::host_scan::{self, HostScan, Known};
 use rbuild_snapshotter::snapshots::{self, ActiveKey, Mount, SnapshotId};
-use rbuild_snapshotter::confine;
 use rbuild_snapshotter::tree::{self, HostListing, HostNode, KnownHashes};
 use rbuild_snapshotter::{
     BlobDesc, ImageRef, MountedSnapshot, Platform, PullReport, Registry, ResolvedImage,
