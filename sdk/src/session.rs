@@ -136,3 +136,87 @@ pub(crate) fn ask<T: DeserializeOwned + Send + 'static>(
     let session = session.clone();
     async move { session.query(query).await }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use serde_json::{json, Value};
+    use tokio::net::UnixListener;
+
+    /// A client whose engine answers one request with `answer`, and the
+    /// request line that engine read.
+    async fn ask_stdout(name: &str, answer: &'static str) -> (Result<String>, Value) {
+        let socket = std::env::temp_dir().join(format!(
+            "rbuild-sdk-test-{}-{name}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let engine = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            let (read, mut write) = conn.into_split();
+            let mut line = Vec::new();
+            BufReader::new(read)
+                .read_until(b'\n', &mut line)
+                .await
+                .unwrap();
+            write.write_all(answer.as_bytes()).await.unwrap();
+            line
+        });
+        let client = Client {
+            session: Arc::new(Session::connect(socket.clone(), "tok".into())),
+        };
+        let got = client.container().from("busybox").stdout().await;
+        let line = engine.await.unwrap();
+        let _ = std::fs::remove_file(&socket);
+        (got, serde_json::from_slice(&line).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_carries_token_versions_and_query() {
+        let (got, sent) = ask_stdout("request", "{\"ok\": \"hi\\n\"}\n").await;
+        assert_eq!(got.unwrap(), "hi\n");
+        assert_eq!(sent["protocol"], json!(wire::PROTOCOL));
+        assert_eq!(sent["token"], json!("tok"));
+        assert_eq!(sent["sdk"], json!(env!("CARGO_PKG_VERSION")));
+        assert_eq!(sent["query"]["kind"], json!("container.stdout"));
+        assert_eq!(
+            sent["query"]["container"]["ops"],
+            json!([{"op": "from", "address": "busybox"}])
+        );
+    }
+
+    #[tokio::test]
+    async fn engine_errors_and_bad_answers_become_errors() {
+        let (got, _) = ask_stdout("error", "{\"error\": {\"message\": \"boom\"}}\n").await;
+        assert_eq!(got.unwrap_err().message(), "boom");
+        let (got, _) = ask_stdout("number", "{\"ok\": 3}\n").await;
+        let e = got.unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("unexpected engine answer to container.stdout: "),
+            "{e}"
+        );
+        let (got, _) = ask_stdout("closed", "").await;
+        assert!(got
+            .unwrap_err()
+            .message()
+            .contains("closed the session without an answer"),);
+    }
+
+    #[tokio::test]
+    async fn a_recording_client_keeps_what_it_would_send() {
+        let (client, recorded) = crate::recording_client("t");
+        let e = client.directory().entries().await.unwrap_err();
+        assert_eq!(e.message(), RECORDED);
+        let lines = recorded.take();
+        assert_eq!(lines.len(), 1);
+        let sent: Value = serde_json::from_slice(&lines[0]).unwrap();
+        assert_eq!(
+            sent["query"],
+            json!({"kind": "directory.entries", "path": null,
+                   "directory": {"source": {"source": "empty"}, "ops": []}})
+        );
+    }
+}

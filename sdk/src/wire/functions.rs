@@ -208,3 +208,42 @@ impl CallSpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_reads_leniently_as_the_sdk_always_did() {
+        let call = CallSpec::from_json(
+            r#"{"function": "f", "args": {"a": "1"}, "action": {"kind": "export", "path": "/o"}}"#,
+        )
+        .unwrap();
+        assert_eq!(call.function, "f");
+        assert_eq!(call.args["a"], "1");
+        assert_eq!(
+            call.action,
+            Action::Export {
+                path: Some("/o".into())
+            }
+        );
+        assert_eq!(CallSpec::from_json("{}").unwrap(), CallSpec::default());
+        assert!(CallSpec::from_json("not json").is_err());
+        assert!(CallSpec::from_json(r#"{"action": {"kind": "dance"}}"#)
+            .unwrap_err()
+            .contains("dance"));
+    }
+
+    #[test]
+    fn an_action_leaves_out_what_it_does_not_have() {
+        let json = |a: Action| serde_json::to_string(&a).unwrap();
+        assert_eq!(json(Action::Print), r#"{"kind":"print"}"#);
+        assert_eq!(json(Action::Export { path: None }), r#"{"kind":"export"}"#);
+        assert_eq!(
+            json(Action::Publish {
+                address: Some("r/a:1".into())
+            }),
+            r#"{"kind":"publish","address":"r/a:1"}"#
+        );
+    }
+}

@@ -272,3 +272,24 @@ impl Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_ok_or_an_error_with_a_message() {
+        assert_eq!(
+            Response::from_json(br#"{"ok": ["a"]}"#).unwrap(),
+            Response::Ok(serde_json::json!(["a"]))
+        );
+        assert_eq!(
+            Response::from_json(br#"{"error": {}}"#).unwrap(),
+            Response::Error(ErrorAnswer {
+                message: "unknown engine error".into()
+            })
+        );
+        assert!(Response::from_json(br#"{"answer": 1}"#).is_err());
+        assert!(Response::from_json(b"").is_err());
+    }
+}
