@@ -49,7 +49,9 @@ mod secret;
 mod session;
 pub mod wire;
 
-pub use cache_volume::{CacheVolume, Sharing};
+pub use cache_volume::CacheVolume;
+#[doc(inline)]
+pub use cache_volume::Sharing;
 #[doc(hidden)]
 pub use client::recording_client;
 pub use client::{connect, Client};
@@ -57,11 +59,14 @@ pub use container::Container;
 pub use directory::Directory;
 pub use error::{Error, Result};
 pub use file::File;
-pub use functions::{ArgKind, Args, FunctionBuilder, Functions, Returned};
+#[doc(inline)]
+pub use functions::ArgKind;
+pub use functions::{Args, FunctionBuilder, Functions, Returned};
 pub use host::Host;
 pub use options::{
     DirOpts, DirectoryOpts, ExecOpts, FileOpts, ImageLayerCompression, ImageMediaTypes, ImageOpts,
     ReturnType,
 };
+pub use secret::Secret;
 #[doc(hidden)]
 pub use session::Recorded;

@@ -7,8 +7,8 @@
 //! - a [`Request`] per query, pipeline → engine: one JSON line on a fresh
 //!   connection to the session socket (`RBUILD_SESSION`), carrying the
 //!   session token (`RBUILD_SESSION_TOKEN`) and a [`Query`] whose values are
-//!   the graph of [`graph`] (containers, directories, files, secrets as the
-//!   chains of builder calls that made them);
+//!   the graph ([`ContainerDef`], [`DirectoryDef`], [`FileDef`], [`SecretDef`]:
+//!   the chains of builder calls that made the values);
 //! - a [`Response`] per request, engine → pipeline: one JSON line,
 //!   `{"ok": <answer>}` or `{"error": {"message": "..."}}`;
 //! - the [`Listing`] of a pipeline's functions, pipeline → engine: the last
@@ -49,7 +49,7 @@
 //! both sides.
 
 mod functions;
-pub mod graph;
+mod graph;
 mod request;
 
 pub use functions::{Action, ArgDecl, ArgKind, CallSpec, FunctionDecl, Listing};
