@@ -29,7 +29,7 @@
 //!
 //! | protocol | rbuild-sdk | what changed                                  |
 //! |----------|------------|-----------------------------------------------|
-//! | 1        | 0.1        | the first (requests carry it from SDK 0.1.0)  |
+//! | 1        | 0.1        | the first (older 0.1 SDKs send no version)    |
 //!
 //! A change to any shape here (a new op, field or query, a different
 //! default) is a new protocol version: bump [`PROTOCOL`], add a row above,
