@@ -8,6 +8,7 @@ mod commands;
 mod daemon;
 mod doctor;
 mod engine;
+mod functions;
 mod gc;
 mod graph;
 mod index;

@@ -14,10 +14,39 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// The SDK crate's files, as compiled into this binary.
+/// The SDK crate's files, as compiled into this binary (a test checks that
+/// this is every file of sdk/src).
 const SDK_FILES: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("../sdk/Cargo.toml")),
+    (
+        "src/cache_volume.rs",
+        include_str!("../sdk/src/cache_volume.rs"),
+    ),
+    ("src/client.rs", include_str!("../sdk/src/client.rs")),
+    ("src/container.rs", include_str!("../sdk/src/container.rs")),
+    ("src/directory.rs", include_str!("../sdk/src/directory.rs")),
+    ("src/error.rs", include_str!("../sdk/src/error.rs")),
+    ("src/file.rs", include_str!("../sdk/src/file.rs")),
+    ("src/functions.rs", include_str!("../sdk/src/functions.rs")),
+    ("src/host.rs", include_str!("../sdk/src/host.rs")),
     ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
+    ("src/ops.rs", include_str!("../sdk/src/ops.rs")),
+    ("src/options.rs", include_str!("../sdk/src/options.rs")),
+    ("src/secret.rs", include_str!("../sdk/src/secret.rs")),
+    ("src/session.rs", include_str!("../sdk/src/session.rs")),
+    (
+        "src/wire/functions.rs",
+        include_str!("../sdk/src/wire/functions.rs"),
+    ),
+    (
+        "src/wire/graph.rs",
+        include_str!("../sdk/src/wire/graph.rs"),
+    ),
+    ("src/wire/mod.rs", include_str!("../sdk/src/wire/mod.rs")),
+    (
+        "src/wire/request.rs",
+        include_str!("../sdk/src/wire/request.rs"),
+    ),
 ];
 
 /// The versions rbuild itself was built and tested with. A single-file
@@ -420,6 +449,39 @@ mod tests {
             "[dependencies]\nrbuild-sdk = { path = \"../sdk\" }\n"
         ));
         assert!(!wants_sdk_patch("[dependencies]\nserde = \"1\"\n"));
+    }
+
+    #[test]
+    fn the_embedded_sdk_is_every_file_of_the_sdk_crate() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
+        let mut on_disk = vec!["Cargo.toml".to_string()];
+        let mut dirs = vec![sdk.join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let rel = path.strip_prefix(&sdk).unwrap();
+                    on_disk.push(rel.to_str().unwrap().to_string());
+                }
+            }
+        }
+        on_disk.sort();
+        assert!(on_disk.contains(&"src/lib.rs".to_string()), "{on_disk:?}");
+        let mut embedded: Vec<String> = SDK_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(
+            embedded, on_disk,
+            "SDK_FILES in src/pipeline.rs must list sdk/src"
+        );
+        for (name, text) in SDK_FILES {
+            assert_eq!(
+                std::fs::read_to_string(sdk.join(name)).unwrap(),
+                *text,
+                "{name}"
+            );
+        }
     }
 
     #[test]

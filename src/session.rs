@@ -2,108 +2,37 @@
 //! directory (0700, socket 0600) and a random token, both handed to the
 //! pipeline in its environment.
 //!
-//! Protocol: one request per connection, one JSON line each way.
-//! Request:  `{"token": "...", "sdk": "0.1.0", "query": {"kind": "container.stdout", "container": {...}}}`
-//! Response: `{"ok": <value>}` or `{"error": {"message": "..."}}`.
+//! The protocol is `rbuild_sdk::wire` (one request per connection, one JSON
+//! line each way, the same types on both ends); this module checks who
+//! asks and in which protocol version, and answers.
 
+use std::ops::RangeInclusive;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use rbuild_sdk::wire::{self, ErrorAnswer, Header, Query, Request, Response};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef};
+use crate::graph::image_format;
 use crate::solver::{ReadAnswer, ReadOp, SolveError, Solver, Worker, join_path};
 
 /// Environment variables that carry the session to the pipeline process.
-pub const SOCKET_ENV: &str = "RBUILD_SESSION";
-pub const TOKEN_ENV: &str = "RBUILD_SESSION_TOKEN";
+pub use rbuild_sdk::wire::{SOCKET_ENV, TOKEN_ENV};
 /// Requests larger than this are refused (a pipeline graph is far smaller).
 const MAX_REQUEST: u64 = 256 << 20;
+
+/// The protocol versions this engine reads: those of the SDK it embeds,
+/// back to the oldest that SDK's wire types still describe.
+pub const PROTOCOLS: RangeInclusive<u32> = wire::OLDEST_PROTOCOL..=wire::PROTOCOL;
 
 pub struct Session {
     dir: PathBuf,
     socket: PathBuf,
     token: String,
     server: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Deserialize)]
-struct Request {
-    token: String,
-    #[serde(default)]
-    sdk: String,
-    query: Query,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
-enum Query {
-    #[serde(rename = "container.stdout")]
-    Stdout { container: ContainerDef },
-    #[serde(rename = "container.stderr")]
-    Stderr { container: ContainerDef },
-    #[serde(rename = "container.exit_code")]
-    ExitCode { container: ContainerDef },
-    #[serde(rename = "container.sync")]
-    Sync { container: ContainerDef },
-    #[serde(rename = "container.terminal")]
-    Terminal {
-        container: ContainerDef,
-        #[serde(default)]
-        command: Vec<String>,
-    },
-    #[serde(rename = "container.publish")]
-    Publish {
-        container: ContainerDef,
-        address: String,
-        #[serde(default)]
-        format: ImageFormatDef,
-    },
-    #[serde(rename = "container.export")]
-    Export {
-        container: ContainerDef,
-        path: String,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        format: ImageFormatDef,
-    },
-    #[serde(rename = "directory.entries")]
-    Entries {
-        directory: DirectoryDef,
-        #[serde(default)]
-        path: Option<String>,
-    },
-    #[serde(rename = "directory.glob")]
-    Glob {
-        directory: DirectoryDef,
-        pattern: String,
-    },
-    #[serde(rename = "directory.digest")]
-    DirDigest { directory: DirectoryDef },
-    #[serde(rename = "directory.export")]
-    DirExport {
-        directory: DirectoryDef,
-        path: String,
-    },
-    #[serde(rename = "directory.sync")]
-    DirSync { directory: DirectoryDef },
-    #[serde(rename = "file.contents")]
-    Contents { file: FileDef },
-    #[serde(rename = "file.size")]
-    Size { file: FileDef },
-    #[serde(rename = "file.name")]
-    Name { file: FileDef },
-    #[serde(rename = "file.digest")]
-    FileDigest { file: FileDef },
-    #[serde(rename = "file.export")]
-    FileExport { file: FileDef, path: String },
-    #[serde(rename = "file.sync")]
-    FileSync { file: FileDef },
 }
 
 impl Session {
@@ -177,29 +106,73 @@ async fn serve<M: Worker>(
     let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     reader.read_until(b'\n', &mut line).await?;
-    let response = match serde_json::from_slice::<Request>(&line) {
-        Err(e) => error_response(&format!("malformed request from the pipeline SDK: {e}")),
-        Ok(req) if !same_token(&req.token, token) => {
-            error_response("session token rejected: this socket belongs to another rbuild run")
-        }
-        Ok(req) => {
-            if req.sdk != env!("CARGO_PKG_VERSION") {
-                tracing::debug!(sdk = req.sdk, "pipeline built with another SDK version");
-            }
-            match answer(solver, req.query).await {
-                Ok(v) => json!({ "ok": v }),
-                Err(e) => error_response(&solver.secrets().scrub_str(&e.to_string())),
-            }
-        }
+    let response = match read_request(&line, token) {
+        Err(message) => Response::Error(ErrorAnswer { message }),
+        Ok(query) => match answer(solver, query).await {
+            Ok(v) => Response::Ok(v),
+            Err(e) => Response::Error(ErrorAnswer {
+                message: solver.secrets().scrub_str(&e.to_string()),
+            }),
+        },
     };
-    let mut out = serde_json::to_vec(&response).expect("JSON value encodes");
+    let mut out = serde_json::to_vec(&response).expect("a response encodes as JSON");
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
 }
 
-fn error_response(message: &str) -> Value {
-    json!({ "error": { "message": message } })
+/// Reads a request line: who asks (the token), in which protocol version,
+/// and only then what. `Err` is the message for the pipeline.
+fn read_request(line: &[u8], token: &str) -> Result<Query, String> {
+    let malformed = |e: serde_json::Error| format!("malformed request from the pipeline SDK: {e}");
+    let header: Header = serde_json::from_slice(line).map_err(malformed)?;
+    if !same_token(&header.token, token) {
+        return Err(
+            "session token rejected: this socket belongs to another rbuild run".to_string(),
+        );
+    }
+    check_protocol(header.protocol, &header.sdk)?;
+    if header.sdk != wire::SDK_VERSION {
+        tracing::debug!(sdk = header.sdk, "pipeline built with another SDK version");
+    }
+    let request: Request = serde_json::from_slice(line).map_err(malformed)?;
+    Ok(request.query)
+}
+
+/// Whether this engine reads the protocol version a pipeline's SDK speaks
+/// (`sdk`: its crate version, when it said). The error names both sides'
+/// versions and what to upgrade.
+pub fn check_protocol(spoken: u32, sdk: &str) -> Result<(), String> {
+    if PROTOCOLS.contains(&spoken) {
+        return Ok(());
+    }
+    let theirs = if sdk.is_empty() {
+        "rbuild-sdk".to_string()
+    } else {
+        format!("rbuild-sdk {sdk}")
+    };
+    let (oldest, newest) = (*PROTOCOLS.start(), *PROTOCOLS.end());
+    let accepted = if oldest == newest {
+        format!("protocol {newest}")
+    } else {
+        format!("protocols {oldest}..={newest}")
+    };
+    let ours = format!(
+        "this pipeline's {theirs} speaks protocol {spoken}; this rbuild ({}) accepts {accepted}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let embedded = wire::SDK_VERSION;
+    Err(if spoken > newest {
+        format!(
+            "{ours}: upgrade rbuild, or pin the pipeline's rbuild-sdk to {embedded} \
+             (the SDK this rbuild embeds; a registry dependency gets it without a pin)"
+        )
+    } else {
+        format!(
+            "{ours}: upgrade the pipeline's rbuild-sdk to {embedded} (the SDK this rbuild \
+             embeds; a registry dependency gets it without a pin), or use an older rbuild"
+        )
+    })
 }
 
 async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Value, SolveError> {
@@ -237,7 +210,7 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
         } => {
             let st = solver.container(&container).await?;
             Ok(Value::String(
-                solver.publish(&st, &address, format.format()).await?,
+                solver.publish(&st, &address, image_format(&format)).await?,
             ))
         }
         Query::Export {
@@ -252,7 +225,7 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
                     &st,
                     std::path::Path::new(&path),
                     name.as_deref(),
-                    format.format(),
+                    image_format(&format),
                 )
                 .await?;
             Ok(Value::String(path))
@@ -345,13 +318,67 @@ mod tests {
         assert!(!same_token("abc", "ab"));
     }
 
+    fn request(protocol: Option<u32>, token: &str) -> Vec<u8> {
+        let mut r = json!({
+            "token": token,
+            "sdk": "9.9.9",
+            "query": {"kind": "container.stdout", "container": {"ops": []}},
+        });
+        if let Some(p) = protocol {
+            r["protocol"] = json!(p);
+        }
+        serde_json::to_vec(&r).unwrap()
+    }
+
     #[test]
-    fn queries_parse() {
-        let q: Query = serde_json::from_value(json!({
-            "kind": "container.stdout",
-            "container": {"ops": [{"op": "from", "address": "busybox"}]}
-        }))
-        .unwrap();
-        assert!(matches!(q, Query::Stdout { .. }));
+    fn a_request_names_its_protocol_or_speaks_the_first() {
+        assert!(read_request(&request(Some(wire::PROTOCOL), "t"), "t").is_ok());
+        // SDKs before versioning sent no version: they spoke protocol 1.
+        assert!(read_request(&request(None, "t"), "t").is_ok());
+        let e = read_request(&request(None, "t"), "other").unwrap_err();
+        assert!(e.contains("session token rejected"), "{e}");
+    }
+
+    #[test]
+    fn another_protocol_is_refused_naming_both_versions_and_what_to_upgrade() {
+        let newer = wire::PROTOCOL + 1;
+        let e = read_request(&request(Some(newer), "t"), "t").unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "this pipeline's rbuild-sdk 9.9.9 speaks protocol {newer}; this rbuild ({}) \
+                 accepts protocol {}: upgrade rbuild, or pin the pipeline's rbuild-sdk to {} \
+                 (the SDK this rbuild embeds; a registry dependency gets it without a pin)",
+                env!("CARGO_PKG_VERSION"),
+                wire::PROTOCOL,
+                wire::SDK_VERSION,
+            )
+        );
+        let e = check_protocol(0, "").unwrap_err();
+        assert!(
+            e.starts_with("this pipeline's rbuild-sdk speaks protocol 0; this rbuild ("),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!(
+                ": upgrade the pipeline's rbuild-sdk to {}",
+                wire::SDK_VERSION
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with("or use an older rbuild"), "{e}");
+    }
+
+    #[test]
+    fn a_request_of_an_unknown_kind_is_malformed() {
+        let r = br#"{"protocol": 1, "token": "t", "query": {"kind": "container.teleport"}}"#;
+        let e = read_request(r, "t").unwrap_err();
+        assert!(
+            e.starts_with("malformed request from the pipeline SDK: "),
+            "{e}"
+        );
     }
 }
+
+#[cfg(test)]
+mod conformance;

@@ -350,6 +350,103 @@ fn a_new_single_file_pipeline_compiles_with_rbuilds_own_lock_file() {
     }
 }
 
+/// Copies a directory tree (files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_pipeline_whose_sdk_speaks_a_newer_protocol_is_told_what_to_upgrade() {
+    let env = TestEnv::new("protocol");
+    // A pipeline crate pinned (by path) to an SDK from the future.
+    let sdk = env.dir.path().join("rbuild-sdk-next");
+    copy_tree(&repo_root().join("sdk"), &sdk);
+    let wire = sdk.join("src/wire/mod.rs");
+    let text = std::fs::read_to_string(&wire).unwrap();
+    let constant = |name: &str| -> u32 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("pub const {name}: u32 = ")))
+            .and_then(|v| v.strip_suffix(';'))
+            .unwrap_or_else(|| panic!("{name} in {}", wire.display()))
+            .parse()
+            .unwrap()
+    };
+    let (oldest, current) = (constant("OLDEST_PROTOCOL"), constant("PROTOCOL"));
+    let next = current + 1;
+    std::fs::write(
+        &wire,
+        text.replace(
+            &format!("pub const PROTOCOL: u32 = {current};"),
+            &format!("pub const PROTOCOL: u32 = {next};"),
+        ),
+    )
+    .unwrap();
+    let project = env.dir.path().join("pipeline");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"newer-sdk\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             [dependencies]\nrbuild-sdk = {{ path = {:?} }}\n\
+             tokio = {{ version = \"1\", features = [\"macros\", \"rt-multi-thread\"] }}\n\
+             [workspace]\n",
+            sdk.display().to_string()
+        ),
+    )
+    .unwrap();
+    // rbuild's own lock file, so that cargo needs no index (nor network).
+    std::fs::copy(repo_root().join("Cargo.lock"), project.join("Cargo.lock")).unwrap();
+    std::fs::write(
+        project.join("src/main.rs"),
+        format!(
+            "#[tokio::main]\nasync fn main() -> rbuild_sdk::Result<()> {{\n    \
+             let c = rbuild_sdk::connect().await?;\n    \
+             let out = c.container().from({BUSYBOX:?}).with_exec([\"echo\", \"hi\"]).stdout().await?;\n    \
+             print!(\"{{out}}\");\n    Ok(())\n}}\n"
+        ),
+    )
+    .unwrap();
+
+    let out = env.run(&project, &[]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    let sdk_version = locked_version(
+        &std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap(),
+        "rbuild-sdk",
+    )
+    .unwrap();
+    let accepted = if oldest == current {
+        format!("protocol {current}")
+    } else {
+        format!("protocols {oldest}..={current}")
+    };
+    let want = format!(
+        "Error: this pipeline's rbuild-sdk {sdk_version} speaks protocol {next}; this rbuild \
+         ({}) accepts {accepted}: upgrade rbuild, or pin the pipeline's rbuild-sdk to \
+         {sdk_version} (the SDK this rbuild embeds; a registry dependency gets it without a pin)",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        out.stderr.contains(&want),
+        "{want:?} missing:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.ran(),
+        0,
+        "nothing runs for a request the engine cannot read"
+    );
+}
+
 /// Step snapshots of the test namespace.
 fn step_snapshots(env: &TestEnv) -> Vec<String> {
     env.ctr(&["snapshots", "ls"])

@@ -390,7 +390,8 @@ impl<W: Worker> Solver<W> {
                 name,
             } => {
                 let st = self.container(container).await?;
-                self.tarball(&st, format.format(), name.as_deref()).await
+                self.tarball(&st, crate::graph::image_format(format), name.as_deref())
+                    .await
             }
         }
     }

@@ -1,0 +1,353 @@
+//! Functions a pipeline exposes to `rbuild functions` and `rbuild call`:
+//! declaring them, answering the listing, and running the one called.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::client::{connect, Client};
+use crate::container::Container;
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::file::File;
+use crate::options::DirOpts;
+use crate::secret::Secret;
+use crate::wire::{self, Action, ArgDecl, CallSpec, FunctionDecl, Listing};
+
+pub use crate::wire::ArgKind;
+
+/// Prints the listing `rbuild functions` reads (`None`: no functions).
+pub(crate) fn print_listing(functions: Option<Vec<FunctionDecl>>) {
+    println!("{}", listing_line(functions));
+}
+
+fn listing_line(functions: Option<Vec<FunctionDecl>>) -> String {
+    let listing = Listing {
+        protocol: wire::PROTOCOL,
+        sdk: wire::SDK_VERSION.into(),
+        functions,
+    };
+    serde_json::to_string(&listing).expect("a listing encodes as JSON")
+}
+
+type FunctionBody = Box<
+    dyn Fn(Client, Args) -> Pin<Box<dyn Future<Output = Result<Returned>> + Send>> + Send + Sync,
+>;
+
+struct FunctionDef {
+    decl: FunctionDecl,
+    body: FunctionBody,
+}
+
+/// What a function returns; `rbuild call` can print it, export it, publish
+/// it or open a terminal in it.
+pub enum Returned {
+    Nothing,
+    Text(String),
+    Container(Container),
+    Directory(Directory),
+    File(File),
+}
+
+impl From<String> for Returned {
+    fn from(s: String) -> Self {
+        Returned::Text(s)
+    }
+}
+impl From<&str> for Returned {
+    fn from(s: &str) -> Self {
+        Returned::Text(s.to_string())
+    }
+}
+impl From<()> for Returned {
+    fn from(_: ()) -> Self {
+        Returned::Nothing
+    }
+}
+impl From<Container> for Returned {
+    fn from(c: Container) -> Self {
+        Returned::Container(c)
+    }
+}
+impl From<Directory> for Returned {
+    fn from(d: Directory) -> Self {
+        Returned::Directory(d)
+    }
+}
+impl From<File> for Returned {
+    fn from(f: File) -> Self {
+        Returned::File(f)
+    }
+}
+
+/// The arguments a function was called with, converted to their types.
+pub struct Args {
+    client: Client,
+    values: HashMap<String, String>,
+}
+
+impl Args {
+    fn raw(&self, name: &str) -> Result<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Error::new(format!("missing argument --{name}")))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<T> {
+        let v = self.raw(name)?;
+        v.parse()
+            .map_err(|_| Error::new(format!("argument --{name}: {v:?} is not {what}")))
+    }
+
+    pub fn string(&self, name: &str) -> Result<String> {
+        self.raw(name).map(String::from)
+    }
+    pub fn int(&self, name: &str) -> Result<i64> {
+        self.parse(name, "an integer")
+    }
+    pub fn float(&self, name: &str) -> Result<f64> {
+        self.parse(name, "a number")
+    }
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        self.parse(name, "true or false")
+    }
+    /// A host directory (everything in it; filter with `Directory::filter`).
+    pub fn directory(&self, name: &str) -> Result<Directory> {
+        Ok(self
+            .client
+            .host()
+            .directory(self.raw(name)?, DirOpts::default()))
+    }
+    pub fn file(&self, name: &str) -> Result<File> {
+        Ok(self.client.host().file(self.raw(name)?))
+    }
+    pub fn secret(&self, name: &str) -> Result<Secret> {
+        Ok(self.client.secret(self.raw(name)?))
+    }
+    /// A container started from the image reference given.
+    pub fn container(&self, name: &str) -> Result<Container> {
+        Ok(self.client.container().from(self.raw(name)?))
+    }
+}
+
+/// Functions a pipeline exposes: `rbuild functions` lists them, `rbuild
+/// call FN --arg value …` calls one.
+///
+/// ```no_run
+/// use rbuild_sdk as rb;
+///
+/// #[tokio::main]
+/// async fn main() -> rb::Result<()> {
+///     rb::Functions::new()
+///         .function("hello", "Says hello from a container")
+///         .arg("name", rb::ArgKind::String, "who to greet")
+///         .returns(|client, args| async move {
+///             let name = args.string("name")?;
+///             Ok(client
+///                 .container()
+///                 .from("127.0.0.1:5000/busybox:latest")
+///                 .with_exec(["echo", "hello", &name]))
+///         })
+///         .serve()
+///         .await
+/// }
+/// ```
+#[derive(Default)]
+pub struct Functions {
+    functions: Vec<FunctionDef>,
+}
+
+/// A function being declared; finish it with [`FunctionBuilder::returns`].
+pub struct FunctionBuilder {
+    functions: Functions,
+    decl: FunctionDecl,
+}
+
+impl FunctionBuilder {
+    /// A required argument.
+    pub fn arg(mut self, name: &str, kind: ArgKind, doc: &str) -> Self {
+        self.decl.args.push(ArgDecl {
+            name: name.into(),
+            kind,
+            doc: doc.into(),
+            default: None,
+        });
+        self
+    }
+
+    /// An optional argument with a default (as it would be typed on the command line).
+    pub fn arg_default(mut self, name: &str, kind: ArgKind, doc: &str, default: &str) -> Self {
+        self.decl.args.push(ArgDecl {
+            name: name.into(),
+            kind,
+            doc: doc.into(),
+            default: Some(default.into()),
+        });
+        self
+    }
+
+    /// The function's body.
+    pub fn returns<F, Fut, R>(mut self, body: F) -> Functions
+    where
+        F: Fn(Client, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Returned>,
+    {
+        self.functions.functions.push(FunctionDef {
+            decl: self.decl,
+            body: Box::new(move |client, args| {
+                let fut = body(client, args);
+                Box::pin(async move { fut.await.map(Into::into) })
+            }),
+        });
+        self.functions
+    }
+}
+
+impl Functions {
+    pub fn new() -> Functions {
+        Functions::default()
+    }
+
+    /// Declares a function (its doc is what `rbuild functions` shows).
+    pub fn function(self, name: &str, doc: &str) -> FunctionBuilder {
+        FunctionBuilder {
+            functions: self,
+            decl: FunctionDecl {
+                name: name.into(),
+                doc: doc.into(),
+                args: Vec::new(),
+            },
+        }
+    }
+
+    /// The line `serve` prints for `rbuild functions`.
+    #[doc(hidden)]
+    pub fn listing_line(&self) -> String {
+        listing_line(Some(
+            self.functions.iter().map(|f| f.decl.clone()).collect(),
+        ))
+    }
+
+    /// Answers `rbuild functions` and `rbuild call`; under plain `rbuild
+    /// run`, lists the functions.
+    pub async fn serve(self) -> Result<()> {
+        if std::env::var_os(wire::LIST_ENV).is_some() {
+            println!("{}", self.listing_line());
+            return Ok(());
+        }
+        let Ok(call) = std::env::var(wire::CALL_ENV) else {
+            eprintln!("this pipeline exposes functions; call one with `rbuild call <pipeline> <function> [--arg value]...`:");
+            for f in &self.functions {
+                eprintln!("  {:<20} {}", f.decl.name, f.decl.doc);
+            }
+            return Ok(());
+        };
+        let call = CallSpec::from_json(&call)
+            .map_err(|e| Error::new(format!("bad {}: {e}", wire::CALL_ENV)))?;
+        let name = call.function.as_str();
+        let f = self
+            .functions
+            .iter()
+            .find(|f| f.decl.name == name)
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "no function {name:?}; this pipeline has: {}",
+                    self.functions
+                        .iter()
+                        .map(|f| f.decl.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let decl = &f.decl;
+        let mut values = HashMap::new();
+        for a in &decl.args {
+            match call.args.get(&a.name).or(a.default.as_ref()) {
+                Some(v) => {
+                    values.insert(a.name.clone(), v.clone());
+                }
+                None => {
+                    return Err(Error::new(format!(
+                        "{}: missing argument --{} ({}: {})",
+                        decl.name,
+                        a.name,
+                        a.kind.as_str(),
+                        a.doc
+                    )))
+                }
+            }
+        }
+        if let Some(extra) = call
+            .args
+            .keys()
+            .find(|k| !decl.args.iter().any(|a| &a.name == *k))
+        {
+            return Err(Error::new(format!(
+                "{}: unknown argument --{extra}",
+                decl.name
+            )));
+        }
+        let client = connect().await?;
+        let returned = (f.body)(client.clone(), Args { client, values }).await?;
+        act(returned, &call.action).await
+    }
+}
+
+/// What `rbuild call` asked to do with a function's result.
+async fn act(returned: Returned, action: &Action) -> Result<()> {
+    match (action, returned) {
+        (Action::Print, Returned::Nothing) => Ok(()),
+        (Action::Print, Returned::Text(t)) => {
+            println!("{t}");
+            Ok(())
+        }
+        (Action::Print, Returned::Container(c)) => {
+            print!("{}", c.stdout().await?);
+            Ok(())
+        }
+        (Action::Print, Returned::Directory(d)) => {
+            for e in d.entries().await? {
+                println!("{e}");
+            }
+            Ok(())
+        }
+        (Action::Print, Returned::File(f)) => {
+            print!("{}", f.contents().await?);
+            Ok(())
+        }
+        (Action::Export { path }, r) => {
+            let path = path
+                .as_deref()
+                .ok_or_else(|| Error::new("export needs --path"))?;
+            let written = match r {
+                Returned::Container(c) => c.export(path).await?,
+                Returned::Directory(d) => d.export(path).await?,
+                Returned::File(f) => f.export(path).await?,
+                _ => {
+                    return Err(Error::new(
+                        "only a container, directory or file can be exported",
+                    ))
+                }
+            };
+            println!("{written}");
+            Ok(())
+        }
+        (Action::Publish { address }, Returned::Container(c)) => {
+            let address = address
+                .as_deref()
+                .ok_or_else(|| Error::new("publish needs --address"))?;
+            println!("{}", c.publish(address).await?);
+            Ok(())
+        }
+        (Action::Terminal, Returned::Container(c)) => {
+            c.terminal().await?;
+            Ok(())
+        }
+        (action, _) => Err(Error::new(format!(
+            "cannot {} this result: publish and terminal take a container",
+            action.kind()
+        ))),
+    }
+}

@@ -1,0 +1,249 @@
+//! Functions a pipeline exposes: the listing it prints for `rbuild
+//! functions`, and the call `rbuild call` hands it.
+
+use std::collections::BTreeMap;
+
+#[cfg(feature = "engine")]
+use serde::Deserialize;
+use serde_core::ser::SerializeMap;
+use serde_core::{Serialize, Serializer};
+use serde_json::Value;
+
+use super::{serialize_as_str, str_field, tagged};
+
+/// What a pipeline prints (as its last line of output) when it runs with
+/// `RBUILD_FUNCTIONS_LIST` set: `{"protocol": 1, "sdk": "0.1.0",
+/// "functions": [...]}`, or `"functions": null` when it declares none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize))]
+pub struct Listing {
+    /// The protocol version the SDK speaks; absent before versioning (1).
+    #[cfg_attr(feature = "engine", serde(default = "super::request::first_protocol"))]
+    pub protocol: u32,
+    /// The SDK's crate version, for messages.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub sdk: String,
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub functions: Option<Vec<FunctionDecl>>,
+}
+
+impl Serialize for Listing {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Listing {
+            protocol,
+            sdk,
+            functions,
+        } = self;
+        tagged!(s, protocol, sdk, functions)
+    }
+}
+
+/// One function: `rbuild functions` shows its name, doc and arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct FunctionDecl {
+    pub name: String,
+    pub doc: String,
+    pub args: Vec<ArgDecl>,
+}
+
+impl Serialize for FunctionDecl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let FunctionDecl { name, doc, args } = self;
+        tagged!(s, name, doc, args)
+    }
+}
+
+/// One argument of a function, given on the command line as `--name value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct ArgDecl {
+    pub name: String,
+    pub kind: ArgKind,
+    pub doc: String,
+    /// As it would be typed on the command line; `None`: required.
+    pub default: Option<String>,
+}
+
+impl Serialize for ArgDecl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ArgDecl {
+            name,
+            kind,
+            doc,
+            default,
+        } = self;
+        tagged!(s, name, kind, doc, default)
+    }
+}
+
+/// The type of a function argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum ArgKind {
+    String,
+    Int,
+    Float,
+    Bool,
+    /// A host directory path (relative to where rbuild was started).
+    Directory,
+    /// A host file path (relative to where rbuild was started).
+    File,
+    /// `env:NAME`, `file:PATH` or `cmd:COMMAND`.
+    Secret,
+    /// An image reference.
+    Container,
+}
+
+impl ArgKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArgKind::String => "string",
+            ArgKind::Int => "int",
+            ArgKind::Float => "float",
+            ArgKind::Bool => "bool",
+            ArgKind::Directory => "directory",
+            ArgKind::File => "file",
+            ArgKind::Secret => "secret",
+            ArgKind::Container => "container",
+        }
+    }
+}
+
+serialize_as_str!(ArgKind);
+
+/// What `rbuild call` asks of the pipeline, in `RBUILD_CALL`:
+/// `{"function": "build", "args": {"src": "/abs/path"}, "action": {"kind": "print"}}`.
+/// Arguments are as typed on the command line (host paths made absolute);
+/// the SDK converts them to the declared kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallSpec {
+    pub function: String,
+    pub args: BTreeMap<String, String>,
+    pub action: Action,
+}
+
+/// What to do with a function's result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    /// Print it: text as is, a container's stdout, a directory's entries,
+    /// a file's contents.
+    #[default]
+    Print,
+    /// Write it to a host path (absolute); a container as an image tarball.
+    Export { path: Option<String> },
+    /// Push a container to a registry address.
+    Publish { address: Option<String> },
+    /// Open a shell in a container.
+    Terminal,
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Print => "print",
+            Action::Export { .. } => "export",
+            Action::Publish { .. } => "publish",
+            Action::Terminal => "terminal",
+        }
+    }
+}
+
+impl Serialize for CallSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let CallSpec {
+            function,
+            args,
+            action,
+        } = self;
+        tagged!(s, function, args, action)
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind())?;
+        match self {
+            Action::Export { path: Some(path) } => map.serialize_entry("path", path)?,
+            Action::Publish {
+                address: Some(address),
+            } => map.serialize_entry("address", address)?,
+            _ => {}
+        }
+        map.end()
+    }
+}
+
+impl CallSpec {
+    /// Reads `RBUILD_CALL`. As lenient as the SDK always was: what is
+    /// missing is empty (and reported by the function lookup), an action
+    /// without a kind prints.
+    pub fn from_json(text: &str) -> Result<CallSpec, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let function = str_field(&v, "function", "call")?
+            .unwrap_or_default()
+            .to_string();
+        let args = serde_json::from_value(v["args"].clone()).unwrap_or_default();
+        let a = &v["action"];
+        let action = match str_field(a, "kind", "action")?.unwrap_or("print") {
+            "print" => Action::Print,
+            "export" => Action::Export {
+                path: str_field(a, "path", "action")?.map(String::from),
+            },
+            "publish" => Action::Publish {
+                address: str_field(a, "address", "action")?.map(String::from),
+            },
+            "terminal" => Action::Terminal,
+            other => return Err(format!("unknown action {other:?}")),
+        };
+        Ok(CallSpec {
+            function,
+            args,
+            action,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_reads_leniently_as_the_sdk_always_did() {
+        let call = CallSpec::from_json(
+            r#"{"function": "f", "args": {"a": "1"}, "action": {"kind": "export", "path": "/o"}}"#,
+        )
+        .unwrap();
+        assert_eq!(call.function, "f");
+        assert_eq!(call.args["a"], "1");
+        assert_eq!(
+            call.action,
+            Action::Export {
+                path: Some("/o".into())
+            }
+        );
+        assert_eq!(CallSpec::from_json("{}").unwrap(), CallSpec::default());
+        assert!(CallSpec::from_json("not json").is_err());
+        assert!(CallSpec::from_json(r#"{"action": {"kind": "dance"}}"#)
+            .unwrap_err()
+            .contains("dance"));
+    }
+
+    #[test]
+    fn an_action_leaves_out_what_it_does_not_have() {
+        let json = |a: Action| serde_json::to_string(&a).unwrap();
+        assert_eq!(json(Action::Print), r#"{"kind":"print"}"#);
+        assert_eq!(json(Action::Export { path: None }), r#"{"kind":"export"}"#);
+        assert_eq!(
+            json(Action::Publish {
+                address: Some("r/a:1".into())
+            }),
+            r#"{"kind":"publish","address":"r/a:1"}"#
+        );
+    }
+}

@@ -1,0 +1,611 @@
+//! The pipeline graph as it travels: values (containers, directories,
+//! files, secrets) as the chains of builder calls that made them, oldest
+//! first. Pure data; evaluating it is the engine's job.
+
+#[cfg(feature = "engine")]
+use serde::Deserialize;
+use serde_core::{Serialize, Serializer};
+
+use super::{serialize_as_str, tagged};
+
+/// One builder call on a `Container`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum ContainerOp {
+    From {
+        address: String,
+    },
+    WithExec {
+        args: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        expect: Expect,
+        #[cfg_attr(feature = "engine", serde(default))]
+        stdin: Option<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        use_entrypoint: bool,
+    },
+    WithEnvVariable {
+        name: String,
+        value: String,
+        #[cfg_attr(feature = "engine", serde(default))]
+        expand: bool,
+    },
+    WithoutEnvVariable {
+        name: String,
+    },
+    WithSecretVariable {
+        name: String,
+        secret: SecretDef,
+    },
+    WithWorkdir {
+        path: String,
+    },
+    WithUser {
+        name: String,
+    },
+    WithEntrypoint {
+        args: Vec<String>,
+    },
+    WithDefaultArgs {
+        args: Vec<String>,
+    },
+    WithLabel {
+        name: String,
+        value: String,
+    },
+    WithDirectory {
+        path: String,
+        directory: DirectoryDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        include: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        exclude: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        owner: Option<String>,
+    },
+    WithFile {
+        path: String,
+        file: FileDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        permissions: Option<u32>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        owner: Option<String>,
+    },
+    WithNewFile {
+        path: String,
+        contents: String,
+        #[cfg_attr(feature = "engine", serde(default))]
+        permissions: Option<u32>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        owner: Option<String>,
+    },
+    WithoutFile {
+        path: String,
+    },
+    WithoutDirectory {
+        path: String,
+    },
+    WithMountedDirectory {
+        path: String,
+        directory: DirectoryDef,
+    },
+    WithMountedFile {
+        path: String,
+        file: FileDef,
+    },
+    WithMountedCache {
+        path: String,
+        volume: String,
+        #[cfg_attr(feature = "engine", serde(default))]
+        sharing: Sharing,
+    },
+    WithMountedTemp {
+        path: String,
+    },
+    WithMountedSecret {
+        path: String,
+        secret: SecretDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        mode: Option<u32>,
+    },
+    WithoutMount {
+        path: String,
+    },
+    /// Replaces the container with the image in an OCI tarball.
+    Import {
+        file: FileDef,
+    },
+    WithExposedPort {
+        port: u16,
+        #[cfg_attr(feature = "engine", serde(default = "tcp"))]
+        protocol: String,
+    },
+    WithRegistryAuth {
+        address: String,
+        username: String,
+        secret: SecretDef,
+    },
+}
+
+#[cfg(feature = "engine")]
+fn tcp() -> String {
+    "tcp".into()
+}
+
+impl ContainerOp {
+    /// The op's name on the wire (`with_exec`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ContainerOp::From { .. } => "from",
+            ContainerOp::WithExec { .. } => "with_exec",
+            ContainerOp::WithEnvVariable { .. } => "with_env_variable",
+            ContainerOp::WithoutEnvVariable { .. } => "without_env_variable",
+            ContainerOp::WithSecretVariable { .. } => "with_secret_variable",
+            ContainerOp::WithWorkdir { .. } => "with_workdir",
+            ContainerOp::WithUser { .. } => "with_user",
+            ContainerOp::WithEntrypoint { .. } => "with_entrypoint",
+            ContainerOp::WithDefaultArgs { .. } => "with_default_args",
+            ContainerOp::WithLabel { .. } => "with_label",
+            ContainerOp::WithDirectory { .. } => "with_directory",
+            ContainerOp::WithFile { .. } => "with_file",
+            ContainerOp::WithNewFile { .. } => "with_new_file",
+            ContainerOp::WithoutFile { .. } => "without_file",
+            ContainerOp::WithoutDirectory { .. } => "without_directory",
+            ContainerOp::WithMountedDirectory { .. } => "with_mounted_directory",
+            ContainerOp::WithMountedFile { .. } => "with_mounted_file",
+            ContainerOp::WithMountedCache { .. } => "with_mounted_cache",
+            ContainerOp::WithMountedTemp { .. } => "with_mounted_temp",
+            ContainerOp::WithMountedSecret { .. } => "with_mounted_secret",
+            ContainerOp::WithoutMount { .. } => "without_mount",
+            ContainerOp::Import { .. } => "import",
+            ContainerOp::WithExposedPort { .. } => "with_exposed_port",
+            ContainerOp::WithRegistryAuth { .. } => "with_registry_auth",
+        }
+    }
+}
+
+impl Serialize for ContainerOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use ContainerOp::*;
+        let op = self.name();
+        match self {
+            From { address } => tagged!(s, "op" = op, address),
+            WithExec {
+                args,
+                expect,
+                stdin,
+                use_entrypoint,
+            } => tagged!(s, "op" = op, args, expect, stdin, use_entrypoint),
+            WithEnvVariable {
+                name,
+                value,
+                expand,
+            } => tagged!(s, "op" = op, name, value, expand),
+            WithoutEnvVariable { name } | WithUser { name } => tagged!(s, "op" = op, name),
+            WithSecretVariable { name, secret } => tagged!(s, "op" = op, name, secret),
+            WithWorkdir { path }
+            | WithoutFile { path }
+            | WithoutDirectory { path }
+            | WithMountedTemp { path }
+            | WithoutMount { path } => tagged!(s, "op" = op, path),
+            WithEntrypoint { args } | WithDefaultArgs { args } => tagged!(s, "op" = op, args),
+            WithLabel { name, value } => tagged!(s, "op" = op, name, value),
+            WithDirectory {
+                path,
+                directory,
+                include,
+                exclude,
+                owner,
+            } => tagged!(s, "op" = op, path, directory, include, exclude, owner),
+            WithFile {
+                path,
+                file,
+                permissions,
+                owner,
+            } => tagged!(s, "op" = op, path, file, permissions, owner),
+            WithNewFile {
+                path,
+                contents,
+                permissions,
+                owner,
+            } => tagged!(s, "op" = op, path, contents, permissions, owner),
+            WithMountedDirectory { path, directory } => tagged!(s, "op" = op, path, directory),
+            WithMountedFile { path, file } => tagged!(s, "op" = op, path, file),
+            WithMountedCache {
+                path,
+                volume,
+                sharing,
+            } => tagged!(s, "op" = op, path, volume, sharing),
+            WithMountedSecret { path, secret, mode } => {
+                tagged!(s, "op" = op, path, secret, mode)
+            }
+            Import { file } => tagged!(s, "op" = op, file),
+            WithExposedPort { port, protocol } => tagged!(s, "op" = op, port, protocol),
+            WithRegistryAuth {
+                address,
+                username,
+                secret,
+            } => tagged!(s, "op" = op, address, username, secret),
+        }
+    }
+}
+
+/// How a published or exported image is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(deny_unknown_fields, default)
+)]
+pub struct ImageFormatDef {
+    pub compression: CompressionDef,
+    pub media_types: MediaTypesDef,
+    pub real_timestamps: bool,
+}
+
+impl Serialize for ImageFormatDef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ImageFormatDef {
+            compression,
+            media_types,
+            real_timestamps,
+        } = self;
+        tagged!(s, compression, media_types, real_timestamps)
+    }
+}
+
+/// Compression of the layers rbuild makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum CompressionDef {
+    #[default]
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl CompressionDef {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionDef::Gzip => "gzip",
+            CompressionDef::Zstd => "zstd",
+            CompressionDef::Uncompressed => "uncompressed",
+        }
+    }
+}
+
+/// Media types of an image's manifest, config and layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum MediaTypesDef {
+    #[default]
+    Oci,
+    Docker,
+}
+
+impl MediaTypesDef {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaTypesDef::Oci => "oci",
+            MediaTypesDef::Docker => "docker",
+        }
+    }
+}
+
+/// What a `with_exec` must end with to count as a result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Expect {
+    #[default]
+    Success,
+    Failure,
+    Any,
+}
+
+impl Expect {
+    pub fn accepts(self, exit_code: i64) -> bool {
+        match self {
+            Expect::Success => exit_code == 0,
+            Expect::Failure => exit_code != 0,
+            Expect::Any => true,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Success => "success",
+            Expect::Failure => "failure",
+            Expect::Any => "any",
+        }
+    }
+}
+
+/// How concurrent users share a cache volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Sharing {
+    /// Everyone uses the same directory at once.
+    #[default]
+    Shared,
+    /// A concurrent user gets a directory of its own.
+    Private,
+    /// Users take turns.
+    Locked,
+}
+
+impl Sharing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Shared => "shared",
+            Sharing::Private => "private",
+            Sharing::Locked => "locked",
+        }
+    }
+}
+
+serialize_as_str!(CompressionDef, MediaTypesDef, Expect, Sharing);
+
+/// A `Container` value: the operations that built it, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct ContainerDef {
+    pub ops: Vec<ContainerOp>,
+    /// Where each op was called in the pipeline (`file:line`), when the SDK knows.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub at: Vec<Option<String>>,
+}
+
+impl Serialize for ContainerDef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ContainerDef { ops, at } = self;
+        tagged!(s, ops, at)
+    }
+}
+
+/// Where a `Directory` starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum DirectorySource {
+    /// `client.directory()`
+    Empty,
+    /// `client.host().directory(path, opts)`; `path` is absolute.
+    Host {
+        path: String,
+        #[cfg_attr(feature = "engine", serde(default))]
+        include: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        exclude: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        gitignore: bool,
+    },
+    /// `container.directory(path)`
+    Container {
+        container: ContainerDef,
+        path: String,
+    },
+}
+
+impl Serialize for DirectorySource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DirectorySource::Empty => tagged!(s, "source" = "empty"),
+            DirectorySource::Host {
+                path,
+                include,
+                exclude,
+                gitignore,
+            } => tagged!(s, "source" = "host", path, include, exclude, gitignore),
+            DirectorySource::Container { container, path } => {
+                tagged!(s, "source" = "container", container, path)
+            }
+        }
+    }
+}
+
+/// One builder call on a `Directory`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum DirectoryOp {
+    Directory {
+        path: String,
+    },
+    WithNewFile {
+        path: String,
+        contents: String,
+        #[cfg_attr(feature = "engine", serde(default))]
+        permissions: Option<u32>,
+    },
+    WithFile {
+        path: String,
+        file: FileDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        permissions: Option<u32>,
+    },
+    WithDirectory {
+        path: String,
+        directory: DirectoryDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        include: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        exclude: Vec<String>,
+    },
+    WithoutFile {
+        path: String,
+    },
+    WithoutDirectory {
+        path: String,
+    },
+    Filter {
+        #[cfg_attr(feature = "engine", serde(default))]
+        include: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        exclude: Vec<String>,
+    },
+    Diff {
+        other: DirectoryDef,
+    },
+}
+
+impl DirectoryOp {
+    /// The op's name on the wire (`with_new_file`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            DirectoryOp::Directory { .. } => "directory",
+            DirectoryOp::WithNewFile { .. } => "with_new_file",
+            DirectoryOp::WithFile { .. } => "with_file",
+            DirectoryOp::WithDirectory { .. } => "with_directory",
+            DirectoryOp::WithoutFile { .. } => "without_file",
+            DirectoryOp::WithoutDirectory { .. } => "without_directory",
+            DirectoryOp::Filter { .. } => "filter",
+            DirectoryOp::Diff { .. } => "diff",
+        }
+    }
+}
+
+impl Serialize for DirectoryOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use DirectoryOp::*;
+        let op = self.name();
+        match self {
+            Directory { path } | WithoutFile { path } | WithoutDirectory { path } => {
+                tagged!(s, "op" = op, path)
+            }
+            WithNewFile {
+                path,
+                contents,
+                permissions,
+            } => tagged!(s, "op" = op, path, contents, permissions),
+            WithFile {
+                path,
+                file,
+                permissions,
+            } => tagged!(s, "op" = op, path, file, permissions),
+            WithDirectory {
+                path,
+                directory,
+                include,
+                exclude,
+            } => tagged!(s, "op" = op, path, directory, include, exclude),
+            Filter { include, exclude } => tagged!(s, "op" = op, include, exclude),
+            Diff { other } => tagged!(s, "op" = op, other),
+        }
+    }
+}
+
+/// A `Directory` value: where it starts and the calls that changed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct DirectoryDef {
+    pub source: DirectorySource,
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub ops: Vec<DirectoryOp>,
+}
+
+impl Serialize for DirectoryDef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let DirectoryDef { source, ops } = self;
+        tagged!(s, source, ops)
+    }
+}
+
+/// A `File` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum FileDef {
+    /// `client.host().file(path)`; `path` is absolute.
+    Host { path: String },
+    /// `container.file(path)`
+    Container {
+        container: ContainerDef,
+        path: String,
+    },
+    /// `directory.file(path)`
+    Directory {
+        directory: DirectoryDef,
+        path: String,
+    },
+    /// `container.as_tarball()`: the container as an OCI image tarball.
+    Tarball {
+        container: ContainerDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        format: ImageFormatDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        name: Option<String>,
+    },
+}
+
+impl Serialize for FileDef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FileDef::Host { path } => tagged!(s, "source" = "host", path),
+            FileDef::Container { container, path } => {
+                tagged!(s, "source" = "container", container, path)
+            }
+            FileDef::Directory { directory, path } => {
+                tagged!(s, "source" = "directory", directory, path)
+            }
+            FileDef::Tarball {
+                container,
+                format,
+                name,
+            } => tagged!(s, "source" = "tarball", container, format, name),
+        }
+    }
+}
+
+/// A `Secret` value: a name (what cache keys and messages show) and where
+/// the plaintext comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct SecretDef {
+    pub name: String,
+    /// `env:NAME`, `file:PATH` or `cmd:COMMAND`; absent for `set_secret`.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub uri: Option<String>,
+    /// The plaintext, for `set_secret` only.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub plaintext: Option<String>,
+}
+
+impl Serialize for SecretDef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let SecretDef {
+            name,
+            uri,
+            plaintext,
+        } = self;
+        tagged!(s, name, uri, plaintext)
+    }
+}

@@ -1,0 +1,269 @@
+//! A pipeline's functions as the engine sees them: asking the pipeline for
+//! its listing, reading the `rbuild call` command line, and the call spec
+//! the pipeline is then run with. The shapes are `rbuild_sdk::wire`'s.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rbuild_sdk::wire::{self, Action, ArgKind, CallSpec, FunctionDecl, Header, Listing};
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+use crate::pipeline;
+
+/// Builds the pipeline and asks it for its functions.
+pub async fn describe(config: &EngineConfig, path: &Path) -> Result<Vec<FunctionDecl>> {
+    let built = {
+        let (path, cache) = (path.to_path_buf(), config.cache_dir.clone());
+        tokio::task::spawn_blocking(move || pipeline::build(&path, &cache)).await??
+    };
+    let out = tokio::process::Command::new(&built.executable)
+        .env(wire::LIST_ENV, "1")
+        .output()
+        .await
+        .with_context(|| format!("run pipeline {}", path.display()))?;
+    read_listing(path, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The functions in a pipeline's output under `RBUILD_FUNCTIONS_LIST`: its
+/// last line that is JSON.
+pub fn read_listing(path: &Path, stdout: &str) -> Result<Vec<FunctionDecl>> {
+    let doc: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow!("pipeline {} did not describe its functions", path.display()))?;
+    let listing = if doc.is_object() {
+        let header = Header::deserialize(&doc)
+            .with_context(|| format!("pipeline {}'s listing of functions", path.display()))?;
+        crate::session::check_protocol(header.protocol, &header.sdk)
+            .map_err(|e| anyhow!("pipeline {}: {e}", path.display()))?;
+        Listing::deserialize(&doc).with_context(|| {
+            format!(
+                "pipeline {} listed its functions in a form this rbuild cannot read",
+                path.display()
+            )
+        })?
+    } else {
+        Listing::default()
+    };
+    listing.functions.ok_or_else(|| {
+        anyhow!(
+            "pipeline {} exposes no functions: declare them with rbuild_sdk::Functions (see `rbuild init`)",
+            path.display()
+        )
+    })
+}
+
+/// A parsed `rbuild call` command line.
+#[derive(Debug, PartialEq)]
+pub struct CallLine {
+    pub path: Option<PathBuf>,
+    pub function: String,
+    pub args: Vec<(String, String)>,
+    pub action: Action,
+}
+
+const ACTIONS: [&str; 5] = ["print", "stdout", "export", "publish", "terminal"];
+
+/// `[PATH] FN [--name value | --name=value]... [ACTION [--flag value]...]`
+pub fn parse_call(words: &[String]) -> Result<CallLine> {
+    let mut i = 0;
+    let positionals: Vec<&String> = words.iter().take_while(|w| !w.starts_with("--")).collect();
+    let (path, function) = match positionals.as_slice() {
+        [] => bail!(
+            "usage: rbuild call [PATH] FUNCTION [--arg value]... [print | export --path P | publish --address A | terminal]"
+        ),
+        [f] => (None, (*f).clone()),
+        [p, f, ..] if !ACTIONS.contains(&f.as_str()) => {
+            i += 1;
+            (Some(PathBuf::from(p)), (*f).clone())
+        }
+        [f, ..] => (None, (*f).clone()),
+    };
+    i += 1;
+    let flags = |i: &mut usize, out: &mut Vec<(String, String)>| -> Result<()> {
+        while *i < words.len() && words[*i].starts_with("--") {
+            let w = &words[*i][2..];
+            if let Some((k, v)) = w.split_once('=') {
+                out.push((k.into(), v.into()));
+                *i += 1;
+            } else {
+                let v = words
+                    .get(*i + 1)
+                    .ok_or_else(|| anyhow!("--{w} needs a value"))?;
+                out.push((w.into(), v.clone()));
+                *i += 2;
+            }
+        }
+        Ok(())
+    };
+    let mut args = Vec::new();
+    flags(&mut i, &mut args)?;
+    let mut action = Action::Print;
+    if let Some(word) = words.get(i) {
+        if !ACTIONS.contains(&word.as_str()) {
+            bail!(
+                "unknown action {word:?}: use print, export --path P, publish --address A or terminal"
+            );
+        }
+        i += 1;
+        let mut opts = Vec::new();
+        flags(&mut i, &mut opts)?;
+        // The last of a repeated flag wins; flags an action does not take are ignored.
+        let flag = |name: &str| {
+            opts.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        action = match word.as_str() {
+            "print" | "stdout" => Action::Print,
+            "export" => Action::Export {
+                path: match flag("path") {
+                    Some(p) => Some(std::path::absolute(&p)?.display().to_string()),
+                    None => None,
+                },
+            },
+            "publish" => Action::Publish {
+                address: flag("address"),
+            },
+            _ => Action::Terminal,
+        };
+        if let Some(extra) = words.get(i) {
+            bail!("unexpected {extra:?} after the action");
+        }
+    }
+    Ok(CallLine {
+        path,
+        function,
+        args,
+        action,
+    })
+}
+
+/// What the pipeline at `path` is run with for `line`, checked against the
+/// functions it declares before anything runs.
+pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Result<CallSpec> {
+    let f = functions
+        .iter()
+        .find(|f| f.name == line.function)
+        .ok_or_else(|| {
+            anyhow!(
+                "pipeline {} has no function {:?} (see `rbuild functions`)",
+                path.display(),
+                line.function
+            )
+        })?;
+    let mut args = std::collections::BTreeMap::new();
+    for (k, v) in &line.args {
+        let decl = f
+            .args
+            .iter()
+            .find(|a| &a.name == k)
+            .ok_or_else(|| anyhow!("{}: unknown argument --{k}", line.function))?;
+        // Host paths are the caller's, relative to where rbuild was started.
+        let v = match decl.kind {
+            ArgKind::Directory | ArgKind::File => std::path::absolute(v)?.display().to_string(),
+            _ => v.clone(),
+        };
+        args.insert(k.clone(), v);
+    }
+    Ok(CallSpec {
+        function: line.function.clone(),
+        args,
+        action: line.action.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_sdk::wire::ArgDecl;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_call_lines() {
+        let l = parse_call(&words("build --src . --release=false")).unwrap();
+        assert_eq!(l.path, None);
+        assert_eq!(l.function, "build");
+        assert_eq!(
+            l.args,
+            vec![
+                ("src".into(), ".".into()),
+                ("release".into(), "false".into())
+            ]
+        );
+        assert_eq!(l.action, Action::Print);
+
+        let l = parse_call(&words(
+            "ci/pipeline.rs build --src x publish --address r/a:1",
+        ))
+        .unwrap();
+        assert_eq!(l.path, Some(PathBuf::from("ci/pipeline.rs")));
+        assert_eq!(
+            l.action,
+            Action::Publish {
+                address: Some("r/a:1".into())
+            }
+        );
+
+        let l = parse_call(&words("build terminal")).unwrap();
+        assert_eq!((l.path, l.action), (None, Action::Terminal));
+        assert!(parse_call(&words("build --src")).is_err());
+        assert!(parse_call(&words("ci/pipeline.rs build dance")).is_err());
+    }
+
+    #[test]
+    fn a_call_is_checked_against_the_declaration() {
+        let functions = [FunctionDecl {
+            name: "build".into(),
+            doc: String::new(),
+            args: vec![ArgDecl {
+                name: "src".into(),
+                kind: ArgKind::Directory,
+                doc: String::new(),
+                default: None,
+            }],
+        }];
+        let p = Path::new("ci.rs");
+        let spec = call_spec(
+            &parse_call(&words("build --src sub export --path out")).unwrap(),
+            &functions,
+            p,
+        )
+        .unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(spec.args["src"], here.join("sub").display().to_string());
+        assert_eq!(
+            spec.action,
+            Action::Export {
+                path: Some(here.join("out").display().to_string())
+            }
+        );
+        let e =
+            call_spec(&parse_call(&words("build --dst x")).unwrap(), &functions, p).unwrap_err();
+        assert_eq!(e.to_string(), "build: unknown argument --dst");
+        let e = call_spec(&parse_call(&words("test")).unwrap(), &functions, p).unwrap_err();
+        assert!(e.to_string().contains("has no function \"test\""), "{e}");
+    }
+
+    #[test]
+    fn a_listing_is_its_last_json_line() {
+        let p = Path::new("ci.rs");
+        let out = "noise\n{\"functions\": [{\"name\": \"f\", \"doc\": \"d\", \"args\": []}]}\n";
+        assert_eq!(read_listing(p, out).unwrap()[0].name, "f");
+        let e = read_listing(p, "{\"functions\": null}\n").unwrap_err();
+        assert!(e.to_string().contains("exposes no functions"), "{e}");
+        let e = read_listing(p, "hello\n").unwrap_err();
+        assert!(
+            e.to_string().contains("did not describe its functions"),
+            "{e}"
+        );
+        let e = read_listing(p, "{\"protocol\": 99, \"functions\": null}\n").unwrap_err();
+        assert!(e.to_string().contains("speaks protocol 99"), "{e}");
+    }
+}
