@@ -466,6 +466,20 @@ fn cache_keys(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+/// Moves every entry's creation and last use `secs` into the past, as if
+/// that much time had gone by since (the index's clock is in seconds).
+fn age_entries(env: &TestEnv, secs: i64) {
+    let db = rusqlite::Connection::open(env.root().join("index.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let n = db
+        .execute(
+            "UPDATE steps SET created = created - ?1, last_used = last_used - ?1",
+            [secs],
+        )
+        .unwrap();
+    assert!(n > 0, "no entries to age");
+}
+
 fn prune(env: &TestEnv, args: &[&str]) -> String {
     let out = env
         .command()
@@ -495,7 +509,8 @@ fn prune_policies_remove_exactly_what_they_say() {
         "print=stdout",
     ];
     env.steps(&old).ok();
-    std::thread::sleep(Duration::from_secs(3));
+    // An hour passes (in the index), then `new` runs.
+    age_entries(&env, 3600);
     env.steps(&new).ok();
     assert_eq!(cache_keys(&env).len(), 2);
     assert_eq!(step_snapshots(&env).len(), 2);
@@ -503,7 +518,7 @@ fn prune_policies_remove_exactly_what_they_say() {
     assert!(String::from_utf8_lossy(&du.stdout).contains("2 entries"));
 
     // By age: the older entry goes, rows and snapshot; the newer one still hits.
-    assert!(prune(&env, &["--keep-duration", "2s"]).contains("removed 1 entries"));
+    assert!(prune(&env, &["--keep-duration", "30m"]).contains("removed 1 entries"));
     assert_eq!(cache_keys(&env).len(), 1);
     assert_eq!(
         step_snapshots(&env).len(),
@@ -515,7 +530,7 @@ fn prune_policies_remove_exactly_what_they_say() {
 
     // By size: the least recently used entries go until the rest fits.
     env.steps(&old).ok();
-    std::thread::sleep(Duration::from_secs(1));
+    age_entries(&env, 10);
     env.steps(&new).ok(); // `new` is the most recently used again
     assert!(prune(&env, &["--keep-storage", "1.5MB"]).contains("removed 1 entries"));
     assert_eq!(env.steps(&new).ok().cached(), 1);

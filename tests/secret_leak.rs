@@ -2,7 +2,8 @@
 //! mounted files, `cmd:`, `set_secret`; printed whole and in pieces, in a
 //! failing step), then searches everything rbuild wrote for them: its state
 //! root (index, WAL, volumes, compiled pipelines), containerd's snapshots,
-//! the logs and the progress output.
+//! metadata and content store (the layers of an image built from the step,
+//! decompressed), that image's tarball, the logs and the progress output.
 
 mod common;
 
@@ -11,17 +12,55 @@ use std::process::Command;
 
 use common::*;
 
-/// Files under `dir` whose bytes contain `needle`.
+/// containerd's root on the test machine (fixtures/setup.sh runs the
+/// system containerd with its default root).
+const CONTAINERD_ROOT: &str = "/var/lib/containerd";
+
+/// Files under `dir` whose bytes contain `needle`. `dir` must exist, and
+/// grep must have searched it: a file vanishing mid-search (another
+/// test's snapshot removed) is the only error let through.
 fn grep(dir: &Path, needle: &str) -> Vec<String> {
+    assert!(dir.exists(), "{} to search does not exist", dir.display());
     let out = Command::new("grep")
         .args(["-r", "-l", "-a", "-F", needle])
         .arg(dir)
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) | Some(1) => {}
+        Some(2)
+            if stderr
+                .lines()
+                .all(|l| l.ends_with("No such file or directory")) => {}
+        _ => panic!(
+            "grep in {} failed: {:?} {stderr}",
+            dir.display(),
+            out.status
+        ),
+    }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(String::from)
         .collect()
+}
+
+/// Whether `file`, decompressed if it is gzip (a layer), contains `needle`.
+fn blob_contains(file: &Path, needle: &str) -> bool {
+    assert!(file.is_file(), "{} is not a file", file.display());
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("zcat -f -- \"$1\" | grep -q -a -F -- \"$2\"")
+        .arg("sh")
+        .arg(file)
+        .arg(needle)
+        .status()
+        .unwrap();
+    match status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("searching {} failed: {status:?}", file.display()),
+    }
 }
 
 #[test]
@@ -33,6 +72,7 @@ fn secret_values_appear_nowhere_rbuild_writes() {
     let file_value = format!("fileleak{nonce}");
     let file = env.dir.path().join("secret-source");
     std::fs::write(&file, &file_value).unwrap();
+    let image = env.dir.path().join("image.tar");
 
     let out = env
         .command()
@@ -41,7 +81,7 @@ fn secret_values_appear_nowhere_rbuild_writes() {
         .arg("run")
         .arg(repo_root().join("fixtures/pipelines/api.rs"))
         .arg("--")
-        .args(["secrets", file.to_str().unwrap()])
+        .args(["secrets", file.to_str().unwrap(), image.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,6 +90,28 @@ fn secret_values_appear_nowhere_rbuild_writes() {
     assert!(
         stdout.contains("token=***"),
         "the step did use the secret: {stdout}"
+    );
+
+    assert!(
+        stdout.contains(&format!("image: {}", image.display())),
+        "the image was written: {stdout}"
+    );
+    // What the namespace holds in containerd's content store: at least the
+    // exported image's layers, config and manifest.
+    let blobs: Vec<_> = env
+        .ctr(&["content", "ls", "-q"])
+        .lines()
+        .map(|digest| {
+            let (algo, hex) = digest.split_once(':').expect("a digest");
+            Path::new(CONTAINERD_ROOT)
+                .join("io.containerd.content.v1.content/blobs")
+                .join(algo)
+                .join(hex)
+        })
+        .collect();
+    assert!(
+        blobs.len() >= 3,
+        "the image's blobs are in the content store: {blobs:?}"
     );
 
     // set_secret's value is fixed in the pipeline; the others are planted here.
@@ -65,12 +127,29 @@ fn secret_values_appear_nowhere_rbuild_writes() {
         );
         let in_root = grep(&env.root(), value);
         assert!(in_root.is_empty(), "{value} in the state root: {in_root:?}");
-        let snapshots =
-            Path::new("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots");
-        let in_snapshots = grep(snapshots, value);
+        let root = Path::new(CONTAINERD_ROOT);
+        let snapshots = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+        let in_snapshots = grep(&snapshots, value);
         assert!(
             in_snapshots.is_empty(),
             "{value} in a snapshot: {in_snapshots:?}"
+        );
+        let meta = root.join("io.containerd.metadata.v1.bolt/meta.db");
+        assert!(
+            !blob_contains(&meta, value),
+            "{value} in containerd's metadata (labels)"
+        );
+        // The image's layers and config, in the content store and on the host.
+        for blob in &blobs {
+            assert!(
+                !blob_contains(blob, value),
+                "{value} in blob {}",
+                blob.display()
+            );
+        }
+        assert!(
+            !blob_contains(&image, value),
+            "{value} in the image tarball"
         );
     }
     // Mounted secrets lived in RAM only and are gone.

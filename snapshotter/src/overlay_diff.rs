@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_containerd::containerd_client::types::Mount;
 
-use crate::xattr::{OPAQUE, get_xattr, list_xattrs};
+use crate::xattr::{OPAQUE, get_xattr, is_overlay_private, list_xattrs};
 
 /// Overlay's opaque marker, and its name when mounted with `userxattr`.
 const OPAQUE_XATTRS: [&str; 2] = [OPAQUE, "user.overlay.opaque"];
@@ -173,7 +173,7 @@ impl<W: Write> LayerWriter<W> {
         let xattrs = list_xattrs(&v.path)?;
         let records: Vec<(String, Vec<u8>)> = xattrs
             .into_iter()
-            .filter(|(k, _)| !k.starts_with("trusted.overlay.") && !k.starts_with("user.overlay."))
+            .filter(|(k, _)| !is_overlay_private(k))
             .map(|(k, val)| (format!("SCHILY.xattr.{k}"), val))
             .collect();
         if !records.is_empty() {

@@ -9,6 +9,12 @@ use std::path::Path;
 /// How overlayfs marks a directory whose lower contents are hidden.
 pub(crate) const OPAQUE: &str = "trusted.overlay.opaque";
 
+/// Whether `name` is overlayfs' own bookkeeping (opaque markers, origins,
+/// redirects) rather than an attribute of the file a layer carries.
+pub(crate) fn is_overlay_private(name: &str) -> bool {
+    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+}
+
 /// `path` as a C string for the system calls below.
 pub(crate) fn cpath(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)

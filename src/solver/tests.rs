@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use rbuild_snapshotter::host_scan::{HostScan, Known};
 use rbuild_snapshotter::tree::{HostListing, KnownHashes};
@@ -24,6 +23,9 @@ struct Fake {
     snapshots: Arc<Mutex<HashSet<String>>>,
     counter: AtomicU64,
     pulls: AtomicU64,
+    /// Steps whose command says `rendezvous=N` wait inside their exec
+    /// until N of them are there at once.
+    rendezvous: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 fn digest(s: &str) -> String {
@@ -85,7 +87,20 @@ impl Worker for Fake {
         req: ExecRequest,
         _c: CancellationToken,
     ) -> Result<ExecOutcome, SolveError> {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::task::yield_now().await;
+        if let Some(n) = req.args.iter().find_map(|a| a.strip_prefix("rendezvous=")) {
+            let barrier = self
+                .rendezvous
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| Arc::new(tokio::sync::Barrier::new(n.parse().unwrap())))
+                .clone();
+            // A hang detector, not a speed bound: steps run one after the
+            // other never all arrive.
+            tokio::time::timeout(std::time::Duration::from_secs(30), barrier.wait())
+                .await
+                .expect("the steps were never all running at once");
+        }
         self.execs.lock().unwrap().push(req.args.clone());
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         if let Some(code) = req.args.iter().find_map(|a| a.strip_prefix("exit=")) {
@@ -370,15 +385,13 @@ async fn identical_work_requested_twice_at_once_runs_once() {
 async fn independent_branches_run_concurrently() {
     let h = Harness::new();
     let (s, _) = h.run();
-    let started = Instant::now();
+    // Each branch's step waits inside its exec until all four are there.
     let defs: Vec<_> = (0..4)
-        .map(|i| pipeline(&[&[&format!("branch{i}")]], None))
+        .map(|i| pipeline(&[&[&format!("branch{i}"), "rendezvous=4"]], None))
         .collect();
     let results = futures::future::join_all(defs.iter().map(|d| s.container(d))).await;
-    assert!(results.iter().all(|r| r.is_ok()));
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     assert_eq!(execs(&s).len(), 4);
-    // Each fake exec sleeps 20 ms; serial would be >= 80 ms.
-    assert!(started.elapsed() < std::time::Duration::from_millis(75));
 }
 
 #[tokio::test]

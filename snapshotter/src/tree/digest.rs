@@ -123,6 +123,7 @@ fn digest_node(p: &Path, h: &mut blake3::Hasher, budget: &mut u64) -> Result<boo
         h.update(&m.mode().to_le_bytes());
         h.update(&m.uid().to_le_bytes());
         h.update(&m.gid().to_le_bytes());
+        digest_xattrs(&c, h)?;
         let ft = m.file_type();
         if ft.is_dir() {
             h.update(&[u8::from(is_opaque(&c))]);
@@ -143,6 +144,29 @@ fn digest_node(p: &Path, h: &mut blake3::Hasher, budget: &mut u64) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// The extended attributes a layer would carry (`security.capability`,
+/// ACLs, `user.*`), not overlayfs' own bookkeeping. Nothing is added for
+/// an entry without any, so digests of such trees are as they were.
+fn digest_xattrs(p: &Path, h: &mut blake3::Hasher) -> Result<(), Error> {
+    let xattrs: Vec<(String, Vec<u8>)> = crate::xattr::list_xattrs(p)
+        .map_err(|e| Error::io("read extended attributes", p, e))?
+        .into_iter()
+        .filter(|(k, _)| !crate::xattr::is_overlay_private(k))
+        .collect();
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    h.update(b"\0xattrs\0");
+    h.update(&(xattrs.len() as u64).to_le_bytes());
+    for (k, v) in xattrs {
+        h.update(&(k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(&v);
+    }
+    Ok(())
 }
 
 fn is_opaque(dir: &Path) -> bool {

@@ -40,6 +40,44 @@ impl StatKey {
             ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         }
     }
+
+    /// Whether the file was last changed before `horizon_ns` (nanoseconds
+    /// since the epoch), so that a later change cannot carry the same
+    /// mtime and ctime: only then may the stat cache vouch for it.
+    fn settled_before(&self, horizon_ns: i64) -> bool {
+        self.mtime_ns < horizon_ns && self.ctime_ns < horizon_ns
+    }
+}
+
+/// The moment before which a file's timestamps are trusted by a scan
+/// starting now on `root`'s filesystem: git's "racily clean" rule. A file
+/// written within one timestamp tick of its hashing could be written again
+/// in the same tick, same size, and keep every stat field; such a file is
+/// hashed for this scan but not recorded, so the next scan reads it again.
+fn trust_horizon(root: &Path) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    now - timestamp_granularity_ns(root)
+}
+
+/// How far apart two writes must be for the filesystem to give them
+/// different timestamps, with a margin. Local Linux filesystems keep
+/// nanoseconds but stamp from the kernel's coarse clock (a jiffy, at most
+/// 10 ms); anything else (FAT's 2 s, network filesystems' server clocks)
+/// gets two seconds.
+fn timestamp_granularity_ns(root: &Path) -> i64 {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    const OVERLAYFS: i64 = 0x794C_7630;
+    const F2FS: i64 = 0xF2F5_2010;
+    const ZFS: i64 = 0x2FC1_2FC1;
+    match rustix::fs::statfs(root).map(|s| s.f_type as i64) {
+        Ok(EXT4 | XFS | BTRFS | TMPFS | OVERLAYFS | F2FS | ZFS) => 100_000_000,
+        _ => 2_000_000_000,
+    }
 }
 
 pub type Hash = [u8; 32];
@@ -97,6 +135,17 @@ pub fn scan_host_dir_with<K: std::borrow::Borrow<KnownHashes>>(
     root: &Path,
     filter: &Filter,
     known: impl FnOnce() -> K,
+) -> Result<(HostListing, KnownHashes), Error> {
+    scan_dir(root, filter, known, trust_horizon(root))
+}
+
+/// The scan itself; of the files hashed, only those changed before
+/// `horizon_ns` are returned as records for the stat cache.
+pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
+    root: &Path,
+    filter: &Filter,
+    known: impl FnOnce() -> K,
+    horizon_ns: i64,
 ) -> Result<(HostListing, KnownHashes), Error> {
     let meta = fs::metadata(root).map_err(|e| Error::io("read host directory", root, e))?;
     if !meta.is_dir() {
@@ -240,7 +289,7 @@ pub fn scan_host_dir_with<K: std::borrow::Borrow<KnownHashes>>(
             }
         })
         .collect();
-    let fresh = hash_files(&todo)?;
+    let mut fresh = hash_files(&todo)?;
     let bytes_hashed = todo.iter().map(|t| t.2.size).sum();
 
     let mut entries = Vec::with_capacity(picked.len());
@@ -281,7 +330,10 @@ pub fn scan_host_dir_with<K: std::borrow::Borrow<KnownHashes>>(
             entries,
             digest,
         },
-        fresh,
+        {
+            fresh.retain(|_, (stat, _)| stat.settled_before(horizon_ns));
+            fresh
+        },
     ))
 }
 
@@ -309,6 +361,17 @@ pub fn scan_host_file(
     path: &Path,
     known: &KnownHashes,
 ) -> Result<(HostListing, KnownHashes), Error> {
+    let horizon = trust_horizon(path.parent().unwrap_or(Path::new("/")));
+    scan_file(path, known, horizon)
+}
+
+/// `scan_host_file`, recording the hash only of a file changed before
+/// `horizon_ns`.
+pub(super) fn scan_file(
+    path: &Path,
+    known: &KnownHashes,
+    horizon_ns: i64,
+) -> Result<(HostListing, KnownHashes), Error> {
     let (Some(root), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(Error::io(
             "read host file",
@@ -327,6 +390,7 @@ pub fn scan_host_file(
     }
     let stat = StatKey::of(&m);
     let mut fresh = KnownHashes::new();
+    let mut hashed = false;
     let kind = if m.file_type().is_symlink() {
         let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
         EntryKind::Symlink {
@@ -337,7 +401,10 @@ pub fn scan_host_file(
             Some((k, h)) if *k == stat => *h,
             _ => {
                 let h = hash_file(path)?;
-                fresh.insert(rel.clone(), (stat, h));
+                hashed = true;
+                if stat.settled_before(horizon_ns) {
+                    fresh.insert(rel.clone(), (stat, h));
+                }
                 h
             }
         };
@@ -357,8 +424,8 @@ pub fn scan_host_file(
     Ok((
         HostListing {
             root: root.to_path_buf(),
-            files_hashed: fresh.len(),
-            bytes_hashed: if fresh.is_empty() { 0 } else { m.size() },
+            files_hashed: usize::from(hashed),
+            bytes_hashed: if hashed { m.size() } else { 0 },
             entries,
             digest,
         },

@@ -24,7 +24,9 @@ fn tree() -> tempfile::TempDir {
     d
 }
 
-/// Scans with a persistent stat cache, like consecutive rbuild runs.
+/// Scans with a persistent stat cache, like consecutive rbuild runs (and
+/// trusting every timestamp: these tests edit files faster than a
+/// timestamp tick on purpose, which the racily-clean tests below cover).
 struct Scanner {
     known: KnownHashes,
 }
@@ -36,7 +38,7 @@ impl Scanner {
         }
     }
     fn scan(&mut self, root: &Path, filter: &Filter) -> HostListing {
-        let (listing, fresh) = scan_host_dir(root, filter, &self.known).unwrap();
+        let (listing, fresh) = scan::scan_dir(root, filter, || &self.known, i64::MAX).unwrap();
         self.known.extend(fresh);
         listing
     }
@@ -253,5 +255,77 @@ fn upper_digest_is_content_based_and_bounded() {
         upper_digest(b.path(), 3).unwrap(),
         None,
         "over budget: unknown"
+    );
+}
+
+#[test]
+fn upper_digest_covers_the_xattrs_layers_carry() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write(a.path(), "bin/ping", "elf");
+    write(b.path(), "bin/ping", "elf");
+    let plain = upper_digest(a.path(), 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        Some(plain.clone()),
+        upper_digest(b.path(), 1 << 20).unwrap()
+    );
+    // `setcap cap_net_raw+ep`: vfs_cap_data revision 2, effective, bit 13.
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    crate::xattr::set_xattr(&b.path().join("bin/ping"), "security.capability", &cap).unwrap();
+    let with_cap = upper_digest(b.path(), 1 << 20).unwrap().unwrap();
+    assert_ne!(
+        plain, with_cap,
+        "a file capability is part of what a step changed"
+    );
+    // overlayfs' own bookkeeping is not.
+    crate::xattr::set_xattr(&a.path().join("bin/ping"), "trusted.overlay.origin", b"x").unwrap();
+    assert_eq!(Some(plain), upper_digest(a.path(), 1 << 20).unwrap());
+}
+
+/// Git's "racily clean" rule: a file changed within one timestamp tick of
+/// its hashing could change again in the same tick with the same size and
+/// keep every stat field, so the stat cache must not vouch for it.
+#[test]
+fn a_file_changed_just_before_the_scan_is_hashed_but_not_vouched_for() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "old", "settled");
+    // More than a tick of the kernel's coarse clock (at most 10 ms), so
+    // that the two files' timestamps differ.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    write(d.path(), "new", "just written");
+    let old_stat = StatKey::of(&fs::metadata(d.path().join("old")).unwrap());
+    // "old" changed before the horizon, "new" at or after it.
+    let horizon = old_stat.mtime_ns.max(old_stat.ctime_ns) + 1;
+    let (listing, fresh) =
+        scan::scan_dir(d.path(), &Filter::default(), KnownHashes::new, horizon).unwrap();
+    assert_eq!(listing.files_hashed, 2, "both files were read");
+    let new_entry = listing.entries.iter().find(|e| e.rel == "new").unwrap();
+    assert_eq!(
+        new_entry.kind,
+        EntryKind::File {
+            hash: *blake3::hash(b"just written").as_bytes(),
+            size: 12
+        }
+    );
+    assert!(StatKey::of(&fs::metadata(d.path().join("new")).unwrap()).mtime_ns >= horizon);
+    assert!(!fresh.contains_key("new"), "a racy file is not recorded");
+    assert!(fresh.contains_key("old"), "a settled file is recorded");
+
+    // With the real clock, a file written a moment ago is not recorded by
+    // either kind of scan; the next scan reads it again.
+    write(d.path(), "now", "0123");
+    let (_, fresh) = scan_host_dir(d.path(), &Filter::default(), &KnownHashes::new()).unwrap();
+    assert!(!fresh.contains_key("now"), "{fresh:?}");
+    let (listing, fresh) = scan_host_file(&d.path().join("now"), &KnownHashes::new()).unwrap();
+    assert!(fresh.is_empty(), "{fresh:?}");
+    assert_eq!(listing.files_hashed, 1);
+    assert_eq!(listing.bytes_hashed, 4);
+    let (_, fresh) = scan::scan_file(&d.path().join("now"), &KnownHashes::new(), i64::MAX).unwrap();
+    assert!(
+        fresh.contains_key("now"),
+        "a settled single file is recorded"
     );
 }
