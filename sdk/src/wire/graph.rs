@@ -587,7 +587,7 @@ impl Serialize for FileDef {
 
 /// A `Secret` value: a name (what cache keys and messages show) and where
 /// the plaintext comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
 pub struct SecretDef {
     pub name: String,
@@ -599,6 +599,18 @@ pub struct SecretDef {
     pub plaintext: Option<String>,
 }
 
+/// Never the plaintext: a graph printed for debugging (or in a panic)
+/// must not carry a `set_secret` value (invariant 4).
+impl std::fmt::Debug for SecretDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretDef")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 impl Serialize for SecretDef {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let SecretDef {
@@ -607,5 +619,25 @@ impl Serialize for SecretDef {
             plaintext,
         } = self;
         tagged!(s, name, uri, plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_definition_prints_without_its_plaintext() {
+        let s = SecretDef {
+            name: "token".into(),
+            uri: None,
+            plaintext: Some("hunter2-plaintext".into()),
+        };
+        let printed = format!("{s:?} {:?}", vec![s.clone()]);
+        assert!(!printed.contains("hunter2-plaintext"), "{printed}");
+        assert!(
+            printed.contains("token") && printed.contains("***"),
+            "{printed}"
+        );
     }
 }
