@@ -66,6 +66,59 @@ pub enum ApplyError {
     Invalid(String),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// The layer decompresses to more than the limit (a decompression bomb?).
+    #[error("the layer unpacks to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+/// The default limit on a layer's uncompressed size: 16 GiB. Real layers
+/// rarely pass a few GiB (the largest, CUDA and ML toolkits, stay under
+/// 10); a ratio to the compressed size would be a worse guard, since a
+/// file of zeros legitimately compresses a thousandfold.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 16 << 30;
+
+/// The limit on a layer's uncompressed size: `RBUILD_MAX_LAYER_SIZE`
+/// (bytes, or with a K, M or G suffix, binary), else [`DEFAULT_MAX_LAYER_SIZE`].
+pub fn max_layer_size() -> u64 {
+    std::env::var("RBUILD_MAX_LAYER_SIZE")
+        .ok()
+        .and_then(|v| parse_size(&v))
+        .unwrap_or(DEFAULT_MAX_LAYER_SIZE)
+}
+
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, shift) = match v.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&v[..v.len() - 1], 10),
+        b'M' => (&v[..v.len() - 1], 20),
+        b'G' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Whether an I/O error says the filesystem is full (or the quota spent).
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Reads at most `left` bytes of its input; past that, an error and `exceeded`.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.exceeded.set(true);
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn io_err(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> ApplyError {
@@ -90,10 +143,29 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Applies the layer read from `blob` to `target`. Returns the digest of
 /// the uncompressed tarball (`sha256:…`), to be compared with the diff ID.
+/// A layer that decompresses to more than `limit` bytes is refused
+/// ([`ApplyError::TooLarge`]); what was written stays in `target` for the
+/// caller to remove with its snapshot.
 pub fn apply(
     blob: impl Read,
     compression: Compression,
     target: &Target,
+    limit: u64,
+) -> Result<String, ApplyError> {
+    let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let r = apply_limited(blob, compression, target, limit, exceeded.clone());
+    match r {
+        Err(_) if exceeded.get() => Err(ApplyError::TooLarge { limit }),
+        other => other,
+    }
+}
+
+fn apply_limited(
+    blob: impl Read,
+    compression: Compression,
+    target: &Target,
+    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Result<String, ApplyError> {
     let blob = BufReader::with_capacity(1 << 20, blob);
     let decoded: Box<dyn Read> = match compression {
@@ -105,7 +177,11 @@ pub fn apply(
         ),
     };
     let mut hashed = Hashing {
-        inner: decoded,
+        inner: Limited {
+            inner: decoded,
+            left: limit,
+            exceeded,
+        },
         hasher: Sha256::new(),
     };
     let mut dirs = Vec::new();
