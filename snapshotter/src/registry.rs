@@ -1000,6 +1000,7 @@ mod tests {
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: Vec::new(),
             https_marker: Some(marker.clone()),
+            ..RegistryOptions::default()
         });
         registry.base_client(true);
         assert!(!marker.exists(), "a plain-HTTP client does not mark it");

@@ -459,7 +459,8 @@ async fn serve(mut conn: TcpStream, me: SocketAddr, state: Arc<State>) -> std::i
         }
         other => {
             if other == Some(Fault::WrongBytes) {
-                for b in body.iter_mut().skip(body.len() / 3).take(64) {
+                let third = body.len() / 3;
+                for b in body.iter_mut().skip(third).take(64) {
                     *b = !*b;
                 }
             }
