@@ -434,7 +434,8 @@ fn sh(script: &str, dir: &Path) -> String {
 }
 
 /// Writes an OCI layout holding an image whose one layer is 64 MiB of
-/// zeros (about 64 KiB gzipped) and pushes it with skopeo; returns its reference.
+/// zeros (about 64 KiB gzipped) beside the host's static busybox (a shell
+/// to look at it with), and pushes it with skopeo; returns its reference.
 fn push_zeros_image(dir: &Path) -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -442,9 +443,12 @@ fn push_zeros_image(dir: &Path) -> String {
         other => other,
     };
     sh(
-        "mkdir -p rootfs layout/blobs/sha256
+        "mkdir -p rootfs/bin layout/blobs/sha256
          dd if=/dev/zero of=rootfs/zeros bs=1M count=64 2>/dev/null
-         tar -C rootfs -cf layer.tar zeros
+         cp /bin/busybox rootfs/bin/busybox
+         ln -s busybox rootfs/bin/sh
+         ln -s busybox rootfs/bin/wc
+         tar -C rootfs -cf layer.tar bin zeros
          gzip -9 -n -c layer.tar > layer.tar.gz",
         dir,
     );

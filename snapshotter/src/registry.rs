@@ -1044,6 +1044,119 @@ mod tests {
         assert!(e.to_string().contains("is the registry running?"), "{e}");
     }
 
+    /// A loopback HTTP server: the distribution API's `/v2/` probe gets a
+    /// 200 without a challenge, every other request `answer(n)` for the
+    /// n-th of them (None: never answered). Returns its address and how
+    /// many requests other than probes it has seen.
+    async fn scripted(
+        answer: impl Fn(usize) -> Option<String> + Send + 'static,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 4096];
+                let n = conn.read(&mut request).await.unwrap_or(0);
+                let probe = request[..n].starts_with(b"GET /v2/ ");
+                let reply = if probe {
+                    Some(ANSWER_200.to_string())
+                } else {
+                    answer(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                };
+                match reply {
+                    Some(a) => {
+                        let _ = conn.write_all(a.as_bytes()).await;
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            let mut rest = [0u8; 64];
+                            while conn.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+                        });
+                    }
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    const ANSWER_503: &str =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    const ANSWER_200: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+    fn quick(retries: u32, cancel: CancellationToken) -> Registry {
+        Registry::new(RegistryOptions {
+            retry: RetryPolicy {
+                retries,
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+            cancel,
+            ..RegistryOptions::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_up_to_the_limit_then_named() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let ok = format!(
+            "HTTP/1.1 200 OK\r\ndocker-content-digest: {digest}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let (addr, seen) =
+            scripted(move |n| Some(if n < 2 { ANSWER_503.into() } else { ok.clone() })).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let got = quick(2, CancellationToken::new())
+            .resolve_digest(&image)
+            .await
+            .unwrap();
+        assert_eq!(got, digest);
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+
+        let (addr, _) = scripted(|_| Some(ANSWER_503.into())).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let e = quick(1, CancellationToken::new())
+            .resolve_digest(&image)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "the registry answered HTTP 503 while resolving the tag of {image} from {addr} (gave up after 2 attempts"
+            )),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_request_ends_when_the_run_is_cancelled() {
+        let (addr, seen) = scripted(|_| None).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let cancel = CancellationToken::new();
+        let registry = quick(0, cancel.clone());
+        let request = tokio::spawn(async move { registry.resolve_digest(&image).await });
+        // Cancelled once the server holds the request, not after some time.
+        while seen.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+        let e = request.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_maximum() {
+        let p = RetryPolicy {
+            retries: 4,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        };
+        let waits: Vec<u128> = (0..6).map(|r| p.delay(r).as_millis()).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 4000]);
+    }
+
     fn busybox() -> ImageRef {
         ImageRef::parse("127.0.0.1:5000/busybox:latest").unwrap()
     }

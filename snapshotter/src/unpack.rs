@@ -556,3 +556,78 @@ fn set_times(path: &Path, mtime: i64) -> io::Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gzipped tarball holding one file of `size` zero bytes.
+    fn zeros_layer(size: usize) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "zeros", io::repeat(0).take(size as u64))
+            .unwrap();
+        let tarball = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gz, &tarball).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn target(root: &Path) -> Target {
+        Target {
+            root: root.to_path_buf(),
+            lowers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_layer_that_unpacks_past_the_limit_is_refused() {
+        let layer = zeros_layer(4 << 20);
+        assert!(layer.len() < 64 << 10, "a small blob: {}", layer.len());
+        let dir = tempfile::tempdir().unwrap();
+        let e = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 20).unwrap_err();
+        assert!(matches!(e, ApplyError::TooLarge { limit } if limit == 1 << 20), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        apply(&layer[..], Compression::Gzip, &target(dir.path()), 8 << 20).unwrap();
+        assert_eq!(fs::metadata(dir.path().join("zeros")).unwrap().len(), 4 << 20);
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("8M"), Some(8 << 20));
+        assert_eq!(parse_size("16g"), Some(16 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    /// On a full filesystem the error is an I/O error that says so (pull
+    /// reports it as a full disk, not as a malformed image). Needs root
+    /// for the small tmpfs.
+    #[test]
+    fn a_full_filesystem_is_reported_as_no_space() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a 256 KiB tmpfs");
+        let layer = zeros_layer(1 << 20);
+        let r = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 30);
+        let _ = std::process::Command::new("umount").arg(dir.path()).status();
+        match r {
+            Err(ApplyError::Io { source, what }) => {
+                assert!(is_no_space(&source), "{what}: {source}");
+                assert!(what.contains("zeros"), "{what}");
+            }
+            other => panic!("expected ENOSPC, got {other:?}"),
+        }
+    }
+}
