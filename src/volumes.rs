@@ -196,6 +196,25 @@ mod tests {
         waiter.join().unwrap();
     }
 
+    #[tokio::test]
+    async fn a_wait_for_a_locked_volume_ends_when_the_run_is_cancelled() {
+        let root = tempfile::tempdir().unwrap();
+        let v = Volumes::new(root.path());
+        let none = rbuild_runtime::CancellationToken::new();
+        let held = v
+            .acquire_cancellable("npm", Sharing::Locked, &none)
+            .await
+            .unwrap();
+        let cancel = rbuild_runtime::CancellationToken::new();
+        cancel.cancel();
+        let r = v.acquire_cancellable("npm", Sharing::Locked, &cancel).await;
+        assert!(matches!(r, Err(crate::locks::Waited::Cancelled)));
+        drop(held);
+        v.acquire_cancellable("npm", Sharing::Locked, &none)
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn names_map_to_distinct_safe_directories() {
         let v = Volumes::new(Path::new("/r"));

@@ -107,7 +107,13 @@ fn a_server_error_on_the_nth_request_is_retried() {
         let proxy = FaultProxy::start(vec![Rule::nth(n, Match::Any, Fault::Status(503))]);
         let args = hello(&proxy.image("busybox:latest"));
         let out = run(&env, &[], &strs(&args));
-        assert_eq!(out.code, 0, "request {n}: {}\n{:?}", out.stderr, proxy.log());
+        assert_eq!(
+            out.code,
+            0,
+            "request {n}: {}\n{:?}",
+            out.stderr,
+            proxy.log()
+        );
         assert_eq!(proxy.faults(), 1, "{:?}", proxy.log());
         assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     }
@@ -169,7 +175,11 @@ fn a_blob_corrupted_every_time_fails_naming_its_digest() {
         "layer {layer} of {image} from {} does not match its digest",
         proxy.host()
     );
-    assert!(out.stderr.contains(&expected), "wanted {expected:?} in\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&expected),
+        "wanted {expected:?} in\n{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("fetched twice"), "{}", out.stderr);
     // Fetched twice, not more.
     assert_eq!(proxy.requests(Match::BlobGet), 3, "{:?}", proxy.log());
@@ -211,7 +221,11 @@ fn lasting_faults_fail_after_the_retries_naming_image_registry_and_what_happened
             "{fault:?}: wanted {expected:?} in\n{}",
             out.stderr
         );
-        assert!(!out.stderr.contains("error decoding response body"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains("error decoding response body"),
+            "{}",
+            out.stderr
+        );
         // The first attempt and two retries.
         assert_eq!(proxy.faults(), 3, "{fault:?}: {:?}", proxy.log());
         clean_run_succeeds(&env, &proxy);
@@ -233,7 +247,11 @@ fn unauthorized_without_a_challenge_says_authentication_failed_and_how_to_log_in
         format!("authentication failed: registry {host} denied access to {image}"),
         format!("docker login {host}"),
     ] {
-        assert!(out.stderr.contains(&wanted), "wanted {wanted:?} in\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(&wanted),
+            "wanted {wanted:?} in\n{}",
+            out.stderr
+        );
     }
     // Not retried: asking again changes nothing.
     assert!(proxy.requests(Match::Any) <= 4, "{:?}", proxy.log());
@@ -332,7 +350,10 @@ impl Running {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("rbuild did not exit within 30 s of SIGTERM:\n{}", self.stderr());
+                panic!(
+                    "rbuild did not exit within 30 s of SIGTERM:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -358,7 +379,9 @@ fn sigterm_ends_a_run_whose_layer_download_hangs() {
     assert_eq!(code, 130, "{}", rbuild.stderr());
     assert!(rbuild.stderr().contains(INTERRUPTED), "{}", rbuild.stderr());
     // rbuild hung up: the stalled connection is gone.
-    proxy.wait_for("the stalled connection to close", HANG, |p| p.stalled() == 0);
+    proxy.wait_for("the stalled connection to close", HANG, |p| {
+        p.stalled() == 0
+    });
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     clean_run_succeeds(&env, &proxy);
 }
@@ -415,7 +438,10 @@ fn layer_digest(image: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "curl the manifest of {image}");
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    manifest["layers"][0]["digest"].as_str().unwrap().to_string()
+    manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn sh(script: &str, dir: &Path) -> String {
@@ -520,11 +546,18 @@ fn a_layer_that_unpacks_past_the_limit_is_refused_with_a_clear_error() {
     let out = run(&env, &[("RBUILD_MAX_LAYER_SIZE", "8M")], &args);
     assert_ne!(out.code, 0, "{}", out.stderr);
     let layer = layer_digest(&image);
-    let expected = format!(
-        "layer {layer} of {image} unpacks to more than 8388608 bytes, the limit per layer"
+    let expected =
+        format!("layer {layer} of {image} unpacks to more than 8388608 bytes, the limit per layer");
+    assert!(
+        out.stderr.contains(&expected),
+        "wanted {expected:?} in\n{}",
+        out.stderr
     );
-    assert!(out.stderr.contains(&expected), "wanted {expected:?} in\n{}", out.stderr);
-    assert!(out.stderr.contains("RBUILD_MAX_LAYER_SIZE"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("RBUILD_MAX_LAYER_SIZE"),
+        "{}",
+        out.stderr
+    );
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     // Under the default limit the same image is fine.
     let out = run(&env, &[], &args).ok();

@@ -123,13 +123,13 @@ pub enum Error {
         limit: u64,
     },
     #[error(
-        "no space left on device while unpacking layer {digest} of {reference} into {}: free space there (`rbuild cache prune` removes old results) and run again",
-        dir.display()
+        "no space left on device while unpacking layer {digest} of {reference} into {into}: free space there (`rbuild cache prune` removes old results) and run again"
     )]
     NoSpace {
         digest: String,
         reference: String,
-        dir: PathBuf,
+        /// The snapshot directory, or "containerd's content store".
+        into: String,
     },
     /// The run was cancelled (Ctrl-C, SIGTERM) while waiting for a registry.
     #[error("cancelled while talking to registry {registry} about {reference}")]

@@ -231,6 +231,13 @@ async fn fetch_blob(
             Err(e) if e.is_digest_mismatch() && attempt == 1 => {
                 tracing::warn!(layer = %desc.digest, error = %e, "fetching the blob once more");
             }
+            Err(Error::Containerd(c)) if c.to_string().contains("no space left on device") => {
+                return Err(Error::NoSpace {
+                    digest: desc.digest.clone(),
+                    reference: reference.to_string(),
+                    into: "containerd's content store".into(),
+                });
+            }
             Err(e) => return Err(e),
         }
     }
@@ -434,7 +441,7 @@ async fn stream_layer(
     // The unpacker ends once the stream has (the sender is gone).
     let applied = applying.await.expect("layer unpacker panicked");
     let outcome = match fetched {
-        Err(e) => Err(e),
+        Err(e) => Err(full_disk(e, layer, "containerd's content store")),
         Ok(fetched) => settle(ctd, lease, layer, &key, source, fetched, applied, &upper)
             .await
             .map(|s| (s, fetched)),
@@ -443,6 +450,21 @@ async fn stream_layer(
         let _ = snapshots::remove(ctd, &key).await;
     }
     outcome
+}
+
+/// containerd's own report of a full disk (its content store or its Diff
+/// service) as a full disk; other errors as they are.
+fn full_disk(e: Error, layer: &LayerJob<'_>, into: &str) -> Error {
+    match e {
+        Error::Containerd(c) if c.to_string().contains("no space left on device") => {
+            Error::NoSpace {
+                digest: layer.desc.digest.clone(),
+                reference: layer.reference.to_string(),
+                into: into.to_string(),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Commits snapshot `key` when the unpack went right; says what to do next otherwise.
@@ -481,7 +503,7 @@ async fn settle(
             Err(Error::NoSpace {
                 digest: digest.clone(),
                 reference: layer.reference.to_string(),
-                dir: upper.to_path_buf(),
+                into: upper.display().to_string(),
             })
         }
         Err(unpack::ApplyError::Invalid(reason)) => Err(bad(format!("layer {digest}: {reason}"))),
@@ -566,7 +588,7 @@ async fn with_diff_service(
     if result.is_err() {
         let _ = snapshots::remove(ctd, &key).await;
     }
-    result
+    result.map_err(|e| full_disk(e, layer, "a snapshot (with containerd's Diff service)"))
 }
 
 fn image_record(name: &str, target: &BlobDesc) -> Image {

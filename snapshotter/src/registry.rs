@@ -212,7 +212,8 @@ impl Registry {
         }
         let host = self.host(image);
         self.retrying(image, &host, Direction::From, "resolving the tag", || {
-            host.client.fetch_manifest_digest(image.as_oci(), &host.auth)
+            host.client
+                .fetch_manifest_digest(image.as_oci(), &host.auth)
         })
         .await
     }
@@ -511,13 +512,19 @@ impl Registry {
                 reference: image.to_string(),
                 reason: format!("bad media type {media_type}"),
             })?;
-        self.retrying(image, &host, Direction::To, "uploading the manifest", || {
-            host.client.push_manifest_raw(
-                image.as_oci(),
-                body.as_bytes().to_vec(),
-                content_type.clone(),
-            )
-        })
+        self.retrying(
+            image,
+            &host,
+            Direction::To,
+            "uploading the manifest",
+            || {
+                host.client.push_manifest_raw(
+                    image.as_oci(),
+                    body.as_bytes().to_vec(),
+                    content_type.clone(),
+                )
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -657,7 +664,9 @@ fn transient_io(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
                     return Some("connection reset".into());
                 }
-                K::UnexpectedEof => return Some("connection closed before the end of the body".into()),
+                K::UnexpectedEof => {
+                    return Some("connection closed before the end of the body".into());
+                }
                 _ => {}
             }
         }
@@ -731,7 +740,12 @@ impl Download {
                         .map(|s| (s.stream, 0))
                 } else {
                     match client
-                        .pull_blob_stream_partial(self.image.as_oci(), &self.desc, self.offset, None)
+                        .pull_blob_stream_partial(
+                            self.image.as_oci(),
+                            &self.desc,
+                            self.offset,
+                            None,
+                        )
                         .await?
                     {
                         BlobResponse::Partial(s) => Ok((s.stream, 0)),
@@ -842,8 +856,11 @@ impl Download {
 }
 
 fn is_digest_error(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<oci_client::errors::DigestError>().is_some())
+    e.get_ref().is_some_and(|inner| {
+        inner
+            .downcast_ref::<oci_client::errors::DigestError>()
+            .is_some()
+    })
 }
 
 /// Why a registry did not answer [`Registry::ping`] as a registry does.

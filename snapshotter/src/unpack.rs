@@ -589,10 +589,16 @@ mod tests {
         assert!(layer.len() < 64 << 10, "a small blob: {}", layer.len());
         let dir = tempfile::tempdir().unwrap();
         let e = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 20).unwrap_err();
-        assert!(matches!(e, ApplyError::TooLarge { limit } if limit == 1 << 20), "{e}");
+        assert!(
+            matches!(e, ApplyError::TooLarge { limit } if limit == 1 << 20),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         apply(&layer[..], Compression::Gzip, &target(dir.path()), 8 << 20).unwrap();
-        assert_eq!(fs::metadata(dir.path().join("zeros")).unwrap().len(), 4 << 20);
+        assert_eq!(
+            fs::metadata(dir.path().join("zeros")).unwrap().len(),
+            4 << 20
+        );
     }
 
     #[test]
@@ -621,7 +627,9 @@ mod tests {
         assert!(mounted.success(), "mount a 256 KiB tmpfs");
         let layer = zeros_layer(1 << 20);
         let r = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 30);
-        let _ = std::process::Command::new("umount").arg(dir.path()).status();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
         match r {
             Err(ApplyError::Io { source, what }) => {
                 assert!(is_no_space(&source), "{what}: {source}");

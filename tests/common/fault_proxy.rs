@@ -315,7 +315,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = find(data, b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         data = &data[line_end + 2..];
         if size == 0 || data.len() < size {
             out.extend_from_slice(&data[..size.min(data.len())]);
@@ -330,7 +331,12 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 /// The head's lines without the hop-by-hop and length headers this proxy sets itself.
 fn kept_headers(head: &str) -> impl Iterator<Item = &str> {
     head.lines().skip(1).filter(|l| {
-        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         !l.trim().is_empty()
             && !matches!(
                 name.as_str(),
@@ -377,7 +383,8 @@ async fn serve(mut conn: TcpStream, me: SocketAddr, state: Arc<State>) -> std::i
             return conn.shutdown().await;
         }
         Some(Fault::UnauthorizedNoChallenge) => {
-            let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+            let body =
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
             let answer = format!(
                 "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -408,7 +415,11 @@ async fn serve(mut conn: TcpStream, me: SocketAddr, state: Arc<State>) -> std::i
     let Some(answer) = read_message(&mut up, &mut ubuf, true).await? else {
         return Ok(());
     };
-    let status_line = answer.head.lines().next().unwrap_or("HTTP/1.1 502 Bad Gateway");
+    let status_line = answer
+        .head
+        .lines()
+        .next()
+        .unwrap_or("HTTP/1.1 502 Bad Gateway");
     let mut body = if method == "HEAD" {
         Vec::new()
     } else {
@@ -429,7 +440,9 @@ async fn serve(mut conn: TcpStream, me: SocketAddr, state: Arc<State>) -> std::i
     match fault {
         Some(Fault::ShortContentLength) => {
             body.truncate(half);
-            head.push_str(&format!("content-length: {half}\r\nconnection: close\r\n\r\n"));
+            head.push_str(&format!(
+                "content-length: {half}\r\nconnection: close\r\n\r\n"
+            ));
             conn.write_all(head.as_bytes()).await?;
             conn.write_all(&body).await?;
             conn.shutdown().await
