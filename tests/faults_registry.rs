@@ -400,6 +400,28 @@ fn sigterm_ends_a_run_whose_tag_lookup_hangs() {
 }
 
 #[test]
+fn sigterm_ends_a_run_whose_push_hangs() {
+    let env = TestEnv::new("fault-stallpush");
+    let proxy = FaultProxy::start(vec![Rule::always(Match::Upload, Fault::Stall)]);
+    let target = proxy.image(&format!(
+        "rbuild-test-{:x}/stalled-push:latest",
+        std::process::id()
+    ));
+    let args = [
+        &format!("from={}", common::BUSYBOX)[..],
+        "exec=echo pushed > /pushed",
+        &format!("publish={target}"),
+    ];
+    let mut rbuild = Running::start(&env, &args);
+    proxy.wait_for("an upload to stall", HANG, |p| p.stalled() == 1);
+    rbuild.terminate();
+    assert_eq!(rbuild.wait(), 130, "{}", rbuild.stderr());
+    assert!(rbuild.stderr().contains(INTERRUPTED), "{}", rbuild.stderr());
+    proxy.wait_for("the stalled upload to close", HANG, |p| p.stalled() == 0);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
 fn sigterm_ends_a_wait_for_a_key_lock_held_by_another_rbuild() {
     let env = TestEnv::new("fault-keylock");
     let args = [

@@ -169,8 +169,8 @@ impl Error {
         }
     }
 
-    /// A transient download failure or a digest mismatch: fetching the
-    /// blob again from the start may help once.
+    /// The registry sent bytes that do not match the blob's digest:
+    /// fetching it once more from the start may help.
     pub fn is_digest_mismatch(&self) -> bool {
         matches!(self, Error::DigestMismatch { .. })
     }

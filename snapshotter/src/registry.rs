@@ -815,11 +815,9 @@ impl Download {
                 // one checks what was handed on, resumed or not, below.
                 Some(Err(e)) if is_digest_error(&e) => self.current = None,
                 Some(Err(e)) => {
-                    let reason = transient_io(&e).unwrap_or_else(|| root_cause(&e));
-                    let transient = transient_io(&e).is_some();
-                    if !transient {
-                        return Some(Err(self.fail(reason)));
-                    }
+                    let Some(reason) = transient_io(&e) else {
+                        return Some(Err(self.fail(root_cause(&e))));
+                    };
                     if let Err(e) = self.retry(reason).await {
                         return Some(Err(e));
                     }
