@@ -69,6 +69,7 @@ pub async fn examine(
     let registry = Registry::new(RegistryOptions {
         insecure_hosts: config.insecure_registries.clone(),
         https_marker: None,
+        ..RegistryOptions::default()
     });
     for r in registries {
         let answer = registry.ping(r, REGISTRY_TIMEOUT).await;

@@ -72,9 +72,14 @@ impl Engine {
         let scratch = config.root.join("tmp");
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("create {}", scratch.display()))?;
+        // Ctrl-C and SIGTERM end every wait through this token: steps, lock
+        // waits, registry requests (`Solver::shutdown` fires it).
+        let cancel = rbuild_runtime::CancellationToken::new();
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: config.insecure_registries.clone(),
             https_marker: Some(config.root.join("https-registries-used")),
+            cancel: cancel.clone(),
+            ..RegistryOptions::default()
         });
         registry.prewarm();
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
@@ -96,6 +101,7 @@ impl Engine {
                 lock_dir: config.root.join("locks"),
                 secrets,
                 debug_shell: config.debug_shell.clone(),
+                cancel,
             },
         );
         Ok(Engine {

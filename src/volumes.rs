@@ -75,6 +75,28 @@ impl Volumes {
 }
 
 impl Volumes {
+    /// As [`Volumes::acquire`], but a wait for a `shared` or `locked`
+    /// instance ends when `cancel` fires (`Waited::Cancelled`).
+    pub async fn acquire_cancellable(
+        &self,
+        name: &str,
+        sharing: Sharing,
+        cancel: &rbuild_runtime::CancellationToken,
+    ) -> Result<VolumeUse, crate::locks::Waited> {
+        use crate::locks::{Waited, try_flock, wait_for_lock};
+        let dir = self.dir(name);
+        let mode = match sharing {
+            Sharing::Shared => FlockOperation::NonBlockingLockShared,
+            Sharing::Locked => FlockOperation::NonBlockingLockExclusive,
+            // Never waits: it takes a new instance instead.
+            Sharing::Private => return self.acquire(name, sharing).map_err(Waited::Failed),
+        };
+        std::fs::create_dir_all(&dir).map_err(Waited::Failed)?;
+        let (path, lock) = open_lock(&dir, "data").map_err(Waited::Failed)?;
+        wait_for_lock(cancel, || {}, || Ok(try_flock(&lock, mode)?.then_some(()))).await?;
+        Ok(VolumeUse { path, _lock: lock })
+    }
+
     /// Removes every volume instance nobody holds; returns how many volumes went entirely.
     pub fn remove_unused(&self) -> std::io::Result<usize> {
         let Ok(dirs) = std::fs::read_dir(&self.root) else {
@@ -172,6 +194,25 @@ mod tests {
         drop((s1, s2));
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         waiter.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_locked_volume_ends_when_the_run_is_cancelled() {
+        let root = tempfile::tempdir().unwrap();
+        let v = Volumes::new(root.path());
+        let none = rbuild_runtime::CancellationToken::new();
+        let held = v
+            .acquire_cancellable("npm", Sharing::Locked, &none)
+            .await
+            .unwrap();
+        let cancel = rbuild_runtime::CancellationToken::new();
+        cancel.cancel();
+        let r = v.acquire_cancellable("npm", Sharing::Locked, &cancel).await;
+        assert!(matches!(r, Err(crate::locks::Waited::Cancelled)));
+        drop(held);
+        v.acquire_cancellable("npm", Sharing::Locked, &none)
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -277,10 +277,7 @@ where
             Err(e) => {
                 drop(tx);
                 let _ = drain.await;
-                return Err(Error::Download {
-                    digest: target.digest.to_string(),
-                    reason: e.to_string(),
-                });
+                return Err(Error::from_stream(e, target.digest));
             }
         };
         for piece in chunk.chunks(CHUNK) {

@@ -61,7 +61,7 @@ pub enum Error {
         reason: String,
     },
     #[error(
-        "registry {registry} denied access to {reference}: {credentials}\n  log in with `docker login {registry}` or put credentials for {registry} in ~/.docker/config.json (or $DOCKER_CONFIG/config.json)"
+        "authentication failed: registry {registry} denied access to {reference}: {credentials}\n  log in with `docker login {registry}` or put credentials for {registry} in ~/.docker/config.json (or $DOCKER_CONFIG/config.json)"
     )]
     Unauthorized {
         reference: String,
@@ -88,6 +88,52 @@ pub enum Error {
     BadImage { reference: String, reason: String },
     #[error("download of blob {digest} failed: {reason}")]
     Download { digest: String, reason: String },
+    /// A transfer that failed for a reason retrying may cure (a 5xx answer,
+    /// a reset connection, a body cut short), after the last retry.
+    #[error(
+        "{reason} while {what} of {reference} {direction} {registry} (gave up after {attempts} attempts; RBUILD_REGISTRY_RETRIES sets how many retries)"
+    )]
+    Transfer {
+        /// "downloading layer sha256:…", "uploading blob sha256:…", "resolving the tag"
+        what: String,
+        reference: String,
+        /// "from" or "to"
+        direction: &'static str,
+        registry: String,
+        reason: String,
+        attempts: u32,
+    },
+    #[error(
+        "{what} {digest} of {reference} from {registry} does not match its digest: the registry sent {actual} (fetched twice); the registry's copy is damaged, push the image again"
+    )]
+    DigestMismatch {
+        /// "layer" or "blob"
+        what: &'static str,
+        digest: String,
+        reference: String,
+        registry: String,
+        actual: String,
+    },
+    #[error(
+        "layer {digest} of {reference} unpacks to more than {limit} bytes, the limit per layer (a decompression bomb?); RBUILD_MAX_LAYER_SIZE raises it"
+    )]
+    LayerTooLarge {
+        digest: String,
+        reference: String,
+        limit: u64,
+    },
+    #[error(
+        "no space left on device while unpacking layer {digest} of {reference} into {into}: free space there (`rbuild cache prune` removes old results) and run again"
+    )]
+    NoSpace {
+        digest: String,
+        reference: String,
+        /// The snapshot directory, or "containerd's content store".
+        into: String,
+    },
+    /// The run was cancelled (Ctrl-C, SIGTERM) while waiting for a registry.
+    #[error("cancelled while talking to registry {registry} about {reference}")]
+    Cancelled { reference: String, registry: String },
     #[error(transparent)]
     Containerd(#[from] rbuild_containerd::Error),
     #[error("cannot {op} {}: {source}", path.display())]
@@ -107,6 +153,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// This crate's error carried in a stream's `io::Error` (a blob
+    /// download's), or else a download error with the I/O error's text.
+    pub fn from_stream(e: std::io::Error, digest: &str) -> Error {
+        if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+            return *e
+                .into_inner()
+                .expect("checked")
+                .downcast::<Error>()
+                .expect("checked");
+        }
+        Error::Download {
+            digest: digest.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The registry sent bytes that do not match the blob's digest:
+    /// fetching it once more from the start may help.
+    pub fn is_digest_mismatch(&self) -> bool {
+        matches!(self, Error::DigestMismatch { .. })
+    }
+
     pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io {
             op,

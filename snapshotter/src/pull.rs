@@ -210,19 +210,35 @@ async fn fetch_blob(
         content::set_labels(ctd, &desc.digest, labels).await?;
         return Ok(None);
     }
-    let stream = registry
-        .blob_stream(reference, &desc.as_oci_client())
-        .await?;
-    let target = BlobTarget {
-        digest: &desc.digest,
-        size: desc.size,
-        labels: labels.clone(),
-    };
-    match content::write_stream(ctd, lease, target, stream).await? {
-        Written::New => Ok(Some(desc.size as u64)),
-        Written::Present => {
-            content::set_labels(ctd, &desc.digest, labels).await?;
-            Ok(None)
+    // A blob whose bytes do not match its digest is fetched once more.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let stream = registry
+            .blob_stream(reference, &desc.as_oci_client(), "layer")
+            .await?;
+        let target = BlobTarget {
+            digest: &desc.digest,
+            size: desc.size,
+            labels: labels.clone(),
+        };
+        match content::write_stream(ctd, lease, target, stream).await {
+            Ok(Written::New) => return Ok(Some(desc.size as u64)),
+            Ok(Written::Present) => {
+                content::set_labels(ctd, &desc.digest, labels).await?;
+                return Ok(None);
+            }
+            Err(e) if e.is_digest_mismatch() && attempt == 1 => {
+                tracing::warn!(layer = %desc.digest, error = %e, "fetching the blob once more");
+            }
+            Err(Error::Containerd(c)) if c.to_string().contains("no space left on device") => {
+                return Err(Error::NoSpace {
+                    digest: desc.digest.clone(),
+                    reference: reference.to_string(),
+                    into: "containerd's content store".into(),
+                });
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -293,10 +309,19 @@ async fn unpack_layer(
         Source::Registry
     };
     let mut fetched = None;
+    let mut refetched = false;
     if let Some(compression) = Compression::of_media_type(&layer.desc.media_type) {
         loop {
             let (streamed, bytes) =
-                stream_layer(ctd, registry, lease, layer, source, compression).await?;
+                match stream_layer(ctd, registry, lease, layer, source, compression).await {
+                    // Wrong bytes from the registry: once more from the start.
+                    Err(e) if e.is_digest_mismatch() && !refetched => {
+                        tracing::warn!(layer = %digest, error = %e, "fetching the layer once more");
+                        refetched = true;
+                        continue;
+                    }
+                    other => other?,
+                };
             fetched = fetched.or(bytes);
             match streamed {
                 Streamed::Done => return Ok(fetched),
@@ -355,16 +380,18 @@ async fn stream_layer(
             None,
         ));
     };
+    let upper = root.clone();
     let target = unpack::Target { root, lowers };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+    let limit = unpack::max_layer_size();
     let applying = tokio::task::spawn_blocking(move || {
-        unpack::apply(content::ChannelReader::new(rx), compression, &target)
+        unpack::apply(content::ChannelReader::new(rx), compression, &target, limit)
     });
     let fetched: Result<Option<u64>, Error> = match source {
         Source::Registry => {
             async {
                 let stream = registry
-                    .blob_stream(layer.reference, &layer.desc.as_oci_client())
+                    .blob_stream(layer.reference, &layer.desc.as_oci_client(), "layer")
                     .await?;
                 let tee = stream
                     .then(move |chunk| {
@@ -414,8 +441,8 @@ async fn stream_layer(
     // The unpacker ends once the stream has (the sender is gone).
     let applied = applying.await.expect("layer unpacker panicked");
     let outcome = match fetched {
-        Err(e) => Err(e),
-        Ok(fetched) => settle(ctd, lease, layer, &key, source, fetched, applied)
+        Err(e) => Err(full_disk(e, layer, "containerd's content store")),
+        Ok(fetched) => settle(ctd, lease, layer, &key, source, fetched, applied, &upper)
             .await
             .map(|s| (s, fetched)),
     };
@@ -425,7 +452,23 @@ async fn stream_layer(
     outcome
 }
 
+/// containerd's own report of a full disk (its content store or its Diff
+/// service) as a full disk; other errors as they are.
+fn full_disk(e: Error, layer: &LayerJob<'_>, into: &str) -> Error {
+    match e {
+        Error::Containerd(c) if c.to_string().contains("no space left on device") => {
+            Error::NoSpace {
+                digest: layer.desc.digest.clone(),
+                reference: layer.reference.to_string(),
+                into: into.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
 /// Commits snapshot `key` when the unpack went right; says what to do next otherwise.
+#[allow(clippy::too_many_arguments)]
 async fn settle(
     ctd: &Containerd,
     lease: &LeaseId,
@@ -434,6 +477,7 @@ async fn settle(
     source: Source,
     fetched: Option<u64>,
     applied: Result<String, unpack::ApplyError>,
+    upper: &std::path::Path,
 ) -> Result<Streamed, Error> {
     let digest = &layer.desc.digest;
     let bad = |reason: String| Error::BadImage {
@@ -449,6 +493,19 @@ async fn settle(
             Ok(Streamed::FromStore)
         }
         Err(unpack::ApplyError::Unsupported(reason)) => Ok(Streamed::Unsupported(reason)),
+        Err(unpack::ApplyError::TooLarge { limit }) => Err(Error::LayerTooLarge {
+            digest: digest.clone(),
+            reference: layer.reference.to_string(),
+            limit,
+        }),
+        // A full disk is the disk's problem, not the image's.
+        Err(unpack::ApplyError::Io { source, .. }) if unpack::is_no_space(&source) => {
+            Err(Error::NoSpace {
+                digest: digest.clone(),
+                reference: layer.reference.to_string(),
+                into: upper.display().to_string(),
+            })
+        }
         Err(unpack::ApplyError::Invalid(reason)) => Err(bad(format!("layer {digest}: {reason}"))),
         Err(unpack::ApplyError::Io { what, source }) => Err(bad(format!(
             "unpacking layer {digest}: cannot {what}: {source}"
@@ -531,7 +588,7 @@ async fn with_diff_service(
     if result.is_err() {
         let _ = snapshots::remove(ctd, &key).await;
     }
-    result
+    result.map_err(|e| full_disk(e, layer, "a snapshot (with containerd's Diff service)"))
 }
 
 fn image_record(name: &str, target: &BlobDesc) -> Image {

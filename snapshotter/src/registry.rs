@@ -4,14 +4,29 @@
 //! Built on `oci-client`, which does the HTTP, token and basic auth and
 //! digest verification. This module adds what rbuild decides: plain HTTP for
 //! loopback registries and for hosts the user lists, where credentials come
-//! from, and turning registry failures into messages a user can act on.
+//! from, retries of transient failures, cancellation, and turning registry
+//! failures into messages a user can act on.
+//!
+//! Retries ([`RetryPolicy`]): a 5xx (or 429) answer, a reset or closed
+//! connection and a body that ends early are retried, 4 times by default
+//! (`RBUILD_REGISTRY_RETRIES`), waiting 250 ms, 500 ms, 1 s, 2 s (doubling,
+//! at most 4 s): about 4 s in all, enough for a registry restart or a
+//! load balancer's hiccup, short enough that a registry that is really down
+//! fails the run soon. A blob download that breaks off resumes where it
+//! stopped (a `Range` request) and its digest is checked over the whole.
+//! Not retried: 4xx answers (asking again changes nothing), a refused
+//! connection (nothing listens there) and timeouts (each already waited
+//! long). Every wait here ends when the run is cancelled.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
+use oci_client::client::BlobResponse;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
@@ -20,6 +35,8 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::reference::ImageRef;
@@ -39,6 +56,48 @@ pub struct RegistryOptions {
     /// A file that exists once this state root has used an HTTPS registry:
     /// then `prewarm` builds the HTTPS client ahead of need. None: always.
     pub https_marker: Option<std::path::PathBuf>,
+    /// How transient failures are retried.
+    pub retry: RetryPolicy,
+    /// The run's cancellation: once cancelled, every request and every wait
+    /// between retries ends with [`Error::Cancelled`].
+    pub cancel: CancellationToken,
+}
+
+/// How often, and how patiently, transient registry failures are retried
+/// (see the module's documentation for what counts as transient).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each next one.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+/// Retries when `RBUILD_REGISTRY_RETRIES` does not say.
+pub const DEFAULT_RETRIES: u32 = 4;
+
+impl Default for RetryPolicy {
+    /// 4 retries (or `RBUILD_REGISTRY_RETRIES`), from 250 ms, doubling, at most 4 s apart.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            retries: std::env::var("RBUILD_REGISTRY_RETRIES")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_RETRIES),
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        self.first_delay
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.max_delay)
+    }
 }
 
 /// Clients for the registries a run talks to, one per host, with their credentials.
@@ -152,25 +211,29 @@ impl Registry {
             return Ok(d.to_string());
         }
         let host = self.host(image);
-        host.client
-            .fetch_manifest_digest(image.as_oci(), &host.auth)
-            .await
-            .map_err(|e| self.classify(image, &host, e))
+        self.retrying(image, &host, Direction::From, "resolving the tag", || {
+            host.client
+                .fetch_manifest_digest(image.as_oci(), &host.auth)
+        })
+        .await
     }
 
     /// A manifest or index by digest, verified against it.
     pub async fn fetch_manifest(&self, image: &ImageRef, digest: &str) -> Result<Bytes, Error> {
         let host = self.host(image);
         let pinned = image.with_digest(digest);
-        let (body, _) = host
-            .client
-            .pull_manifest_raw(pinned.as_oci(), &host.auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| self.classify(image, &host, e))?;
+        let what = format!("fetching manifest {digest}");
+        let (body, _) = self
+            .retrying(image, &host, Direction::From, &what, || {
+                host.client
+                    .pull_manifest_raw(pinned.as_oci(), &host.auth, MANIFEST_MEDIA_TYPES)
+            })
+            .await?;
         Ok(body)
     }
 
-    /// A small blob (an image config) in memory, digest verified.
+    /// A small blob (an image config) in memory, digest verified; one whose
+    /// digest does not match is fetched once more before that is an error.
     pub async fn fetch_blob(
         &self,
         image: &ImageRef,
@@ -178,28 +241,137 @@ impl Registry {
     ) -> Result<Vec<u8>, Error> {
         let host = self.host(image);
         self.authenticate(image, &host).await?;
-        let mut out = Vec::with_capacity(desc.size.max(0) as usize);
-        host.client
-            .pull_blob(image.as_oci(), desc, &mut out)
-            .await
-            .map_err(|e| self.classify(image, &host, e))?;
-        Ok(out)
+        let what = format!("downloading blob {}", desc.digest);
+        let mut mismatch = None;
+        for _ in 0..2 {
+            let out = self
+                .retrying(image, &host, Direction::From, &what, || async {
+                    let mut out = Vec::with_capacity(desc.size.max(0) as usize);
+                    host.client
+                        .pull_blob(image.as_oci(), desc, &mut out)
+                        .await
+                        .map(|()| out)
+                })
+                .await;
+            match out {
+                Err(Error::Registry { reason, .. }) if reason.contains("Invalid digest") => {
+                    mismatch = Some(reason);
+                }
+                other => return other,
+            }
+        }
+        let actual = mismatch
+            .as_deref()
+            .and_then(|r| r.rsplit("got ").next())
+            .unwrap_or("other bytes")
+            .to_string();
+        Err(Error::DigestMismatch {
+            what: "blob",
+            digest: desc.digest.clone(),
+            reference: image.to_string(),
+            registry: image.registry().to_string(),
+            actual,
+        })
     }
 
-    /// A blob as a stream; the stream fails at its end if the digest does not match.
+    /// A blob as a stream. A download that breaks off for a transient
+    /// reason resumes where it stopped (up to the retry limit); the stream
+    /// fails at its end with [`Error::DigestMismatch`] if the bytes do not
+    /// match the digest (the caller may fetch it once more). Errors in the
+    /// stream are `io::Error`s wrapping this crate's [`Error`] (see
+    /// [`Error::from_stream`]).
     pub async fn blob_stream(
         &self,
         image: &ImageRef,
         desc: &OciDescriptor,
+        what: &'static str,
     ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, Error> {
         let host = self.host(image);
         self.authenticate(image, &host).await?;
-        let sized = host
-            .client
-            .pull_blob_stream(image.as_oci(), desc)
-            .await
-            .map_err(|e| self.classify(image, &host, e))?;
-        Ok(sized.stream)
+        let download = Download {
+            registry: self.clone(),
+            host,
+            image: image.clone(),
+            desc: desc.clone(),
+            what,
+            offset: 0,
+            hasher: Sha256::new(),
+            retries: 0,
+            current: None,
+            done: false,
+        };
+        // The first request is made now, so that a failure to start is this call's error.
+        let mut download = download;
+        download.open().await?;
+        Ok(futures::stream::unfold(download, |mut d| async move {
+            let item = d.next().await?;
+            Some((item.map_err(std::io::Error::other), d))
+        })
+        .boxed())
+    }
+
+    /// Runs a registry request until it succeeds, fails for good, or the
+    /// retries for transient failures are spent; cancellation ends it.
+    async fn retrying<T, F, Fut>(
+        &self,
+        image: &ImageRef,
+        host: &Host,
+        direction: Direction,
+        what: &str,
+        mut request: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut retry = 0;
+        loop {
+            let err = match self.cancellable(image, request()).await? {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(reason) = transient(&err) else {
+                return Err(match direction {
+                    Direction::From => self.classify(image, host, err),
+                    Direction::To => classify_push(image, host.credential_source.as_deref(), err),
+                });
+            };
+            if retry >= self.options.retry.retries {
+                return Err(Error::Transfer {
+                    what: what.to_string(),
+                    reference: image.to_string(),
+                    direction: direction.word(),
+                    registry: image.registry().to_string(),
+                    reason,
+                    attempts: retry + 1,
+                });
+            }
+            tracing::warn!(image = %image, what, reason, retry = retry + 1, "registry request failed; retrying");
+            self.backoff(image, retry).await?;
+            retry += 1;
+        }
+    }
+
+    /// Waits before retry number `retry`, or until the run is cancelled.
+    async fn backoff(&self, image: &ImageRef, retry: u32) -> Result<(), Error> {
+        let delay = self.options.retry.delay(retry);
+        self.cancellable(image, tokio::time::sleep(delay)).await
+    }
+
+    /// `fut`, unless the run is cancelled first.
+    async fn cancellable<T>(
+        &self,
+        image: &ImageRef,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        tokio::select! {
+            biased;
+            _ = self.options.cancel.cancelled() => Err(Error::Cancelled {
+                reference: image.to_string(),
+                registry: image.registry().to_string(),
+            }),
+            v = fut => Ok(v),
+        }
     }
 
     /// Uses these credentials for `registry` from now on (instead of the Docker config's).
@@ -224,14 +396,18 @@ impl Registry {
         self.authenticate(image, &host).await?;
         // Existence is checked with push rights: a repository that does not
         // exist yet is then a plain "no", not a denial.
-        let _ = host
-            .client
-            .auth(image.as_oci(), &host.auth, RegistryOperation::Push)
-            .await;
-        host.client
-            .blob_exists(image.as_oci(), digest)
-            .await
-            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+        let _ = self
+            .cancellable(
+                image,
+                host.client
+                    .auth(image.as_oci(), &host.auth, RegistryOperation::Push),
+            )
+            .await?;
+        let what = format!("checking for blob {digest}");
+        self.retrying(image, &host, Direction::To, &what, || {
+            host.client.blob_exists(image.as_oci(), digest)
+        })
+        .await
     }
 
     /// Asks the registry to mount a blob from another repository of it; false when it would not.
@@ -241,36 +417,85 @@ impl Registry {
         }
         let host = self.host(image);
         let _ = self.authenticate(image, &host).await;
-        host.client
-            .mount_blob(image.as_oci(), from.as_oci(), digest)
-            .await
-            .is_ok()
+        self.cancellable(
+            image,
+            host.client
+                .mount_blob(image.as_oci(), from.as_oci(), digest),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
-    /// Uploads a blob from a stream.
-    pub async fn push_blob<S>(
+    /// Uploads a blob from a stream that `open` makes (again for each retry).
+    pub async fn push_blob<F, Fut, S>(
         &self,
         image: &ImageRef,
         digest: &str,
         size: u64,
-        data: S,
+        mut open: F,
     ) -> Result<(), Error>
     where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<S, Error>>,
         S: futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        use futures::StreamExt;
         let host = self.host(image);
         self.authenticate(image, &host).await?;
-        host.client
-            .push_blob_stream(
-                image.as_oci(),
-                data.map(|r| r.map_err(OciDistributionError::IoError)),
-                digest,
-                Some(size),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+        let what = format!("uploading blob {digest}");
+        let mut retry = 0;
+        loop {
+            let data = open().await?;
+            let pushed = self
+                .retrying_once(image, &host, &what, retry, async {
+                    host.client
+                        .push_blob_stream(
+                            image.as_oci(),
+                            data.map(|r| r.map_err(OciDistributionError::IoError)),
+                            digest,
+                            Some(size),
+                        )
+                        .await
+                        .map(|_| ())
+                })
+                .await?;
+            match pushed {
+                Some(()) => return Ok(()),
+                None => retry += 1,
+            }
+        }
+    }
+
+    /// One attempt of a request whose input cannot be replayed by
+    /// [`Registry::retrying`]: Some on success, None when the caller should
+    /// try again (after the backoff, which this waits), an error when done.
+    async fn retrying_once<T>(
+        &self,
+        image: &ImageRef,
+        host: &Host,
+        what: &str,
+        retry: u32,
+        request: impl Future<Output = Result<T, OciDistributionError>>,
+    ) -> Result<Option<T>, Error> {
+        let err = match self.cancellable(image, request).await? {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => e,
+        };
+        let Some(reason) = transient(&err) else {
+            return Err(classify_push(image, host.credential_source.as_deref(), err));
+        };
+        if retry >= self.options.retry.retries {
+            return Err(Error::Transfer {
+                what: what.to_string(),
+                reference: image.to_string(),
+                direction: Direction::To.word(),
+                registry: image.registry().to_string(),
+                reason,
+                attempts: retry + 1,
+            });
+        }
+        tracing::warn!(image = %image, what, reason, retry = retry + 1, "registry upload failed; retrying");
+        self.backoff(image, retry).await?;
+        Ok(None)
     }
 
     /// Uploads a manifest under `image`'s tag.
@@ -282,15 +507,26 @@ impl Registry {
     ) -> Result<(), Error> {
         let host = self.host(image);
         self.authenticate(image, &host).await?;
-        let content_type = media_type.parse().map_err(|_| Error::Registry {
-            reference: image.to_string(),
-            reason: format!("bad media type {media_type}"),
-        })?;
-        host.client
-            .push_manifest_raw(image.as_oci(), body.as_bytes().to_vec(), content_type)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify_push(image, host.credential_source.as_deref(), e))
+        let content_type: reqwest::header::HeaderValue =
+            media_type.parse().map_err(|_| Error::Registry {
+                reference: image.to_string(),
+                reason: format!("bad media type {media_type}"),
+            })?;
+        self.retrying(
+            image,
+            &host,
+            Direction::To,
+            "uploading the manifest",
+            || {
+                host.client.push_manifest_raw(
+                    image.as_oci(),
+                    body.as_bytes().to_vec(),
+                    content_type.clone(),
+                )
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Blob requests do not log in by themselves; manifest requests do.
@@ -380,6 +616,249 @@ impl Registry {
             Err(e) => Err(unreachable(&e)),
         }
     }
+}
+
+/// Which way a transfer goes, for messages ("… of IMAGE from REGISTRY").
+#[derive(Clone, Copy)]
+enum Direction {
+    From,
+    To,
+}
+
+impl Direction {
+    fn word(self) -> &'static str {
+        match self {
+            Direction::From => "from",
+            Direction::To => "to",
+        }
+    }
+}
+
+/// What a failure was, when asking again may cure it: a 5xx or 429 answer,
+/// a reset or closed connection, a body that ended early. None otherwise.
+fn transient(err: &OciDistributionError) -> Option<String> {
+    let status = match err {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    };
+    if let Some(code) = status {
+        return (code == 429 || (500..600).contains(&code) && code != 501)
+            .then(|| format!("the registry answered HTTP {code}"));
+    }
+    match err {
+        OciDistributionError::RequestError(e) if e.is_timeout() || e.is_connect() => None,
+        OciDistributionError::RequestError(e) => transient_io(e),
+        OciDistributionError::IoError(e) => transient_io(e),
+        _ => None,
+    }
+}
+
+/// A connection that broke, found anywhere in an error's chain of causes.
+fn transient_io(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                    return Some("connection reset".into());
+                }
+                K::UnexpectedEof => {
+                    return Some("connection closed before the end of the body".into());
+                }
+                _ => {}
+            }
+        }
+        let text = err.to_string().to_ascii_lowercase();
+        if text.contains("connection reset") {
+            return Some("connection reset".into());
+        }
+        if text.contains("end of file before message length reached")
+            || text.contains("connection closed before message completed")
+            || text.contains("incomplete")
+        {
+            return Some("connection closed before the end of the body".into());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// One blob download, resumed after transient failures (see [`Registry::blob_stream`]).
+struct Download {
+    registry: Registry,
+    host: Host,
+    image: ImageRef,
+    desc: OciDescriptor,
+    /// "layer", "blob": what the blob is, for messages.
+    what: &'static str,
+    /// Bytes handed on so far; a resumed request starts here.
+    offset: u64,
+    hasher: Sha256,
+    retries: u32,
+    /// The response being read, and how many of its bytes to skip (a
+    /// registry that ignored the range sends the blob from the start).
+    current: Option<(BoxStream<'static, std::io::Result<Bytes>>, u64)>,
+    done: bool,
+}
+
+impl Download {
+    fn fail(&self, reason: String) -> Error {
+        Error::Transfer {
+            what: format!("downloading {} {}", self.what, self.desc.digest),
+            reference: self.image.to_string(),
+            direction: "from",
+            registry: self.image.registry().to_string(),
+            reason,
+            attempts: self.retries + 1,
+        }
+    }
+
+    /// Waits, then lets the next `next` open a new request; an error once
+    /// the retries are spent.
+    async fn retry(&mut self, reason: String) -> Result<(), Error> {
+        self.current = None;
+        if self.retries >= self.registry.options.retry.retries {
+            return Err(self.fail(reason));
+        }
+        tracing::warn!(image = %self.image, digest = %self.desc.digest, offset = self.offset, reason, "blob download broke off; resuming");
+        self.registry.backoff(&self.image, self.retries).await?;
+        self.retries += 1;
+        Ok(())
+    }
+
+    /// Opens a request for the bytes from `offset` on (retrying transient failures).
+    async fn open(&mut self) -> Result<(), Error> {
+        loop {
+            let client = self.host.client.clone();
+            let request = async {
+                if self.offset == 0 {
+                    client
+                        .pull_blob_stream(self.image.as_oci(), &self.desc)
+                        .await
+                        .map(|s| (s.stream, 0))
+                } else {
+                    match client
+                        .pull_blob_stream_partial(
+                            self.image.as_oci(),
+                            &self.desc,
+                            self.offset,
+                            None,
+                        )
+                        .await?
+                    {
+                        BlobResponse::Partial(s) => Ok((s.stream, 0)),
+                        BlobResponse::Full(s) => Ok((s.stream, self.offset)),
+                    }
+                }
+            };
+            match self.registry.cancellable(&self.image, request).await? {
+                Ok(opened) => {
+                    self.current = Some(opened);
+                    return Ok(());
+                }
+                Err(e) => match transient(&e) {
+                    Some(reason) => self.retry(reason).await?,
+                    None => return Err(self.registry.classify(&self.image, &self.host, e)),
+                },
+            }
+        }
+    }
+
+    /// The next chunk of the blob; None at its verified end.
+    async fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        if self.done {
+            return None;
+        }
+        let r = self.next_inner().await;
+        if !matches!(r, Some(Ok(_))) {
+            self.done = true;
+        }
+        r
+    }
+
+    async fn next_inner(&mut self) -> Option<Result<Bytes, Error>> {
+        let want = u64::try_from(self.desc.size).ok().filter(|s| *s > 0);
+        loop {
+            if self.current.is_none()
+                && let Err(e) = self.open().await
+            {
+                return Some(Err(e));
+            }
+            let (stream, skip) = self.current.as_mut().expect("opened");
+            let item = match self.registry.cancellable(&self.image, stream.next()).await {
+                Ok(item) => item,
+                Err(e) => return Some(Err(e)),
+            };
+            match item {
+                Some(Ok(mut bytes)) => {
+                    if *skip > 0 {
+                        let n = (*skip).min(bytes.len() as u64);
+                        *skip -= n;
+                        bytes = bytes.slice(n as usize..);
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                    }
+                    self.offset += bytes.len() as u64;
+                    if want.is_some_and(|w| self.offset > w) {
+                        return Some(Err(self.fail(format!(
+                            "the registry sent more than the {} bytes the manifest declares",
+                            self.desc.size
+                        ))));
+                    }
+                    self.hasher.update(&bytes);
+                    return Some(Ok(bytes));
+                }
+                // oci-client checks a whole response's digest itself; this
+                // one checks what was handed on, resumed or not, below.
+                Some(Err(e)) if is_digest_error(&e) => self.current = None,
+                Some(Err(e)) => {
+                    let Some(reason) = transient_io(&e) else {
+                        return Some(Err(self.fail(root_cause(&e))));
+                    };
+                    if let Err(e) = self.retry(reason).await {
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                None => self.current = None,
+            }
+            // The response ended (or its own digest check failed).
+            if let Some(w) = want
+                && self.offset < w
+            {
+                let reason = format!(
+                    "the registry's answer ended after {} of {w} bytes",
+                    self.offset
+                );
+                if let Err(e) = self.retry(reason).await {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            let actual = format!("sha256:{:x}", self.hasher.clone().finalize());
+            if actual != self.desc.digest {
+                return Some(Err(Error::DigestMismatch {
+                    what: self.what,
+                    digest: self.desc.digest.clone(),
+                    reference: self.image.to_string(),
+                    registry: self.image.registry().to_string(),
+                    actual,
+                }));
+            }
+            return None;
+        }
+    }
+}
+
+fn is_digest_error(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| {
+        inner
+            .downcast_ref::<oci_client::errors::DigestError>()
+            .is_some()
+    })
 }
 
 /// Why a registry did not answer [`Registry::ping`] as a registry does.
@@ -536,6 +1015,7 @@ mod tests {
         let registry = Registry::new(RegistryOptions {
             insecure_hosts: Vec::new(),
             https_marker: Some(marker.clone()),
+            ..RegistryOptions::default()
         });
         registry.base_client(true);
         assert!(!marker.exists(), "a plain-HTTP client does not mark it");
@@ -577,6 +1057,119 @@ mod tests {
         let e = registry.ping(&closed, timeout).await.unwrap_err();
         assert!(matches!(e, PingError::Unreachable { .. }), "{e}");
         assert!(e.to_string().contains("is the registry running?"), "{e}");
+    }
+
+    /// A loopback HTTP server: the distribution API's `/v2/` probe gets a
+    /// 200 without a challenge, every other request `answer(n)` for the
+    /// n-th of them (None: never answered). Returns its address and how
+    /// many requests other than probes it has seen.
+    async fn scripted(
+        answer: impl Fn(usize) -> Option<String> + Send + 'static,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 4096];
+                let n = conn.read(&mut request).await.unwrap_or(0);
+                let probe = request[..n].starts_with(b"GET /v2/ ");
+                let reply = if probe {
+                    Some(ANSWER_200.to_string())
+                } else {
+                    answer(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                };
+                match reply {
+                    Some(a) => {
+                        let _ = conn.write_all(a.as_bytes()).await;
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            let mut rest = [0u8; 64];
+                            while conn.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+                        });
+                    }
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    const ANSWER_503: &str =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    const ANSWER_200: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+    fn quick(retries: u32, cancel: CancellationToken) -> Registry {
+        Registry::new(RegistryOptions {
+            retry: RetryPolicy {
+                retries,
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+            cancel,
+            ..RegistryOptions::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_up_to_the_limit_then_named() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let ok = format!(
+            "HTTP/1.1 200 OK\r\ndocker-content-digest: {digest}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let (addr, seen) =
+            scripted(move |n| Some(if n < 2 { ANSWER_503.into() } else { ok.clone() })).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let got = quick(2, CancellationToken::new())
+            .resolve_digest(&image)
+            .await
+            .unwrap();
+        assert_eq!(got, digest);
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+
+        let (addr, _) = scripted(|_| Some(ANSWER_503.into())).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let e = quick(1, CancellationToken::new())
+            .resolve_digest(&image)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "the registry answered HTTP 503 while resolving the tag of {image} from {addr} (gave up after 2 attempts"
+            )),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_request_ends_when_the_run_is_cancelled() {
+        let (addr, seen) = scripted(|_| None).await;
+        let image = ImageRef::parse(&format!("{addr}/busybox:latest")).unwrap();
+        let cancel = CancellationToken::new();
+        let registry = quick(0, cancel.clone());
+        let request = tokio::spawn(async move { registry.resolve_digest(&image).await });
+        // Cancelled once the server holds the request, not after some time.
+        while seen.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+        let e = request.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_maximum() {
+        let p = RetryPolicy {
+            retries: 4,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        };
+        let waits: Vec<u128> = (0..6).map(|r| p.delay(r).as_millis()).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 4000]);
     }
 
     fn busybox() -> ImageRef {

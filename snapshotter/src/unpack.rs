@@ -66,6 +66,59 @@ pub enum ApplyError {
     Invalid(String),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// The layer decompresses to more than the limit (a decompression bomb?).
+    #[error("the layer unpacks to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+/// The default limit on a layer's uncompressed size: 16 GiB. Real layers
+/// rarely pass a few GiB (the largest, CUDA and ML toolkits, stay under
+/// 10); a ratio to the compressed size would be a worse guard, since a
+/// file of zeros legitimately compresses a thousandfold.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 16 << 30;
+
+/// The limit on a layer's uncompressed size: `RBUILD_MAX_LAYER_SIZE`
+/// (bytes, or with a K, M or G suffix, binary), else [`DEFAULT_MAX_LAYER_SIZE`].
+pub fn max_layer_size() -> u64 {
+    std::env::var("RBUILD_MAX_LAYER_SIZE")
+        .ok()
+        .and_then(|v| parse_size(&v))
+        .unwrap_or(DEFAULT_MAX_LAYER_SIZE)
+}
+
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, shift) = match v.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&v[..v.len() - 1], 10),
+        b'M' => (&v[..v.len() - 1], 20),
+        b'G' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Whether an I/O error says the filesystem is full (or the quota spent).
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Reads at most `left` bytes of its input; past that, an error and `exceeded`.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.exceeded.set(true);
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn io_err(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> ApplyError {
@@ -90,10 +143,29 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Applies the layer read from `blob` to `target`. Returns the digest of
 /// the uncompressed tarball (`sha256:…`), to be compared with the diff ID.
+/// A layer that decompresses to more than `limit` bytes is refused
+/// ([`ApplyError::TooLarge`]); what was written stays in `target` for the
+/// caller to remove with its snapshot.
 pub fn apply(
     blob: impl Read,
     compression: Compression,
     target: &Target,
+    limit: u64,
+) -> Result<String, ApplyError> {
+    let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let r = apply_limited(blob, compression, target, limit, exceeded.clone());
+    match r {
+        Err(_) if exceeded.get() => Err(ApplyError::TooLarge { limit }),
+        other => other,
+    }
+}
+
+fn apply_limited(
+    blob: impl Read,
+    compression: Compression,
+    target: &Target,
+    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Result<String, ApplyError> {
     let blob = BufReader::with_capacity(1 << 20, blob);
     let decoded: Box<dyn Read> = match compression {
@@ -105,7 +177,11 @@ pub fn apply(
         ),
     };
     let mut hashed = Hashing {
-        inner: decoded,
+        inner: Limited {
+            inner: decoded,
+            left: limit,
+            exceeded,
+        },
         hasher: Sha256::new(),
     };
     let mut dirs = Vec::new();
@@ -479,4 +555,87 @@ fn set_times(path: &Path, mtime: i64) -> io::Result<()> {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gzipped tarball holding one file of `size` zero bytes.
+    fn zeros_layer(size: usize) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "zeros", io::repeat(0).take(size as u64))
+            .unwrap();
+        let tarball = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gz, &tarball).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn target(root: &Path) -> Target {
+        Target {
+            root: root.to_path_buf(),
+            lowers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_layer_that_unpacks_past_the_limit_is_refused() {
+        let layer = zeros_layer(4 << 20);
+        assert!(layer.len() < 64 << 10, "a small blob: {}", layer.len());
+        let dir = tempfile::tempdir().unwrap();
+        let e = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::TooLarge { limit } if limit == 1 << 20),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        apply(&layer[..], Compression::Gzip, &target(dir.path()), 8 << 20).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path().join("zeros")).unwrap().len(),
+            4 << 20
+        );
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("8M"), Some(8 << 20));
+        assert_eq!(parse_size("16g"), Some(16 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    /// On a full filesystem the error is an I/O error that says so (pull
+    /// reports it as a full disk, not as a malformed image). Needs root
+    /// for the small tmpfs.
+    #[test]
+    fn a_full_filesystem_is_reported_as_no_space() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a 256 KiB tmpfs");
+        let layer = zeros_layer(1 << 20);
+        let r = apply(&layer[..], Compression::Gzip, &target(dir.path()), 1 << 30);
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        match r {
+            Err(ApplyError::Io { source, what }) => {
+                assert!(is_no_space(&source), "{what}: {source}");
+                assert!(what.contains("zeros"), "{what}");
+            }
+            other => panic!("expected ENOSPC, got {other:?}"),
+        }
+    }
 }

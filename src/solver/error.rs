@@ -43,6 +43,7 @@ impl From<rbuild_snapshotter::Error> for SolveError {
         use rbuild_snapshotter::Error as E;
         match e {
             E::Containerd(e) => e.into(),
+            E::Cancelled { .. } => SolveError::Cancelled,
             e @ (E::Io { .. } | E::InvalidPattern { .. } | E::Invalid(_)) => {
                 SolveError::Invalid(e.to_string())
             }

@@ -81,6 +81,9 @@ pub struct SolverConfig {
     pub secrets: Arc<Secrets>,
     /// `run -i`: the shell to open in a failed step's container.
     pub debug_shell: Option<Vec<String>>,
+    /// The run's cancellation, which [`Solver::shutdown`] fires: steps,
+    /// lock waits and (through the worker's registry) registry requests watch it.
+    pub cancel: CancellationToken,
 }
 
 impl<W: Worker> Solver<W> {
@@ -99,7 +102,7 @@ impl<W: Worker> Solver<W> {
             debug_shell: config.debug_shell,
             platform: config.platform,
             jobs: Semaphore::new(config.jobs.max(1)),
-            cancel: CancellationToken::new(),
+            cancel: config.cancel,
             tasks: TaskTracker::new(),
             images: Memo::new(),
             imports: Memo::new(),

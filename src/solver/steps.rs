@@ -78,7 +78,15 @@ impl<W: Worker> Solver<W> {
         }
         // Another rbuild may be running this very step: wait for it, then
         // take its result.
-        let _lock = self.locks.lock(plan.key).await?;
+        let _lock = self
+            .locks
+            .lock(plan.key, &self.cancel, || {
+                self.progress.info(&format!(
+                    "waiting for another rbuild process that runs {}",
+                    plan.description
+                ))
+            })
+            .await?;
         if let Some(hit) = self.cached(plan)? {
             self.progress.cached(&plan.description);
             return Ok(hit);

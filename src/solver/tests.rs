@@ -223,6 +223,7 @@ impl Harness {
             lock_dir: self._dir.path().join("locks"),
             secrets,
             debug_shell: None,
+            cancel: CancellationToken::new(),
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

@@ -114,12 +114,16 @@ impl ContainerdWorker {
                     volume,
                     sharing,
                 } => {
-                    let vols = self.volumes.clone();
-                    let (volume, sharing) = (volume.clone(), *sharing);
-                    let v = tokio::task::spawn_blocking(move || vols.acquire(&volume, sharing))
+                    let v = self
+                        .volumes
+                        .acquire_cancellable(volume, *sharing, cancel)
                         .await
-                        .map_err(|e| SolveError::Internal(format!("volume task: {e}")))?
-                        .map_err(|e| SolveError::Internal(format!("cache volume: {e}")))?;
+                        .map_err(|e| match e {
+                            crate::locks::Waited::Cancelled => SolveError::Cancelled,
+                            crate::locks::Waited::Failed(e) => {
+                                SolveError::Internal(format!("cache volume {volume}: {e}"))
+                            }
+                        })?;
                     extra.push(bind(&v.path.to_string_lossy(), target, false));
                     volumes.push(v);
                 }

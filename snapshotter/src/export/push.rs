@@ -44,14 +44,17 @@ pub async fn publish(
         {
             BlobPush::MountedFromBase
         } else {
-            let stream = content::read_stream(ctd, &blob.digest).await.map_err(|e| {
-                Error::Export(format!(
-                    "layer {} is not in containerd's content store ({e}); pull or build the image again",
-                    blob.digest
-                ))
-            })?;
+            // Read again from the content store for each attempt.
+            let open = || async {
+                content::read_stream(ctd, &blob.digest).await.map_err(|e| {
+                    Error::Export(format!(
+                        "layer {} is not in containerd's content store ({e}); pull or build the image again",
+                        blob.digest
+                    ))
+                })
+            };
             registry
-                .push_blob(target, &blob.digest, blob.size as u64, stream)
+                .push_blob(target, &blob.digest, blob.size as u64, open)
                 .await?;
             BlobPush::Uploaded
         };
