@@ -12,8 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::confine::{Dir, Entry};
 use crate::tree::{self, CopyFilter, HostListing, HostNode};
-use crate::{Error, confine, unique_suffix, user};
+use crate::{Error, confine, user};
 
 /// Where a copy's or a diff's content is on the host.
 #[derive(Clone, Debug)]
@@ -164,19 +165,14 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
                 permissions,
                 owner,
             } => {
-                let dst = confine::resolve_entry_in(target, dest);
-                tree::make_parents(target, &dst)?;
-                tree::remove_path(&dst)?;
-                std::fs::write(&dst, contents.as_slice())
+                let dst = confine::resolve_entry_in(target, dest)?;
+                let owner = owner_of(owner)?.unwrap_or((0, 0));
+                entry_in(target, &dst, dest)?
+                    .replace_file(&mut contents.as_slice(), *permissions, Some(owner))
                     .map_err(|e| invalid(format!("write {dest}: {e}")))?;
-                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*permissions))
-                    .map_err(|e| invalid(format!("chmod {dest}: {e}")))?;
-                let (uid, gid) = owner_of(owner)?.unwrap_or((0, 0));
-                std::os::unix::fs::chown(&dst, Some(uid), Some(gid))
-                    .map_err(|e| invalid(format!("chown {dest}: {e}")))?;
             }
             FileOp::Remove { path } => {
-                tree::remove_path(&confine::resolve_entry_in(target, path))?;
+                tree::remove_path(target, &confine::resolve_entry_in(target, path)?)?;
             }
             FileOp::Diff { base, other } => {
                 let (
@@ -192,13 +188,29 @@ pub fn apply(target: &Path, ops: &[FileOp]) -> Result<(), Error> {
                 else {
                     return Err(invalid("a diff compares two mounted trees".into()));
                 };
-                let b = confine::resolve_in(base_root, bp);
-                let o = confine::resolve_in(other_root, op);
+                let b = confine::resolve_in(base_root, bp)?;
+                let o = confine::resolve_in(other_root, op)?;
                 copy_differences(&b, &o, target, Path::new(""))?;
             }
         }
     }
     Ok(())
+}
+
+/// The entry at `resolved` in the tree at `target` (its parents made),
+/// for writing a file `dest` names.
+fn entry_in(target: &Path, resolved: &Path, dest: &str) -> Result<Entry, Error> {
+    Entry::in_tree(target, resolved)?
+        .ok_or_else(|| invalid(format!("{dest} is the root directory, not a file")))
+}
+
+/// The directory at `resolved` in the tree at `target`, made if missing
+/// (with its parents); a file or symlink there is replaced by it.
+fn dir_in(target: &Path, resolved: &Path) -> Result<Dir, Error> {
+    match Entry::in_tree(target, resolved)? {
+        Some(entry) => entry.dir(),
+        None => Dir::open_in_tree(target, target),
+    }
 }
 
 /// One copy: a directory merges into what `dest` leads to (following
@@ -215,22 +227,15 @@ fn copy_into(
     let placed = match origin {
         Origin::Host { listing, path } => match listing.at(path) {
             Some(HostNode::Dir(sub)) => {
-                let dst = confine::resolve_in(target, dest);
+                let dst = confine::resolve_in(target, dest)?;
                 let sub = sub.filtered(include, exclude)?;
-                tree::make_parents(target, &dst)?;
-                tree::copy_listing(&sub, &dst, owner.unwrap_or((0, 0)))?;
+                tree::copy_listing(&sub, &dir_in(target, &dst)?, owner.unwrap_or((0, 0)))?;
                 dst
             }
             Some(HostNode::File(entry)) => {
-                let dst = confine::resolve_entry_in(target, dest);
-                tree::make_parents(target, &dst)?;
-                let single = single_entry_listing(listing, entry);
-                let tmp = dst.with_extension(format!("rbuild-{}", unique_suffix()));
-                tree::copy_listing(&single, &tmp, owner.unwrap_or((0, 0)))?;
-                tree::remove_path(&dst)?;
-                std::fs::rename(tmp.join(&entry.rel), &dst)
-                    .map_err(|e| Error::io("place", &dst, e))?;
-                let _ = std::fs::remove_dir(&tmp);
+                let dst = confine::resolve_entry_in(target, dest)?;
+                let at = entry_in(target, &dst, dest)?;
+                tree::copy_host_entry(listing, entry, &at, owner.unwrap_or((0, 0)))?;
                 dst
             }
             None => {
@@ -241,35 +246,32 @@ fn copy_into(
             }
         },
         Origin::Mounted { root, path } => {
-            let src = confine::resolve_in(root, path);
+            let src = confine::resolve_in(root, path)?;
             let meta = std::fs::symlink_metadata(&src)
                 .map_err(|_| invalid(format!("{path} does not exist in the copied value")))?;
-            let dst = if meta.is_dir() {
-                confine::resolve_in(target, dest)
-            } else {
-                confine::resolve_entry_in(target, dest)
-            };
             let filter = CopyFilter::new(&src, include, exclude)?;
-            tree::make_parents(target, &dst)?;
-            tree::copy_tree(&src, &dst, &filter, owner)?;
-            dst
+            if meta.is_dir() {
+                let dst = confine::resolve_in(target, dest)?;
+                tree::copy_tree_into(&src, &dir_in(target, &dst)?, &filter, owner)?;
+                dst
+            } else {
+                let dst = confine::resolve_entry_in(target, dest)?;
+                tree::copy_tree(&src, &entry_in(target, &dst, dest)?, &filter, owner)?;
+                dst
+            }
         }
     };
     if let Some(p) = permissions {
-        std::fs::set_permissions(&placed, std::fs::Permissions::from_mode(p))
-            .map_err(|e| invalid(format!("chmod {dest}: {e}")))?;
+        // Not following what was placed: a copied symlink keeps pointing
+        // where it did, and what it points to is not changed.
+        match Entry::in_tree(target, &placed)? {
+            Some(entry) => entry.set_mode(p),
+            None => std::fs::set_permissions(&placed, std::fs::Permissions::from_mode(p))
+                .map_err(|e| Error::io("chmod", &placed, e)),
+        }
+        .map_err(|e| invalid(format!("chmod {dest}: {e}")))?;
     }
     Ok(())
-}
-
-fn single_entry_listing(listing: &HostListing, entry: &tree::HostEntry) -> HostListing {
-    HostListing {
-        root: listing.root.clone(),
-        entries: vec![entry.clone()],
-        digest: String::new(),
-        files_hashed: 0,
-        bytes_hashed: 0,
-    }
 }
 
 /// Copies entries of `other` that are absent from `base` or differ from it.
@@ -283,7 +285,9 @@ fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result
         let bm = std::fs::symlink_metadata(&b).ok();
         if om.is_dir() {
             if !bm.as_ref().is_some_and(|m| m.is_dir()) {
-                tree::copy_tree(&o, &out.join(&r), &CopyFilter::all(), None)?;
+                let at = Entry::in_tree(out, &out.join(&r))?
+                    .ok_or_else(|| invalid(format!("{} is not below {}", r.display(), out.display())))?;
+                tree::copy_tree(&o, &at, &CopyFilter::all(), None)?;
             } else {
                 copy_differences(base, other, out, &r)?;
             }
@@ -302,9 +306,9 @@ fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result
             _ => false,
         };
         if !same {
-            let dst = out.join(&r);
-            tree::make_parents(out, &dst)?;
-            tree::copy_tree(&o, &dst, &CopyFilter::all(), None)?;
+            let at = Entry::in_tree(out, &out.join(&r))?
+                .ok_or_else(|| invalid(format!("{} is not below {}", r.display(), out.display())))?;
+            tree::copy_tree(&o, &at, &CopyFilter::all(), None)?;
         }
     }
     Ok(())
@@ -337,7 +341,7 @@ pub fn read_host(listing: &HostListing, path: &str, op: ReadOp) -> Result<ReadAn
         }
         (HostNode::Dir(d), ReadOp::Digest) => ReadAnswer::Digest(d.digest),
         (HostNode::Dir(d), ReadOp::Export(dest)) => {
-            tree::copy_listing(&d, &dest, (0, 0))?;
+            tree::copy_listing(&d, &Entry::on_host(&dest)?.dir()?, (0, 0))?;
             ReadAnswer::Done
         }
         (HostNode::File(e), ReadOp::Contents) => ReadAnswer::Bytes(listing.read(e)?),
@@ -350,10 +354,10 @@ pub fn read_host(listing: &HostListing, path: &str, op: ReadOp) -> Result<ReadAn
             blake3::hash(&listing.read(e)?).to_hex()
         )),
         (HostNode::File(e), ReadOp::Export(dest)) => {
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
-            }
-            std::fs::write(&dest, listing.read(e)?)
+            // The destination is replaced, never written through (it may
+            // be a symlink an earlier export put there).
+            Entry::on_host(&dest)?
+                .replace_file(&mut listing.read(e)?.as_slice(), e.mode, None)
                 .map_err(|err| invalid(format!("export to {}: {err}", dest.display())))?;
             ReadAnswer::Done
         }
@@ -368,7 +372,7 @@ pub fn read_host(listing: &HostListing, path: &str, op: ReadOp) -> Result<ReadAn
 
 /// Answers a read-only question about `path` in the tree mounted at `root`.
 pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Error> {
-    let node = &confine::resolve_in(root, path);
+    let node = &confine::resolve_in(root, path)?;
     let meta = std::fs::symlink_metadata(node).map_err(|_| not_found(path))?;
     let is_dir = meta.is_dir();
     Ok(match op {
@@ -376,10 +380,8 @@ pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Erro
         ReadOp::Glob(p) if is_dir => ReadAnswer::Names(tree::glob(node, &p)?),
         ReadOp::Digest if is_dir => ReadAnswer::Digest(tree::tree_digest(node)?),
         ReadOp::Export(dest) if is_dir => {
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
-            }
-            tree::copy_tree(node, &dest, &CopyFilter::all(), None)?;
+            let at = Entry::on_host(&dest)?.dir()?;
+            tree::copy_tree_into(node, &at, &CopyFilter::all(), None)?;
             ReadAnswer::Done
         }
         ReadOp::Contents if !is_dir => ReadAnswer::Bytes(
@@ -392,10 +394,12 @@ pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Erro
             ReadAnswer::Digest(format!("blake3:{}", hex::encode(tree::hash_file(node)?)))
         }
         ReadOp::Export(dest) => {
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| invalid(e.to_string()))?;
-            }
-            std::fs::copy(node, &dest)
+            // The destination is replaced, never written through (it may
+            // be a symlink an earlier export put there).
+            let mut from =
+                std::fs::File::open(node).map_err(|e| invalid(format!("read {path}: {e}")))?;
+            Entry::on_host(&dest)?
+                .replace_file(&mut from, meta.permissions().mode(), None)
                 .map_err(|e| invalid(format!("export to {}: {e}", dest.display())))?;
             ReadAnswer::Done
         }
