@@ -178,8 +178,12 @@ impl Dir {
     /// Opens a directory that exists, following the path as the kernel
     /// does: for a root or a destination a user named.
     pub fn open_host(path: &Path) -> Result<Dir, Error> {
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| errno("open directory", path, e))?;
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno("open directory", path, e))?;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
@@ -687,7 +691,10 @@ mod tests {
         // which the host kernel would follow to the host's /etc.
         chain(r, 41, "/etc");
         assert_eq!(resolve_in(r, "/l1/passwd"), r.join("etc/passwd"));
-        assert_eq!(kernel_resolve(r, "/l1/passwd").unwrap(), r.join("etc/passwd"));
+        assert_eq!(
+            kernel_resolve(r, "/l1/passwd").unwrap(),
+            r.join("etc/passwd")
+        );
         let err = super::resolve_in(r, "/l0/passwd").unwrap_err().to_string();
         assert!(err.contains("\"/l0/passwd\""), "names the path: {err}");
         assert!(
@@ -738,7 +745,12 @@ mod tests {
             .unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "host bytes");
         assert_eq!(fs::read_to_string(&dest).unwrap(), "exported");
-        assert!(!fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+        assert!(
+            !fs::symlink_metadata(&dest)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]
@@ -748,7 +760,9 @@ mod tests {
         let r = root.path();
         symlink(outside.path(), r.join("out")).unwrap();
         // On the way to a destination: an error, nothing written outside.
-        let err = Dir::open_in_tree(r, &r.join("out/sub")).unwrap_err().to_string();
+        let err = Dir::open_in_tree(r, &r.join("out/sub"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is a symlink, not a directory"), "{err}");
         assert!(Entry::in_tree(r, &r.join("out/sub/file")).is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
@@ -764,7 +778,10 @@ mod tests {
         // Removing a symlink removes the link, not what it points to.
         symlink(outside.path(), r.join("link")).unwrap();
         fs::write(outside.path().join("kept"), "k").unwrap();
-        Dir::open_host(r).unwrap().remove(OsStr::new("link")).unwrap();
+        Dir::open_host(r)
+            .unwrap()
+            .remove(OsStr::new("link"))
+            .unwrap();
         assert!(outside.path().join("kept").exists());
         assert!(fs::symlink_metadata(r.join("link")).is_err());
     }
@@ -891,6 +908,9 @@ mod tests {
                 }
             }
         }
-        assert!(compared > 1000, "only {compared} paths were checked against the kernel");
+        assert!(
+            compared > 1000,
+            "only {compared} paths were checked against the kernel"
+        );
     }
 }

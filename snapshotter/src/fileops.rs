@@ -285,8 +285,9 @@ fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result
         let bm = std::fs::symlink_metadata(&b).ok();
         if om.is_dir() {
             if !bm.as_ref().is_some_and(|m| m.is_dir()) {
-                let at = Entry::in_tree(out, &out.join(&r))?
-                    .ok_or_else(|| invalid(format!("{} is not below {}", r.display(), out.display())))?;
+                let at = Entry::in_tree(out, &out.join(&r))?.ok_or_else(|| {
+                    invalid(format!("{} is not below {}", r.display(), out.display()))
+                })?;
                 tree::copy_tree(&o, &at, &CopyFilter::all(), None)?;
             } else {
                 copy_differences(base, other, out, &r)?;
@@ -306,8 +307,9 @@ fn copy_differences(base: &Path, other: &Path, out: &Path, rel: &Path) -> Result
             _ => false,
         };
         if !same {
-            let at = Entry::in_tree(out, &out.join(&r))?
-                .ok_or_else(|| invalid(format!("{} is not below {}", r.display(), out.display())))?;
+            let at = Entry::in_tree(out, &out.join(&r))?.ok_or_else(|| {
+                invalid(format!("{} is not below {}", r.display(), out.display()))
+            })?;
             tree::copy_tree(&o, &at, &CopyFilter::all(), None)?;
         }
     }
@@ -410,4 +412,289 @@ pub fn read_tree(root: &Path, path: &str, op: ReadOp) -> Result<ReadAnswer, Erro
             return Err(invalid(format!("{path} is a file, not a directory")));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every host-side write of a file operation or an export, against a
+    //! tree (standing in for a mounted snapshot) and export destinations
+    //! with hostile symlinks planted: an absolute symlink to the host, a
+    //! `..` chain that climbs out, a chain of 41 links. The host's files
+    //! never change.
+
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    use super::*;
+    use crate::tree::{Filter, KnownHashes, scan_host_dir};
+
+    struct Hostile {
+        tree: tempfile::TempDir,
+        host: tempfile::TempDir,
+        /// Another tree to copy from.
+        src: tempfile::TempDir,
+    }
+
+    /// The parent-directory plants: every one of them leads out of the tree
+    /// if the host kernel follows it.
+    const PARENTS: [&str; 3] = ["abs", "d/e/up", "l0"];
+
+    impl Hostile {
+        fn new() -> Hostile {
+            let h = Hostile {
+                tree: tempfile::tempdir().unwrap(),
+                host: tempfile::tempdir().unwrap(),
+                src: tempfile::tempdir().unwrap(),
+            };
+            let (t, host) = (h.tree.path(), h.host.path());
+            fs::write(host.join("victim"), "host bytes").unwrap();
+            fs::set_permissions(host.join("victim"), fs::Permissions::from_mode(0o600)).unwrap();
+            fs::create_dir(host.join("victim_dir")).unwrap();
+            fs::write(host.join("victim_dir/kept"), "kept").unwrap();
+            let victim_dir = host.join("victim_dir");
+            symlink(&victim_dir, t.join("abs")).unwrap();
+            fs::create_dir_all(t.join("d/e")).unwrap();
+            let climb = format!("{}{}", "../".repeat(12), victim_dir.display());
+            symlink(&climb, t.join("d/e/up")).unwrap();
+            for i in 0..41 {
+                let to = if i == 40 {
+                    victim_dir.display().to_string()
+                } else {
+                    format!("l{}", i + 1)
+                };
+                symlink(to, t.join(format!("l{i}"))).unwrap();
+            }
+            symlink(host.join("victim"), t.join("fabs")).unwrap();
+            symlink(
+                format!("{}{}", "../".repeat(12), host.join("victim").display()),
+                t.join("fup"),
+            )
+            .unwrap();
+            // What is copied in.
+            let s = h.src.path();
+            fs::write(s.join("file"), "copied").unwrap();
+            fs::create_dir_all(s.join("dir/sub")).unwrap();
+            fs::write(s.join("dir/sub/x"), "x").unwrap();
+            fs::write(s.join("dir/kept"), "overwritten?").unwrap();
+            symlink(host.join("victim"), s.join("dir/link")).unwrap();
+            h
+        }
+
+        fn mounted(&self, path: &str) -> Origin {
+            Origin::Mounted {
+                root: self.src.path().to_path_buf(),
+                path: path.into(),
+            }
+        }
+
+        fn host_origin(&self, path: &str) -> Origin {
+            let (listing, _) =
+                scan_host_dir(self.src.path(), &Filter::default(), &KnownHashes::new()).unwrap();
+            Origin::Host {
+                listing: Arc::new(listing),
+                path: path.into(),
+            }
+        }
+
+        /// The host's files are as they were.
+        fn assert_host_untouched(&self, what: &str) {
+            let host = self.host.path();
+            assert_eq!(
+                fs::read_to_string(host.join("victim")).unwrap(),
+                "host bytes",
+                "{what}: the host file was written through a symlink"
+            );
+            let m = fs::metadata(host.join("victim")).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o600, "{what}: chmod");
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{what}: chown");
+            let mut names: Vec<_> = fs::read_dir(host.join("victim_dir"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["kept"], "{what}: written into a host directory");
+            assert_eq!(
+                fs::read_to_string(host.join("victim_dir/kept")).unwrap(),
+                "kept",
+                "{what}"
+            );
+        }
+    }
+
+    fn copy(dest: &str, source: Origin) -> FileOp {
+        FileOp::Copy {
+            dest: dest.into(),
+            source,
+            include: vec![],
+            exclude: vec![],
+            owner: Some("65534:65534".into()),
+            permissions: Some(0o777),
+        }
+    }
+
+    fn write(dest: &str) -> FileOp {
+        FileOp::Write {
+            dest: dest.into(),
+            contents: Arc::new(b"written".to_vec()),
+            permissions: 0o755,
+            owner: Some("65534:65534".into()),
+        }
+    }
+
+    fn expect_loop(r: Result<impl std::fmt::Debug, Error>, what: &str) {
+        let err = r.expect_err(what).to_string();
+        assert!(
+            err.contains("too many levels of symbolic links"),
+            "{what}: {err}"
+        );
+    }
+
+    #[test]
+    fn file_operations_never_follow_a_planted_symlink_out_of_the_tree() {
+        for parent in PARENTS {
+            let h = Hostile::new();
+            let ops = [
+                ("with_new_file", write(&format!("/{parent}/new"))),
+                (
+                    "file copy",
+                    copy(&format!("/{parent}/new"), h.mounted("/file")),
+                ),
+                (
+                    "directory copy",
+                    copy(&format!("/{parent}"), h.mounted("/dir")),
+                ),
+                (
+                    "host file copy",
+                    copy(&format!("/{parent}/new"), h.host_origin("file")),
+                ),
+                (
+                    "host directory copy",
+                    copy(&format!("/{parent}"), h.host_origin("dir")),
+                ),
+                (
+                    "remove",
+                    FileOp::Remove {
+                        path: format!("/{parent}/kept"),
+                    },
+                ),
+            ];
+            for (what, op) in ops {
+                let what = format!("{what} through {parent}");
+                let r = apply(h.tree.path(), std::slice::from_ref(&op));
+                if parent == "l0" {
+                    expect_loop(r, &what);
+                } else {
+                    r.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    // What an absolute or climbing symlink leads to, inside the tree.
+                    let inside = h
+                        .tree
+                        .path()
+                        .join(h.host.path().join("victim_dir").strip_prefix("/").unwrap());
+                    if !matches!(op, FileOp::Remove { .. }) {
+                        assert!(inside.exists(), "{what}: written inside the tree");
+                    }
+                }
+                h.assert_host_untouched(&what);
+            }
+        }
+    }
+
+    #[test]
+    fn a_symlink_at_the_destination_is_replaced_not_written_through() {
+        for entry in ["fabs", "fup"] {
+            let h = Hostile::new();
+            let ops = [
+                ("with_new_file", write(&format!("/{entry}"))),
+                ("file copy", copy(&format!("/{entry}"), h.mounted("/file"))),
+                (
+                    "host file copy",
+                    copy(&format!("/{entry}"), h.host_origin("file")),
+                ),
+                // A directory holding a symlink to the host, given a mode.
+                ("directory copy", copy("/copied", h.mounted("/dir"))),
+            ];
+            for (what, op) in ops {
+                let what = format!("{what} to {entry}");
+                apply(h.tree.path(), std::slice::from_ref(&op))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                h.assert_host_untouched(&what);
+            }
+            let m = fs::symlink_metadata(h.tree.path().join(entry)).unwrap();
+            assert!(m.is_file(), "{entry} is now a file of the tree");
+        }
+    }
+
+    #[test]
+    fn exports_replace_a_planted_symlink_and_never_write_through_one() {
+        let h = Hostile::new();
+        let out = h.host.path().join("out");
+        fs::create_dir(&out).unwrap();
+        // What an earlier export of a step's directory put on the host.
+        symlink(h.host.path().join("victim"), out.join("report.txt")).unwrap();
+        symlink(h.host.path().join("victim_dir"), out.join("sub")).unwrap();
+        symlink(h.host.path().join("victim_dir"), h.host.path().join("out2")).unwrap();
+        let src = h.src.path();
+        let (listing, _) = scan_host_dir(src, &Filter::default(), &KnownHashes::new()).unwrap();
+        let exports: [(&str, Box<dyn Fn() -> Result<ReadAnswer, Error>>); 6] = [
+            (
+                "file export",
+                Box::new(|| read_tree(src, "/file", ReadOp::Export(out.join("report.txt")))),
+            ),
+            (
+                "host file export",
+                Box::new(|| read_host(&listing, "file", ReadOp::Export(out.join("report.txt")))),
+            ),
+            (
+                "directory export over a symlinked subdirectory",
+                Box::new(|| read_tree(src, "/dir", ReadOp::Export(out.clone()))),
+            ),
+            (
+                "host directory export over a symlinked subdirectory",
+                Box::new(|| read_host(&listing, "dir", ReadOp::Export(out.clone()))),
+            ),
+            (
+                "directory export to a symlink",
+                Box::new(|| read_tree(src, "/dir", ReadOp::Export(h.host.path().join("out2")))),
+            ),
+            (
+                "host directory export to a symlink",
+                Box::new(|| read_host(&listing, "dir", ReadOp::Export(h.host.path().join("out2")))),
+            ),
+        ];
+        for (what, export) in exports {
+            export().unwrap_or_else(|e| panic!("{what}: {e}"));
+            h.assert_host_untouched(what);
+        }
+        assert_eq!(
+            fs::read_to_string(out.join("report.txt")).unwrap(),
+            "copied"
+        );
+        assert!(!out.join("report.txt").is_symlink());
+        assert_eq!(fs::read_to_string(out.join("sub/x")).unwrap(), "x");
+        assert!(h.host.path().join("out2").is_dir() && !h.host.path().join("out2").is_symlink());
+        // The exported symlink is a symlink again, not the file it names.
+        assert!(out.join("link").is_symlink());
+    }
+
+    #[test]
+    fn reads_and_exports_through_a_chain_of_41_links_are_an_error() {
+        let h = Hostile::new();
+        let dest = h.host.path().join("exported");
+        for op in [
+            ReadOp::Contents,
+            ReadOp::Export(dest.clone()),
+            ReadOp::Entries,
+        ] {
+            expect_loop(
+                read_tree(h.tree.path(), "/l0", op.clone()),
+                &format!("{op:?}"),
+            );
+            expect_loop(read_tree(h.tree.path(), "/l0/kept", op), "through a parent");
+        }
+        assert!(!dest.exists());
+        // A `..` chain stays in the tree: there is no `kept` in it.
+        let r = read_tree(h.tree.path(), "/d/e/up/kept", ReadOp::Contents);
+        assert!(r.is_err(), "read the host's file through ..: {r:?}");
+        h.assert_host_untouched("reads");
+    }
 }

@@ -3,7 +3,6 @@
 //! rbuild-runtime, the user's terminal for `-i` and `terminal()`, and the
 //! commit of its result with the digest of what it changed (early cutoff).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -92,6 +91,8 @@ impl ContainerdWorker {
                     let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
                     let source = confine::resolve_in(mnt.path(), path);
                     opened.push(mnt);
+                    let source = source
+                        .map_err(|e| SolveError::Invalid(format!("mount at {target}: {e}")))?;
                     let meta = std::fs::metadata(&source).map_err(|_| {
                         SolveError::Invalid(format!(
                             "mount at {target}: {path} does not exist in the mounted value"
@@ -135,7 +136,7 @@ impl ContainerdWorker {
                     mode,
                 } => {
                     let file = secret_dir.join(format!("secret-{n}"));
-                    write_secret(&file, plaintext, *mode, (who.uid, who.gid))
+                    write_secret(secret_dir, &file, plaintext, *mode, (who.uid, who.gid))
                         .map_err(|e| SolveError::Internal(format!("secret mount {target}: {e}")))?;
                     extra.push(bind(&file.to_string_lossy(), target, true));
                 }
@@ -273,15 +274,19 @@ fn bind(source: &str, target: &str, readonly: bool) -> ExtraMount {
     }
 }
 
+/// Writes a secret for a mount into the step's own secret directory: a new
+/// file (`O_EXCL | O_NOFOLLOW`, mode 0600 until it is owned and complete),
+/// so nothing already at `path` is written through.
 fn write_secret(
+    dir: &Path,
     path: &Path,
     plaintext: &[u8],
     mode: u32,
     owner: (u32, u32),
-) -> std::io::Result<()> {
-    std::fs::write(path, plaintext)?;
-    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+) -> Result<(), rbuild_snapshotter::Error> {
+    let name = path.file_name().unwrap_or_default();
+    confine::Dir::open_host(dir)?.replace_file(name, &mut &plaintext[..], mode, Some(owner))?;
+    Ok(())
 }
 
 /// runc's "cannot exec" (no such binary, not executable, bad working

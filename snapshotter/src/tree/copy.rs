@@ -134,7 +134,9 @@ fn copy_leaf(
                 return Err(Error::io(
                     "import",
                     &src,
-                    std::io::Error::other("the file changed while it was being imported; run again"),
+                    std::io::Error::other(
+                        "the file changed while it was being imported; run again",
+                    ),
                 ));
             }
             parent.set_mtime(name, e.mtime.0, e.mtime.1)?;
@@ -193,8 +195,11 @@ pub fn copy_tree_into(
         Some(rustix::fs::Gid::from_raw(gid)),
     )
     .map_err(|e| Error::io("chown", dst.path(), e.into()))?;
-    rustix::fs::fchmod(dst.as_fd(), rustix::fs::Mode::from_raw_mode(m.mode() & 0o7777))
-        .map_err(|e| Error::io("chmod", dst.path(), e.into()))?;
+    rustix::fs::fchmod(
+        dst.as_fd(),
+        rustix::fs::Mode::from_raw_mode(m.mode() & 0o7777),
+    )
+    .map_err(|e| Error::io("chmod", dst.path(), e.into()))?;
     Ok(bytes)
 }
 

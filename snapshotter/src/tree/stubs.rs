@@ -127,4 +127,45 @@ mod tests {
         assert!(!upper.path().join("data/mnt").exists());
         assert!(upper.path().join("data/kept").exists());
     }
+
+    #[test]
+    fn a_symlink_where_a_mount_point_was_is_not_followed_to_the_host() {
+        let upper = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        // Empty host entries that look just like stubs, if reached.
+        fs::create_dir_all(host.path().join("dir/empty")).unwrap();
+        fs::write(host.path().join("dir/x"), "").unwrap();
+        let u = upper.path();
+        let dir = host.path().join("dir");
+        // The step replaced its mount points' parents with symlinks: an
+        // absolute one, a `..` chain, and a chain of 41 links.
+        std::os::unix::fs::symlink(&dir, u.join("abs")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("{}{}", "../".repeat(10), dir.display()),
+            u.join("up"),
+        )
+        .unwrap();
+        for i in 0..41 {
+            let to = if i == 40 {
+                dir.display().to_string()
+            } else {
+                format!("l{}", i + 1)
+            };
+            std::os::unix::fs::symlink(to, u.join(format!("l{i}"))).unwrap();
+        }
+        let targets: Vec<String> = ["abs", "up", "l0"]
+            .iter()
+            .flat_map(|p| [format!("/{p}/x"), format!("/{p}/empty")])
+            .collect();
+        remove_mount_stubs(u, &[], &targets).unwrap();
+        assert!(host.path().join("dir/x").exists(), "host file removed");
+        assert!(
+            host.path().join("dir/empty").exists(),
+            "host directory removed"
+        );
+        // The symlinks themselves are the step's content: kept.
+        for p in ["abs", "up", "l0", "l40"] {
+            assert!(u.join(p).is_symlink(), "{p}");
+        }
+    }
 }
