@@ -299,8 +299,8 @@ impl Dir {
         let fd = rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty())
             .map_err(|e| errno("list", &self.path, e))?;
         let mut out = Vec::new();
-        let mut it = rustix::fs::Dir::new(fd).map_err(|e| errno("list", &self.path, e))?;
-        while let Some(entry) = it.next() {
+        let it = rustix::fs::Dir::new(fd).map_err(|e| errno("list", &self.path, e))?;
+        for entry in it {
             let entry = entry.map_err(|e| errno("list", &self.path, e))?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {

@@ -635,7 +635,8 @@ mod tests {
         symlink(h.host.path().join("victim_dir"), h.host.path().join("out2")).unwrap();
         let src = h.src.path();
         let (listing, _) = scan_host_dir(src, &Filter::default(), &KnownHashes::new()).unwrap();
-        let exports: [(&str, Box<dyn Fn() -> Result<ReadAnswer, Error>>); 6] = [
+        type Export<'a> = Box<dyn Fn() -> Result<ReadAnswer, Error> + 'a>;
+        let exports: [(&str, Export); 6] = [
             (
                 "file export",
                 Box::new(|| read_tree(src, "/file", ReadOp::Export(out.join("report.txt")))),
