@@ -306,3 +306,50 @@ fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveEr
     }
     err.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    use super::*;
+
+    #[test]
+    fn a_secret_file_never_writes_through_what_is_at_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        std::fs::write(&victim, "host bytes").unwrap();
+        // An absolute symlink, a `..` chain, and the end of a 41-link chain.
+        symlink(&victim, dir.path().join("secret-0")).unwrap();
+        symlink(
+            format!("{}{}", "../".repeat(10), victim.display()),
+            dir.path().join("secret-1"),
+        )
+        .unwrap();
+        for i in 0..41 {
+            let to = if i == 40 {
+                victim.display().to_string()
+            } else {
+                format!("l{}", i + 1)
+            };
+            symlink(to, dir.path().join(format!("l{i}"))).unwrap();
+        }
+        symlink("l0", dir.path().join("secret-2")).unwrap();
+        for n in 0..3 {
+            let file = dir.path().join(format!("secret-{n}"));
+            write_secret(dir.path(), &file, b"s3cret", 0o400, (65534, 65534)).unwrap();
+            let m = std::fs::symlink_metadata(&file).unwrap();
+            assert!(m.is_file(), "secret-{n} is a file of its own");
+            assert_eq!(m.permissions().mode() & 0o7777, 0o400);
+            assert_eq!((m.uid(), m.gid()), (65534, 65534));
+            assert_eq!(std::fs::read(&file).unwrap(), b"s3cret");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host bytes");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".rbuild-"))
+            .collect();
+        assert!(names.is_empty(), "no temporary file is left: {names:?}");
+    }
+}
