@@ -22,16 +22,6 @@ use super::scan::{EntryKind, HostEntry, HostListing, StatKey};
 use crate::Error;
 use crate::confine::{Dir, Entry};
 
-/// Makes the directories of `path` below `root` exist (mode 0755, root-owned).
-pub fn make_parents(root: &Path, path: &Path) -> Result<(), Error> {
-    if let Some(parent) = path.parent()
-        && parent.starts_with(root)
-    {
-        Dir::open_in_tree(root, parent)?;
-    }
-    Ok(())
-}
-
 /// Removes whatever is at `path` (file, symlink or whole directory),
 /// following no symlink below `root`.
 pub fn remove_path(root: &Path, path: &Path) -> Result<(), Error> {
