@@ -3,7 +3,6 @@
 //! rbuild-runtime, the user's terminal for `-i` and `terminal()`, and the
 //! commit of its result with the digest of what it changed (early cutoff).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -92,6 +91,8 @@ impl ContainerdWorker {
                     let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
                     let source = confine::resolve_in(mnt.path(), path);
                     opened.push(mnt);
+                    let source = source
+                        .map_err(|e| SolveError::Invalid(format!("mount at {target}: {e}")))?;
                     let meta = std::fs::metadata(&source).map_err(|_| {
                         SolveError::Invalid(format!(
                             "mount at {target}: {path} does not exist in the mounted value"
@@ -139,7 +140,7 @@ impl ContainerdWorker {
                     mode,
                 } => {
                     let file = secret_dir.join(format!("secret-{n}"));
-                    write_secret(&file, plaintext, *mode, (who.uid, who.gid))
+                    write_secret(secret_dir, &file, plaintext, *mode, (who.uid, who.gid))
                         .map_err(|e| SolveError::Internal(format!("secret mount {target}: {e}")))?;
                     extra.push(bind(&file.to_string_lossy(), target, true));
                 }
@@ -277,15 +278,19 @@ fn bind(source: &str, target: &str, readonly: bool) -> ExtraMount {
     }
 }
 
+/// Writes a secret for a mount into the step's own secret directory: a new
+/// file (`O_EXCL | O_NOFOLLOW`, mode 0600 until it is owned and complete),
+/// so nothing already at `path` is written through.
 fn write_secret(
+    dir: &Path,
     path: &Path,
     plaintext: &[u8],
     mode: u32,
     owner: (u32, u32),
-) -> std::io::Result<()> {
-    std::fs::write(path, plaintext)?;
-    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+) -> Result<(), rbuild_snapshotter::Error> {
+    let name = path.file_name().unwrap_or_default();
+    confine::Dir::open_host(dir)?.replace_file(name, &mut &plaintext[..], mode, Some(owner))?;
+    Ok(())
 }
 
 /// runc's "cannot exec" (no such binary, not executable, bad working
@@ -304,4 +309,51 @@ fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveEr
         ));
     }
     err.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    use super::*;
+
+    #[test]
+    fn a_secret_file_never_writes_through_what_is_at_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        std::fs::write(&victim, "host bytes").unwrap();
+        // An absolute symlink, a `..` chain, and the end of a 41-link chain.
+        symlink(&victim, dir.path().join("secret-0")).unwrap();
+        symlink(
+            format!("{}{}", "../".repeat(10), victim.display()),
+            dir.path().join("secret-1"),
+        )
+        .unwrap();
+        for i in 0..41 {
+            let to = if i == 40 {
+                victim.display().to_string()
+            } else {
+                format!("l{}", i + 1)
+            };
+            symlink(to, dir.path().join(format!("l{i}"))).unwrap();
+        }
+        symlink("l0", dir.path().join("secret-2")).unwrap();
+        for n in 0..3 {
+            let file = dir.path().join(format!("secret-{n}"));
+            write_secret(dir.path(), &file, b"s3cret", 0o400, (65534, 65534)).unwrap();
+            let m = std::fs::symlink_metadata(&file).unwrap();
+            assert!(m.is_file(), "secret-{n} is a file of its own");
+            assert_eq!(m.permissions().mode() & 0o7777, 0o400);
+            assert_eq!((m.uid(), m.gid()), (65534, 65534));
+            assert_eq!(std::fs::read(&file).unwrap(), b"s3cret");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host bytes");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".rbuild-"))
+            .collect();
+        assert!(names.is_empty(), "no temporary file is left: {names:?}");
+    }
 }

@@ -140,8 +140,10 @@ impl ImageWorker for ContainerdWorker {
                 }
                 Source::Snapshot { snapshot, path } => {
                     let mounted = self.view(snapshot.as_ref()).await?;
-                    let file = confine::resolve_in(mounted.path(), path);
-                    let result = export::import_tarball(&self.ctd, lease, &file, platform).await;
+                    let result = match confine::resolve_in(mounted.path(), path) {
+                        Ok(file) => export::import_tarball(&self.ctd, lease, &file, platform).await,
+                        Err(e) => Err(e),
+                    };
                     self.close(mounted, false).await;
                     Ok(result?)
                 }

@@ -69,10 +69,11 @@ pub async fn write_tarball(
     let out_path = out.to_path_buf();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let io = |e: std::io::Error| Error::io("write image tarball", &out_path, e);
-        if let Some(parent) = out_path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let f = std::fs::File::create(&out_path).map_err(io)?;
+        // A symlink at the destination is replaced, never written through.
+        let dest = crate::confine::Entry::on_host(&out_path)?;
+        let f = dest.parent.create_file(&dest.name)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io)?;
         let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
         let add = |tar: &mut tar::Builder<_>, path: &str, size: u64, data: &mut dyn Read| {
             let mut h = tar::Header::new_ustar();

@@ -1,47 +1,74 @@
-//! Copies into mounted snapshots: a scanned host listing (checked against
-//! its scan while it is copied), or a tree from one mounted snapshot to
-//! another, keeping modes, owners, symlinks, device nodes and mtimes.
+//! Copies into mounted snapshots and export destinations: a scanned host
+//! listing (checked against its scan while it is copied), or a tree from
+//! one mounted snapshot to another, keeping modes, owners, symlinks, device
+//! nodes and mtimes.
 //!
-//! Callers resolve destinations first (`crate::confine`); this module
-//! never writes through what is at a destination, it replaces it.
+//! Destinations are open directories ([`Dir`], [`Entry`] from
+//! `crate::confine`) and every entry below them is written with `*at`
+//! calls that do not follow symlinks: whatever is at a destination (a
+//! symlink out of the tree, say) is replaced, never written through.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use rustix::fs::FileType;
 
 use super::filter::CopyFilter;
 use super::par_for_each;
 use super::scan::{EntryKind, HostEntry, HostListing, StatKey};
 use crate::Error;
+use crate::confine::{Dir, Entry};
 
-/// Makes the directories of `path` below `root` exist (mode 0755, root-owned).
-pub fn make_parents(root: &Path, path: &Path) -> Result<(), Error> {
-    if let Some(parent) = path.parent()
-        && parent.starts_with(root)
-    {
-        fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+/// Removes whatever is at `path` (file, symlink or whole directory),
+/// following no symlink below `root`.
+pub fn remove_path(root: &Path, path: &Path) -> Result<(), Error> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    if path == root || !parent.starts_with(root) {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Removes whatever is at `path` (file, symlink or whole directory).
-pub fn remove_path(path: &Path) -> Result<(), Error> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("stat", path, e)),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(|e| Error::io("remove", path, e)),
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io("remove", path, e)),
+    let rel = parent.strip_prefix(root).unwrap_or(Path::new(""));
+    match Dir::open_host(root)?.open_beneath(rel)? {
+        Some(dir) => dir.remove(name),
+        // Nothing there (or not reachable without a symlink): nothing to remove.
+        None => Ok(()),
     }
 }
 
-/// Copies a scanned host listing to `dest` (a directory in a mounted
-/// snapshot), owned by `owner` (uid, gid). Each file is checked against its
-/// scanned stat key after copying, so content that changed during the copy
-/// is an error rather than a wrongly keyed result.
-pub fn copy_listing(listing: &HostListing, dest: &Path, owner: (u32, u32)) -> Result<u64, Error> {
-    fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
+/// The directory of `rel` (a `/`-separated relative path) and its name.
+fn split_rel(rel: &str) -> (&Path, &OsStr) {
+    match rel.rsplit_once('/') {
+        Some((dir, name)) => (Path::new(dir), OsStr::new(name)),
+        None => (Path::new(""), OsStr::new(rel)),
+    }
+}
+
+/// The open parent directory of `rel` below `dest`, reached without
+/// following a symlink, and the entry's name in it.
+fn parent_of(dest: &Dir, rel: &str) -> Result<(Dir, OsString), Error> {
+    let (dir, name) = split_rel(rel);
+    if dir.as_os_str().is_empty() {
+        return Ok((dest.try_clone()?, name.to_os_string()));
+    }
+    let opened = dest.open_beneath(dir)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} is not a directory below {}; it was changed while rbuild wrote into it",
+            dir.display(),
+            dest.path().display()
+        ))
+    })?;
+    Ok((opened, name.to_os_string()))
+}
+
+/// Copies a scanned host listing into the open directory `dest`, owned by
+/// `owner` (uid, gid). Each file is checked against its scanned stat key
+/// after copying, so content that changed during the copy is an error
+/// rather than a wrongly keyed result.
+pub fn copy_listing(listing: &HostListing, dest: &Dir, owner: (u32, u32)) -> Result<u64, Error> {
     // Directories first (parents before children), then files and symlinks
     // in parallel: creating files is what a cold import spends its time on.
     let (dirs, leaves): (Vec<&HostEntry>, Vec<&HostEntry>) = listing
@@ -49,93 +76,150 @@ pub fn copy_listing(listing: &HostListing, dest: &Path, owner: (u32, u32)) -> Re
         .iter()
         .partition(|e| e.kind == EntryKind::Dir);
     for e in &dirs {
-        let dst = dest.join(&e.rel);
-        match fs::symlink_metadata(&dst) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&dst).map_err(|err| Error::io("replace", &dst, err))?;
-                fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?;
-            }
-            Err(_) => {
-                fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?
-            }
-        }
-        lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
-        fs::set_permissions(&dst, fs::Permissions::from_mode(e.mode))
-            .map_err(|err| Error::io("chmod", &dst, err))?;
+        let (parent, name) = parent_of(dest, &e.rel)?;
+        drop(parent.replace_with_dir(&name)?);
+        parent.set_owner(&name, owner.0, owner.1)?;
+        parent.set_mode(&name, e.mode)?;
     }
     let bytes = std::sync::atomic::AtomicU64::new(0);
     par_for_each(&leaves, |e| {
-        let src = listing.root.join(&e.rel);
-        let dst = dest.join(&e.rel);
-        // Never write through whatever is there (it could be a symlink out of the tree).
-        remove_if_not_dir(&dst)?;
-        match &e.kind {
-            EntryKind::File { size, .. } => {
-                fs::copy(&src, &dst).map_err(|err| Error::io("copy", &src, err))?;
-                let now = fs::symlink_metadata(&src).map_err(|err| Error::io("stat", &src, err))?;
-                if StatKey::of(&now) != e.stat {
-                    return Err(Error::io(
-                        "import",
-                        &src,
-                        std::io::Error::other(
-                            "the file changed while it was being imported; run again",
-                        ),
-                    ));
-                }
-                bytes.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
-                lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
-                // fs::copy set the permission bits; chown cleared set-id bits.
-                if e.mode & 0o7000 != 0 {
-                    fs::set_permissions(&dst, fs::Permissions::from_mode(e.mode))
-                        .map_err(|err| Error::io("chmod", &dst, err))?;
-                }
-                set_mtime(&dst, e.mtime.0, e.mtime.1)
-                    .map_err(|err| Error::io("set mtime", &dst, err))
-            }
-            EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &dst)
-                    .map_err(|err| Error::io("create symlink", &dst, err))?;
-                lchown(&dst, owner.0, owner.1).map_err(|err| Error::io("chown", &dst, err))?;
-                let _ = set_mtime(&dst, e.mtime.0, e.mtime.1);
-                Ok(())
-            }
-            EntryKind::Dir => Ok(()),
-        }
+        let (parent, name) = parent_of(dest, &e.rel)?;
+        let n = copy_leaf(listing, e, &parent, &name, owner)?;
+        bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     })?;
     // Directory mtimes last: creating their children changed them.
     for e in dirs.iter().rev() {
-        let _ = set_mtime(&dest.join(&e.rel), e.mtime.0, e.mtime.1);
+        let (parent, name) = parent_of(dest, &e.rel)?;
+        let _ = parent.set_mtime(&name, e.mtime.0, e.mtime.1);
     }
     Ok(bytes.into_inner())
 }
 
-fn remove_if_not_dir(p: &Path) -> Result<(), Error> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if !m.is_dir() => fs::remove_file(p).map_err(|e| Error::io("replace", p, e)),
-        Ok(_) => remove_path(p),
-        Err(_) => Ok(()),
+/// Copies one file or symlink of a scanned host listing to the entry
+/// `dst`, replacing what is there. Returns the bytes copied.
+pub fn copy_host_entry(
+    listing: &HostListing,
+    entry: &HostEntry,
+    dst: &Entry,
+    owner: (u32, u32),
+) -> Result<u64, Error> {
+    copy_leaf(listing, entry, &dst.parent, &dst.name, owner)
+}
+
+fn copy_leaf(
+    listing: &HostListing,
+    e: &HostEntry,
+    parent: &Dir,
+    name: &OsStr,
+    owner: (u32, u32),
+) -> Result<u64, Error> {
+    let src = listing.root.join(&e.rel);
+    match &e.kind {
+        EntryKind::File { size, .. } => {
+            let mut from = fs::File::open(&src).map_err(|err| Error::io("copy", &src, err))?;
+            parent.replace_file(name, &mut from, e.mode, Some(owner))?;
+            let now = fs::symlink_metadata(&src).map_err(|err| Error::io("stat", &src, err))?;
+            if StatKey::of(&now) != e.stat {
+                return Err(Error::io(
+                    "import",
+                    &src,
+                    std::io::Error::other(
+                        "the file changed while it was being imported; run again",
+                    ),
+                ));
+            }
+            parent.set_mtime(name, e.mtime.0, e.mtime.1)?;
+            Ok(*size)
+        }
+        EntryKind::Symlink { target } => {
+            parent.replace_with_symlink(name, OsStr::from_bytes(target))?;
+            parent.set_owner(name, owner.0, owner.1)?;
+            let _ = parent.set_mtime(name, e.mtime.0, e.mtime.1);
+            Ok(0)
+        }
+        EntryKind::Dir => Ok(0),
     }
 }
 
-/// Copies the tree at `src` (file, symlink or directory) to `dst`,
-/// preserving modes, owners (unless `owner` is given), symlinks and mtimes;
-/// directories merge into existing ones. Returns the bytes copied.
+/// Copies the tree at `src` (file, symlink or directory) to the entry
+/// `dst`, preserving modes, owners (unless `owner` is given), symlinks and
+/// mtimes; a directory merges into an existing one, anything else replaces
+/// what is there. Returns the bytes copied.
 pub fn copy_tree(
     src: &Path,
-    dst: &Path,
+    dst: &Entry,
     filter: &CopyFilter,
     owner: Option<(u32, u32)>,
 ) -> Result<u64, Error> {
     let m = fs::symlink_metadata(src).map_err(|e| Error::io("read", src, e))?;
     let mut bytes = 0;
-    copy_node(src, dst, &m, Path::new(""), filter, owner, &mut bytes)?;
+    copy_node(
+        src,
+        &dst.parent,
+        &dst.name,
+        &m,
+        Path::new(""),
+        filter,
+        owner,
+        &mut bytes,
+    )?;
     Ok(bytes)
 }
 
+/// Copies what is in the directory `src` into the open directory `dst`
+/// (merging), and gives `dst` the mode and owner of `src`.
+pub fn copy_tree_into(
+    src: &Path,
+    dst: &Dir,
+    filter: &CopyFilter,
+    owner: Option<(u32, u32)>,
+) -> Result<u64, Error> {
+    let m = fs::symlink_metadata(src).map_err(|e| Error::io("read", src, e))?;
+    let mut bytes = 0;
+    copy_children(src, dst, Path::new(""), filter, owner, &mut bytes)?;
+    let (uid, gid) = owner.unwrap_or((m.uid(), m.gid()));
+    rustix::fs::fchown(
+        dst.as_fd(),
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|e| Error::io("chown", dst.path(), e.into()))?;
+    rustix::fs::fchmod(
+        dst.as_fd(),
+        rustix::fs::Mode::from_raw_mode(m.mode() & 0o7777),
+    )
+    .map_err(|e| Error::io("chmod", dst.path(), e.into()))?;
+    Ok(bytes)
+}
+
+fn copy_children(
+    src: &Path,
+    dst: &Dir,
+    rel: &Path,
+    filter: &CopyFilter,
+    owner: Option<(u32, u32)>,
+    bytes: &mut u64,
+) -> Result<(), Error> {
+    let mut names: Vec<_> = fs::read_dir(src)
+        .map_err(|e| Error::io("list", src, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let s = src.join(&name);
+        let cm = fs::symlink_metadata(&s).map_err(|e| Error::io("stat", &s, e))?;
+        copy_node(&s, dst, &name, &cm, &rel.join(&name), filter, owner, bytes)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn copy_node(
     src: &Path,
-    dst: &Path,
+    parent: &Dir,
+    name: &OsStr,
     m: &fs::Metadata,
     rel: &Path,
     filter: &CopyFilter,
@@ -151,43 +235,17 @@ fn copy_node(
     }
     let (uid, gid) = owner.unwrap_or((m.uid(), m.gid()));
     if ft.is_dir() {
-        match fs::symlink_metadata(dst) {
-            Ok(d) if d.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(dst).map_err(|e| Error::io("replace", dst, e))?;
-                fs::create_dir(dst).map_err(|e| Error::io("create directory", dst, e))?;
-            }
-            Err(_) => fs::create_dir(dst).map_err(|e| Error::io("create directory", dst, e))?,
-        }
-        let mut names: Vec<_> = fs::read_dir(src)
-            .map_err(|e| Error::io("list", src, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let s = src.join(&name);
-            let cm = fs::symlink_metadata(&s).map_err(|e| Error::io("stat", &s, e))?;
-            copy_node(
-                &s,
-                &dst.join(&name),
-                &cm,
-                &rel.join(&name),
-                filter,
-                owner,
-                bytes,
-            )?;
-        }
+        let dir = parent.replace_with_dir(name)?;
+        copy_children(src, &dir, rel, filter, owner, bytes)?;
         // An include filter keeps a directory only if something in it was kept.
         if let Some(f) = &filter.matchers
             && f.include.is_some()
             && !rel.as_os_str().is_empty()
             && !f.included(rel, true)
-            && fs::read_dir(dst)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false)
+            && dir.names().map(|n| n.is_empty()).unwrap_or(false)
         {
-            let _ = fs::remove_dir(dst);
+            drop(dir);
+            let _ = parent.remove(name);
             return Ok(());
         }
     } else {
@@ -196,60 +254,36 @@ fn copy_node(
         {
             return Ok(());
         }
-        remove_if_not_dir(dst)?;
         if ft.is_symlink() {
             let target = fs::read_link(src).map_err(|e| Error::io("read symlink", src, e))?;
-            std::os::unix::fs::symlink(&target, dst)
-                .map_err(|e| Error::io("create symlink", dst, e))?;
+            parent.replace_with_symlink(name, target.as_os_str())?;
         } else if ft.is_file() {
-            *bytes += fs::copy(src, dst).map_err(|e| Error::io("copy", src, e))?;
+            let mut from = fs::File::open(src).map_err(|e| Error::io("copy", src, e))?;
+            *bytes += parent.replace_file(name, &mut from, m.mode(), Some((uid, gid)))?;
         } else {
             // Devices, FIFOs, sockets: recreate the node.
+            parent.remove(name)?;
             rustix::fs::mknodat(
-                rustix::fs::CWD,
-                dst,
-                rustix::fs::FileType::from_raw_mode(m.mode()),
+                parent.as_fd(),
+                name,
+                FileType::from_raw_mode(m.mode()),
                 rustix::fs::Mode::from_raw_mode(m.mode()),
                 m.rdev(),
             )
-            .map_err(|e| Error::io("create node", dst, e.into()))?;
+            .map_err(|e| Error::io("create node", &parent.path().join(name), e.into()))?;
         }
     }
-    lchown(dst, uid, gid).map_err(|e| Error::io("chown", dst, e))?;
+    parent.set_owner(name, uid, gid)?;
     if !ft.is_symlink() {
-        fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))
-            .map_err(|e| Error::io("chmod", dst, e))?;
+        parent.set_mode(name, m.mode() & 0o7777)?;
     }
-    let _ = set_mtime(dst, m.mtime(), m.mtime_nsec());
+    let _ = parent.set_mtime(name, m.mtime(), m.mtime_nsec());
     Ok(())
-}
-
-/// Sets a path's mtime (and atime) without following symlinks.
-fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
-    let t = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &times,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-fn lchown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     use std::process::Command;
 
     use super::*;
@@ -269,11 +303,13 @@ mod tests {
         );
         fs::set_permissions(&fifo, fs::Permissions::from_mode(0o640)).unwrap();
         std::os::unix::fs::symlink("fifo", src.join("link")).unwrap();
-        for (p, t) in [(&fifo, 1_000_000_000), (&src.join("link"), 1_000_000_007)] {
-            set_mtime(p, t, 5).unwrap();
+        let at = Dir::open_host(&src).unwrap();
+        for (p, t) in [("fifo", 1_000_000_000), ("link", 1_000_000_007)] {
+            at.set_mtime(OsStr::new(p), t, 5).unwrap();
         }
         let dst = d.path().join("dst");
-        copy_tree(&src, &dst, &CopyFilter::all(), None).unwrap();
+        let entry = Entry::in_tree(d.path(), &dst).unwrap().unwrap();
+        copy_tree(&src, &entry, &CopyFilter::all(), None).unwrap();
         let m = fs::symlink_metadata(dst.join("fifo")).unwrap();
         assert!(m.file_type().is_fifo());
         assert_eq!(m.mode() & 0o7777, 0o640);

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use crate::Error;
 
 pub use crate::confine::{resolve_entry_in, resolve_in, under};
-pub use copy::{copy_listing, copy_tree, make_parents, remove_path};
+pub use copy::{copy_host_entry, copy_listing, copy_tree, copy_tree_into, remove_path};
 pub use digest::{hash_file, merkle_digest, tree_digest, upper_digest};
 pub use filter::{CopyFilter, Filter};
 pub use glob::{entries, glob, glob_matcher};

@@ -224,18 +224,17 @@ fn copies_reproduce_the_digest() {
     let d = tree();
     let listing = Scanner::new().scan(d.path(), &Filter::default());
     let out = tempfile::tempdir().unwrap();
-    copy_listing(&listing, &out.path().join("a"), (0, 0)).unwrap();
+    let at = |name: &str| {
+        crate::confine::Entry::in_tree(out.path(), &out.path().join(name))
+            .unwrap()
+            .unwrap()
+    };
+    copy_listing(&listing, &at("a").dir().unwrap(), (0, 0)).unwrap();
     assert_eq!(tree_digest(&out.path().join("a")).unwrap(), listing.digest);
-    copy_tree(
-        &out.path().join("a"),
-        &out.path().join("b"),
-        &CopyFilter::all(),
-        None,
-    )
-    .unwrap();
+    copy_tree(&out.path().join("a"), &at("b"), &CopyFilter::all(), None).unwrap();
     assert_eq!(tree_digest(&out.path().join("b")).unwrap(), listing.digest);
     let f = CopyFilter::new(&out.path().join("a"), &[], &["target/".to_string()]).unwrap();
-    copy_tree(&out.path().join("a"), &out.path().join("c"), &f, None).unwrap();
+    copy_tree(&out.path().join("a"), &at("c"), &f, None).unwrap();
     assert!(!out.path().join("c/target").exists());
     assert!(out.path().join("c/src/lib.rs").exists());
 }
