@@ -11,8 +11,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, flock};
-use rustix::io::Errno;
+use rustix::fs::FlockOperation;
 
 use crate::graph::Sharing;
 
@@ -49,51 +48,32 @@ impl Volumes {
         self.root.join(format!("{safe}-{}", &h[..8]))
     }
 
-    /// Takes an instance of volume `name`, waiting if the mode says so.
-    /// Blocking: call from a blocking thread.
-    pub fn acquire(&self, name: &str, sharing: Sharing) -> std::io::Result<VolumeUse> {
-        let dir = self.dir(name);
-        std::fs::create_dir_all(&dir)?;
-        match sharing {
-            Sharing::Shared => instance(&dir, "data", FlockOperation::LockShared),
-            Sharing::Locked => instance(&dir, "data", FlockOperation::LockExclusive),
-            Sharing::Private => {
-                for n in 0.. {
-                    let name = if n == 0 {
-                        "data".to_string()
-                    } else {
-                        format!("private-{n}")
-                    };
-                    if let Some(u) = try_instance(&dir, &name)? {
-                        return Ok(u);
-                    }
-                }
-                unreachable!("the loop only ends by returning")
-            }
-        }
-    }
-}
-
-impl Volumes {
-    /// As [`Volumes::acquire`], but a wait for a `shared` or `locked`
-    /// instance ends when `cancel` fires (`Waited::Cancelled`).
-    pub async fn acquire_cancellable(
+    /// Takes an instance of volume `name`: `private` never waits (it takes
+    /// a new instance instead); `shared` and `locked` wait for their lock,
+    /// calling `waiting` once if they must, until it is free or `cancel`
+    /// fires (`Waited::Cancelled`).
+    pub async fn acquire(
         &self,
         name: &str,
         sharing: Sharing,
         cancel: &rbuild_runtime::CancellationToken,
+        waiting: impl FnOnce(),
     ) -> Result<VolumeUse, crate::locks::Waited> {
         use crate::locks::{Waited, try_flock, wait_for_lock};
         let dir = self.dir(name);
+        std::fs::create_dir_all(&dir).map_err(Waited::Failed)?;
         let mode = match sharing {
             Sharing::Shared => FlockOperation::NonBlockingLockShared,
             Sharing::Locked => FlockOperation::NonBlockingLockExclusive,
-            // Never waits: it takes a new instance instead.
-            Sharing::Private => return self.acquire(name, sharing).map_err(Waited::Failed),
+            Sharing::Private => return private_instance(&dir).map_err(Waited::Failed),
         };
-        std::fs::create_dir_all(&dir).map_err(Waited::Failed)?;
         let (path, lock) = open_lock(&dir, "data").map_err(Waited::Failed)?;
-        wait_for_lock(cancel, || {}, || Ok(try_flock(&lock, mode)?.then_some(()))).await?;
+        wait_for_lock(
+            cancel,
+            waiting,
+            || Ok(try_flock(&lock, mode)?.then_some(())),
+        )
+        .await?;
         Ok(VolumeUse { path, _lock: lock })
     }
 
@@ -139,80 +119,94 @@ fn open_lock(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
     Ok((path, lock))
 }
 
-fn instance(dir: &Path, name: &str, mode: FlockOperation) -> std::io::Result<VolumeUse> {
-    let (path, lock) = open_lock(dir, name)?;
-    flock(&lock, mode)?;
-    Ok(VolumeUse { path, _lock: lock })
+/// The first instance of a volume nobody holds, a new one if all are held.
+fn private_instance(dir: &Path) -> std::io::Result<VolumeUse> {
+    for n in 0.. {
+        let name = if n == 0 {
+            "data".to_string()
+        } else {
+            format!("private-{n}")
+        };
+        if let Some(u) = try_instance(dir, &name)? {
+            return Ok(u);
+        }
+    }
+    unreachable!("the loop only ends by returning")
 }
 
 fn try_instance(dir: &Path, name: &str) -> std::io::Result<Option<VolumeUse>> {
     let (path, lock) = open_lock(dir, name)?;
-    match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(VolumeUse { path, _lock: lock })),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(
+        crate::locks::try_flock(&lock, FlockOperation::NonBlockingLockExclusive)?
+            .then_some(VolumeUse { path, _lock: lock }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rbuild_runtime::CancellationToken;
 
-    #[test]
-    fn private_users_get_their_own_instance_and_reuse_it_later() {
+    async fn take(v: &Volumes, name: &str, sharing: Sharing) -> VolumeUse {
+        let none = CancellationToken::new();
+        v.acquire(name, sharing, &none, || panic!("{name} is free: no wait"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn private_users_get_their_own_instance_and_reuse_it_later() {
         let root = tempfile::tempdir().unwrap();
         let v = Volumes::new(root.path());
-        let a = v.acquire("go-mod", Sharing::Private).unwrap();
-        let b = v.acquire("go-mod", Sharing::Private).unwrap();
+        let a = take(&v, "go-mod", Sharing::Private).await;
+        let b = take(&v, "go-mod", Sharing::Private).await;
         assert_ne!(a.path, b.path);
         let a_path = a.path.clone();
         drop(a);
-        let c = v.acquire("go-mod", Sharing::Private).unwrap();
+        let c = take(&v, "go-mod", Sharing::Private).await;
         assert_eq!(c.path, a_path, "a free instance is reused");
     }
 
-    #[test]
-    fn shared_users_share_and_locked_users_wait() {
+    #[tokio::test]
+    async fn shared_users_share_and_locked_users_wait() {
         let root = tempfile::tempdir().unwrap();
         let v = Volumes::new(root.path());
-        let s1 = v.acquire("npm", Sharing::Shared).unwrap();
-        let s2 = v.acquire("npm", Sharing::Shared).unwrap();
+        let s1 = take(&v, "npm", Sharing::Shared).await;
+        let s2 = take(&v, "npm", Sharing::Shared).await;
         assert_eq!(s1.path, s2.path);
-        let (tx, rx) = std::sync::mpsc::channel();
+        // A locked user (another process: its own Volumes and lock file
+        // handle) says it waits; it gets the volume once both shared users
+        // are gone.
+        let (said_waiting, waits) = tokio::sync::oneshot::channel();
         let root2 = root.path().to_path_buf();
-        let waiter = std::thread::spawn(move || {
-            let v = Volumes::new(&root2);
-            let l = v.acquire("npm", Sharing::Locked).unwrap();
-            tx.send(()).unwrap();
-            drop(l);
+        let locked = tokio::spawn(async move {
+            let none = CancellationToken::new();
+            Volumes::new(&root2)
+                .acquire("npm", Sharing::Locked, &none, move || {
+                    let _ = said_waiting.send(());
+                })
+                .await
+                .map(|u| u.path)
         });
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(
-            rx.try_recv().is_err(),
-            "locked waits while shared users hold it"
-        );
+        waits
+            .await
+            .expect("locked waits while shared users hold it");
+        assert!(!locked.is_finished());
         drop((s1, s2));
-        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
-        waiter.join().unwrap();
+        assert_eq!(locked.await.unwrap().unwrap(), v.dir("npm").join("data"));
     }
 
     #[tokio::test]
     async fn a_wait_for_a_locked_volume_ends_when_the_run_is_cancelled() {
         let root = tempfile::tempdir().unwrap();
         let v = Volumes::new(root.path());
-        let none = rbuild_runtime::CancellationToken::new();
-        let held = v
-            .acquire_cancellable("npm", Sharing::Locked, &none)
-            .await
-            .unwrap();
-        let cancel = rbuild_runtime::CancellationToken::new();
+        let held = take(&v, "npm", Sharing::Locked).await;
+        let cancel = CancellationToken::new();
         cancel.cancel();
-        let r = v.acquire_cancellable("npm", Sharing::Locked, &cancel).await;
+        let r = v.acquire("npm", Sharing::Locked, &cancel, || {}).await;
         assert!(matches!(r, Err(crate::locks::Waited::Cancelled)));
         drop(held);
-        v.acquire_cancellable("npm", Sharing::Locked, &none)
-            .await
-            .unwrap();
+        take(&v, "npm", Sharing::Locked).await;
     }
 
     #[test]

@@ -117,7 +117,9 @@ impl ContainerdWorker {
                 } => {
                     let v = self
                         .volumes
-                        .acquire_cancellable(volume, *sharing, cancel)
+                        .acquire(volume, *sharing, cancel, || {
+                            tracing::info!(volume = %volume, "waiting for a locked cache volume");
+                        })
                         .await
                         .map_err(|e| match e {
                             crate::locks::Waited::Cancelled => SolveError::Cancelled,
