@@ -500,7 +500,7 @@ fn a_run_killed_between_task_create_and_start_leaves_no_shim() {
 fn a_shim_whose_container_is_gone_is_stopped_by_the_next_run() {
     let env = TestEnv::new("kill-shim");
     let secret = env.dir.path().join("secret");
-    std::fs::write(&secret, "s").unwrap();
+    std::fs::write(&secret, format!("plaintext-{}", nonce())).unwrap();
     let (mut child, reader) = start_secret_step(&env, &secret);
     child.kill().unwrap();
     child.wait().unwrap();

@@ -111,10 +111,11 @@ pub async fn find(ctd: &Containerd) -> Result<Vec<Leftover>, Error> {
         .into_inner()
         .tasks;
     for t in tasks {
-        if let Some(why) = orphaned(&t.container_id, &containers) {
+        let id = task_container(&t);
+        if let Some(why) = orphaned(&id, &containers) {
             out.push(Leftover {
                 kind: "task",
-                name: t.container_id,
+                name: id,
                 why,
             });
         }
@@ -190,7 +191,7 @@ pub async fn remove(ctd: &Containerd) -> Result<Removed, Error> {
             .map_err(|s| Error::rpc("list tasks", ctd.namespace(), s))?
             .into_inner()
             .tasks;
-        stopped.retain(|id| tasks.iter().any(|t| &t.container_id == id));
+        stopped.retain(|id| tasks.iter().any(|t| &task_container(t) == id));
         if !stopped.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -203,6 +204,16 @@ pub async fn remove(ctd: &Containerd) -> Result<Removed, Error> {
         }
     }
     Ok(removed)
+}
+
+/// The container a listed task runs in: containerd 1.6 lists an init
+/// process under its container's id and leaves `container_id` empty.
+fn task_container(t: &rbuild_containerd::containerd_client::types::v1::Process) -> String {
+    if t.container_id.is_empty() {
+        t.id.clone()
+    } else {
+        t.container_id.clone()
+    }
 }
 
 fn signal_kill(pid: u32) {
