@@ -195,6 +195,7 @@ pub async fn verify(config: &EngineConfig) -> Result<VerifyReport> {
     let registry = rbuild_snapshotter::Registry::new(rbuild_snapshotter::RegistryOptions {
         insecure_hosts: Vec::new(),
         https_marker: None,
+        ..rbuild_snapshotter::RegistryOptions::default()
     });
     let worker = crate::worker::ContainerdWorker::new(
         ctd,
