@@ -72,7 +72,7 @@ impl Engine {
         let scratch = config.root.join("tmp");
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("create {}", scratch.display()))?;
-        // Ctrl-C and SIGTERM end every wait through this token: steps, lock
+        // Ctrl-C, SIGTERM and SIGHUP end every wait through this token: steps, lock
         // waits, registry requests (`Solver::shutdown` fires it).
         let cancel = rbuild_runtime::CancellationToken::new();
         let registry = Registry::new(RegistryOptions {
