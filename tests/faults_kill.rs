@@ -483,6 +483,10 @@ fn a_run_killed_between_task_create_and_start_leaves_no_shim() {
         !shims(&env.namespace).is_empty(),
         "a created task has its shim"
     );
+    assert!(
+        secret_dirs(&env.namespace).is_empty(),
+        "a step that mounts no secret has no secret directory to leave behind"
+    );
     verify_reports(&env, &["container rbuild-", "task rbuild-", "shim "]);
 
     let out = run(&env, &args).ok();
