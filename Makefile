@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RBUILD := target/release/rbuild
 
-.PHONY: setup build demo test unit lint bench clean-fixtures
+.PHONY: setup build demo test unit faults lint bench clean-fixtures
 
 setup:
 	bash fixtures/setup.sh
@@ -27,6 +27,13 @@ test: setup lint
 
 unit:
 	$(CARGO) test --workspace --lib --bins
+
+# The fault suite alone: every tests/faults_*.rs (kills at named kill points,
+# full disks, registry faults, planted symlinks). `make test` runs it too.
+# Kill points exist only in debug builds, which is what `cargo test` runs.
+FAULT_TESTS := $(patsubst tests/%.rs,%,$(wildcard tests/faults_*.rs))
+faults: setup
+	$(CARGO) test $(addprefix --test ,$(FAULT_TESTS))
 
 bench: setup build
 	bash bench/run.sh

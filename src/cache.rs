@@ -1,6 +1,6 @@
-//! The build cache as a user sees it (`rbuild cache ls|du|prune`, `rbuild
-//! history`): its entries, the disk it takes, pruning on request, and the
-//! record of past runs. Which entries a policy removes, and removing them,
+//! The build cache as a user sees it (`rbuild cache ls|du|prune|verify`,
+//! `rbuild history`): its entries, the disk it takes, pruning on request,
+//! the check of its invariants, and the record of past runs. Which entries a policy removes, and removing them,
 //! is gc.rs; the rows themselves are the index's.
 
 use std::fmt;
@@ -171,6 +171,61 @@ impl fmt::Display for PruneReport {
             write!(f, ", {} cache volumes", self.pruned.volumes)?;
         }
         Ok(())
+    }
+}
+
+/// What `rbuild cache verify` found.
+pub struct VerifyReport {
+    entries: usize,
+    problems: Vec<crate::consistency::Violation>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the cache's invariants (see consistency.rs) and looks for what
+/// rbuild processes that are gone left behind. Only looks: the next `rbuild
+/// run` or `rbuild cache prune` repairs and removes what it reports.
+pub async fn verify(config: &EngineConfig) -> Result<VerifyReport> {
+    let index = open_index(config)?;
+    let ctd = crate::engine::connect(config).await?;
+    let registry = rbuild_snapshotter::Registry::new(rbuild_snapshotter::RegistryOptions {
+        insecure_hosts: Vec::new(),
+        https_marker: None,
+        ..rbuild_snapshotter::RegistryOptions::default()
+    });
+    let worker = crate::worker::ContainerdWorker::new(
+        ctd,
+        registry,
+        crate::volumes::Volumes::new(&config.root),
+        config.root.join("tmp"),
+    );
+    Ok(VerifyReport {
+        entries: index.entries()?.len(),
+        problems: crate::consistency::check(&index, &worker).await?,
+    })
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.problems.is_empty() {
+            return write!(
+                f,
+                "ok: {} entries, each with its snapshot; nothing left by runs that are gone",
+                self.entries
+            );
+        }
+        write!(f, "{} problems:", self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        write!(
+            f,
+            "\nthe next `rbuild run` or `rbuild cache prune` repairs the cache and removes what dead runs left"
+        )
     }
 }
 

@@ -165,6 +165,8 @@ pub enum CacheCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Check the cache's invariants and what killed runs left; exits 1 naming each problem.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]

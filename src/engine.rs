@@ -1,6 +1,6 @@
 //! The engine inside `rbuild run`: opens the index, connects to containerd,
 //! cleans up after crashed runs, serves the pipeline's session, and stops
-//! everything cleanly on exit, failure or Ctrl-C.
+//! everything cleanly on exit, failure, Ctrl-C, SIGTERM or SIGHUP.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,7 +72,7 @@ impl Engine {
         let scratch = config.root.join("tmp");
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("create {}", scratch.display()))?;
-        // Ctrl-C and SIGTERM end every wait through this token: steps, lock
+        // Ctrl-C, SIGTERM and SIGHUP end every wait through this token: steps, lock
         // waits, registry requests (`Solver::shutdown` fires it).
         let cancel = rbuild_runtime::CancellationToken::new();
         let registry = Registry::new(RegistryOptions {
@@ -85,6 +85,11 @@ impl Engine {
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
         let ctd = connect(config).await?;
         let worker = ContainerdWorker::new(ctd, registry, Volumes::new(&config.root), scratch);
+        // Before the dead runs' leases go with the orphans: a row they
+        // wrote must get its GC root while its snapshot is still held.
+        crate::consistency::repair(&index, &worker)
+            .await
+            .context("finish what an interrupted run or prune left half done")?;
         worker
             .remove_orphans()
             .await
@@ -161,10 +166,13 @@ pub async fn run_pipeline(
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // A closed terminal, a lost SSH session, a CI runner stopping its job.
+    let mut sighup = signal(SignalKind::hangup())?;
     let status = tokio::select! {
         s = child.wait() => Some(s?),
         _ = sigint.recv() => None,
         _ = sigterm.recv() => None,
+        _ = sighup.recv() => None,
     };
     if status.is_none() {
         let _ = child.kill().await;

@@ -78,6 +78,8 @@ pub async fn prune(
     let doomed = select(&entries, policy, now_secs());
     // Rows first: from now on nothing will reuse these results.
     index.forget(&doomed)?;
+    // Killed from here on, the next start releases what is left (consistency.rs).
+    rbuild_containerd::kill_point("prune-mid");
     for e in &doomed {
         worker.release(&e.snapshot).await?;
     }

@@ -292,6 +292,17 @@ impl Index {
         tx.commit().map_err(err)
     }
 
+    /// `PRAGMA integrity_check`: what SQLite finds wrong with the file (none: sound).
+    pub fn integrity_check(&self) -> Result<Vec<String>, IndexError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let found = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(found.into_iter().filter(|l| l != "ok").collect())
+        })
+    }
+
     /// Forgets every resolved image (so that the next run resolves them again).
     pub fn forget_images(&self) -> Result<(), IndexError> {
         self.with(|c| {

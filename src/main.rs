@@ -5,6 +5,7 @@
 mod cache;
 mod cli;
 mod commands;
+mod consistency;
 mod daemon;
 mod doctor;
 mod engine;

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest, Lease as LeaseProto,
-    ListRequest as ListLeasesRequest, containers_client::ContainersClient,
-    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
-    tasks_client::TasksClient, version_client::VersionClient,
+    AddResourceRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
+    Lease as LeaseProto, ListRequest as ListLeasesRequest, ListResourcesRequest, Resource,
+    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    images_client::ImagesClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
+    version_client::VersionClient,
 };
 use containerd_client::tonic::{self, Code, Request, metadata::MetadataValue, transport::Channel};
 
@@ -162,6 +163,46 @@ impl Containerd {
             .await
             .map_err(|s| Error::rpc("list leases", filter, s))?;
         Ok(resp.into_inner().leases)
+    }
+}
+
+impl Containerd {
+    /// What a lease holds: (resource id, type), e.g. a snapshot's name and
+    /// `snapshots/overlayfs`.
+    pub async fn lease_resources(&self, lease: &LeaseId) -> Result<Vec<(String, String)>, Error> {
+        let resp = self
+            .leases()
+            .list_resources(self.request(ListResourcesRequest {
+                id: lease.0.clone(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("list lease resources", &lease.0, s))?;
+        Ok(resp
+            .into_inner()
+            .resources
+            .into_iter()
+            .map(|r| (r.id, r.r#type))
+            .collect())
+    }
+
+    /// Adds an existing object to a lease (`type` as in [`Containerd::lease_resources`]).
+    pub async fn add_lease_resource(
+        &self,
+        lease: &LeaseId,
+        id: &str,
+        r#type: &str,
+    ) -> Result<(), Error> {
+        self.leases()
+            .add_resource(self.request(AddResourceRequest {
+                id: lease.0.clone(),
+                resource: Some(Resource {
+                    id: id.to_string(),
+                    r#type: r#type.to_string(),
+                }),
+            }))
+            .await
+            .map_err(|s| Error::rpc("add to lease", id, s))?;
+        Ok(())
     }
 }
 

@@ -4,12 +4,14 @@
 //! Owns the gRPC channel bound to rbuild's namespace and the headers every
 //! request carries ([`Containerd`], [`LeaseId`]), leases, the owner labels
 //! that make cleanup after a crash safe ([`Owner`]), the error of a failed
-//! RPC ([`Error`]) and the containerd rbuild starts when none runs
-//! ([`managed`]). It knows nothing of snapshots, images or tasks: those are
-//! the verbs of snapshotter/ and runtime/, the only crates that speak the
-//! re-exported [`containerd_client`] types.
+//! RPC ([`Error`]), the containerd rbuild starts when none runs
+//! ([`managed`]) and the fault suite's named kill points ([`kill_point`]).
+//! It knows nothing of snapshots, images or tasks: those are the verbs of
+//! snapshotter/ and runtime/, the only crates that speak the re-exported
+//! [`containerd_client`] types.
 
 pub mod connection;
+pub mod kill_point;
 pub mod managed;
 pub mod owner;
 
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 
 pub use connection::{Containerd, GC_ROOT_LABEL, LeaseId, SNAPSHOTTER, rfc3339};
 pub use containerd_client;
+pub use kill_point::kill_point;
 pub use owner::{OWNER_LABEL, Owner};
 
 #[derive(Debug, thiserror::Error)]

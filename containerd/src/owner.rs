@@ -62,6 +62,29 @@ impl Owner {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// The owner in a file name (`pid-start-time`), for files that go with
+    /// the boot: those on a tmpfs such as /dev/shm.
+    pub fn file_tag(&self) -> String {
+        format!("{}-{}", self.pid, self.start_time)
+    }
+
+    /// The owner of this boot that [`Owner::file_tag`] wrote at the start
+    /// of `name`; the rest of the name after the tag's `-` is returned too.
+    pub fn parse_file_tag(name: &str) -> Option<(Owner, &str)> {
+        let mut parts = name.splitn(3, '-');
+        let pid = parts.next()?.parse().ok()?;
+        let start_time = parts.next()?.parse().ok()?;
+        let rest = parts.next().unwrap_or("");
+        Some((
+            Owner {
+                boot_id: boot_id(),
+                pid,
+                start_time,
+            },
+            rest,
+        ))
+    }
 }
 
 fn boot_id() -> String {
@@ -87,7 +110,10 @@ mod tests {
         let me = Owner::current();
         assert!(me.start_time > 0);
         assert!(me.is_alive());
-        assert_eq!(Owner::parse(&me.label()), Some(me));
+        assert_eq!(Owner::parse(&me.label()), Some(me.clone()));
+        let name = format!("{}-rest-of-name", me.file_tag());
+        assert_eq!(Owner::parse_file_tag(&name), Some((me, "rest-of-name")));
+        assert_eq!(Owner::parse_file_tag("abc-1-x"), None);
     }
 
     #[test]

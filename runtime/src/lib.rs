@@ -1,11 +1,13 @@
 //! rbuild-runtime: running a process on containerd.
 //!
 //! Owns the OCI runtime spec of a step ([`spec`]), and the container + task
-//! lifecycle with its stdio ([`task`], [`terminal`]). It reaches containerd
+//! lifecycle with its stdio ([`task`], [`terminal`]), and what killed runs
+//! left running ([`orphans`]). It reaches containerd
 //! through rbuild-containerd's connection. It knows nothing of pipelines,
 //! cache keys or images: it is given a root filesystem as mounts and a
 //! process to run on it.
 
+pub mod orphans;
 pub mod spec;
 pub mod task;
 pub mod terminal;

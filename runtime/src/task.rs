@@ -32,6 +32,8 @@ use crate::spec::{ExtraMount, ProcessSpec, build_spec};
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const SIGKILL: u32 = 9;
+/// How the ids of rbuild's containers begin (the callers choose the rest).
+pub(crate) const ID_PREFIX: &str = "rbuild-";
 
 /// One process to run in a fresh container.
 #[derive(Clone)]
@@ -138,6 +140,8 @@ async fn run_in(
         .await
         .map_err(|s| Error::rpc("create task", &run.id, s))?;
     tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
+    // Killed here, rbuild leaves a created task: its shim and runc's init.
+    rbuild_containerd::kill_point("task-created");
 
     let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
     let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));

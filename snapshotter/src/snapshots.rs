@@ -285,3 +285,47 @@ pub async fn remove_orphans(ctd: &Containerd) -> Result<usize, Error> {
     }
     Ok(removed)
 }
+
+/// A committed or active snapshot as a listing shows it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: SnapshotId,
+    pub committed: bool,
+    pub labels: HashMap<String, String>,
+}
+
+/// Snapshots that carry `label` (any value).
+pub async fn list_labelled(ctd: &Containerd, label: &str) -> Result<Vec<Listed>, Error> {
+    Ok(list(ctd, &format!("labels.\"{label}\""))
+        .await?
+        .into_iter()
+        .map(|i| Listed {
+            committed: i.kind != KIND_ACTIVE && i.kind != KIND_VIEW,
+            name: SnapshotId(i.name),
+            labels: i.labels,
+        })
+        .collect())
+}
+
+/// Active snapshots and views whose owning rbuild process is gone: (key, pid).
+pub async fn orphans(ctd: &Containerd) -> Result<Vec<(String, u32)>, Error> {
+    let mut out = Vec::new();
+    for info in list(ctd, &format!("labels.\"{OWNER_LABEL}\"")).await? {
+        let owner = info.labels.get(OWNER_LABEL).and_then(|l| Owner::parse(l));
+        if let Some(o) = owner
+            && !o.is_alive()
+            && (info.kind == KIND_ACTIVE || info.kind == KIND_VIEW)
+        {
+            out.push((info.name, o.pid()));
+        }
+    }
+    Ok(out)
+}
+
+/// Holds an existing snapshot with `lease` too (one another run committed,
+/// whose own lease may be about to go).
+pub async fn lease(ctd: &Containerd, lease: &LeaseId, name: &SnapshotId) -> Result<(), Error> {
+    ctd.add_lease_resource(lease, &name.0, &format!("snapshots/{SNAPSHOTTER}"))
+        .await?;
+    Ok(())
+}

@@ -202,6 +202,7 @@ fn apply_limited(
                 Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
             };
             apply_entry(&mut entry, target, &mut dirs)?;
+            rbuild_containerd::kill_point("unpack-mid");
         }
     }
     // The digest covers the whole stream, the end-of-archive blocks too.

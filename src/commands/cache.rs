@@ -1,4 +1,4 @@
-//! `rbuild cache ls|du|prune` and `rbuild history`.
+//! `rbuild cache ls|du|prune|verify` and `rbuild history`.
 
 use anyhow::Result;
 
@@ -23,6 +23,12 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
                 all,
             };
             out(cache::prune(&config, request).await?);
+        }
+        CacheCommand::Verify => {
+            let report = cache::verify(&config).await?;
+            let code = if report.is_clean() { 0 } else { 1 };
+            out(report);
+            return Ok(code);
         }
     }
     Ok(0)

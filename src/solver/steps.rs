@@ -221,6 +221,7 @@ impl<W: Worker> Solver<W> {
         let output = plan.output_id(outcome.changes.as_deref());
         // Measured once, for cache management; unknown (-1) if containerd can't tell.
         let size = self.worker.usage(&snapshot).await.unwrap_or(-1);
+        rbuild_containerd::kill_point("step-committed");
         self.index.put_step(&StepRecord {
             key: plan.key,
             snapshot: snapshot.clone(),
@@ -232,6 +233,7 @@ impl<W: Worker> Solver<W> {
             description: plan.description.clone(),
             size,
         })?;
+        rbuild_containerd::kill_point("step-recorded");
         self.worker.keep(&snapshot).await?;
         self.progress.done(no, &plan.description, millis);
         Ok(Arc::new(StepResult {

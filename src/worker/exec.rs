@@ -63,7 +63,7 @@ impl ContainerdWorker {
         rootfs: &[Mount],
         opened: &mut Vec<HostMount>,
         volumes: &mut Vec<VolumeUse>,
-        secret_dir: &Path,
+        secret_dir: Option<&Path>,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, SolveError> {
         let who = self.step_user(&req.user, rootfs)?;
@@ -141,8 +141,11 @@ impl ContainerdWorker {
                     plaintext,
                     mode,
                 } => {
-                    let file = secret_dir.join(format!("secret-{n}"));
-                    write_secret(secret_dir, &file, plaintext, *mode, (who.uid, who.gid))
+                    let dir = secret_dir.ok_or_else(|| {
+                        SolveError::Internal("a secret mount without a secret directory".into())
+                    })?;
+                    let file = dir.join(format!("secret-{n}"));
+                    write_secret(dir, &file, plaintext, *mode, (who.uid, who.gid))
                         .map_err(|e| SolveError::Internal(format!("secret mount {target}: {e}")))?;
                     extra.push(bind(&file.to_string_lossy(), target, true));
                 }
@@ -237,11 +240,20 @@ impl ContainerdWorker {
         let active = ActiveKey::unique(&format!("rbuild-active-{}", req.key.short()));
         let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
         let rootfs = self.prepare(&active, req.parent.as_ref(), labels).await?;
-        // Secrets for mounts live in RAM (/dev/shm), never on disk.
-        let secret_dir = tempfile::Builder::new()
-            .prefix("rbuild-secrets-")
-            .tempdir_in("/dev/shm")
-            .map_err(|e| SolveError::Internal(format!("create secret directory: {e}")))?;
+        // Secrets for mounts live in RAM (/dev/shm), never on disk; only
+        // a step that mounts one gets a directory.
+        let secret_dir = if req
+            .mounts
+            .iter()
+            .any(|m| matches!(m, MountRequest::Secret { .. }))
+        {
+            Some(
+                super::secret_dirs::create(self.ctd.namespace())
+                    .map_err(|e| SolveError::Internal(format!("create secret directory: {e}")))?,
+            )
+        } else {
+            None
+        };
         let mut opened = Vec::new();
         let mut volumes = Vec::new();
         let result = self
@@ -251,7 +263,7 @@ impl ContainerdWorker {
                 &rootfs,
                 &mut opened,
                 &mut volumes,
-                secret_dir.path(),
+                secret_dir.as_ref().map(|d| d.path()),
                 &cancel,
             )
             .await;

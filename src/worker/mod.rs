@@ -8,12 +8,15 @@
 //! until the solver has recorded it, and containerd expires it if rbuild
 //! dies, so a crash leaves nothing pinned for good. The rooms: [`mounts`]
 //! (snapshots on the host for one operation), [`exec`] (a step's process),
-//! [`files`] (file operations and reads), [`images`] (images out).
+//! [`files`] (file operations and reads), [`images`] (images out),
+//! [`secret_dirs`] (secrets in RAM), [`leftovers`] (what killed runs left).
 
 mod exec;
 mod files;
 mod images;
+mod leftovers;
 mod mounts;
+mod secret_dirs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -118,39 +121,6 @@ impl ContainerdWorker {
             .create_lease(&id, Duration::from_secs(60), HashMap::new())
             .await?;
         self.ctd.delete_lease(&lease, true).await?;
-        Ok(())
-    }
-
-    /// Removes what crashed or killed rbuild processes left behind:
-    /// containers and their tasks, active snapshots and views, and their
-    /// leases (whose uncommitted results containerd then collects).
-    pub async fn remove_orphans(&self) -> Result<(), SolveError> {
-        let containers = rbuild_runtime::task::remove_orphan_containers(&self.ctd).await?;
-        let snaps = snapshots::remove_orphans(&self.ctd).await?;
-        let mut leases = 0;
-        for l in self
-            .ctd
-            .list_leases(&format!("labels.\"{OWNER_LABEL}\""))
-            .await?
-        {
-            let dead = l
-                .labels
-                .get(OWNER_LABEL)
-                .and_then(|o| Owner::parse(o))
-                .is_some_and(|o| !o.is_alive());
-            if dead && l.id.starts_with(LEASE_PREFIX) {
-                self.ctd.delete_lease(&LeaseId(l.id), false).await?;
-                leases += 1;
-            }
-        }
-        if containers + snaps + leases > 0 {
-            tracing::info!(
-                containers,
-                snapshots = snaps,
-                leases,
-                "removed leftovers of an interrupted run"
-            );
-        }
         Ok(())
     }
 }

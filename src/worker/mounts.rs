@@ -185,6 +185,9 @@ impl ContainerdWorker {
             Ok(()) => Ok(name.clone()),
             Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
                 snapshots::remove(&self.ctd, active).await?;
+                // The other commit may be held only by a killed run's lease,
+                // which this run's start deleted: hold it with ours until kept.
+                snapshots::lease(&self.ctd, lease, name).await?;
                 Ok(name.clone())
             }
             Err(e) => Err(e.into()),

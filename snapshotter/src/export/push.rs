@@ -59,6 +59,7 @@ pub async fn publish(
             BlobPush::Uploaded
         };
         report(blob, how);
+        rbuild_containerd::kill_point("publish-mid");
     }
     registry
         .push_manifest(target, &image.manifest_json, &image.manifest.media_type)

@@ -260,6 +260,8 @@ fn copy_node(
         } else if ft.is_file() {
             let mut from = fs::File::open(src).map_err(|e| Error::io("copy", src, e))?;
             *bytes += parent.replace_file(name, &mut from, m.mode(), Some((uid, gid)))?;
+            // One file copied, the rest not: mid-export when the copy is one.
+            rbuild_containerd::kill_point("copy-mid");
         } else {
             // Devices, FIFOs, sockets: recreate the node.
             parent.remove(name)?;
