@@ -74,7 +74,10 @@ fn timestamp_granularity_ns(root: &Path) -> i64 {
     const OVERLAYFS: i64 = 0x794C_7630;
     const F2FS: i64 = 0xF2F5_2010;
     const ZFS: i64 = 0x2FC1_2FC1;
-    match rustix::fs::statfs(root).map(|s| s.f_type as i64) {
+    // f_type is a long on x86_64 but narrower on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let fs_type = rustix::fs::statfs(root).map(|s| s.f_type as i64);
+    match fs_type {
         Ok(EXT4 | XFS | BTRFS | TMPFS | OVERLAYFS | F2FS | ZFS) => 100_000_000,
         _ => 2_000_000_000,
     }
