@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::running::{self, Running};
 use common::*;
 
 struct Tree {
@@ -174,34 +175,64 @@ fn touch_and_a_fresh_copy_hit() {
 #[test]
 fn two_concurrent_rbuild_processes_run_each_step_once() {
     let env = TestEnv::new("concurrent");
+    // The first step holds until the test lets it go, which it does only
+    // once one process runs the step and the other says it waits for it.
     let args = [
         &format!("from={BUSYBOX}") as &str,
-        "exec=sleep 1; head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ' > /a",
-        "exec=sleep 1; cat /a; head -c 8 /dev/urandom | od -An -tx1 | tr -d ' '",
+        "exec=echo inside-the-step; while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+         head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ' > /a",
+        "exec=cat /a; head -c 8 /dev/urandom | od -An -tx1 | tr -d ' '",
         "print=stdout",
     ];
     // Compile first, so that both processes start their steps together.
     env.steps(&["exit=0"]);
-    let spawn = || {
-        env.command()
+    let start = || {
+        let mut command = env.command();
+        command
             .arg("run")
             .arg(steps_pipeline())
             .arg("--")
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            .args(args);
+        Running::spawn(command)
     };
-    let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success() && b.status.success());
-    assert_eq!(a.stdout, b.stdout, "both see the same results");
-    let stderr = format!(
-        "{}{}",
-        String::from_utf8_lossy(&a.stderr),
-        String::from_utf8_lossy(&b.stderr)
+    let (mut a, mut b) = (start(), start());
+    let waiting = "waiting for another rbuild process that runs";
+    let deadline = std::time::Instant::now() + running::HANG;
+    while !(a.stderr() + &b.stderr()).contains(waiting) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither process waited for the other:\n{}\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let runner = if a.stderr().contains(waiting) {
+        &mut b
+    } else {
+        &mut a
+    };
+    runner.wait_for_line("| inside-the-step");
+    // Both are in the step now: one running it, the other waiting.
+    let tasks = env.ctr(&["tasks", "ls"]);
+    let id = tasks
+        .lines()
+        .skip(1)
+        .find(|l| l.contains("RUNNING"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no running step: {tasks}"))
+        .to_string();
+    let go = env.ctr(&["tasks", "exec", "--exec-id", "go", &id, "touch", "/tmp/go"]);
+    assert!(go.is_empty(), "{go}");
+    let (sa, sb) = (a.finish(), b.finish());
+    assert!(
+        sa.success() && sb.success(),
+        "{}\n{}",
+        a.stderr(),
+        b.stderr()
     );
+    assert_eq!(a.stdout(), b.stdout(), "both see the same results");
+    let stderr = format!("{}{}", a.stderr(), b.stderr());
     let done = stderr
         .lines()
         .filter(|l| l.contains(" DONE in") && !l.contains('('))

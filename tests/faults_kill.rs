@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 
+use common::running::Running;
 use common::*;
+use rustix::process::Signal;
 
 fn kills_pipeline() -> PathBuf {
     repo_root().join("fixtures/pipelines/kills.rs")
@@ -350,46 +349,17 @@ fn killed_mid_export() {
 
 /// Starts a run whose step mounts a secret and then sleeps; returns once
 /// the step's process has printed that it is running.
-fn start_secret_step(
-    env: &TestEnv,
-    secret_file: &Path,
-) -> (Child, std::thread::JoinHandle<String>) {
-    let mut child = env
-        .command()
-        .arg("run")
-        .arg(kills_pipeline())
-        .arg("--")
-        .args([
-            format!("from={BUSYBOX}"),
-            format!("secret=/run/secret:{}", secret_file.display()),
-            "exec=test -s /run/secret && echo step-is-running && sleep 600".to_string(),
-            "print=stdout".to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.ends_with("| step-is-running") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    if rx
-        .recv_timeout(std::time::Duration::from_secs(300))
-        .is_err()
-    {
-        let _ = child.kill();
-        panic!("the step did not start:\n{}", reader.join().unwrap());
-    }
-    (child, reader)
+fn start_secret_step(env: &TestEnv, secret_file: &Path) -> Running {
+    let mut command = env.command();
+    command.arg("run").arg(kills_pipeline()).arg("--").args([
+        format!("from={BUSYBOX}"),
+        format!("secret=/run/secret:{}", secret_file.display()),
+        "exec=test -s /run/secret && echo step-is-running && sleep 600".to_string(),
+        "print=stdout".to_string(),
+    ]);
+    let mut running = Running::spawn(command);
+    running.wait_for_line("| step-is-running");
+    running
 }
 
 #[test]
@@ -398,10 +368,9 @@ fn a_killed_runs_secrets_and_processes_are_removed_by_the_next_run() {
     let value = format!("plaintext-{}", nonce());
     let secret = env.dir.path().join("secret");
     std::fs::write(&secret, &value).unwrap();
-    let (mut child, reader) = start_secret_step(&env, &secret);
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
-    reader.join().unwrap();
+    let mut step = start_secret_step(&env, &secret);
+    step.signal(Signal::KILL); // no chance to clean up
+    step.finish();
 
     // What kill -9 leaves: the plaintext in RAM, the step still running.
     let dirs = secret_dirs(&env.namespace);
@@ -451,18 +420,15 @@ fn sighup_stops_the_step_and_cleans_up() {
     let env = TestEnv::new("sighup");
     let secret = env.dir.path().join("secret");
     std::fs::write(&secret, format!("plaintext-{}", nonce())).unwrap();
-    let (mut child, reader) = start_secret_step(&env, &secret);
+    let mut step = start_secret_step(&env, &secret);
     assert_eq!(
         secret_dirs(&env.namespace).len(),
         1,
         "the step has its secret directory"
     );
-    std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let stderr = reader.join().unwrap();
+    step.signal(Signal::HUP);
+    let status = step.finish();
+    let stderr = step.stderr();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     let left = everything_left(&env);
@@ -505,10 +471,9 @@ fn a_shim_whose_container_is_gone_is_stopped_by_the_next_run() {
     let env = TestEnv::new("kill-shim");
     let secret = env.dir.path().join("secret");
     std::fs::write(&secret, format!("plaintext-{}", nonce())).unwrap();
-    let (mut child, reader) = start_secret_step(&env, &secret);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
+    let mut step = start_secret_step(&env, &secret);
+    step.signal(Signal::KILL);
+    step.finish();
     let containers: Vec<String> = env
         .ctr(&["containers", "ls", "-q"])
         .lines()

@@ -8,22 +8,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::fault_proxy::{Fault, FaultProxy, Match, Rule};
+use common::running::{HANG, Running};
 use common::{Outcome, TestEnv, steps_pipeline};
 
 /// The digest of busybox's one layer in the fixture registry is whatever
 /// `make setup` built; the second blob GET of a pull is that layer (the
 /// first is the image config).
 const LAYER_GET: usize = 2;
-
-/// Generous bound on waiting for an event: only a hang exceeds it.
-const HANG: Duration = Duration::from_secs(60);
 
 fn run(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Outcome {
     let out = env
@@ -287,77 +282,15 @@ fn pushes_retry_server_errors_on_uploads() {
 
 // ------------------------------------------------------------- cancellation
 
-/// A running `rbuild run` whose stderr lines are collected as they come.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn start(env: &TestEnv, args: &[&str]) -> Running {
-        let mut child = env
-            .command()
-            .arg("run")
-            .arg(steps_pipeline())
-            .arg("--")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start rbuild");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let lines = BufReader::new(child.stderr.take().unwrap());
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in lines.lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Running { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn wait_for_line(&self, what: &str) {
-        let deadline = Instant::now() + HANG;
-        while !self.stderr().contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "no {what:?} within {HANG:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn terminate(&self) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    }
-
-    /// The exit code; panics if the process does not end within the hang bound.
-    fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader thread has the last lines once the pipe closes.
-                std::thread::sleep(Duration::from_millis(100));
-                return status.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "rbuild did not exit within 30 s of SIGTERM:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// `rbuild run steps.rs -- ARGS` in the background.
+fn start(env: &TestEnv, args: &[&str]) -> Running {
+    let mut command = env.command();
+    command
+        .arg("run")
+        .arg(steps_pipeline())
+        .arg("--")
+        .args(args);
+    Running::spawn(command)
 }
 
 const INTERRUPTED: &str = "rbuild: interrupted; running steps were stopped and cleaned up";
@@ -372,7 +305,7 @@ fn sigterm_ends_a_run_whose_layer_download_hangs() {
         times: None,
     }]);
     let args = hello(&proxy.image("busybox:latest"));
-    let mut rbuild = Running::start(&env, &strs(&args));
+    let mut rbuild = start(&env, &strs(&args));
     proxy.wait_for("the layer request to stall", HANG, |p| p.stalled() == 1);
     rbuild.terminate();
     let code = rbuild.wait();
@@ -391,7 +324,7 @@ fn sigterm_ends_a_run_whose_tag_lookup_hangs() {
     let env = TestEnv::new("fault-stallhead");
     let proxy = FaultProxy::start(vec![Rule::always(Match::Manifest, Fault::Stall)]);
     let args = hello(&proxy.image("busybox:latest"));
-    let mut rbuild = Running::start(&env, &strs(&args));
+    let mut rbuild = start(&env, &strs(&args));
     proxy.wait_for("the manifest request to stall", HANG, |p| p.stalled() == 1);
     rbuild.terminate();
     assert_eq!(rbuild.wait(), 130, "{}", rbuild.stderr());
@@ -412,7 +345,7 @@ fn sigterm_ends_a_run_whose_push_hangs() {
         "exec=echo pushed > /pushed",
         &format!("publish={target}"),
     ];
-    let mut rbuild = Running::start(&env, &args);
+    let mut rbuild = start(&env, &args);
     proxy.wait_for("an upload to stall", HANG, |p| p.stalled() == 1);
     rbuild.terminate();
     assert_eq!(rbuild.wait(), 130, "{}", rbuild.stderr());
@@ -429,9 +362,9 @@ fn sigterm_ends_a_wait_for_a_key_lock_held_by_another_rbuild() {
         "exec=echo inside-the-step; sleep 600",
         "print=stdout",
     ];
-    let mut first = Running::start(&env, &args);
+    let mut first = start(&env, &args);
     first.wait_for_line("| inside-the-step");
-    let mut second = Running::start(&env, &args);
+    let mut second = start(&env, &args);
     second.wait_for_line("waiting for another rbuild process that runs");
     second.terminate();
     assert_eq!(second.wait(), 130, "{}", second.stderr());

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod running;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
