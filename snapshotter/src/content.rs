@@ -82,6 +82,15 @@ pub async fn info(ctd: &Containerd, digest: &str) -> Result<Option<Info>, Error>
     }
 }
 
+/// Whether a blob is in the content store, held by `lease` from now on
+/// (it may be held only by another run's lease that is about to go: a
+/// killed run's, which the next run deletes). The lease is taken first, so
+/// that a blob found is a blob kept.
+pub async fn hold(ctd: &Containerd, lease: &LeaseId, digest: &str) -> Result<bool, Error> {
+    ctd.add_lease_resource(lease, digest, "content").await?;
+    Ok(info(ctd, digest).await?.is_some())
+}
+
 /// Reads a whole blob as a stream of chunks.
 pub async fn read_stream(
     ctd: &Containerd,

@@ -248,7 +248,8 @@ pub trait ImageWorker: Send + Sync {
         upper: &'a SnapshotId,
         format: ImageFormat,
     ) -> BoxFuture<'a, Result<Layer, SolveError>>;
-    /// Whether containerd's content store has a blob.
+    /// Whether containerd's content store has a blob; one it has is held
+    /// for the rest of the run (another run's lease may be about to go).
     fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, SolveError>>;
     /// Writes an image's config and manifest to the content store.
     fn assemble<'a>(

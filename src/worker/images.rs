@@ -20,9 +20,8 @@ impl ImageWorker for ContainerdWorker {
 
     fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, SolveError>> {
         Box::pin(async move {
-            Ok(rbuild_snapshotter::content::info(&self.ctd, digest)
-                .await?
-                .is_some())
+            let lease = self.lease().await?;
+            Ok(rbuild_snapshotter::content::hold(&self.ctd, lease, digest).await?)
         })
     }
 
