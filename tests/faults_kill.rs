@@ -14,13 +14,9 @@ use common::running::Running;
 use common::*;
 use rustix::process::Signal;
 
-fn kills_pipeline() -> PathBuf {
-    repo_root().join("fixtures/pipelines/kills.rs")
-}
-
-/// `rbuild run kills.rs -- ARGS`
+/// `rbuild run steps.rs -- ARGS`
 fn run(env: &TestEnv, args: &[&str]) -> Outcome {
-    env.run(&kills_pipeline(), args)
+    env.steps(args)
 }
 
 /// Runs `rbuild ARGS` with `RBUILD_KILL_AT=point` and checks that it died
@@ -47,7 +43,7 @@ fn killed_at(env: &TestEnv, point: &str, rbuild_args: &[&str]) -> String {
 }
 
 fn run_killed_at(env: &TestEnv, point: &str, args: &[&str]) -> String {
-    let pipeline = kills_pipeline();
+    let pipeline = steps_pipeline();
     let mut all = vec!["run", pipeline.to_str().unwrap(), "--"];
     all.extend_from_slice(args);
     killed_at(env, point, &all)
@@ -60,11 +56,7 @@ fn verify(env: &TestEnv) -> Outcome {
         .args(["cache", "verify"])
         .output()
         .expect("start rbuild");
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Outcome::from(out)
 }
 
 /// Asserts that verify fails and reports each of `expected`.
@@ -323,7 +315,7 @@ fn killed_mid_export() {
     let env = TestEnv::new("kill-export");
     let from = format!("from={BUSYBOX}");
     let dest = env.dir.path().join("exported");
-    let export = format!("export=/out:{}", dest.display());
+    let export = format!("export_dir=/out:{}", dest.display());
     let args = [
         &from as &str,
         "exec=mkdir /out && echo a > /out/a && echo b > /out/b && echo c > /out/c",
@@ -350,14 +342,16 @@ fn killed_mid_export() {
 /// Starts a run whose step mounts a secret and then sleeps; returns once
 /// the step's process has printed that it is running.
 fn start_secret_step(env: &TestEnv, secret_file: &Path) -> Running {
-    let mut command = env.command();
-    command.arg("run").arg(kills_pipeline()).arg("--").args([
-        format!("from={BUSYBOX}"),
-        format!("secret=/run/secret:{}", secret_file.display()),
-        "exec=test -s /run/secret && echo step-is-running && sleep 600".to_string(),
-        "print=stdout".to_string(),
-    ]);
-    let mut running = Running::spawn(command);
+    let secret = format!("secret=/run/secret:{}", secret_file.display());
+    let mut running = env.start(
+        &steps_pipeline(),
+        &[
+            &format!("from={BUSYBOX}"),
+            &secret,
+            "exec=test -s /run/secret && echo step-is-running && sleep 600",
+            "print=stdout",
+        ],
+    );
     running.wait_for_line("| step-is-running");
     running
 }

@@ -30,11 +30,7 @@ fn run(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Outcome {
         .args(args)
         .output()
         .expect("start rbuild");
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Outcome::from(out)
 }
 
 fn hello(image: &str) -> Vec<String> {
@@ -284,13 +280,7 @@ fn pushes_retry_server_errors_on_uploads() {
 
 /// `rbuild run steps.rs -- ARGS` in the background.
 fn start(env: &TestEnv, args: &[&str]) -> Running {
-    let mut command = env.command();
-    command
-        .arg("run")
-        .arg(steps_pipeline())
-        .arg("--")
-        .args(args);
-    Running::spawn(command)
+    env.start(&steps_pipeline(), args)
 }
 
 const INTERRUPTED: &str = "rbuild: interrupted; running steps were stopped and cleaned up";

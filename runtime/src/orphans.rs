@@ -101,16 +101,7 @@ pub async fn find(ctd: &Containerd) -> Result<Vec<Leftover>, Error> {
             });
         }
     }
-    let tasks = ctd
-        .tasks()
-        .list(ctd.request(ListTasksRequest {
-            filter: String::new(),
-        }))
-        .await
-        .map_err(|s| Error::rpc("list tasks", ctd.namespace(), s))?
-        .into_inner()
-        .tasks;
-    for t in tasks {
+    for t in list_tasks(ctd).await? {
         let id = task_container(&t);
         if let Some(why) = orphaned(&id, &containers) {
             out.push(Leftover {
@@ -182,15 +173,7 @@ pub async fn remove(ctd: &Containerd) -> Result<Removed, Error> {
         if stopped.is_empty() {
             break;
         }
-        let tasks = ctd
-            .tasks()
-            .list(ctd.request(ListTasksRequest {
-                filter: String::new(),
-            }))
-            .await
-            .map_err(|s| Error::rpc("list tasks", ctd.namespace(), s))?
-            .into_inner()
-            .tasks;
+        let tasks = list_tasks(ctd).await?;
         stopped.retain(|id| tasks.iter().any(|t| &task_container(t) == id));
         if !stopped.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -204,6 +187,21 @@ pub async fn remove(ctd: &Containerd) -> Result<Removed, Error> {
         }
     }
     Ok(removed)
+}
+
+/// Every task of the namespace.
+async fn list_tasks(
+    ctd: &Containerd,
+) -> Result<Vec<rbuild_containerd::containerd_client::types::v1::Process>, Error> {
+    Ok(ctd
+        .tasks()
+        .list(ctd.request(ListTasksRequest {
+            filter: String::new(),
+        }))
+        .await
+        .map_err(|s| Error::rpc("list tasks", ctd.namespace(), s))?
+        .into_inner()
+        .tasks)
 }
 
 /// The container a listed task runs in: containerd 1.6 lists an init

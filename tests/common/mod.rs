@@ -40,7 +40,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn from(out: Output) -> Outcome {
+    pub fn from(out: Output) -> Outcome {
         Outcome {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -131,6 +131,13 @@ impl TestEnv {
             .output()
             .expect("start rbuild");
         Outcome::from(out)
+    }
+
+    /// `rbuild run PIPELINE -- ARGS` in the background.
+    pub fn start(&self, pipeline: &Path, args: &[&str]) -> running::Running {
+        let mut command = self.command();
+        command.arg("run").arg(pipeline).arg("--").args(args);
+        running::Running::spawn(command)
     }
 
     /// Runs the argument-driven pipeline (see fixtures/pipelines/steps.rs).
