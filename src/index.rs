@@ -670,7 +670,10 @@ mod tests {
                 })
                 .collect();
             for t in threads {
-                let seen = t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+                let seen = t
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
                 assert!(seen >= 1);
             }
             let idx = Index::open(&path).unwrap();

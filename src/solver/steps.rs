@@ -144,6 +144,9 @@ impl<W: Worker> Solver<W> {
                 outcome.stderr = self.secrets.scrub(&outcome.stderr);
                 let Some(snapshot) = outcome.snapshot.clone() else {
                     let mut reason = format!("exit code {}", outcome.exit_code);
+                    if let Some(full) = &outcome.full_filesystem {
+                        reason.push_str(&format!(", no space left on device: {full}"));
+                    }
                     if let Some(at) = &exec.at {
                         reason.push_str(&format!(", created at {at}"));
                     }
@@ -155,6 +158,7 @@ impl<W: Worker> Solver<W> {
                         stderr_tail: tail_lines(&outcome.stderr, STDERR_TAIL_LINES),
                         expected_failure: exec.expect == crate::graph::Expect::Failure,
                         at: exec.at.clone(),
+                        full_filesystem: outcome.full_filesystem.clone(),
                     });
                 };
                 (snapshot, outcome, started, no)

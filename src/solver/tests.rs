@@ -95,6 +95,7 @@ impl Worker for Fake {
                 stderr: b"line1\nboom\n".to_vec(),
                 snapshot: None,
                 changes: None,
+                full_filesystem: None,
             });
         }
         let name = req.name.0.clone();
@@ -119,6 +120,7 @@ impl Worker for Fake {
             .into_bytes(),
             stderr: vec![],
             snapshot: Some(SnapshotId(name)),
+            full_filesystem: None,
         })
     }
 

@@ -124,6 +124,9 @@ pub struct ExecOutcome {
     pub snapshot: Option<SnapshotId>,
     /// Digest of what the step changed, when that was cheap to know.
     pub changes: Option<String>,
+    /// A failed step's filesystem that was full (what it says, where): the
+    /// likely reason it failed.
+    pub full_filesystem: Option<String>,
 }
 
 impl ExecOutcome {
@@ -135,6 +138,7 @@ impl ExecOutcome {
             stderr: Vec::new(),
             snapshot: Some(snapshot),
             changes: None,
+            full_filesystem: None,
         }
     }
 }
