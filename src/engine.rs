@@ -97,6 +97,7 @@ impl Engine {
                 lock_dir: config.root.join("locks"),
                 secrets,
                 debug_shell: config.debug_shell.clone(),
+                outputs: crate::output::OutputStore::new(&config.root),
             },
         );
         Ok(Engine {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::index::{CacheEntry, Index};
+use crate::output::OutputStore;
 use crate::worker::ContainerdWorker;
 
 /// What `rbuild cache prune` (or the automatic policy) keeps.
@@ -99,6 +100,15 @@ pub async fn prune(
             root.display()
         );
         index.forget(&doomed)?;
+    }
+    // Stored output no remaining entry names; the same bytes may be another's.
+    let outputs = OutputStore::new(root);
+    for file in doomed.iter().flat_map(|e| &e.outputs) {
+        if !index.output_in_use(file)? {
+            outputs
+                .remove(file)
+                .with_context(|| format!("remove {}", outputs.path(file).display()))?;
+        }
     }
     for e in &doomed {
         worker.release(&e.snapshot).await?;
@@ -258,6 +268,7 @@ mod tests {
             created: 0,
             last_used,
             description: key.into(),
+            outputs: Vec::new(),
         }
     }
 

@@ -27,6 +27,7 @@ use rbuild_snapshotter::tree::{KnownHashes, StatKey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::key::CacheKey;
+use crate::output::OutputFile;
 
 use rbuild_snapshotter::snapshots::SnapshotId;
 
@@ -37,8 +38,12 @@ pub struct StepRecord {
     pub snapshot: SnapshotId,
     /// Content identity of the step's result (see `solver::values`).
     pub output: String,
+    /// At most about `output::INLINE_MAX` bytes each (see `output`).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The whole stdout and stderr, when they were too long to keep here.
+    pub stdout_file: Option<OutputFile>,
+    pub stderr_file: Option<OutputFile>,
     pub exit_code: i64,
     pub duration_ms: u64,
     /// What made it (the command), for humans.
@@ -56,6 +61,8 @@ pub struct CacheEntry {
     pub created: i64,
     pub last_used: i64,
     pub description: String,
+    /// Stored output files the entry names.
+    pub outputs: Vec<OutputFile>,
 }
 
 /// One `rbuild run` for `rbuild history`.
@@ -176,7 +183,17 @@ CREATE TABLE IF NOT EXISTS images (
 const MIGRATIONS: &[(&str, &str)] = &[
     ("output", "TEXT NOT NULL DEFAULT ''"),
     ("size", "INTEGER NOT NULL DEFAULT -1"),
+    ("stdout_file", "TEXT NOT NULL DEFAULT ''"),
+    ("stderr_file", "TEXT NOT NULL DEFAULT ''"),
 ];
+
+fn output_file(name: String) -> Option<OutputFile> {
+    (!name.is_empty()).then_some(OutputFile(name))
+}
+
+fn file_name(f: &Option<OutputFile>) -> &str {
+    f.as_ref().map_or("", |f| f.0.as_str())
+}
 
 /// A stat key and hash from `dev, ino, size, mtime_ns, ctime_ns, hash` columns starting at `first`.
 fn stat_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<(StatKey, Vec<u8>)> {
@@ -271,7 +288,8 @@ impl Index {
         self.with(|c| {
             let rec = c
                 .query_row(
-                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output, size
+                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output, size,
+                            stdout_file, stderr_file
                      FROM steps WHERE key = ?1",
                     params![hex],
                     |r| {
@@ -284,6 +302,8 @@ impl Index {
                             duration_ms: r.get::<_, i64>(4)? as u64,
                             description: r.get(5)?,
                             size: r.get(7)?,
+                            stdout_file: output_file(r.get(8)?),
+                            stderr_file: output_file(r.get(9)?),
                             output: {
                                 let o: String = r.get(6)?;
                                 if o.is_empty() {
@@ -315,13 +335,15 @@ impl Index {
         self.with(|c| {
             c.execute(
                 "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
-                                    created, last_used, description, output, size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
+                                    created, last_used, description, output, size,
+                                    stdout_file, stderr_file)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT(key) DO UPDATE SET
                     snapshot = excluded.snapshot, output = excluded.output, stdout = excluded.stdout,
                     stderr = excluded.stderr, exit_code = excluded.exit_code,
                     duration_ms = excluded.duration_ms, last_used = excluded.last_used,
-                    description = excluded.description, size = excluded.size",
+                    description = excluded.description, size = excluded.size,
+                    stdout_file = excluded.stdout_file, stderr_file = excluded.stderr_file",
                 params![
                     rec.key.to_hex(),
                     rec.snapshot.0,
@@ -332,7 +354,9 @@ impl Index {
                     now,
                     rec.description,
                     rec.output,
-                    rec.size
+                    rec.size,
+                    file_name(&rec.stdout_file),
+                    file_name(&rec.stderr_file)
                 ],
             )?;
             Ok(())
@@ -343,8 +367,8 @@ impl Index {
     pub fn entries(&self) -> Result<Vec<CacheEntry>, IndexError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT key, snapshot, size, created, last_used, description FROM steps
-                 ORDER BY last_used DESC, created DESC",
+                "SELECT key, snapshot, size, created, last_used, description, stdout_file, stderr_file
+                 FROM steps ORDER BY last_used DESC, created DESC",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(CacheEntry {
@@ -354,9 +378,21 @@ impl Index {
                     created: r.get(3)?,
                     last_used: r.get(4)?,
                     description: r.get(5)?,
+                    outputs: [r.get(6)?, r.get(7)?]
+                        .into_iter()
+                        .filter_map(output_file)
+                        .collect(),
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    /// Whether any entry names the stored output `file`.
+    pub fn output_in_use(&self, file: &OutputFile) -> Result<bool, IndexError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT 1 FROM steps WHERE stdout_file = ?1 OR stderr_file = ?1")?
+                .exists(params![file.0])
         })
     }
 
@@ -591,6 +627,8 @@ mod tests {
             size: 42,
             stdout: b"out\n".to_vec(),
             stderr: vec![0xff, 0x00],
+            stdout_file: Some(OutputFile(format!("file-{cmd}"))),
+            stderr_file: None,
             exit_code: 0,
             duration_ms: 12,
             description: cmd.into(),

@@ -14,6 +14,7 @@ mod graph;
 mod index;
 mod key;
 mod locks;
+mod output;
 mod pipeline;
 mod progress;
 mod secrets;

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::index::Index;
 use crate::locks::KeyLocks;
+use crate::output::OutputStore;
 use crate::progress::Progress;
 use crate::secrets::Secrets;
 use memo::Memo;
@@ -59,6 +60,7 @@ pub struct Solver<W: Worker> {
     secrets: Arc<Secrets>,
     locks: KeyLocks,
     debug_shell: Option<Vec<String>>,
+    outputs: OutputStore,
     platform: Platform,
     jobs: Semaphore,
     cancel: CancellationToken,
@@ -81,6 +83,8 @@ pub struct SolverConfig {
     pub secrets: Arc<Secrets>,
     /// `run -i`: the shell to open in a failed step's container.
     pub debug_shell: Option<Vec<String>>,
+    /// Where output beyond the index's bound is stored.
+    pub outputs: OutputStore,
 }
 
 impl<W: Worker> Solver<W> {
@@ -97,6 +101,7 @@ impl<W: Worker> Solver<W> {
             secrets: config.secrets,
             locks: KeyLocks::new(&config.lock_dir),
             debug_shell: config.debug_shell,
+            outputs: config.outputs,
             platform: config.platform,
             jobs: Semaphore::new(config.jobs.max(1)),
             cancel: CancellationToken::new(),

@@ -210,6 +210,7 @@ impl Harness {
             lock_dir: self._dir.path().join("locks"),
             secrets,
             debug_shell: None,
+            outputs: crate::output::OutputStore::new(self._dir.path()),
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

@@ -81,8 +81,9 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// The result is committed only when the exit code meets this.
     pub expect: Expect,
-    /// Receives the process's output as it is written.
-    pub output: Option<tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>>,
+    /// Receives the process's output as it is written (then the outcome's
+    /// stdout and stderr are empty); bounded, so that output cannot pile up.
+    pub output: Option<tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>>,
     /// Whether the user's terminal is involved.
     pub terminal: TerminalUse,
 }
