@@ -481,13 +481,22 @@ impl Container {
     }
 
     /// What the last `with_exec` wrote to standard output (secrets scrubbed).
+    ///
+    /// Output of up to 1 MiB comes back whole. Beyond that, rbuild keeps
+    /// all of it in a file under its state root (`ROOT/outputs/BLAKE3`,
+    /// removed when the cache entry is pruned) and this returns the first
+    /// and the last 512 KiB with a line between them:
+    /// `[rbuild: N bytes of output left out here; all T bytes are in PATH]`.
+    /// A step whose output you need whole should write it to a file and
+    /// return that (`file(path)`, `export`).
     pub fn stdout(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stdout {
             container: self.def(),
         })
     }
 
-    /// What the last `with_exec` wrote to standard error (secrets scrubbed).
+    /// What the last `with_exec` wrote to standard error (secrets scrubbed);
+    /// bounded like [`Container::stdout`].
     pub fn stderr(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stderr {
             container: self.def(),
