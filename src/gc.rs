@@ -166,9 +166,9 @@ fn release_reserve(root: &Path) -> bool {
 /// its filesystem (whichever is less), and leaves at least 10% of the
 /// filesystem free, if removing cached results can do that: when the
 /// cache is smaller than the shortfall, something else fills the disk and
-/// emptying the cache would lose it for nothing. Entries the run used are
-/// never removed by it. `RBUILD_GC_KEEP_STORAGE` sets the size instead
-/// (`off` disables the automatic policy).
+/// emptying the cache would lose it for nothing; and making room never
+/// removes entries the run used. `RBUILD_GC_KEEP_STORAGE` sets the size
+/// instead (`off` disables the automatic policy).
 pub fn auto_policy(root: &Path, cached_bytes: u64, run_started: i64) -> Option<Policy> {
     let setting = std::env::var("RBUILD_GC_KEEP_STORAGE").ok();
     if setting.as_deref() == Some("off") {
@@ -179,9 +179,10 @@ pub fn auto_policy(root: &Path, cached_bytes: u64, run_started: i64) -> Option<P
         Some(Ok(n)) => n,
         _ => (10u64 << 30).min(size / 10),
     };
-    auto_limit(limit, size, free, cached_bytes).map(|limit| Policy {
-        keep_storage: Some(limit),
-        keep_used_since: Some(run_started),
+    auto_limit(limit, size, free, cached_bytes).map(|shrunk| Policy {
+        keep_storage: Some(shrunk),
+        // Over the size limit, least recently used go first, whoever used them.
+        keep_used_since: (shrunk < limit).then_some(run_started),
         ..Policy::default()
     })
 }
