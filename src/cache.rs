@@ -147,6 +147,7 @@ pub async fn prune(config: &EngineConfig, request: PruneRequest<'_>) -> Result<P
         keep_storage: request.keep_storage.map(gc::parse_size).transpose()?,
         keep_duration: request.keep_duration.map(gc::parse_duration).transpose()?,
         all: request.all,
+        keep_used_since: None,
     };
     if policy == Policy::default() {
         bail!("say what to prune: --keep-storage SIZE, --keep-duration DURATION or --all");

@@ -83,6 +83,7 @@ impl Engine {
         });
         registry.prewarm();
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
+        crate::gc::keep_reserve(&config.root);
         let ctd = connect(config).await?;
         let worker = ContainerdWorker::new(ctd, registry, Volumes::new(&config.root), scratch);
         // Before the dead runs' leases go with the orphans: a row they
@@ -107,6 +108,7 @@ impl Engine {
                 secrets,
                 debug_shell: config.debug_shell.clone(),
                 cancel,
+                outputs: crate::output::OutputStore::new(&config.root),
             },
         );
         Ok(Engine {
@@ -126,6 +128,7 @@ pub async fn run_pipeline(
     env: &[(&str, String)],
 ) -> Result<i32> {
     let started = Instant::now();
+    let run_started = crate::gc::now_secs();
     // Compile while the engine connects; cargo's output goes straight to stderr.
     let build = {
         let path = path.to_path_buf();
@@ -205,17 +208,17 @@ pub async fn run_pipeline(
         steps_cached: cached as i64,
         exit_code: code as i64,
     });
-    auto_gc(&engine, config).await;
+    auto_gc(&engine, config, run_started).await;
     Ok(code)
 }
 
 /// The default cache policy, after each run (see `gc::auto_policy`).
-async fn auto_gc(engine: &Engine, config: &EngineConfig) {
+async fn auto_gc(engine: &Engine, config: &EngineConfig, run_started: i64) {
     let cached: u64 = match engine.index.entries() {
         Ok(e) => e.iter().map(|e| e.size.max(0) as u64).sum(),
         Err(_) => return,
     };
-    if let Some(policy) = crate::gc::auto_policy(&config.root, cached) {
+    if let Some(policy) = crate::gc::auto_policy(&config.root, cached, run_started) {
         match crate::gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await {
             Ok(p) if p.entries > 0 => eprintln!(
                 "rbuild: the cache was over its limit: removed {} least recently used entries ({})",

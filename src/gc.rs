@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::index::{CacheEntry, Index};
+use crate::output::OutputStore;
 use crate::worker::ContainerdWorker;
 
 /// What `rbuild cache prune` (or the automatic policy) keeps.
@@ -23,6 +24,9 @@ pub struct Policy {
     pub keep_duration: Option<Duration>,
     /// Remove everything.
     pub all: bool,
+    /// Never remove entries used at or after this time (seconds): the
+    /// automatic policy keeps what the run that just ended used.
+    pub keep_used_since: Option<i64>,
 }
 
 /// The entries `policy` removes from `entries` (most recently used first), at `now` (seconds).
@@ -32,7 +36,12 @@ pub fn select(entries: &[CacheEntry], policy: &Policy, now: i64) -> Vec<CacheEnt
     }
     let mut remove = Vec::new();
     let mut kept = Vec::new();
+    let mut protected = Vec::new();
     for e in entries {
+        if policy.keep_used_since.is_some_and(|t| e.last_used >= t) {
+            protected.push(e.clone());
+            continue;
+        }
         let idle = now - e.last_used;
         match policy.keep_duration {
             Some(d) if idle > d.as_secs() as i64 => remove.push(e.clone()),
@@ -40,7 +49,11 @@ pub fn select(entries: &[CacheEntry], policy: &Policy, now: i64) -> Vec<CacheEnt
         }
     }
     if let Some(limit) = policy.keep_storage {
-        let mut total: u64 = kept.iter().map(|e| e.size.max(0) as u64).sum();
+        let mut total: u64 = kept
+            .iter()
+            .chain(&protected)
+            .map(|e| e.size.max(0) as u64)
+            .sum();
         while total > limit {
             let Some(lru) = kept.pop() else { break };
             total -= lru.size.max(0) as u64;
@@ -76,8 +89,27 @@ pub async fn prune(
 ) -> Result<Pruned> {
     let entries = index.entries()?;
     let doomed = select(&entries, policy, now_secs());
-    // Rows first: from now on nothing will reuse these results.
-    index.forget(&doomed)?;
+    // Rows first: from now on nothing will reuse these results. On a full
+    // disk, the space kept in reserve lets the index record that.
+    if let Err(e) = index.forget(&doomed) {
+        if !e.is_disk_full() || !release_reserve(root) {
+            return Err(e.into());
+        }
+        eprintln!(
+            "rbuild: the filesystem holding {} is full; pruning with the space rbuild keeps in reserve",
+            root.display()
+        );
+        index.forget(&doomed)?;
+    }
+    // Stored output no remaining entry names; the same bytes may be another's.
+    let outputs = OutputStore::new(root);
+    for file in doomed.iter().flat_map(|e| &e.outputs) {
+        if !index.output_in_use(file)? {
+            outputs
+                .remove(file)
+                .with_context(|| format!("remove {}", outputs.path(file).display()))?;
+        }
+    }
     // Killed from here on, the next start releases what is left (consistency.rs).
     rbuild_containerd::kill_point("prune-mid");
     for e in &doomed {
@@ -97,32 +129,78 @@ pub async fn prune(
         .collect_garbage()
         .await
         .context("containerd garbage collection")?;
+    keep_reserve(root);
     Ok(pruned)
 }
 
-/// The automatic policy applied after each run: rbuild's cache takes at
-/// most 10 GiB or 10% of its filesystem (whichever is less), and leaves
-/// at least 10% of the filesystem free. `RBUILD_GC_KEEP_STORAGE` sets the
-/// size instead (`off` disables the automatic policy).
-pub fn auto_policy(root: &Path, cached_bytes: u64) -> Option<Policy> {
+/// A file of this size under the state root is space kept in reserve, so
+/// that `cache prune` can still write to the index when the disk is full.
+const RESERVE_BYTES: u64 = 2 << 20;
+
+fn reserve_path(root: &Path) -> std::path::PathBuf {
+    root.join("reserve")
+}
+
+/// Makes the reserve if it is missing and the filesystem has room for it
+/// and more; best effort.
+pub fn keep_reserve(root: &Path) {
+    let path = reserve_path(root);
+    if path.exists() || filesystem(root).is_none_or(|(_, free)| free < 16 * RESERVE_BYTES) {
+        return;
+    }
+    let made = std::fs::File::create_new(&path).and_then(|f| {
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
+            .map_err(std::io::Error::from)
+    });
+    if let Err(e) = made {
+        tracing::debug!(error = %e, path = %path.display(), "no reserve space kept");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Gives the reserve back to the filesystem; whether there was one.
+fn release_reserve(root: &Path) -> bool {
+    std::fs::remove_file(reserve_path(root)).is_ok()
+}
+
+/// The automatic policy applied after each run that started at
+/// `run_started` (seconds): rbuild's cache takes at most 10 GiB or 10% of
+/// its filesystem (whichever is less), and leaves at least 10% of the
+/// filesystem free, if removing cached results can do that: when the
+/// cache is smaller than the shortfall, something else fills the disk and
+/// emptying the cache would lose it for nothing; and making room never
+/// removes entries the run used. `RBUILD_GC_KEEP_STORAGE` sets the size
+/// instead (`off` disables the automatic policy).
+pub fn auto_policy(root: &Path, cached_bytes: u64, run_started: i64) -> Option<Policy> {
     let setting = std::env::var("RBUILD_GC_KEEP_STORAGE").ok();
     if setting.as_deref() == Some("off") {
         return None;
     }
     let (size, free) = filesystem(root)?;
-    let mut limit = match setting.as_deref().map(parse_size) {
+    let limit = match setting.as_deref().map(parse_size) {
         Some(Ok(n)) => n,
         _ => (10u64 << 30).min(size / 10),
     };
-    // Too little free space: shrink until a tenth of the disk is free again.
-    let wanted_free = size / 10;
-    if free < wanted_free {
-        limit = limit.min(cached_bytes.saturating_sub(wanted_free - free));
-    }
-    (cached_bytes > limit).then_some(Policy {
-        keep_storage: Some(limit),
+    auto_limit(limit, size, free, cached_bytes).map(|shrunk| Policy {
+        keep_storage: Some(shrunk),
+        // Over the size limit, least recently used go first, whoever used them.
+        keep_used_since: (shrunk < limit).then_some(run_started),
         ..Policy::default()
     })
+}
+
+/// The size the cache is pruned to, if it must be: `limit`, or less when
+/// the filesystem (`size`, `free`) has under a tenth free and the cache
+/// can make up the difference.
+fn auto_limit(limit: u64, size: u64, free: u64, cached_bytes: u64) -> Option<u64> {
+    let wanted_free = size / 10;
+    let shortfall = wanted_free.saturating_sub(free);
+    let limit = if shortfall > 0 && shortfall <= cached_bytes {
+        limit.min(cached_bytes - shortfall)
+    } else {
+        limit
+    };
+    (cached_bytes > limit).then_some(limit)
 }
 
 /// (size, free) in bytes of the filesystem holding `path`; free is what
@@ -193,6 +271,7 @@ mod tests {
             created: 0,
             last_used,
             description: key.into(),
+            outputs: Vec::new(),
         }
     }
 
@@ -242,10 +321,39 @@ mod tests {
         let both = Policy {
             keep_storage: Some(5),
             keep_duration: Some(Duration::from_secs(60)),
-            all: false,
+            ..Default::default()
         };
         assert_eq!(keys(&select(&entries, &both, now)), ["mid", "old", "new"]);
         assert!(select(&entries, &Policy::default(), now).is_empty());
+    }
+
+    #[test]
+    fn the_automatic_policy_keeps_the_runs_entries_and_a_cache_that_is_not_the_problem() {
+        let now = 100_000;
+        let entries = vec![
+            entry("this-run", 10, now - 1),
+            entry("older", 20, now - 5000),
+        ];
+        let policy = Policy {
+            keep_storage: Some(0),
+            keep_used_since: Some(now - 60),
+            ..Default::default()
+        };
+        assert_eq!(keys(&select(&entries, &policy, now)), ["older"]);
+        const MB: u64 = 1_000_000;
+        // 300 MB disk, full, with a 1 MB cache: the cache is not what fills it.
+        assert_eq!(auto_limit(30 * MB, 300 * MB, 0, MB), None);
+        // 300 MB disk, 20 MB free, a 100 MB cache: shrink it by the 10 MB missing.
+        assert_eq!(
+            auto_limit(30 * MB, 300 * MB, 20 * MB, 100 * MB),
+            Some(30 * MB)
+        );
+        assert_eq!(
+            auto_limit(300 * MB, 300 * MB, 20 * MB, 100 * MB),
+            Some(90 * MB)
+        );
+        // Plenty free, under the limit: nothing to do.
+        assert_eq!(auto_limit(30 * MB, 300 * MB, 200 * MB, 10 * MB), None);
     }
 
     #[test]

@@ -1,4 +1,16 @@
-//! The cache index: SQLite in WAL mode under the state root.
+//! The cache index: SQLite under the state root.
+//!
+//! The index uses a rollback journal (`PERSIST`), not WAL: a WAL index
+//! (`index.db-shm`) is a memory-mapped file that SQLite extends by writing
+//! one byte at the end of each 4 KiB page. On a filesystem with 1 KiB
+//! blocks (what mke2fs makes below 512 MiB) that allocates only the last
+//! block of each page, and SQLite's first store into the rest through the
+//! mapping raises SIGBUS when the filesystem is full: every command died
+//! without a message, `cache prune` included. A rollback journal makes
+//! SQLite use read and write calls only, so a full disk is an error
+//! ("database or disk is full") that names the index. The persisted
+//! journal keeps its blocks between transactions, so small ones (a prune's
+//! deletions) still fit on a full disk.
 //!
 //! A `steps` row exists only for a complete result (DESIGN.md invariant 2):
 //! the engine commits the step's snapshot first and writes the row second.
@@ -12,9 +24,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rbuild_snapshotter::BlobDesc;
 use rbuild_snapshotter::export::Layer;
 use rbuild_snapshotter::tree::{KnownHashes, StatKey};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::key::CacheKey;
+use crate::output::OutputFile;
 
 use rbuild_snapshotter::snapshots::SnapshotId;
 
@@ -25,8 +38,12 @@ pub struct StepRecord {
     pub snapshot: SnapshotId,
     /// Content identity of the step's result (see `solver::values`).
     pub output: String,
+    /// At most about `output::INLINE_MAX` bytes each (see `output`).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The whole stdout and stderr, when they were too long to keep here.
+    pub stdout_file: Option<OutputFile>,
+    pub stderr_file: Option<OutputFile>,
     pub exit_code: i64,
     pub duration_ms: u64,
     /// What made it (the command), for humans.
@@ -44,6 +61,8 @@ pub struct CacheEntry {
     pub created: i64,
     pub last_used: i64,
     pub description: String,
+    /// Stored output files the entry names.
+    pub outputs: Vec<OutputFile>,
 }
 
 /// One `rbuild run` for `rbuild history`.
@@ -62,12 +81,56 @@ pub struct Index {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cache index {path}: {source}")]
+#[error("cache index {path}: {source}{hint}")]
 pub struct IndexError {
     path: String,
     #[source]
-    source: rusqlite::Error,
+    source: IndexCause,
+    hint: &'static str,
 }
+
+#[derive(Debug, thiserror::Error)]
+enum IndexCause {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("lock file {0}: {1}")]
+    Lock(String, std::io::Error),
+}
+
+impl IndexError {
+    fn new(path: impl Into<String>, source: impl Into<IndexCause>) -> IndexError {
+        let source = source.into();
+        let hint = if is_disk_full(&source) {
+            " (no space left on the filesystem holding the index: free some, \
+             for instance with `rbuild cache prune --keep-storage SIZE`)"
+        } else {
+            ""
+        };
+        IndexError {
+            path: path.into(),
+            source,
+            hint,
+        }
+    }
+
+    /// The filesystem holding the index is full.
+    pub fn is_disk_full(&self) -> bool {
+        is_disk_full(&self.source)
+    }
+}
+
+fn is_disk_full(e: &IndexCause) -> bool {
+    match e {
+        IndexCause::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+        }
+        IndexCause::Lock(_, e) => e.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
+/// How long a connection waits for another process's lock on the index.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS steps (
@@ -116,6 +179,22 @@ CREATE TABLE IF NOT EXISTS images (
 ) STRICT;
 ";
 
+/// Columns of `steps` added after the first schema, with their declarations.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("output", "TEXT NOT NULL DEFAULT ''"),
+    ("size", "INTEGER NOT NULL DEFAULT -1"),
+    ("stdout_file", "TEXT NOT NULL DEFAULT ''"),
+    ("stderr_file", "TEXT NOT NULL DEFAULT ''"),
+];
+
+fn output_file(name: String) -> Option<OutputFile> {
+    (!name.is_empty()).then_some(OutputFile(name))
+}
+
+fn file_name(f: &Option<OutputFile>) -> &str {
+    f.as_ref().map_or("", |f| f.0.as_str())
+}
+
 /// A stat key and hash from `dev, ino, size, mtime_ns, ctime_ns, hash` columns starting at `first`.
 fn stat_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<(StatKey, Vec<u8>)> {
     Ok((
@@ -138,35 +217,61 @@ fn now_secs() -> i64 {
 }
 
 impl Index {
+    /// Opens (creating and migrating if needed) the index at `path`.
+    ///
+    /// Creating and migrating happen under an exclusive `flock` on
+    /// `PATH.lock`, so that first runs started at once on a new root do it
+    /// once: the journal mode cannot be changed inside a transaction, and
+    /// without the lock two processes both saw a missing column and both
+    /// added it ("duplicate column name"). The busy timeout is set before
+    /// anything touches the database.
     pub fn open(path: &Path) -> Result<Index, IndexError> {
-        let err = |source| IndexError {
-            path: path.display().to_string(),
-            source,
+        let err = |source: rusqlite::Error| IndexError::new(path.display().to_string(), source);
+        let lock_path = path.with_extension("db.lock");
+        let lock_err = |e: std::io::Error| {
+            IndexError::new(
+                path.display().to_string(),
+                IndexCause::Lock(lock_path.display().to_string(), e),
+            )
         };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| lock_err(e.into()))?;
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("persist") {
+            // An older rbuild still has it open in WAL mode; the next open switches.
+            tracing::warn!(%mode, path = %path.display(), "cache index journal mode unchanged");
+        }
+        conn.pragma_update(None, "journal_size_limit", 4 << 20)
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        // Indexes written before results had a content identity.
-        let has_output: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = 'output'")
-            .and_then(|mut s| s.exists([]))
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        if !has_output {
-            conn.execute_batch("ALTER TABLE steps ADD COLUMN output TEXT NOT NULL DEFAULT ''")
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        // Columns added since the first index: results' content identity, sizes, output files.
+        for (column, decl) in MIGRATIONS {
+            let has: bool = tx
+                .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = ?1")
+                .and_then(|mut s| s.exists([column]))
                 .map_err(err)?;
+            if !has {
+                tx.execute_batch(&format!("ALTER TABLE steps ADD COLUMN {column} {decl}"))
+                    .map_err(err)?;
+            }
         }
-        let has_size: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = 'size'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(err)?;
-        if !has_size {
-            conn.execute_batch("ALTER TABLE steps ADD COLUMN size INTEGER NOT NULL DEFAULT -1")
-                .map_err(err)?;
-        }
+        tx.commit().map_err(err)?;
+        drop(lock);
         Ok(Index {
             conn: Mutex::new(conn),
         })
@@ -174,10 +279,7 @@ impl Index {
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, IndexError> {
         let conn = self.conn.lock().expect("index mutex poisoned");
-        f(&conn).map_err(|source| IndexError {
-            path: conn.path().unwrap_or("?").to_string(),
-            source,
-        })
+        f(&conn).map_err(|source| IndexError::new(conn.path().unwrap_or("?"), source))
     }
 
     /// Looks up a step and marks it used.
@@ -186,7 +288,8 @@ impl Index {
         self.with(|c| {
             let rec = c
                 .query_row(
-                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output, size
+                    "SELECT snapshot, stdout, stderr, exit_code, duration_ms, description, output, size,
+                            stdout_file, stderr_file
                      FROM steps WHERE key = ?1",
                     params![hex],
                     |r| {
@@ -199,6 +302,8 @@ impl Index {
                             duration_ms: r.get::<_, i64>(4)? as u64,
                             description: r.get(5)?,
                             size: r.get(7)?,
+                            stdout_file: output_file(r.get(8)?),
+                            stderr_file: output_file(r.get(9)?),
                             output: {
                                 let o: String = r.get(6)?;
                                 if o.is_empty() {
@@ -211,11 +316,14 @@ impl Index {
                     },
                 )
                 .optional()?;
-            if rec.is_some() {
-                c.execute(
+            // Best effort: a hit stays a hit on a full disk.
+            if rec.is_some()
+                && let Err(e) = c.execute(
                     "UPDATE steps SET last_used = ?2 WHERE key = ?1",
                     params![hex, now_secs()],
-                )?;
+                )
+            {
+                tracing::warn!(error = %e, "could not mark a cache entry used");
             }
             Ok(rec)
         })
@@ -227,13 +335,15 @@ impl Index {
         self.with(|c| {
             c.execute(
                 "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
-                                    created, last_used, description, output, size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
+                                    created, last_used, description, output, size,
+                                    stdout_file, stderr_file)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT(key) DO UPDATE SET
                     snapshot = excluded.snapshot, output = excluded.output, stdout = excluded.stdout,
                     stderr = excluded.stderr, exit_code = excluded.exit_code,
                     duration_ms = excluded.duration_ms, last_used = excluded.last_used,
-                    description = excluded.description, size = excluded.size",
+                    description = excluded.description, size = excluded.size,
+                    stdout_file = excluded.stdout_file, stderr_file = excluded.stderr_file",
                 params![
                     rec.key.to_hex(),
                     rec.snapshot.0,
@@ -244,7 +354,9 @@ impl Index {
                     now,
                     rec.description,
                     rec.output,
-                    rec.size
+                    rec.size,
+                    file_name(&rec.stdout_file),
+                    file_name(&rec.stderr_file)
                 ],
             )?;
             Ok(())
@@ -255,8 +367,8 @@ impl Index {
     pub fn entries(&self) -> Result<Vec<CacheEntry>, IndexError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT key, snapshot, size, created, last_used, description FROM steps
-                 ORDER BY last_used DESC, created DESC",
+                "SELECT key, snapshot, size, created, last_used, description, stdout_file, stderr_file
+                 FROM steps ORDER BY last_used DESC, created DESC",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(CacheEntry {
@@ -266,20 +378,31 @@ impl Index {
                     created: r.get(3)?,
                     last_used: r.get(4)?,
                     description: r.get(5)?,
+                    outputs: [r.get(6)?, r.get(7)?]
+                        .into_iter()
+                        .filter_map(output_file)
+                        .collect(),
                 })
             })?;
             rows.collect()
         })
     }
 
+    /// Whether any entry names the stored output `file`.
+    pub fn output_in_use(&self, file: &OutputFile) -> Result<bool, IndexError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT 1 FROM steps WHERE stdout_file = ?1 OR stderr_file = ?1")?
+                .exists(params![file.0])
+        })
+    }
+
     /// Removes entries (and the layers made from their snapshots) in one transaction.
     pub fn forget(&self, entries: &[CacheEntry]) -> Result<(), IndexError> {
         let mut conn = self.conn.lock().expect("index mutex poisoned");
-        let err = |source| IndexError {
-            path: "steps".into(),
-            source,
-        };
-        let tx = conn.transaction().map_err(err)?;
+        let err = |source: rusqlite::Error| IndexError::new("steps", source);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         for e in entries {
             tx.execute("DELETE FROM steps WHERE key = ?1", params![e.key])
                 .map_err(err)?;
@@ -416,11 +539,10 @@ impl Index {
         }
         let prefix = root.display().to_string().trim_end_matches('/').to_string();
         let mut conn = self.conn.lock().expect("index mutex poisoned");
-        let err = |source| IndexError {
-            path: "host_files".into(),
-            source,
-        };
-        let tx = conn.transaction().map_err(err)?;
+        let err = |source: rusqlite::Error| IndexError::new("host_files", source);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -516,6 +638,8 @@ mod tests {
             size: 42,
             stdout: b"out\n".to_vec(),
             stderr: vec![0xff, 0x00],
+            stdout_file: Some(OutputFile(format!("file-{cmd}"))),
+            stderr_file: None,
             exit_code: 0,
             duration_ms: 12,
             description: cmd.into(),
@@ -574,5 +698,56 @@ mod tests {
             Some("{}")
         );
         assert_eq!(idx.get_image("sha256:a", "linux/arm64").unwrap(), None);
+    }
+
+    #[test]
+    fn many_first_opens_at_once_all_succeed() {
+        // Repeated, since a race shows only sometimes.
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|n| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let idx = Index::open(&path)?;
+                        idx.put_step(&record(&format!("round {round} thread {n}")))?;
+                        idx.entries().map(|e| e.len())
+                    })
+                })
+                .collect();
+            for t in threads {
+                let seen = t
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert!(seen >= 1);
+            }
+            let idx = Index::open(&path).unwrap();
+            assert_eq!(idx.entries().unwrap().len(), 8, "round {round}");
+        }
+    }
+
+    #[test]
+    fn an_index_written_in_wal_mode_opens_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let rec = record("old");
+        {
+            let idx = Index::open(&path).unwrap();
+            idx.put_step(&rec).unwrap();
+        }
+        {
+            let c = Connection::open(&path).unwrap();
+            let mode: String = c
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.get_step(&rec.key).unwrap(), Some(rec));
+        assert!(!dir.path().join("index.db-shm").exists());
     }
 }

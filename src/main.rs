@@ -15,6 +15,7 @@ mod graph;
 mod index;
 mod key;
 mod locks;
+mod output;
 mod pipeline;
 mod progress;
 mod secrets;

@@ -326,28 +326,53 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Splits chunks of a step's output into lines (after scrubbing).
+/// A line of a step's output is shown up to this many bytes.
+pub const MAX_SHOWN_LINE: usize = 4096;
+
+/// Splits chunks of a step's output into lines (after scrubbing), in time
+/// linear in the output and memory bounded by [`MAX_SHOWN_LINE`]: of a
+/// longer line, the start is shown and the rest counted.
 #[derive(Default)]
 pub struct LineSplitter {
     pending: Vec<u8>,
+    /// Bytes of the current line beyond what is shown.
+    dropped: u64,
 }
 
 impl LineSplitter {
     /// Complete lines in `chunk` (plus what was pending).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=i).collect();
-            out.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            self.take(&rest[..i]);
+            out.push(self.line());
+            rest = &rest[i + 1..];
         }
+        self.take(rest);
         out
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let room = MAX_SHOWN_LINE - self.pending.len();
+        let n = room.min(bytes.len());
+        self.pending.extend_from_slice(&bytes[..n]);
+        self.dropped += (bytes.len() - n) as u64;
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::from_utf8_lossy(&self.pending).into_owned();
+        if self.dropped > 0 {
+            line.push_str(&format!(" [… {} more bytes]", self.dropped));
+        }
+        self.pending.clear();
+        self.dropped = 0;
+        line
     }
 
     /// The last, unterminated line.
     pub fn finish(&mut self) -> Option<String> {
-        (!self.pending.is_empty())
-            .then(|| String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned())
+        (!self.pending.is_empty() || self.dropped > 0).then(|| self.line())
     }
 }
 
@@ -434,5 +459,28 @@ mod tests {
         assert_eq!(tail_lines(b"a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail_lines(b"a", 5), "a");
         assert_eq!(tail_lines(b"", 5), "");
+    }
+
+    #[test]
+    fn a_huge_line_is_shown_cut_and_counted_and_short_lines_whole() {
+        let mut lines = LineSplitter::default();
+        let chunk = vec![b'a'; 64 << 10];
+        for _ in 0..100 {
+            assert!(lines.push(&chunk).is_empty());
+        }
+        let out = lines.push(b"aa\nnext\nlast");
+        assert_eq!(out.len(), 2);
+        assert!(out[0].starts_with(&"a".repeat(MAX_SHOWN_LINE)));
+        assert!(
+            out[0].ends_with(&format!(
+                " [… {} more bytes]",
+                100 * (64 << 10) + 2 - MAX_SHOWN_LINE
+            )),
+            "{}",
+            &out[0][MAX_SHOWN_LINE..]
+        );
+        assert_eq!(out[1], "next");
+        assert_eq!(lines.finish().as_deref(), Some("last"));
+        assert_eq!(lines.finish(), None);
     }
 }

@@ -180,16 +180,18 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
         Query::Stdout { container } => {
             let st = solver.container(&container).await?;
             let out = st.last_exec("stdout")?;
-            Ok(Value::String(
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            ))
+            let all = solver
+                .whole_output(&out.stdout, out.stdout_file.as_ref())
+                .await;
+            Ok(Value::String(String::from_utf8_lossy(&all).into_owned()))
         }
         Query::Stderr { container } => {
             let st = solver.container(&container).await?;
             let out = st.last_exec("stderr")?;
-            Ok(Value::String(
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
+            let all = solver
+                .whole_output(&out.stderr, out.stderr_file.as_ref())
+                .await;
+            Ok(Value::String(String::from_utf8_lossy(&all).into_owned()))
         }
         Query::ExitCode { container } => {
             let st = solver.container(&container).await?;

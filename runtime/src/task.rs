@@ -53,8 +53,11 @@ pub struct ContainerRun {
     pub stdin: Option<Vec<u8>>,
     /// Share the host's network namespace instead of an empty one of its own.
     pub host_network: bool,
-    /// Receives output as it is produced, for live progress.
-    pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    /// Receives output as it is produced, instead of [`ProcessOutcome`]
+    /// collecting it. The channel is bounded: a receiver that falls behind
+    /// slows the process's writes down rather than letting output pile up
+    /// in memory.
+    pub output: Option<mpsc::Sender<OutputChunk>>,
 }
 
 /// Which stream a chunk of output came from.
@@ -70,7 +73,8 @@ pub struct OutputChunk {
     pub bytes: Vec<u8>,
 }
 
-/// How the process ended and what it wrote.
+/// How the process ended and what it wrote (empty when
+/// [`ContainerRun::output`] received it).
 #[derive(Clone, Debug, Default)]
 pub struct ProcessOutcome {
     pub exit_code: u32,
@@ -344,22 +348,25 @@ pub(crate) fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
 async fn drain(
     mut rx: pipe::Receiver,
     stream: Stream,
-    sink: Option<mpsc::UnboundedSender<OutputChunk>>,
+    sink: Option<mpsc::Sender<OutputChunk>>,
 ) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                all.extend_from_slice(&buf[..n]);
-                if let Some(sink) = &sink {
-                    let _ = sink.send(OutputChunk {
+            Ok(n) => match &sink {
+                Some(sink) => {
+                    let chunk = OutputChunk {
                         stream,
                         bytes: buf[..n].to_vec(),
-                    });
+                    };
+                    // A receiver that is gone wants no more; keep draining
+                    // so that the process is not blocked on a full FIFO.
+                    let _ = sink.send(chunk).await;
                 }
-            }
+                None => all.extend_from_slice(&buf[..n]),
+            },
         }
     }
     all

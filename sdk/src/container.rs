@@ -481,13 +481,23 @@ impl Container {
     }
 
     /// What the last `with_exec` wrote to standard output (secrets scrubbed).
+    ///
+    /// The output comes back whole, however long. Beyond 1 MiB, rbuild
+    /// keeps it in a file under its state root (`ROOT/outputs/BLAKE3`,
+    /// removed when the cache entry is pruned) and reads it back for this;
+    /// its index keeps only the first and last 512 KiB, which is what this
+    /// returns, with a line between them (`[rbuild: N bytes of output left
+    /// out here; all T bytes are in PATH]`), should that file be gone.
+    /// Output of hundreds of megabytes is better written to a file in the
+    /// container and read from there (`file(path)`, `export`).
     pub fn stdout(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stdout {
             container: self.def(),
         })
     }
 
-    /// What the last `with_exec` wrote to standard error (secrets scrubbed).
+    /// What the last `with_exec` wrote to standard error (secrets scrubbed),
+    /// whole, like [`Container::stdout`].
     pub fn stderr(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stderr {
             container: self.def(),

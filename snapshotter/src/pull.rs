@@ -372,7 +372,12 @@ async fn stream_layer(
         crate::unique_suffix(),
         layer.chain_id.0
     ));
-    let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
+    let mounts = match snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await
+    {
+        // Another rbuild unpacked it since we looked (containerd checks the target by its ref label).
+        Err(Error::Containerd(e)) if e.is_already_exists() => return Ok((Streamed::Done, None)),
+        r => r?,
+    };
     let Some((root, lowers)) = snapshots::overlay_dirs(&mounts) else {
         snapshots::remove(ctd, &key).await?;
         return Ok((
@@ -560,7 +565,11 @@ async fn with_diff_service(
         crate::unique_suffix(),
         layer.chain_id.0
     ));
-    let mounts = snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await?;
+    let mounts = match snapshots::prepare(ctd, lease, &key, layer.parent, snapshot_ref(layer)).await
+    {
+        Err(Error::Containerd(e)) if e.is_already_exists() => return Ok(()),
+        r => r?,
+    };
     let result = async {
         let applied = ctd
             .diff()

@@ -8,8 +8,9 @@ pub enum SolveError {
     #[error("{0}")]
     Image(String),
     #[error(
-        "step failed: {command}\n  exit code: {exit_code}{}{}{}",
+        "step failed: {command}\n  exit code: {exit_code}{}{}{}{}",
         if *expected_failure { " (a failure was expected)" } else { "" },
+        full_filesystem.as_ref().map(|f| format!("\n  no space left on device: {f}")).unwrap_or_default(),
         at.as_ref().map(|a| format!("\n  created at: {a}")).unwrap_or_default(),
         if stderr_tail.is_empty() { String::new() } else {
             format!("\n  stderr (last lines):\n{}", indent(stderr_tail))
@@ -22,6 +23,8 @@ pub enum SolveError {
         expected_failure: bool,
         /// Where in the pipeline the step was made (file:line).
         at: Option<String>,
+        /// A filesystem the step wrote to that was full.
+        full_filesystem: Option<String>,
     },
     #[error("{0}")]
     Invalid(String),

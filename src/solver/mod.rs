@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::index::Index;
 use crate::locks::KeyLocks;
+use crate::output::OutputStore;
 use crate::progress::Progress;
 use crate::secrets::Secrets;
 use memo::Memo;
@@ -59,6 +60,7 @@ pub struct Solver<W: Worker> {
     secrets: Arc<Secrets>,
     locks: KeyLocks,
     debug_shell: Option<Vec<String>>,
+    outputs: OutputStore,
     platform: Platform,
     jobs: Semaphore,
     cancel: CancellationToken,
@@ -84,6 +86,29 @@ pub struct SolverConfig {
     /// The run's cancellation, which [`Solver::shutdown`] fires: steps,
     /// lock waits and (through the worker's registry) registry requests watch it.
     pub cancel: CancellationToken,
+    /// Where output beyond the index's bound is stored.
+    pub outputs: OutputStore,
+}
+
+impl<W: Worker> Solver<W> {
+    /// A step's whole stdout or stderr: what the index keeps, or for
+    /// output too long for it, the stored file read back (what `stdout()`
+    /// always returned). If the file is gone, what the index keeps.
+    pub async fn whole_output(
+        &self,
+        kept: &[u8],
+        file: Option<&crate::output::OutputFile>,
+    ) -> Vec<u8> {
+        if let Some(f) = file {
+            match tokio::fs::read(self.outputs.path(f)).await {
+                Ok(all) => return all,
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %f.0, "stored output unreadable; answering with its head and tail")
+                }
+            }
+        }
+        kept.to_vec()
+    }
 }
 
 impl<W: Worker> Solver<W> {
@@ -100,6 +125,7 @@ impl<W: Worker> Solver<W> {
             secrets: config.secrets,
             locks: KeyLocks::new(&config.lock_dir),
             debug_shell: config.debug_shell,
+            outputs: config.outputs,
             platform: config.platform,
             jobs: Semaphore::new(config.jobs.max(1)),
             cancel: config.cancel,

@@ -14,6 +14,7 @@ use super::*;
 use crate::graph::shell_words;
 use crate::index::StepRecord;
 use crate::key::CacheKey;
+use crate::output::Capture;
 use crate::progress::{STDERR_TAIL_LINES, tail_lines};
 use crate::secrets::StreamScrubber;
 
@@ -62,6 +63,8 @@ impl<W: Worker> Solver<W> {
                 output: rec.output,
                 stdout: rec.stdout,
                 stderr: rec.stderr,
+                stdout_file: rec.stdout_file,
+                stderr_file: rec.stderr_file,
                 exit_code: rec.exit_code,
                 plan: plan.clone(),
             })
@@ -101,6 +104,8 @@ impl<W: Worker> Solver<W> {
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
         let parent = self.materialize(&plan.parent).await?;
+        // Where the whole stdout and stderr are, when too long for the index.
+        let mut files = [None, None];
         let (snapshot, outcome, started, no) = match &plan.kind {
             StepKind::Exec(exec) => {
                 let mounts = self.mount_requests(exec).await?;
@@ -135,7 +140,7 @@ impl<W: Worker> Solver<W> {
                 let started = Instant::now();
                 let result = self.worker.exec(req, self.cancel.clone()).await;
                 // The last lines are shown before the step's end.
-                let _ = forwarder.await;
+                let captured = forwarder.await;
                 let mut outcome = match result {
                     Ok(o) => o,
                     Err(e) => {
@@ -148,10 +153,17 @@ impl<W: Worker> Solver<W> {
                         return Err(e);
                     }
                 };
-                outcome.stdout = self.secrets.scrub(&outcome.stdout);
-                outcome.stderr = self.secrets.scrub(&outcome.stderr);
+                let [mut out, mut err] =
+                    captured.map_err(|e| SolveError::Internal(format!("output task: {e}")))?;
+                // A worker that did not stream its output returned it.
+                out.push(&self.secrets.scrub(&outcome.stdout));
+                err.push(&self.secrets.scrub(&outcome.stderr));
                 let Some(snapshot) = outcome.snapshot.clone() else {
+                    outcome.stderr = err.discard();
                     let mut reason = format!("exit code {}", outcome.exit_code);
+                    if let Some(full) = &outcome.full_filesystem {
+                        reason.push_str(&format!(", no space left on device: {full}"));
+                    }
                     if let Some(at) = &exec.at {
                         reason.push_str(&format!(", created at {at}"));
                     }
@@ -163,8 +175,14 @@ impl<W: Worker> Solver<W> {
                         stderr_tail: tail_lines(&outcome.stderr, STDERR_TAIL_LINES),
                         expected_failure: exec.expect == crate::graph::Expect::Failure,
                         at: exec.at.clone(),
+                        full_filesystem: outcome.full_filesystem.clone(),
                     });
                 };
+                let out = out.finish().map_err(SolveError::Internal)?;
+                let err = err.finish().map_err(SolveError::Internal)?;
+                outcome.stdout = out.text;
+                outcome.stderr = err.text;
+                files = [out.file, err.file];
                 (snapshot, outcome, started, no)
             }
             StepKind::Tarball { image, name } => {
@@ -228,6 +246,8 @@ impl<W: Worker> Solver<W> {
             output: output.clone(),
             stdout: outcome.stdout.clone(),
             stderr: outcome.stderr.clone(),
+            stdout_file: files[0].clone(),
+            stderr_file: files[1].clone(),
             exit_code: outcome.exit_code,
             duration_ms: millis as u64,
             description: plan.description.clone(),
@@ -242,56 +262,71 @@ impl<W: Worker> Solver<W> {
             output,
             stdout: outcome.stdout,
             stderr: outcome.stderr,
+            stdout_file: files[0].clone(),
+            stderr_file: files[1].clone(),
             exit_code: outcome.exit_code,
             plan: plan.clone(),
         }))
     }
 
     /// A channel for a running step's output, and the task that shows it
-    /// line by line, scrubbed (also of secrets split across writes).
+    /// line by line and captures it (see `output`), both scrubbed (also of
+    /// secrets split across writes). The task runs on a blocking thread,
+    /// since it writes output files; the channel is bounded, so a step
+    /// that prints faster than that is slowed down, not buffered.
     pub(super) fn forward_output(
         &self,
         no: crate::progress::StepNo,
     ) -> (
-        tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>,
-        tokio::task::JoinHandle<()>,
+        tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>,
+        tokio::task::JoinHandle<[Capture; 2]>,
     ) {
         use crate::progress::{LineSplitter, Stream};
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rbuild_runtime::OutputChunk>();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<rbuild_runtime::OutputChunk>(16);
         let progress = self.progress.clone();
         let secrets = self.secrets.clone();
-        let task = tokio::spawn(async move {
-            let mut streams: [(StreamScrubber, LineSplitter); 2] = [
+        let outputs = self.outputs.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut streams: [(StreamScrubber, Capture, LineSplitter); 2] = [
                 (
                     StreamScrubber::new(secrets.clone()),
+                    outputs.capture(),
                     LineSplitter::default(),
                 ),
-                (StreamScrubber::new(secrets), LineSplitter::default()),
+                (
+                    StreamScrubber::new(secrets),
+                    outputs.capture(),
+                    LineSplitter::default(),
+                ),
             ];
             let which = |s: rbuild_runtime::Stream| match s {
                 rbuild_runtime::Stream::Stdout => (0, Stream::Stdout),
                 rbuild_runtime::Stream::Stderr => (1, Stream::Stderr),
             };
-            while let Some(chunk) = rx.recv().await {
+            while let Some(chunk) = rx.blocking_recv() {
                 let (i, stream) = which(chunk.stream);
-                let (scrubber, lines) = &mut streams[i];
-                for line in lines.push(&scrubber.push(&chunk.bytes)) {
+                let (scrubber, capture, lines) = &mut streams[i];
+                let shown = scrubber.push(&chunk.bytes);
+                capture.push(&shown);
+                for line in lines.push(&shown) {
                     progress.output(no, stream, &line);
                 }
             }
-            for (i, (scrubber, lines)) in streams.iter_mut().enumerate() {
-                let stream = if i == 0 {
-                    Stream::Stdout
-                } else {
-                    Stream::Stderr
-                };
-                for line in lines.push(&scrubber.finish()) {
+            let [
+                (mut out_scrubber, mut out, mut out_lines),
+                (mut err_scrubber, mut err, mut err_lines),
+            ] = streams;
+            for (scrubber, capture, lines, stream) in [
+                (&mut out_scrubber, &mut out, &mut out_lines, Stream::Stdout),
+                (&mut err_scrubber, &mut err, &mut err_lines, Stream::Stderr),
+            ] {
+                let rest = scrubber.finish();
+                capture.push(&rest);
+                for line in lines.push(&rest).into_iter().chain(lines.finish()) {
                     progress.output(no, stream, &line);
                 }
-                if let Some(last) = lines.finish() {
-                    progress.output(no, stream, &last);
-                }
             }
+            [out, err]
         });
         (tx, task)
     }

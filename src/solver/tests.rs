@@ -110,6 +110,7 @@ impl Worker for Fake {
                 stderr: b"line1\nboom\n".to_vec(),
                 snapshot: None,
                 changes: None,
+                full_filesystem: None,
             });
         }
         let name = req.name.0.clone();
@@ -134,6 +135,7 @@ impl Worker for Fake {
             .into_bytes(),
             stderr: vec![],
             snapshot: Some(SnapshotId(name)),
+            full_filesystem: None,
         })
     }
 
@@ -224,6 +226,7 @@ impl Harness {
             secrets,
             debug_shell: None,
             cancel: CancellationToken::new(),
+            outputs: crate::output::OutputStore::new(self._dir.path()),
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

@@ -223,8 +223,12 @@ pub struct StepResult {
     pub snapshot: SnapshotId,
     /// Content identity of the resulting tree.
     pub output: String,
+    /// What the index keeps (for long output, its head and tail).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Where the whole stream is, when it was too long for the index.
+    pub stdout_file: Option<crate::output::OutputFile>,
+    pub stderr_file: Option<crate::output::OutputFile>,
     pub exit_code: i64,
     /// How to make it again if its snapshot has gone missing.
     pub plan: Arc<StepPlan>,

@@ -81,8 +81,9 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// The result is committed only when the exit code meets this.
     pub expect: Expect,
-    /// Receives the process's output as it is written.
-    pub output: Option<tokio::sync::mpsc::UnboundedSender<rbuild_runtime::OutputChunk>>,
+    /// Receives the process's output as it is written (then the outcome's
+    /// stdout and stderr are empty); bounded, so that output cannot pile up.
+    pub output: Option<tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>>,
     /// Whether the user's terminal is involved.
     pub terminal: TerminalUse,
 }
@@ -124,6 +125,9 @@ pub struct ExecOutcome {
     pub snapshot: Option<SnapshotId>,
     /// Digest of what the step changed, when that was cheap to know.
     pub changes: Option<String>,
+    /// A failed step's filesystem that was full (what it says, where): the
+    /// likely reason it failed.
+    pub full_filesystem: Option<String>,
 }
 
 impl ExecOutcome {
@@ -135,6 +139,7 @@ impl ExecOutcome {
             stderr: Vec::new(),
             snapshot: Some(snapshot),
             changes: None,
+            full_filesystem: None,
         }
     }
 }

@@ -179,6 +179,7 @@ impl ContainerdWorker {
                 stderr: Vec::new(),
                 snapshot: None,
                 changes: None,
+                full_filesystem: None,
             });
         }
         let debug_run = ContainerRun {
@@ -199,6 +200,25 @@ impl ContainerdWorker {
         }
         let mut changes = None;
         let mut snapshot = None;
+        let mut full_filesystem = None;
+        if !req.expect.accepts(exit_code) {
+            let mut written: Vec<(PathBuf, String)> = Vec::new();
+            if let Some((upper, _)) = snapshots::overlay_dirs(rootfs) {
+                written.push((upper, "the step's root filesystem".into()));
+            }
+            for (v, m) in volumes
+                .iter()
+                .zip(req.mounts.iter().filter_map(|m| match m {
+                    MountRequest::Cache { volume, .. } => Some(volume),
+                    _ => None,
+                }))
+            {
+                written.push((v.path.clone(), format!("cache volume {m:?}")));
+            }
+            full_filesystem = written
+                .iter()
+                .find_map(|(path, what)| full_filesystem_note(path, what));
+        }
         if req.expect.accepts(exit_code) {
             if let Some((upper, lowers)) = snapshots::overlay_dirs(rootfs) {
                 let started = Instant::now();
@@ -228,6 +248,7 @@ impl ContainerdWorker {
             stderr: outcome.stderr,
             snapshot,
             changes,
+            full_filesystem,
         })
     }
 
@@ -281,6 +302,26 @@ impl ContainerdWorker {
         }
         result
     }
+}
+
+/// "the filesystem holding PATH (WHAT) is full", when it has (almost) no
+/// space or no inodes left: what a failed step most likely ran into.
+fn full_filesystem_note(path: &Path, what: &str) -> Option<String> {
+    // Below this, a write of any size is about to fail.
+    const NEARLY_FULL: u64 = 1 << 20;
+    let st = rustix::fs::statvfs(path).ok()?;
+    let free = st.f_bavail * st.f_frsize;
+    let no_inodes = st.f_files > 0 && st.f_favail == 0;
+    (free < NEARLY_FULL || no_inodes).then(|| {
+        format!(
+            "the filesystem holding {} ({what}) is full ({} free of {}{}); \
+             free space there (`rbuild cache prune` removes cached results) and run again",
+            path.display(),
+            crate::gc::human_bytes(free),
+            crate::gc::human_bytes(st.f_blocks * st.f_frsize),
+            if no_inodes { ", no inodes left" } else { "" },
+        )
+    })
 }
 
 fn bind(source: &str, target: &str, readonly: bool) -> ExtraMount {
