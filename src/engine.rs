@@ -84,6 +84,7 @@ impl Engine {
         registry.prewarm();
         let index = Arc::new(Index::open(&config.root.join("index.db"))?);
         crate::gc::keep_reserve(&config.root);
+        crate::output::OutputStore::new(&config.root).remove_orphans();
         let ctd = connect(config).await?;
         let worker = ContainerdWorker::new(ctd, registry, Volumes::new(&config.root), scratch);
         // Before the dead runs' leases go with the orphans: a row they

@@ -24,6 +24,10 @@ pub const HEAD_TAIL: usize = 512 << 10;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OutputFile(pub String);
 
+/// How a stream being written is named in `ROOT/outputs/tmp`, before the
+/// writing process's tag (see [`rbuild_containerd::Owner::file_tag`]).
+const TMP_PREFIX: &str = "output-";
+
 /// Where output files live: `ROOT/outputs`.
 #[derive(Clone, Debug)]
 pub struct OutputStore {
@@ -47,6 +51,30 @@ impl OutputStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Removes the half-written output files of rbuild processes that are
+    /// gone (a `kill -9` mid-step leaves them in `ROOT/outputs/tmp`);
+    /// returns how many.
+    pub fn remove_orphans(&self) -> usize {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.dir.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let owner = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(TMP_PREFIX))
+                .and_then(rbuild_containerd::Owner::parse_file_tag);
+            if owner.is_some_and(|(o, _)| !o.is_alive())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// A capture of one stream.
@@ -136,7 +164,10 @@ impl Capture {
         let mut file = std::io::BufWriter::with_capacity(
             256 << 10,
             tempfile::Builder::new()
-                .prefix("output-")
+                .prefix(&format!(
+                    "{TMP_PREFIX}{}-",
+                    rbuild_containerd::Owner::current().file_tag()
+                ))
                 .tempfile_in(&tmp)?,
         );
         let mut hasher = blake3::Hasher::new();
@@ -216,6 +247,26 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn half_written_files_of_dead_runs_are_removed_and_ours_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let store = OutputStore::new(root.path());
+        let tmp = root.path().join("outputs/tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let ours = tmp.join(format!(
+            "{TMP_PREFIX}{}-abc",
+            rbuild_containerd::Owner::current().file_tag()
+        ));
+        // Beyond the kernel's largest pid (2^22): a process that is gone.
+        let dead = tmp.join(format!("{TMP_PREFIX}4194305-1-abc"));
+        let other = tmp.join("unrelated");
+        for f in [&ours, &dead, &other] {
+            std::fs::write(f, "x").unwrap();
+        }
+        assert_eq!(store.remove_orphans(), 1);
+        assert!(ours.exists() && other.exists() && !dead.exists());
+    }
     use crate::graph::SecretDef;
     use crate::secrets::{Secrets, StreamScrubber};
 
