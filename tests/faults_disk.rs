@@ -147,7 +147,7 @@ fn rbuild(env: &TestEnv, fs: &LoopFs, args: &[&str]) -> Ran {
 
 fn pipeline() -> String {
     repo_root()
-        .join("fixtures/pipelines/faults.rs")
+        .join("fixtures/pipelines/steps.rs")
         .display()
         .to_string()
 }

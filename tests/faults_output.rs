@@ -14,7 +14,7 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
 fn run(env: &TestEnv, ops: &[&str]) -> Outcome {
-    let pipeline = repo_root().join("fixtures/pipelines/faults.rs");
+    let pipeline = repo_root().join("fixtures/pipelines/steps.rs");
     let mut args = vec!["from=127.0.0.1:5000/busybox:latest"];
     args.extend_from_slice(ops);
     let out = env
