@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 
 #[cfg(feature = "engine")]
 use serde::Deserialize;
-use serde_core::ser::SerializeMap;
-use serde_core::{Serialize, Serializer};
 use serde_json::Value;
 
-use super::{serialize_as_str, str_field, tagged};
+use super::{json_as_str, str_field, tagged, ToJson};
 
 /// What a pipeline prints (as its last line of output) when it runs with
 /// `RBUILD_FUNCTIONS_LIST` set: `{"protocol": 1, "sdk": "0.1.0",
@@ -27,14 +25,14 @@ pub struct Listing {
     pub functions: Option<Vec<FunctionDecl>>,
 }
 
-impl Serialize for Listing {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for Listing {
+    fn to_json(&self) -> Value {
         let Listing {
             protocol,
             sdk,
             functions,
         } = self;
-        tagged!(s, protocol, sdk, functions)
+        tagged!(protocol, sdk, functions)
     }
 }
 
@@ -47,10 +45,10 @@ pub struct FunctionDecl {
     pub args: Vec<ArgDecl>,
 }
 
-impl Serialize for FunctionDecl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for FunctionDecl {
+    fn to_json(&self) -> Value {
         let FunctionDecl { name, doc, args } = self;
-        tagged!(s, name, doc, args)
+        tagged!(name, doc, args)
     }
 }
 
@@ -65,15 +63,15 @@ pub struct ArgDecl {
     pub default: Option<String>,
 }
 
-impl Serialize for ArgDecl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for ArgDecl {
+    fn to_json(&self) -> Value {
         let ArgDecl {
             name,
             kind,
             doc,
             default,
         } = self;
-        tagged!(s, name, kind, doc, default)
+        tagged!(name, kind, doc, default)
     }
 }
 
@@ -114,7 +112,7 @@ impl ArgKind {
     }
 }
 
-serialize_as_str!(ArgKind);
+json_as_str!(ArgKind);
 
 /// What `rbuild call` asks of the pipeline, in `RBUILD_CALL`:
 /// `{"function": "build", "args": {"src": "/abs/path"}, "action": {"kind": "print"}}`.
@@ -153,29 +151,27 @@ impl Action {
     }
 }
 
-impl Serialize for CallSpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for CallSpec {
+    fn to_json(&self) -> Value {
         let CallSpec {
             function,
             args,
             action,
         } = self;
-        tagged!(s, function, args, action)
+        tagged!(function, args, action)
     }
 }
 
-impl Serialize for Action {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("kind", self.kind())?;
+impl ToJson for Action {
+    fn to_json(&self) -> Value {
+        let kind = self.kind();
         match self {
-            Action::Export { path: Some(path) } => map.serialize_entry("path", path)?,
+            Action::Export { path: Some(path) } => tagged!("kind" = kind, path),
             Action::Publish {
                 address: Some(address),
-            } => map.serialize_entry("address", address)?,
-            _ => {}
+            } => tagged!("kind" = kind, address),
+            _ => tagged!("kind" = kind),
         }
-        map.end()
     }
 }
 
@@ -188,7 +184,19 @@ impl CallSpec {
         let function = str_field(&v, "function", "call")?
             .unwrap_or_default()
             .to_string();
-        let args = serde_json::from_value(v["args"].clone()).unwrap_or_default();
+        // Text values only, or none at all (as reading it into a map did).
+        let mut args = BTreeMap::new();
+        if let Some(given) = v["args"].as_object() {
+            for (name, value) in given {
+                match value.as_str() {
+                    Some(value) => args.insert(name.clone(), value.to_string()),
+                    None => {
+                        args.clear();
+                        break;
+                    }
+                };
+            }
+        }
         let a = &v["action"];
         let action = match str_field(a, "kind", "action")?.unwrap_or("print") {
             "print" => Action::Print,
@@ -236,14 +244,17 @@ mod tests {
 
     #[test]
     fn an_action_leaves_out_what_it_does_not_have() {
-        let json = |a: Action| serde_json::to_string(&a).unwrap();
-        assert_eq!(json(Action::Print), r#"{"kind":"print"}"#);
-        assert_eq!(json(Action::Export { path: None }), r#"{"kind":"export"}"#);
+        let json = |a: Action| serde_json::to_value(&a).unwrap();
+        assert_eq!(json(Action::Print), serde_json::json!({"kind": "print"}));
+        assert_eq!(
+            json(Action::Export { path: None }),
+            serde_json::json!({"kind": "export"})
+        );
         assert_eq!(
             json(Action::Publish {
                 address: Some("r/a:1".into())
             }),
-            r#"{"kind":"publish","address":"r/a:1"}"#
+            serde_json::json!({"kind": "publish", "address": "r/a:1"})
         );
     }
 }

@@ -4,9 +4,10 @@
 
 #[cfg(feature = "engine")]
 use serde::Deserialize;
-use serde_core::{Serialize, Serializer};
 
-use super::{serialize_as_str, tagged};
+use serde_json::Value;
+
+use super::{json_as_str, tagged, ToJson};
 
 /// One builder call on a `Container`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,68 +169,68 @@ impl ContainerOp {
     }
 }
 
-impl Serialize for ContainerOp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for ContainerOp {
+    fn to_json(&self) -> Value {
         use ContainerOp::*;
         let op = self.name();
         match self {
-            From { address } => tagged!(s, "op" = op, address),
+            From { address } => tagged!("op" = op, address),
             WithExec {
                 args,
                 expect,
                 stdin,
                 use_entrypoint,
-            } => tagged!(s, "op" = op, args, expect, stdin, use_entrypoint),
+            } => tagged!("op" = op, args, expect, stdin, use_entrypoint),
             WithEnvVariable {
                 name,
                 value,
                 expand,
-            } => tagged!(s, "op" = op, name, value, expand),
-            WithoutEnvVariable { name } | WithUser { name } => tagged!(s, "op" = op, name),
-            WithSecretVariable { name, secret } => tagged!(s, "op" = op, name, secret),
+            } => tagged!("op" = op, name, value, expand),
+            WithoutEnvVariable { name } | WithUser { name } => tagged!("op" = op, name),
+            WithSecretVariable { name, secret } => tagged!("op" = op, name, secret),
             WithWorkdir { path }
             | WithoutFile { path }
             | WithoutDirectory { path }
             | WithMountedTemp { path }
-            | WithoutMount { path } => tagged!(s, "op" = op, path),
-            WithEntrypoint { args } | WithDefaultArgs { args } => tagged!(s, "op" = op, args),
-            WithLabel { name, value } => tagged!(s, "op" = op, name, value),
+            | WithoutMount { path } => tagged!("op" = op, path),
+            WithEntrypoint { args } | WithDefaultArgs { args } => tagged!("op" = op, args),
+            WithLabel { name, value } => tagged!("op" = op, name, value),
             WithDirectory {
                 path,
                 directory,
                 include,
                 exclude,
                 owner,
-            } => tagged!(s, "op" = op, path, directory, include, exclude, owner),
+            } => tagged!("op" = op, path, directory, include, exclude, owner),
             WithFile {
                 path,
                 file,
                 permissions,
                 owner,
-            } => tagged!(s, "op" = op, path, file, permissions, owner),
+            } => tagged!("op" = op, path, file, permissions, owner),
             WithNewFile {
                 path,
                 contents,
                 permissions,
                 owner,
-            } => tagged!(s, "op" = op, path, contents, permissions, owner),
-            WithMountedDirectory { path, directory } => tagged!(s, "op" = op, path, directory),
-            WithMountedFile { path, file } => tagged!(s, "op" = op, path, file),
+            } => tagged!("op" = op, path, contents, permissions, owner),
+            WithMountedDirectory { path, directory } => tagged!("op" = op, path, directory),
+            WithMountedFile { path, file } => tagged!("op" = op, path, file),
             WithMountedCache {
                 path,
                 volume,
                 sharing,
-            } => tagged!(s, "op" = op, path, volume, sharing),
+            } => tagged!("op" = op, path, volume, sharing),
             WithMountedSecret { path, secret, mode } => {
-                tagged!(s, "op" = op, path, secret, mode)
+                tagged!("op" = op, path, secret, mode)
             }
-            Import { file } => tagged!(s, "op" = op, file),
-            WithExposedPort { port, protocol } => tagged!(s, "op" = op, port, protocol),
+            Import { file } => tagged!("op" = op, file),
+            WithExposedPort { port, protocol } => tagged!("op" = op, port, protocol),
             WithRegistryAuth {
                 address,
                 username,
                 secret,
-            } => tagged!(s, "op" = op, address, username, secret),
+            } => tagged!("op" = op, address, username, secret),
         }
     }
 }
@@ -247,14 +248,14 @@ pub struct ImageFormatDef {
     pub real_timestamps: bool,
 }
 
-impl Serialize for ImageFormatDef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for ImageFormatDef {
+    fn to_json(&self) -> Value {
         let ImageFormatDef {
             compression,
             media_types,
             real_timestamps,
         } = self;
-        tagged!(s, compression, media_types, real_timestamps)
+        tagged!(compression, media_types, real_timestamps)
     }
 }
 
@@ -363,7 +364,7 @@ impl Sharing {
     }
 }
 
-serialize_as_str!(CompressionDef, MediaTypesDef, Expect, Sharing);
+json_as_str!(CompressionDef, MediaTypesDef, Expect, Sharing);
 
 /// A `Container` value: the operations that built it, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -375,10 +376,10 @@ pub struct ContainerDef {
     pub at: Vec<Option<String>>,
 }
 
-impl Serialize for ContainerDef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for ContainerDef {
+    fn to_json(&self) -> Value {
         let ContainerDef { ops, at } = self;
-        tagged!(s, ops, at)
+        tagged!(ops, at)
     }
 }
 
@@ -409,18 +410,18 @@ pub enum DirectorySource {
     },
 }
 
-impl Serialize for DirectorySource {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for DirectorySource {
+    fn to_json(&self) -> Value {
         match self {
-            DirectorySource::Empty => tagged!(s, "source" = "empty"),
+            DirectorySource::Empty => tagged!("source" = "empty"),
             DirectorySource::Host {
                 path,
                 include,
                 exclude,
                 gitignore,
-            } => tagged!(s, "source" = "host", path, include, exclude, gitignore),
+            } => tagged!("source" = "host", path, include, exclude, gitignore),
             DirectorySource::Container { container, path } => {
-                tagged!(s, "source" = "container", container, path)
+                tagged!("source" = "container", container, path)
             }
         }
     }
@@ -490,32 +491,32 @@ impl DirectoryOp {
     }
 }
 
-impl Serialize for DirectoryOp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for DirectoryOp {
+    fn to_json(&self) -> Value {
         use DirectoryOp::*;
         let op = self.name();
         match self {
             Directory { path } | WithoutFile { path } | WithoutDirectory { path } => {
-                tagged!(s, "op" = op, path)
+                tagged!("op" = op, path)
             }
             WithNewFile {
                 path,
                 contents,
                 permissions,
-            } => tagged!(s, "op" = op, path, contents, permissions),
+            } => tagged!("op" = op, path, contents, permissions),
             WithFile {
                 path,
                 file,
                 permissions,
-            } => tagged!(s, "op" = op, path, file, permissions),
+            } => tagged!("op" = op, path, file, permissions),
             WithDirectory {
                 path,
                 directory,
                 include,
                 exclude,
-            } => tagged!(s, "op" = op, path, directory, include, exclude),
-            Filter { include, exclude } => tagged!(s, "op" = op, include, exclude),
-            Diff { other } => tagged!(s, "op" = op, other),
+            } => tagged!("op" = op, path, directory, include, exclude),
+            Filter { include, exclude } => tagged!("op" = op, include, exclude),
+            Diff { other } => tagged!("op" = op, other),
         }
     }
 }
@@ -529,10 +530,10 @@ pub struct DirectoryDef {
     pub ops: Vec<DirectoryOp>,
 }
 
-impl Serialize for DirectoryDef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for DirectoryDef {
+    fn to_json(&self) -> Value {
         let DirectoryDef { source, ops } = self;
-        tagged!(s, source, ops)
+        tagged!(source, ops)
     }
 }
 
@@ -566,21 +567,21 @@ pub enum FileDef {
     },
 }
 
-impl Serialize for FileDef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for FileDef {
+    fn to_json(&self) -> Value {
         match self {
-            FileDef::Host { path } => tagged!(s, "source" = "host", path),
+            FileDef::Host { path } => tagged!("source" = "host", path),
             FileDef::Container { container, path } => {
-                tagged!(s, "source" = "container", container, path)
+                tagged!("source" = "container", container, path)
             }
             FileDef::Directory { directory, path } => {
-                tagged!(s, "source" = "directory", directory, path)
+                tagged!("source" = "directory", directory, path)
             }
             FileDef::Tarball {
                 container,
                 format,
                 name,
-            } => tagged!(s, "source" = "tarball", container, format, name),
+            } => tagged!("source" = "tarball", container, format, name),
         }
     }
 }
@@ -611,14 +612,14 @@ impl std::fmt::Debug for SecretDef {
     }
 }
 
-impl Serialize for SecretDef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for SecretDef {
+    fn to_json(&self) -> Value {
         let SecretDef {
             name,
             uri,
             plaintext,
         } = self;
-        tagged!(s, name, uri, plaintext)
+        tagged!(name, uri, plaintext)
     }
 }
 

@@ -38,9 +38,10 @@
 //!
 //! # Encoding
 //!
-//! The SDK side writes these types with `Serialize` impls written out here
-//! rather than derived: serde_derive would be compiled by every pipeline's
-//! first build, which it otherwise does not need. The engine reads them with
+//! The SDK side writes these types as `serde_json::Value`s built by plain
+//! functions ([`ToJson`]), not derived or generic `Serialize` impls:
+//! serde_derive would be compiled by every pipeline's first build, which it
+//! otherwise does not need, and generic impls are code-generated there too. The engine reads them with
 //! derived `Deserialize` impls (strict: unknown fields are refused), enabled
 //! by this crate's `engine` feature. The engine's conformance test drives
 //! every builder of the SDK and parses what it sends with the engine's own
@@ -79,32 +80,156 @@ pub const LIST_ENV: &str = "RBUILD_FUNCTIONS_LIST";
 /// The [`CallSpec`] of `rbuild call`, as JSON.
 pub const CALL_ENV: &str = "RBUILD_CALL";
 
-/// Writes a JSON object entry by entry: `tagged!(s, "op" = "from", address)`
+/// A wire type as the JSON it travels as. Written out rather than as
+/// `Serialize` impls: a plain function per type is code-generated once,
+/// where serde's generic impls were instantiated for the serializer and
+/// doubled the SDK's share of a pipeline's first compile. Every wire type
+/// still implements `Serialize` (through this), for the engine's side.
+pub trait ToJson {
+    fn to_json(&self) -> serde_json::Value;
+}
+
+/// An object of the given entries (the keys are the wire's names).
+/// Inserted one by one: collecting would sort (and code-generate the sort)
+/// in every crate that builds the SDK.
+pub(crate) fn object(entries: Vec<(&'static str, serde_json::Value)>) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in entries {
+        map.insert(k.to_string(), v);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Writes a JSON object entry by entry: `tagged!("op" = "from", address)`
 /// writes `{"op": "from", "address": <address>}`, each further entry under
 /// the name of the binding that holds it, so a field's name on the wire is
 /// its name in the type.
 macro_rules! tagged {
-    ($s:ident $(, $tag:literal = $name:expr)? $(, $field:ident)* $(,)?) => {{
-        use serde_core::ser::SerializeMap as _;
-        let mut map = $s.serialize_map(None)?;
-        $( map.serialize_entry($tag, $name)?; )?
-        $( map.serialize_entry(stringify!($field), $field)?; )*
-        map.end()
-    }};
+    ($tag:literal = $name:expr $(, $field:ident)* $(,)?) => {
+        $crate::wire::object(vec![
+            ($tag, serde_json::Value::from($name)),
+            $((stringify!($field), $crate::wire::ToJson::to_json($field)),)*
+        ])
+    };
+    ($($field:ident),* $(,)?) => {
+        $crate::wire::object(vec![
+            $((stringify!($field), $crate::wire::ToJson::to_json($field)),)*
+        ])
+    };
 }
 pub(crate) use tagged;
 
 /// A unit enum written as its name (`"gzip"`, `"locked"`).
-macro_rules! serialize_as_str {
+macro_rules! json_as_str {
     ($($ty:ty),* $(,)?) => {$(
-        impl serde_core::Serialize for $ty {
-            fn serialize<S: serde_core::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
+        impl $crate::wire::ToJson for $ty {
+            fn to_json(&self) -> serde_json::Value {
+                serde_json::Value::from(self.as_str())
             }
         }
     )*};
 }
-pub(crate) use serialize_as_str;
+pub(crate) use json_as_str;
+
+/// `Serialize` for wire types, through [`ToJson`]: one small generic
+/// function each, instantiated only where a crate serializes that type.
+macro_rules! serialize_via_json {
+    ($($ty:ty),* $(,)?) => {$(
+        impl serde_core::Serialize for $ty {
+            fn serialize<S: serde_core::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde_core::Serialize::serialize(&$crate::wire::ToJson::to_json(self), s)
+            }
+        }
+    )*};
+}
+
+serialize_via_json!(
+    ContainerOp,
+    ContainerDef,
+    DirectoryDef,
+    DirectoryOp,
+    DirectorySource,
+    FileDef,
+    SecretDef,
+    ImageFormatDef,
+    CompressionDef,
+    MediaTypesDef,
+    Expect,
+    Sharing,
+    Request,
+    Query,
+    Response,
+    Listing,
+    FunctionDecl,
+    ArgDecl,
+    ArgKind,
+    CallSpec,
+    Action,
+);
+
+impl ToJson for String {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(self.as_str())
+    }
+}
+
+impl ToJson for str {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(self)
+    }
+}
+
+impl ToJson for bool {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(*self)
+    }
+}
+
+impl ToJson for u16 {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(*self)
+    }
+}
+
+impl ToJson for u32 {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(*self)
+    }
+}
+
+impl ToJson for serde_json::Value {
+    fn to_json(&self) -> serde_json::Value {
+        self.clone()
+    }
+}
+
+impl<T: ToJson + ?Sized> ToJson for &T {
+    fn to_json(&self) -> serde_json::Value {
+        (**self).to_json()
+    }
+}
+
+impl<T: ToJson> ToJson for Option<T> {
+    fn to_json(&self) -> serde_json::Value {
+        self.as_ref().map_or(serde_json::Value::Null, T::to_json)
+    }
+}
+
+impl<T: ToJson> ToJson for Vec<T> {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.iter().map(T::to_json).collect())
+    }
+}
+
+impl ToJson for std::collections::BTreeMap<String, String> {
+    fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in self {
+            map.insert(k.clone(), serde_json::Value::from(v.as_str()));
+        }
+        serde_json::Value::Object(map)
+    }
+}
 
 /// Reads a JSON object field as a string (engine-written messages).
 fn str_field<'a>(

@@ -3,11 +3,10 @@
 
 #[cfg(feature = "engine")]
 use serde::Deserialize;
-use serde_core::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef};
-use super::tagged;
+use super::{tagged, ToJson};
 
 /// One query, with who asks and in which protocol version:
 /// `{"protocol": 1, "token": "...", "sdk": "0.1.0", "query": {"kind": ...}}`.
@@ -43,15 +42,15 @@ pub(crate) fn first_protocol() -> u32 {
     1
 }
 
-impl Serialize for Request {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for Request {
+    fn to_json(&self) -> Value {
         let Request {
             protocol,
             token,
             sdk,
             query,
         } = self;
-        tagged!(s, protocol, token, sdk, query)
+        tagged!(protocol, token, sdk, query)
     }
 }
 
@@ -180,40 +179,40 @@ impl Query {
     }
 }
 
-impl Serialize for Query {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for Query {
+    fn to_json(&self) -> Value {
         let kind = self.kind();
         match self {
             Query::Stdout { container }
             | Query::Stderr { container }
             | Query::ExitCode { container }
-            | Query::Sync { container } => tagged!(s, "kind" = kind, container),
+            | Query::Sync { container } => tagged!("kind" = kind, container),
             Query::Terminal { container, command } => {
-                tagged!(s, "kind" = kind, container, command)
+                tagged!("kind" = kind, container, command)
             }
             Query::Publish {
                 container,
                 address,
                 format,
-            } => tagged!(s, "kind" = kind, container, address, format),
+            } => tagged!("kind" = kind, container, address, format),
             Query::Export {
                 container,
                 path,
                 name,
                 format,
-            } => tagged!(s, "kind" = kind, container, path, name, format),
-            Query::Entries { directory, path } => tagged!(s, "kind" = kind, directory, path),
-            Query::Glob { directory, pattern } => tagged!(s, "kind" = kind, directory, pattern),
+            } => tagged!("kind" = kind, container, path, name, format),
+            Query::Entries { directory, path } => tagged!("kind" = kind, directory, path),
+            Query::Glob { directory, pattern } => tagged!("kind" = kind, directory, pattern),
             Query::DirDigest { directory } | Query::DirSync { directory } => {
-                tagged!(s, "kind" = kind, directory)
+                tagged!("kind" = kind, directory)
             }
-            Query::DirExport { directory, path } => tagged!(s, "kind" = kind, directory, path),
+            Query::DirExport { directory, path } => tagged!("kind" = kind, directory, path),
             Query::Contents { file }
             | Query::Size { file }
             | Query::Name { file }
             | Query::FileDigest { file }
-            | Query::FileSync { file } => tagged!(s, "kind" = kind, file),
-            Query::FileExport { file, path } => tagged!(s, "kind" = kind, file, path),
+            | Query::FileSync { file } => tagged!("kind" = kind, file),
+            Query::FileExport { file, path } => tagged!("kind" = kind, file, path),
         }
     }
 }
@@ -233,13 +232,13 @@ pub struct ErrorAnswer {
     pub message: String,
 }
 
-impl Serialize for Response {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for Response {
+    fn to_json(&self) -> Value {
         match self {
-            Response::Ok(ok) => tagged!(s, ok),
+            Response::Ok(ok) => tagged!(ok),
             Response::Error(ErrorAnswer { message }) => {
                 let error = &ErrorBody { message };
-                tagged!(s, error)
+                tagged!(error)
             }
         }
     }
@@ -249,10 +248,10 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-impl Serialize for ErrorBody<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl ToJson for ErrorBody<'_> {
+    fn to_json(&self) -> Value {
         let ErrorBody { message } = self;
-        tagged!(s, message)
+        tagged!(message)
     }
 }
 
