@@ -233,6 +233,28 @@ impl Progress {
         self.json(json!({"event": "done", "step": no.0, "ms": millis as u64}));
     }
 
+    /// A service starts (its own line, which its output goes under).
+    pub fn service_started(&self, what: &str) -> StepNo {
+        let no = self.next_step();
+        self.bar(no, what, false);
+        self.line(&format!("#{} {what} starting", no.0));
+        self.json(json!({"event": "service_started", "step": no.0, "name": what}));
+        no
+    }
+
+    /// A started service became ready.
+    pub fn service_ready(&self, no: StepNo, what: &str, millis: u128) {
+        self.line(&format!("#{} {what} ready in {}", no.0, human_ms(millis)));
+        self.json(json!({"event": "service_ready", "step": no.0, "ms": millis as u64}));
+    }
+
+    /// A service stopped (its last consumer ended, `stop()`, or the run's end).
+    pub fn service_stopped(&self, no: StepNo, what: &str, millis: u128) {
+        self.end_bar(no);
+        self.line(&format!("#{} {what} stopped after {}", no.0, human_ms(millis)));
+        self.json(json!({"event": "service_stopped", "step": no.0, "ms": millis as u64}));
+    }
+
     /// A line of information that is not a step (a host directory scanned).
     pub fn info(&self, text: &str) {
         let no = self.next_step();

@@ -16,6 +16,7 @@
 
 mod error;
 mod images;
+mod instances;
 mod interpret;
 mod memo;
 mod sources;
@@ -71,6 +72,8 @@ pub struct Solver<W: Worker> {
     pulls: Memo<Option<SnapshotId>>,
     steps: Memo<Arc<StepResult>>,
     remakes: Memo<SnapshotId>,
+    /// The run's service instances.
+    instances: instances::Instances,
 }
 
 /// Settings of a solver.
@@ -136,6 +139,7 @@ impl<W: Worker> Solver<W> {
             pulls: Memo::new(),
             steps: Memo::new(),
             remakes: Memo::new(),
+            instances: instances::Instances::default(),
         })
     }
 
@@ -147,9 +151,11 @@ impl<W: Worker> Solver<W> {
         &self.secrets
     }
 
-    /// Cancels running steps and waits until they have cleaned up.
+    /// Cancels running steps, stops the run's services, and waits until
+    /// everything has cleaned up.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
+        self.stop_services().await;
         self.tasks.close();
         self.tasks.wait().await;
     }

@@ -108,7 +108,23 @@ impl<W: Worker> Solver<W> {
         let mut files = [None, None];
         let (snapshot, outcome, started, no) = match &plan.kind {
             StepKind::Exec(exec) => {
-                let mounts = self.mount_requests(exec).await?;
+                let mounts = self.mount_requests(&exec.mounts).await?;
+                // Bound services start now, for a step that really runs
+                // (invariant 9), before it waits for a job slot: a service
+                // is not a job.
+                let services = if exec.bindings.is_empty() {
+                    None
+                } else {
+                    Some(self.acquire_services(&exec.bindings).await?)
+                };
+                let network = match &services {
+                    Some(lease) => Some(NetworkUse {
+                        attachment: self.worker.attach().await?,
+                        hostname: format!("step-{}", &plan.key.to_hex()[..12]),
+                        hosts: lease.hosts(),
+                    }),
+                    None => None,
+                };
                 let no = self.progress.queued(&plan.description);
                 let _permit = self
                     .jobs
@@ -132,6 +148,7 @@ impl<W: Worker> Solver<W> {
                     stdin: exec.stdin.as_ref().map(|s| s.clone().into_bytes()),
                     expect: exec.expect,
                     output: Some(output),
+                    network: network.clone(),
                     terminal: match &self.debug_shell {
                         Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
                         None => TerminalUse::None,
@@ -139,6 +156,13 @@ impl<W: Worker> Solver<W> {
                 };
                 let started = Instant::now();
                 let result = self.worker.exec(req, self.cancel.clone()).await;
+                if let Some(n) = network
+                    && let Err(e) = self.worker.detach(n.attachment).await
+                {
+                    tracing::warn!(error = %e, "removing a step's network namespace failed");
+                }
+                // Its services may stop (after their grace period).
+                drop(services);
                 // The last lines are shown before the step's end.
                 let captured = forwarder.await;
                 let mut outcome = match result {
@@ -341,10 +365,10 @@ impl<W: Worker> Solver<W> {
 
     pub(super) async fn mount_requests(
         self: &Arc<Self>,
-        exec: &ExecPlan,
+        mounts: &[(String, MountSpec)],
     ) -> Result<Vec<MountRequest>, SolveError> {
-        let mut out = Vec::with_capacity(exec.mounts.len());
-        for (target, m) in &exec.mounts {
+        let mut out = Vec::with_capacity(mounts.len());
+        for (target, m) in mounts {
             let target = target.clone();
             out.push(match m {
                 MountSpec::Directory(d) => MountRequest::Snapshot {

@@ -57,7 +57,7 @@ impl<W: Worker> Solver<W> {
             unreachable!("an exec plan");
         };
         let parent = self.materialize(&plan.parent).await?;
-        let mounts = self.mount_requests(exec).await?;
+        let mounts = self.mount_requests(&exec.mounts).await?;
         let no = self
             .progress
             .started(&format!("terminal {}", shell_words(&command)));
