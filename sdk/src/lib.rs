@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Values ([`Container`], [`Directory`], [`File`], [`CacheVolume`],
-//! [`Secret`]) are immutable and lazy: builder methods return a new value
+//! [`Secret`], [`Service`]) are immutable and lazy: builder methods return a new value
 //! describing more work, and nothing runs until a result is asked for
 //! (`stdout`, `stderr`, `exit_code`, `sync`, `contents`, `entries`,
 //! `digest`, `export`). Names follow Dagger's API in snake_case; options
@@ -46,6 +46,7 @@ mod host;
 mod ops;
 mod options;
 mod secret;
+mod service;
 mod session;
 pub mod wire;
 
@@ -68,5 +69,6 @@ pub use options::{
     ReturnType,
 };
 pub use secret::Secret;
+pub use service::{EndpointOpts, HealthcheckOpts, PortForward, Service, ServiceOpts};
 #[doc(hidden)]
 pub use session::Recorded;

@@ -12,12 +12,14 @@
 //! This file holds the solver's state; its work is split by what it is
 //! about: [`interpret`] (builder calls into trees and steps), [`sources`]
 //! (images resolved, host trees scanned), [`steps`] (cache hits, running
-//! and recording steps), [`images`] (images out), [`terminal`].
+//! and recording steps), [`images`] (images out), [`services`] (services
+//! planned: what runs, its identity and hostname), [`terminal`].
 
 mod error;
 mod images;
 mod interpret;
 mod memo;
+pub mod services;
 mod sources;
 mod steps;
 mod terminal;
@@ -43,6 +45,7 @@ use rbuild_snapshotter::snapshots::SnapshotId;
 
 pub use error::SolveError;
 pub use interpret::join_path;
+pub use services::{Binding, Healthcheck, ServiceKind, ServicePlan};
 pub use values::{
     ContainerState, DirValue, EnvValue, ExecPlan, FileValue, MountSpec, PlannedAction, StepKind,
     StepPlan, StepResult, Tree,
@@ -71,6 +74,8 @@ pub struct Solver<W: Worker> {
     pulls: Memo<Option<SnapshotId>>,
     steps: Memo<Arc<StepResult>>,
     remakes: Memo<SnapshotId>,
+    /// The services planned in this run, by identity.
+    services_planned: std::sync::Mutex<std::collections::HashMap<String, Arc<ServicePlan>>>,
 }
 
 /// Settings of a solver.
@@ -136,6 +141,7 @@ impl<W: Worker> Solver<W> {
             pulls: Memo::new(),
             steps: Memo::new(),
             remakes: Memo::new(),
+            services_planned: Default::default(),
         })
     }
 

@@ -343,8 +343,17 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         exec: &ExecPlan,
     ) -> Result<Vec<MountRequest>, SolveError> {
-        let mut out = Vec::with_capacity(exec.mounts.len());
-        for (target, m) in &exec.mounts {
+        self.mount_requests_of(&exec.mounts).await
+    }
+
+    /// Mounts as the worker takes them: their trees made present, secrets
+    /// resolved (a step's, or a service's when it starts).
+    pub async fn mount_requests_of(
+        self: &Arc<Self>,
+        mounts: &[(String, MountSpec)],
+    ) -> Result<Vec<MountRequest>, SolveError> {
+        let mut out = Vec::with_capacity(mounts.len());
+        for (target, m) in mounts {
             let target = target.clone();
             out.push(match m {
                 MountSpec::Directory(d) => MountRequest::Snapshot {

@@ -50,6 +50,7 @@ impl<W: Worker> Solver<W> {
                     .collect(),
                 stdin: None,
                 expect: crate::graph::Expect::Any,
+                bindings: st.bindings.clone(),
             },
             &self.platform.to_string(),
         );
