@@ -62,7 +62,9 @@ pub struct HealthcheckOpts {
     /// The arguments are one command line run by `/bin/sh -c`
     /// (`CMD-SHELL`), rather than the command itself (`CMD`).
     pub shell: bool,
+    /// Time between checks.
     pub interval: Option<Duration>,
+    /// How long a check may take before it counts as failed.
     pub timeout: Option<Duration>,
     /// Failures in this time after the start do not count.
     pub start_period: Option<Duration>,
@@ -84,7 +86,9 @@ pub struct EndpointOpts {
 /// (default: the same).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortForward {
+    /// Where the port is reached (absent: `backend`).
     pub frontend: Option<u16>,
+    /// Where the service (or the host) listens.
     pub backend: u16,
 }
 

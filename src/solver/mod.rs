@@ -45,7 +45,7 @@ use rbuild_snapshotter::snapshots::SnapshotId;
 
 pub use error::SolveError;
 pub use interpret::join_path;
-pub use services::{Binding, Healthcheck, ServiceKind, ServicePlan};
+pub use services::{Binding, Healthcheck, ServicePlan};
 pub use values::{
     ContainerState, DirValue, EnvValue, ExecPlan, FileValue, MountSpec, PlannedAction, StepKind,
     StepPlan, StepResult, Tree,

@@ -21,6 +21,8 @@ use crate::key::KeyBuilder;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A service as the solver planned it: everything needed to run it, and its identity.
+// Read by the service manager when it starts one (`crate::services`).
+#[allow(dead_code)]
 #[derive(Debug)]
 pub struct ServicePlan {
     /// blake3 hex over the definition: the root tree's identity, env,
@@ -39,6 +41,8 @@ pub struct ServicePlan {
     pub bindings: Vec<Binding>,
 }
 
+// Read as ServicePlan; one per service planned, so its size does not matter.
+#[allow(dead_code, clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ServiceKind {
     Container {
@@ -68,6 +72,7 @@ pub enum ServiceKind {
     Host { ports: Vec<(Option<u16>, u16)> },
 }
 
+#[allow(dead_code)] // as ServicePlan
 impl ServiceKind {
     /// The process environment as `NAME=value`, secrets resolved (for
     /// the runtime spec only: never for a key, a log or the index).
@@ -532,7 +537,9 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.starts_with(&format!("with_hostname: hostname {bad:?} is not a hostname")),
+                e.starts_with(&format!(
+                    "with_hostname: hostname {bad:?} is not a hostname"
+                )),
                 "{e}"
             );
         }
@@ -549,7 +556,11 @@ mod tests {
         assert_eq!(
             Healthcheck::from_image_config(&config),
             Some(Healthcheck {
-                test: vec!["/bin/sh".into(), "-c".into(), "pg_isready -U postgres".into()],
+                test: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "pg_isready -U postgres".into()
+                ],
                 interval: Duration::from_secs(2),
                 timeout: HEALTH_TIMEOUT,
                 start_period: Duration::from_millis(500),
@@ -589,7 +600,8 @@ mod tests {
 
     #[test]
     fn an_image_exposes_its_ports_to_its_services() {
-        let config = serde_json::json!({"config": {"ExposedPorts": {"5432/tcp": {}, "53/UDP": {}}}});
+        let config =
+            serde_json::json!({"config": {"ExposedPorts": {"5432/tcp": {}, "53/UDP": {}}}});
         let read = ImageServiceConfig::read(&config.to_string());
         assert_eq!(
             read.ports,

@@ -436,7 +436,10 @@ impl StepPlan {
         // Only a step with bindings has this field, so every other step
         // keeps the key it had before services existed.
         if !exec.bindings.is_empty() {
-            key.list("services", &super::services::bindings_key_parts(&exec.bindings));
+            key.list(
+                "services",
+                &super::services::bindings_key_parts(&exec.bindings),
+            );
         }
         let key = key.finish();
         StepPlan {

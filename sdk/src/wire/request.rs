@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef, PortForwardDef, ServiceDef};
+use super::graph::{
+    ContainerDef, DirectoryDef, FileDef, ImageFormatDef, PortForwardDef, ServiceDef,
+};
 use super::{tagged, ToJson};
 
 /// One query, with who asks and in which protocol version:
