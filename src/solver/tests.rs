@@ -955,3 +955,39 @@ async fn a_healthcheck_changes_no_step_key_and_a_later_binding_replaces_an_alias
         consumer_key(&s, &bound("db", &two, &["psql"])).await
     );
 }
+
+#[tokio::test]
+async fn a_service_binds_services_of_its_own_and_their_change_is_its_change() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let api = |db_args: &[&str]| {
+        service_def(
+            vec![
+                ContainerOp::WithServiceBinding {
+                    alias: "db".into(),
+                    service: service_def(vec![port(5432)], db_args),
+                },
+                port(8080),
+            ],
+            &["api"],
+        )
+    };
+    let plan = s.service(&api(&["postgres"])).await.unwrap();
+    assert_eq!(plan.bindings.len(), 1);
+    assert_eq!(plan.bindings[0].alias, "db");
+    assert_eq!(
+        plan.bindings[0].service.identity,
+        s.service(&service_def(vec![port(5432)], &["postgres"]))
+            .await
+            .unwrap()
+            .identity
+    );
+    let other = s.service(&api(&["mysqld"])).await.unwrap();
+    assert_ne!(plan.identity, other.identity);
+    assert_ne!(plan.hostname, other.hostname);
+    assert_ne!(
+        consumer_key(&s, &bound("api", &api(&["postgres"]), &["curl"])).await,
+        consumer_key(&s, &bound("api", &api(&["mysqld"]), &["curl"])).await,
+        "a consumer of the api reruns when the api's database changes"
+    );
+}
