@@ -109,7 +109,7 @@ pub enum Command {
         path: Option<PathBuf>,
     },
     /// Call a pipeline function:
-    /// `rbuild call [PATH] FN [--arg value]... [print | export --path P | publish --address A | terminal]`
+    /// `rbuild call [PATH] FN [--arg value]... [print | export --path P | publish --address A | terminal | up --ports HOST:SERVICE]`
     #[command(disable_help_flag = true)]
     Call {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]

@@ -64,7 +64,7 @@ pub struct CallLine {
     pub action: Action,
 }
 
-const ACTIONS: [&str; 5] = ["print", "stdout", "export", "publish", "terminal"];
+const ACTIONS: [&str; 6] = ["print", "stdout", "export", "publish", "terminal", "up"];
 
 /// `[PATH] FN [--name value | --name=value]... [ACTION [--flag value]...]`
 pub fn parse_call(words: &[String]) -> Result<CallLine> {
@@ -72,7 +72,7 @@ pub fn parse_call(words: &[String]) -> Result<CallLine> {
     let positionals: Vec<&String> = words.iter().take_while(|w| !w.starts_with("--")).collect();
     let (path, function) = match positionals.as_slice() {
         [] => bail!(
-            "usage: rbuild call [PATH] FUNCTION [--arg value]... [print | export --path P | publish --address A | terminal]"
+            "usage: rbuild call [PATH] FUNCTION [--arg value]... [print | export --path P | publish --address A | terminal | up --ports HOST:SERVICE]"
         ),
         [f] => (None, (*f).clone()),
         [p, f, ..] if !ACTIONS.contains(&f.as_str()) => {
@@ -104,7 +104,7 @@ pub fn parse_call(words: &[String]) -> Result<CallLine> {
     if let Some(word) = words.get(i) {
         if !ACTIONS.contains(&word.as_str()) {
             bail!(
-                "unknown action {word:?}: use print, export --path P, publish --address A or terminal"
+                "unknown action {word:?}: use print, export --path P, publish --address A, terminal or up --ports HOST:SERVICE"
             );
         }
         i += 1;
@@ -128,6 +128,24 @@ pub fn parse_call(words: &[String]) -> Result<CallLine> {
             "publish" => Action::Publish {
                 address: flag("address"),
             },
+            "up" => {
+                let mut ports = Vec::new();
+                for (k, v) in &opts {
+                    if k != "ports" {
+                        continue;
+                    }
+                    for p in v.split(',').filter(|p| !p.is_empty()) {
+                        let ok = p.split_once(':').is_some_and(|(h, s)| {
+                            h.parse::<u16>().is_ok() && s.parse::<u16>().is_ok()
+                        });
+                        if !ok {
+                            bail!("--ports {p}: expected HOST_PORT:SERVICE_PORT, such as 8080:80");
+                        }
+                        ports.push(p.to_string());
+                    }
+                }
+                Action::Up { ports }
+            }
             _ => Action::Terminal,
         };
         if let Some(extra) = words.get(i) {

@@ -4,7 +4,8 @@
 
 pub use rbuild_sdk::wire::{
     CompressionDef, ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, Expect,
-    FileDef, ImageFormatDef, MediaTypesDef, SecretDef, Sharing,
+    FileDef, ImageFormatDef, MediaTypesDef, PortForwardDef, SecretDef, ServiceDef, ServiceSource,
+    Sharing,
 };
 use rbuild_snapshotter::export::{Compression, ImageFormat, MediaTypes};
 

@@ -33,6 +33,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/ops.rs", include_str!("../sdk/src/ops.rs")),
     ("src/options.rs", include_str!("../sdk/src/options.rs")),
     ("src/secret.rs", include_str!("../sdk/src/secret.rs")),
+    ("src/service.rs", include_str!("../sdk/src/service.rs")),
     ("src/session.rs", include_str!("../sdk/src/session.rs")),
     (
         "src/wire/functions.rs",

@@ -251,7 +251,11 @@ impl Progress {
     /// A service stopped (its last consumer ended, `stop()`, or the run's end).
     pub fn service_stopped(&self, no: StepNo, what: &str, millis: u128) {
         self.end_bar(no);
-        self.line(&format!("#{} {what} stopped after {}", no.0, human_ms(millis)));
+        self.line(&format!(
+            "#{} {what} stopped after {}",
+            no.0,
+            human_ms(millis)
+        ));
         self.json(json!({"event": "service_stopped", "step": no.0, "ms": millis as u64}));
     }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::graph::image_format;
+use crate::solver::services::endpoint;
 use crate::solver::{ReadAnswer, ReadOp, SolveError, Solver, Worker, join_path};
 
 /// Environment variables that carry the session to the pipeline process.
@@ -288,6 +289,30 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
             solver.read(&f.tree, &f.path, ReadOp::Size).await?;
             Ok(Value::Null)
         }
+        // Planning only: nothing starts for these two.
+        Query::ServiceHostname { service } => Ok(Value::String(
+            solver.service(&service).await?.hostname.clone(),
+        )),
+        Query::ServiceEndpoint {
+            service,
+            port,
+            scheme,
+        } => {
+            let plan = solver.service(&service).await?;
+            Ok(Value::String(endpoint(&plan, port, scheme.as_deref())?))
+        }
+        Query::ServiceStart { service } => {
+            solver.service_start(&service).await?;
+            Ok(Value::Null)
+        }
+        Query::ServiceStop { service } => {
+            solver.service_stop(&service).await?;
+            Ok(Value::Null)
+        }
+        Query::ServiceUp { service, ports } => {
+            solver.service_up(&service, &ports).await?;
+            Ok(Value::Null)
+        }
     }
 }
 
@@ -335,6 +360,8 @@ mod tests {
     #[test]
     fn a_request_names_its_protocol_or_speaks_the_first() {
         assert!(read_request(&request(Some(wire::PROTOCOL), "t"), "t").is_ok());
+        // Protocol 1 SDKs (before services) are still read.
+        assert!(read_request(&request(Some(1), "t"), "t").is_ok());
         // SDKs before versioning sent no version: they spoke protocol 1.
         assert!(read_request(&request(None, "t"), "t").is_ok());
         let e = read_request(&request(None, "t"), "other").unwrap_err();
@@ -349,9 +376,10 @@ mod tests {
             e,
             format!(
                 "this pipeline's rbuild-sdk 9.9.9 speaks protocol {newer}; this rbuild ({}) \
-                 accepts protocol {}: upgrade rbuild, or pin the pipeline's rbuild-sdk to {} \
+                 accepts protocols {}..={}: upgrade rbuild, or pin the pipeline's rbuild-sdk to {} \
                  (the SDK this rbuild embeds; a registry dependency gets it without a pin)",
                 env!("CARGO_PKG_VERSION"),
+                wire::OLDEST_PROTOCOL,
                 wire::PROTOCOL,
                 wire::SDK_VERSION,
             )

@@ -73,7 +73,11 @@ fn a_bound_service_is_reached_by_its_alias_and_a_cached_run_starts_none() {
     assert_eq!(first.stdout, "hello from web\n");
     assert_eq!(count(&ev, "service_started"), 1, "{}", first.stderr);
     assert_eq!(count(&ev, "service_ready"), 1);
-    assert_eq!(count(&ev, "service_stopped"), 1, "stopped at the latest at the run's end");
+    assert_eq!(
+        count(&ev, "service_stopped"),
+        1,
+        "stopped at the latest at the run's end"
+    );
     // Fully cached: the same answer, and no service started at all.
     let (second, ev) = run(&env, &["bind", "nonce=1"]);
     let second = second.ok();
@@ -103,10 +107,9 @@ fn a_service_bound_to_a_service_reaches_it() {
 
 /// The step of the service's ready event, after its output event with `line`.
 fn ready_after_line(ev: &[Value], line: &str) -> bool {
-    let Some(out_at) = ev
-        .iter()
-        .position(|e| e["event"] == "output" && e["line"].as_str().is_some_and(|l| l.contains(line)))
-    else {
+    let Some(out_at) = ev.iter().position(|e| {
+        e["event"] == "output" && e["line"].as_str().is_some_and(|l| l.contains(line))
+    }) else {
         return false;
     };
     let ready_at = ev.iter().position(|e| e["event"] == "service_ready");
@@ -136,7 +139,12 @@ fn a_service_that_exits_fails_its_consumer_naming_it() {
     let env = TestEnv::new("svc-crash");
     let (out, _) = run(&env, &["crash", "nonce=1"]);
     assert_ne!(out.code, 0);
-    for want in ["exited with code 3", "8080/tcp", "boom: no config", "TCP port 8080"] {
+    for want in [
+        "exited with code 3",
+        "8080/tcp",
+        "boom: no config",
+        "TCP port 8080",
+    ] {
         assert!(out.stderr.contains(want), "no {want:?} in:\n{}", out.stderr);
     }
     assert_eq!(network_leftovers(&env), Vec::<String>::new());
@@ -209,7 +217,12 @@ fn hostname_and_endpoint_start_no_service() {
         .find_map(|l| l.strip_prefix("hostname: "))
         .expect("a hostname")
         .to_string();
-    assert!(out.stdout.contains(&format!("endpoint: http://{host}:8080")), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("endpoint: http://{host}:8080")),
+        "{}",
+        out.stdout
+    );
     assert_eq!(count(&ev, "service_started"), 0);
     // Stable for the definition.
     let (again, _) = run(&env, &["endpoint"]);
@@ -267,7 +280,9 @@ fn free_port() -> u16 {
 fn http_get(port: u16) -> String {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("wget -q -O- http://127.0.0.1:{port}/ || busybox wget -q -O- http://127.0.0.1:{port}/"))
+        .arg(format!(
+            "wget -q -O- http://127.0.0.1:{port}/ || busybox wget -q -O- http://127.0.0.1:{port}/"
+        ))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -39,7 +39,7 @@ impl fmt::Debug for Container {
 
 impl Container {
     #[track_caller]
-    fn with(&self, op: ContainerOp) -> Container {
+    pub(crate) fn with(&self, op: ContainerOp) -> Container {
         Container {
             session: self.session.clone(),
             ops: self.ops.push(op, call_site()),

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::file::File;
 use crate::options::DirOpts;
 use crate::secret::Secret;
+use crate::service::{EndpointOpts, Service};
 use crate::wire::{self, Action, ArgDecl, CallSpec, FunctionDecl, Listing};
 
 pub use crate::wire::ArgKind;
@@ -40,13 +41,15 @@ struct FunctionDef {
 }
 
 /// What a function returns; `rbuild call` can print it, export it, publish
-/// it or open a terminal in it.
+/// it or open a terminal in it (and run a service: `rbuild call FN up`).
 pub enum Returned {
     Nothing,
     Text(String),
     Container(Container),
     Directory(Directory),
     File(File),
+    /// Printed as its endpoint (or hostname, when it exposes no port).
+    Service(Service),
 }
 
 impl From<String> for Returned {
@@ -77,6 +80,11 @@ impl From<Directory> for Returned {
 impl From<File> for Returned {
     fn from(f: File) -> Self {
         Returned::File(f)
+    }
+}
+impl From<Service> for Returned {
+    fn from(s: Service) -> Self {
+        Returned::Service(s)
     }
 }
 
@@ -317,6 +325,14 @@ async fn act(returned: Returned, action: &Action) -> Result<()> {
             print!("{}", f.contents().await?);
             Ok(())
         }
+        (Action::Print, Returned::Service(s)) => {
+            let shown = match s.endpoint(EndpointOpts::default()).await {
+                Ok(endpoint) => endpoint,
+                Err(_) => s.hostname().await?,
+            };
+            println!("{shown}");
+            Ok(())
+        }
         (Action::Export { path }, r) => {
             let path = path
                 .as_deref()
@@ -345,6 +361,27 @@ async fn act(returned: Returned, action: &Action) -> Result<()> {
             c.terminal().await?;
             Ok(())
         }
+        (Action::Up { ports }, Returned::Service(s)) => {
+            let mut forwards = Vec::new();
+            for p in ports {
+                let parsed = p
+                    .split_once(':')
+                    .and_then(|(h, s)| Some((h.parse().ok()?, s.parse().ok()?)));
+                let Some((frontend, backend)) = parsed else {
+                    return Err(Error::new(format!(
+                        "--ports {p}: expected HOST_PORT:SERVICE_PORT, such as 8080:80"
+                    )));
+                };
+                forwards.push(crate::PortForward {
+                    frontend: Some(frontend),
+                    backend,
+                });
+            }
+            s.up(&forwards).await
+        }
+        (Action::Up { .. }, _) => Err(Error::new(
+            "up takes a service: return one (Container::as_service) from the function",
+        )),
         (action, _) => Err(Error::new(format!(
             "cannot {} this result: publish and terminal take a container",
             action.kind()

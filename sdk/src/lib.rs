@@ -26,11 +26,12 @@
 //! ```
 //!
 //! Values ([`Container`], [`Directory`], [`File`], [`CacheVolume`],
-//! [`Secret`]) are immutable and lazy: builder methods return a new value
-//! describing more work, and nothing runs until a result is asked for
-//! (`stdout`, `stderr`, `exit_code`, `sync`, `contents`, `entries`,
-//! `digest`, `export`). Names follow Dagger's API in snake_case; options
-//! go in `*_opts` variants.
+//! [`Secret`], [`Service`]) are immutable and lazy: builder methods return
+//! a new value describing more work, and nothing runs until a result is
+//! asked for (`stdout`, `stderr`, `exit_code`, `sync`, `contents`,
+//! `entries`, `digest`, `export`; a service's `hostname`, `endpoint`,
+//! `start`). Names follow Dagger's API in snake_case; options go in
+//! `*_opts` variants.
 //!
 //! This crate is only a client: the engine runs inside `rbuild run`, which
 //! hands the pipeline a private session socket.
@@ -46,6 +47,7 @@ mod host;
 mod ops;
 mod options;
 mod secret;
+mod service;
 mod session;
 pub mod wire;
 
@@ -68,5 +70,6 @@ pub use options::{
     ReturnType,
 };
 pub use secret::Secret;
+pub use service::{EndpointOpts, HealthcheckOpts, PortForward, Service, ServiceOpts};
 #[doc(hidden)]
 pub use session::Recorded;

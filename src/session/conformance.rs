@@ -10,14 +10,16 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use rbuild_sdk::wire::{
     self, Action, ArgKind, CallSpec, ContainerDef, ContainerOp, DirectoryDef, DirectoryOp,
-    DirectorySource, ErrorAnswer, Expect, FileDef, Query, Response, Sharing,
+    DirectorySource, ErrorAnswer, Expect, FileDef, PortForwardDef, Query, Response, ServiceDef,
+    ServiceSource, Sharing,
 };
 use rbuild_sdk::{
-    self as rb, DirOpts, DirectoryOpts, ExecOpts, FileOpts, ImageLayerCompression, ImageMediaTypes,
-    ImageOpts, ReturnType,
+    self as rb, DirOpts, DirectoryOpts, EndpointOpts, ExecOpts, FileOpts, HealthcheckOpts,
+    ImageLayerCompression, ImageMediaTypes, ImageOpts, PortForward, ReturnType, ServiceOpts,
 };
 use serde_json::{Value, json};
 
@@ -45,6 +47,7 @@ struct Seen {
     directory_ops: BTreeSet<&'static str>,
     sources: BTreeSet<&'static str>,
     files: BTreeSet<&'static str>,
+    services: BTreeSet<&'static str>,
     expects: BTreeSet<&'static str>,
     sharings: BTreeSet<&'static str>,
     /// The builder calls' recorded call sites.
@@ -73,6 +76,18 @@ impl Seen {
             | Query::FileDigest { file }
             | Query::FileExport { file, .. }
             | Query::FileSync { file } => self.file(file),
+            Query::ServiceHostname { service }
+            | Query::ServiceEndpoint { service, .. }
+            | Query::ServiceStart { service }
+            | Query::ServiceStop { service }
+            | Query::ServiceUp { service, .. } => self.service(service),
+        }
+    }
+
+    fn service(&mut self, s: &ServiceDef) {
+        self.services.insert(SERVICE.0(&s.source));
+        if let ServiceSource::Container { container, .. } = &s.source {
+            self.container(container);
         }
     }
 
@@ -92,6 +107,7 @@ impl Seen {
                 ContainerOp::WithFile { file, .. }
                 | ContainerOp::WithMountedFile { file, .. }
                 | ContainerOp::Import { file } => self.file(file),
+                ContainerOp::WithServiceBinding { service, .. } => self.service(service),
                 _ => {}
             }
         }
@@ -127,7 +143,7 @@ impl Seen {
 
 type Variants<T, const N: usize> = (fn(&T) -> &'static str, [&'static str; N]);
 
-const QUERY: Variants<Query, 18> = variants!(Query {
+const QUERY: Variants<Query, 23> = variants!(Query {
     Stdout,
     Stderr,
     ExitCode,
@@ -146,8 +162,13 @@ const QUERY: Variants<Query, 18> = variants!(Query {
     FileDigest,
     FileExport,
     FileSync,
+    ServiceHostname,
+    ServiceEndpoint,
+    ServiceStart,
+    ServiceStop,
+    ServiceUp,
 });
-const CONTAINER_OP: Variants<ContainerOp, 24> = variants!(ContainerOp {
+const CONTAINER_OP: Variants<ContainerOp, 26> = variants!(ContainerOp {
     From,
     WithExec,
     WithEnvVariable,
@@ -172,7 +193,10 @@ const CONTAINER_OP: Variants<ContainerOp, 24> = variants!(ContainerOp {
     Import,
     WithExposedPort,
     WithRegistryAuth,
+    WithServiceBinding,
+    WithDockerHealthcheck,
 });
+const SERVICE: Variants<ServiceSource, 2> = variants!(ServiceSource { Container, Host });
 const DIRECTORY_OP: Variants<DirectoryOp, 8> = variants!(DirectoryOp {
     Directory,
     WithNewFile,
@@ -310,6 +334,41 @@ async fn every_builder_and_query(client: &rb::Client) {
         .container()
         .import(base.as_tarball())
         .import(base.as_tarball_opts(image.clone()));
+    let db = base
+        .with_exposed_port(5432)
+        .with_docker_healthcheck(["pg_isready"], HealthcheckOpts::default())
+        .with_docker_healthcheck(
+            ["pg_isready -U postgres"],
+            HealthcheckOpts {
+                shell: true,
+                interval: Some(Duration::from_millis(500)),
+                timeout: Some(Duration::from_secs(2)),
+                start_period: Some(Duration::from_secs(1)),
+                retries: Some(10),
+            },
+        )
+        .as_service_opts(ServiceOpts {
+            args: vec!["postgres".into()],
+            use_entrypoint: true,
+            ready_log: Some("ready to accept".into()),
+            ready_timeout: Some(Duration::from_secs(30)),
+            private: true,
+        })
+        .with_hostname("db");
+    let tunnel = client.host().service(&[
+        PortForward {
+            frontend: Some(80),
+            backend: 8080,
+        },
+        PortForward {
+            frontend: None,
+            backend: 9000,
+        },
+    ]);
+    let ctr = ctr
+        .with_service_binding("db", &db)
+        .with_service_binding("web", base.as_service())
+        .with_service_binding("host", &tunnel);
 
     let _ = ctr.stdout().await;
     let _ = ctr.stderr().await;
@@ -336,6 +395,21 @@ async fn every_builder_and_query(client: &rb::Client) {
     let _ = ctr.file("/etc/hostname").digest().await;
     let _ = file.export("Cargo.toml.out").await;
     let _ = note.sync().await;
+    let _ = db.hostname().await;
+    let _ = db
+        .endpoint(EndpointOpts {
+            port: Some(5433),
+            scheme: Some("postgres".into()),
+        })
+        .await;
+    let _ = tunnel.start().await;
+    let _ = db.stop().await;
+    let _ = db
+        .up(&[PortForward {
+            frontend: Some(15432),
+            backend: 5432,
+        }])
+        .await;
 }
 
 #[tokio::test]
@@ -343,7 +417,7 @@ async fn every_request_the_sdk_sends_is_read_by_the_engine_as_sent() {
     let (client, recorded) = rb::recording_client(TOKEN);
     every_builder_and_query(&client).await;
     let lines = recorded.take();
-    assert_eq!(lines.len(), 21, "one request per query");
+    assert_eq!(lines.len(), 26, "one request per query");
 
     let mut seen = Seen::default();
     for line in &lines {
@@ -362,6 +436,7 @@ async fn every_request_the_sdk_sends_is_read_by_the_engine_as_sent() {
     assert_eq!(seen.directory_ops, set(DIRECTORY_OP.1), "directory ops");
     assert_eq!(seen.sources, set(SOURCE.1), "directory sources");
     assert_eq!(seen.files, set(FILE.1), "file sources");
+    assert_eq!(seen.services, set(SERVICE.1), "service sources");
     assert_eq!(seen.expects, set(["success", "failure", "any"]));
     assert_eq!(seen.sharings, set(["shared", "private", "locked"]));
     // Container ops say where the pipeline made them.
@@ -652,5 +727,122 @@ fn the_answers_the_engine_writes_are_read_by_the_sdk() {
         .unwrap(),
         json!({"error": {"message": "m"}}),
         "the error envelope every SDK version reads"
+    );
+}
+
+#[tokio::test]
+async fn what_the_sdk_sends_for_services_keeps_every_option() {
+    let (client, recorded) = rb::recording_client(TOKEN);
+    let base = client.container().from("postgres:16");
+    let db = base
+        .with_docker_healthcheck(
+            ["pg_isready", "-U", "postgres"],
+            HealthcheckOpts {
+                shell: false,
+                interval: Some(Duration::from_millis(250)),
+                timeout: None,
+                start_period: Some(Duration::from_secs(3)),
+                retries: Some(7),
+            },
+        )
+        .as_service_opts(ServiceOpts {
+            args: vec!["postgres".into(), "-c".into(), "fsync=off".into()],
+            use_entrypoint: true,
+            ready_log: Some("ready to accept connections".into()),
+            ready_timeout: Some(Duration::from_secs(45)),
+            private: true,
+        })
+        .with_hostname("pg");
+    let _ = base
+        .with_service_binding("db", &db)
+        .with_exec(["psql", "-h", "db"])
+        .sync()
+        .await;
+    let _ = db
+        .endpoint(EndpointOpts {
+            port: None,
+            scheme: Some("postgres".into()),
+        })
+        .await;
+    let _ = client
+        .host()
+        .service(&[PortForward {
+            frontend: None,
+            backend: 8080,
+        }])
+        .up(&[PortForward {
+            frontend: Some(18080),
+            backend: 8080,
+        }])
+        .await;
+    let lines = recorded.take();
+    let want_db = ServiceDef {
+        source: ServiceSource::Container {
+            container: ContainerDef {
+                ops: vec![
+                    ContainerOp::From {
+                        address: "postgres:16".into(),
+                    },
+                    ContainerOp::WithDockerHealthcheck {
+                        args: vec!["pg_isready".into(), "-U".into(), "postgres".into()],
+                        shell: false,
+                        interval_ms: Some(250),
+                        timeout_ms: None,
+                        start_period_ms: Some(3000),
+                        retries: Some(7),
+                    },
+                ],
+                at: vec![],
+            },
+            args: vec!["postgres".into(), "-c".into(), "fsync=off".into()],
+            use_entrypoint: true,
+            ready_log: Some("ready to accept connections".into()),
+            ready_timeout_ms: Some(45_000),
+            private: true,
+        },
+        hostname: Some("pg".into()),
+    };
+    // Call sites are checked elsewhere; compare the rest.
+    fn without_at(mut s: ServiceDef) -> ServiceDef {
+        if let ServiceSource::Container { container, .. } = &mut s.source {
+            container.at.clear();
+        }
+        s
+    }
+    let Query::Sync { container } = read_request(&lines[0], TOKEN).unwrap() else {
+        panic!("not a sync")
+    };
+    let ContainerOp::WithServiceBinding { alias, service } = &container.ops[1] else {
+        panic!("not a binding: {:?}", container.ops[1])
+    };
+    assert_eq!(alias, "db");
+    assert_eq!(without_at(service.clone()), want_db);
+    let Query::ServiceEndpoint {
+        service,
+        port,
+        scheme,
+    } = read_request(&lines[1], TOKEN).unwrap()
+    else {
+        panic!("not an endpoint")
+    };
+    assert_eq!(without_at(service), want_db);
+    assert_eq!((port, scheme.as_deref()), (None, Some("postgres")));
+    assert_eq!(
+        read_request(&lines[2], TOKEN).unwrap(),
+        Query::ServiceUp {
+            service: ServiceDef {
+                source: ServiceSource::Host {
+                    ports: vec![PortForwardDef {
+                        frontend: None,
+                        backend: 8080
+                    }],
+                },
+                hostname: None,
+            },
+            ports: vec![PortForwardDef {
+                frontend: Some(18080),
+                backend: 8080
+            }],
+        }
     );
 }

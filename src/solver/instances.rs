@@ -243,7 +243,10 @@ impl<W: Worker> Solver<W> {
     }
 
     /// The instance's address, once it is running and ready.
-    async fn ensure_running(self: &Arc<Self>, inst: &Arc<Instance>) -> Result<Ipv4Addr, SolveError> {
+    async fn ensure_running(
+        self: &Arc<Self>,
+        inst: &Arc<Instance>,
+    ) -> Result<Ipv4Addr, SolveError> {
         let mut run = inst.run.lock().await;
         if let Some(r) = run.as_ref() {
             if let Some(code) = r.exited.as_ref().and_then(|e| *e.borrow()) {
@@ -269,18 +272,20 @@ impl<W: Worker> Solver<W> {
         let no = self.progress.service_started(&plan.description);
         let since = Instant::now();
         let result = match &plan.kind {
-            ServiceKind::Host { ports } => self.start_host_service(ports).await.map(
-                |(ip, attachment, proxies)| Running {
-                    ip,
-                    attachment,
-                    control: None,
-                    exited: None,
-                    deps: None,
-                    proxies,
-                    no,
-                    since,
-                },
-            ),
+            ServiceKind::Host { ports } => {
+                self.start_host_service(ports)
+                    .await
+                    .map(|(ip, attachment, proxies)| Running {
+                        ip,
+                        attachment,
+                        control: None,
+                        exited: None,
+                        deps: None,
+                        proxies,
+                        no,
+                        since,
+                    })
+            }
             ServiceKind::Container { .. } => self.start_container_service(inst, no, since).await,
         };
         match result {
@@ -307,7 +312,6 @@ impl<W: Worker> Solver<W> {
         let ServiceKind::Container {
             rootfs,
             args,
-            env,
             cwd,
             user,
             mounts,
@@ -328,15 +332,17 @@ impl<W: Worker> Solver<W> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let tail = Tail::default();
         let (log_ready_tx, mut log_ready) = watch::channel(false);
-        let forwarder = self.forward_service_output(no, rx, tail.clone(), ready_log.clone(), log_ready_tx);
+        let forwarder =
+            self.forward_service_output(no, rx, tail.clone(), ready_log.clone(), log_ready_tx);
         let req = ServiceRequest {
             id: inst.id.clone(),
             parent,
             args: args.clone(),
-            env: env.clone(),
+            env: plan.kind.process_env(),
             cwd: cwd.clone(),
             user: user.clone(),
             mounts,
+            ports: tcp_ports(ports),
             network: NetworkUse {
                 attachment: attachment.clone(),
                 hostname: plan.hostname.clone(),
@@ -418,7 +424,11 @@ impl<W: Worker> Solver<W> {
 
     /// Runs the healthcheck until it passes; Err after `retries`
     /// consecutive failures past the start period.
-    async fn wait_healthy(&self, control: &Arc<dyn ServiceControl>, h: &Healthcheck) -> Result<(), String> {
+    async fn wait_healthy(
+        &self,
+        control: &Arc<dyn ServiceControl>,
+        h: &Healthcheck,
+    ) -> Result<(), String> {
         let started = Instant::now();
         let mut failures = 0u32;
         // The first check at once, then quickly, backing off to the interval:
@@ -458,7 +468,14 @@ impl<W: Worker> Solver<W> {
     async fn start_host_service(
         self: &Arc<Self>,
         ports: &[(Option<u16>, u16)],
-    ) -> Result<(Ipv4Addr, Option<Attachment>, Vec<tokio::task::JoinHandle<()>>), SolveError> {
+    ) -> Result<
+        (
+            Ipv4Addr,
+            Option<Attachment>,
+            Vec<tokio::task::JoinHandle<()>>,
+        ),
+        SolveError,
+    > {
         // The gateway is the bridge's: any namespace tells it.
         let probe = self.worker.attach().await?;
         let gateway = probe.gateway;
@@ -500,10 +517,13 @@ impl<W: Worker> Solver<W> {
         let secrets = self.secrets.clone();
         tokio::spawn(async move {
             let mut streams = [
-                (StreamScrubber::new(secrets.clone()), LineSplitter::default()),
+                (
+                    StreamScrubber::new(secrets.clone()),
+                    LineSplitter::default(),
+                ),
                 (StreamScrubber::new(secrets), LineSplitter::default()),
             ];
-            let mut show = |line: &str, stream: Stream| {
+            let show = |line: &str, stream: Stream| {
                 tail.push(line);
                 progress.output(no, stream, line);
                 if let Some(re) = &ready_log
@@ -586,7 +606,10 @@ impl<W: Worker> Solver<W> {
     }
 
     /// `service.start()`: runs until `stop()` or the end of the run.
-    pub async fn service_start(self: &Arc<Self>, def: &crate::graph::ServiceDef) -> Result<(), SolveError> {
+    pub async fn service_start(
+        self: &Arc<Self>,
+        def: &crate::graph::ServiceDef,
+    ) -> Result<(), SolveError> {
         let plan = self.service(def).await?;
         let inst = self.instance_for(&plan);
         {
@@ -598,9 +621,18 @@ impl<W: Worker> Solver<W> {
     }
 
     /// `service.stop()`: stops the shared instance of the definition, if it runs.
-    pub async fn service_stop(self: &Arc<Self>, def: &crate::graph::ServiceDef) -> Result<(), SolveError> {
+    pub async fn service_stop(
+        self: &Arc<Self>,
+        def: &crate::graph::ServiceDef,
+    ) -> Result<(), SolveError> {
         let plan = self.service(def).await?;
-        let inst = self.instances.shared.lock().unwrap().get(&plan.identity).cloned();
+        let inst = self
+            .instances
+            .shared
+            .lock()
+            .unwrap()
+            .get(&plan.identity)
+            .cloned();
         if let Some(inst) = inst {
             inst.users.lock().unwrap().explicit = false;
             self.stop_instance(&inst).await;
@@ -613,8 +645,12 @@ impl<W: Worker> Solver<W> {
     pub async fn service_up(
         self: &Arc<Self>,
         def: &crate::graph::ServiceDef,
-        ports: &[(u16, u16)],
+        ports: &[crate::graph::PortForwardDef],
     ) -> Result<(), SolveError> {
+        let ports: Vec<(u16, u16)> = ports
+            .iter()
+            .map(|p| (p.frontend.unwrap_or(p.backend), p.backend))
+            .collect();
         let plan = self.service(def).await?;
         let inst = self.instance_for(&plan);
         {
@@ -631,7 +667,7 @@ impl<W: Worker> Solver<W> {
                 ServiceKind::Host { .. } => Vec::new(),
             }
         } else {
-            ports.to_vec()
+            ports
         };
         let mut proxies = Vec::new();
         for (host, service) in &ports {
@@ -646,9 +682,17 @@ impl<W: Worker> Solver<W> {
                 "service {} port {service} is at 127.0.0.1:{host}",
                 plan.hostname
             ));
-            proxies.push(tokio::spawn(proxy(listener, SocketAddr::from((ip, *service)))));
+            proxies.push(tokio::spawn(proxy(
+                listener,
+                SocketAddr::from((ip, *service)),
+            )));
         }
-        let exited = inst.run.lock().await.as_ref().and_then(|r| r.exited.clone());
+        let exited = inst
+            .run
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|r| r.exited.clone());
         let outcome = match exited {
             Some(mut exited) => tokio::select! {
                 code = wait_exit(&mut exited) => Err(SolveError::Invalid(format!(

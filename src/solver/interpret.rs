@@ -50,9 +50,30 @@ impl<W: Worker> Solver<W> {
                 let image = self.import_image(&f).await?;
                 *st = ContainerState::from_image(image);
             }
-            ContainerOp::WithExposedPort { port, protocol } => {
-                st.exposed_ports
-                    .insert(format!("{port}/{}", protocol.to_lowercase()));
+            ContainerOp::WithExposedPort { port, protocol } => st.expose(*port, protocol),
+            ContainerOp::WithServiceBinding { alias, service } => {
+                super::services::check_hostname("with_service_binding", "alias", alias, true)?;
+                let service = self.service(service).await?;
+                st.bindings.retain(|b| &b.alias != alias);
+                st.bindings.push(Binding {
+                    alias: alias.clone(),
+                    service,
+                });
+            }
+            ContainerOp::WithDockerHealthcheck {
+                args,
+                shell,
+                interval_ms,
+                timeout_ms,
+                start_period_ms,
+                retries,
+            } => {
+                st.healthcheck = Some(Healthcheck::from_op(
+                    args,
+                    *shell,
+                    [*interval_ms, *timeout_ms, *start_period_ms],
+                    *retries,
+                )?);
             }
             ContainerOp::WithRegistryAuth {
                 address,
@@ -131,6 +152,7 @@ impl<W: Worker> Solver<W> {
                             .collect(),
                         stdin: stdin.clone(),
                         expect: *expect,
+                        bindings: st.bindings.clone(),
                     },
                     &self.platform.to_string(),
                 );

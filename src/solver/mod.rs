@@ -12,13 +12,15 @@
 //! This file holds the solver's state; its work is split by what it is
 //! about: [`interpret`] (builder calls into trees and steps), [`sources`]
 //! (images resolved, host trees scanned), [`steps`] (cache hits, running
-//! and recording steps), [`images`] (images out), [`terminal`].
+//! and recording steps), [`images`] (images out), [`services`] (services
+//! planned: what runs, its identity and hostname), [`terminal`].
 
 mod error;
 mod images;
 mod instances;
 mod interpret;
 mod memo;
+pub mod services;
 mod sources;
 mod steps;
 mod terminal;
@@ -44,14 +46,16 @@ use rbuild_snapshotter::snapshots::SnapshotId;
 
 pub use error::SolveError;
 pub use interpret::join_path;
+pub use services::{Binding, Healthcheck, ServicePlan};
 pub use values::{
     ContainerState, DirValue, EnvValue, ExecPlan, FileValue, MountSpec, PlannedAction, StepKind,
     StepPlan, StepResult, Tree,
 };
 pub use worker::ImageWorker;
 pub use worker::{
-    ApplyRequest, ExecOutcome, ExecRequest, FileAction, Interactive, MountRequest, ReadAnswer,
-    ReadOp, Source, TarballDest, TerminalUse, Worker,
+    ApplyRequest, Attachment, ExecOutcome, ExecRequest, FileAction, Interactive, MountRequest,
+    NetworkUse, ReadAnswer, ReadOp, ServiceControl, ServiceHandle, ServiceRequest, Source,
+    TarballDest, TerminalUse, Worker,
 };
 
 pub struct Solver<W: Worker> {
@@ -72,6 +76,8 @@ pub struct Solver<W: Worker> {
     pulls: Memo<Option<SnapshotId>>,
     steps: Memo<Arc<StepResult>>,
     remakes: Memo<SnapshotId>,
+    /// The services planned in this run, by identity.
+    services_planned: std::sync::Mutex<std::collections::HashMap<String, Arc<ServicePlan>>>,
     /// The run's service instances.
     instances: instances::Instances,
 }
@@ -139,6 +145,7 @@ impl<W: Worker> Solver<W> {
             pulls: Memo::new(),
             steps: Memo::new(),
             remakes: Memo::new(),
+            services_planned: Default::default(),
             instances: instances::Instances::default(),
         })
     }

@@ -10,6 +10,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rbuild_snapshotter::snapshots::SnapshotId;
 
+use super::instances::Lease;
+use super::services::Binding;
 use super::*;
 use crate::graph::shell_words;
 use crate::index::StepRecord;
@@ -112,19 +114,7 @@ impl<W: Worker> Solver<W> {
                 // Bound services start now, for a step that really runs
                 // (invariant 9), before it waits for a job slot: a service
                 // is not a job.
-                let services = if exec.bindings.is_empty() {
-                    None
-                } else {
-                    Some(self.acquire_services(&exec.bindings).await?)
-                };
-                let network = match &services {
-                    Some(lease) => Some(NetworkUse {
-                        attachment: self.worker.attach().await?,
-                        hostname: format!("step-{}", &plan.key.to_hex()[..12]),
-                        hosts: lease.hosts(),
-                    }),
-                    None => None,
-                };
+                let (services, network) = self.bind_services(plan, &exec.bindings).await?;
                 let no = self.progress.queued(&plan.description);
                 let _permit = self
                     .jobs
@@ -156,13 +146,7 @@ impl<W: Worker> Solver<W> {
                 };
                 let started = Instant::now();
                 let result = self.worker.exec(req, self.cancel.clone()).await;
-                if let Some(n) = network
-                    && let Err(e) = self.worker.detach(n.attachment).await
-                {
-                    tracing::warn!(error = %e, "removing a step's network namespace failed");
-                }
-                // Its services may stop (after their grace period).
-                drop(services);
+                self.unbind_services(services, network).await;
                 // The last lines are shown before the step's end.
                 let captured = forwarder.await;
                 let mut outcome = match result {
@@ -291,6 +275,37 @@ impl<W: Worker> Solver<W> {
             exit_code: outcome.exit_code,
             plan: plan.clone(),
         }))
+    }
+
+    /// For a step that binds services: they run (and are held) and the
+    /// step gets a namespace of its own whose hosts file reaches them.
+    /// Nothing for a step without bindings (the host network, as before).
+    pub(super) async fn bind_services(
+        self: &Arc<Self>,
+        plan: &StepPlan,
+        bindings: &[Binding],
+    ) -> Result<(Option<Lease>, Option<NetworkUse>), SolveError> {
+        if bindings.is_empty() {
+            return Ok((None, None));
+        }
+        let lease = self.acquire_services(bindings).await?;
+        let network = NetworkUse {
+            attachment: self.worker.attach().await?,
+            hostname: format!("step-{}", &plan.key.to_hex()[..12]),
+            hosts: lease.hosts(),
+        };
+        Ok((Some(lease), Some(network)))
+    }
+
+    /// After the step: its namespace goes, its services may stop (after
+    /// their grace period).
+    pub(super) async fn unbind_services(&self, lease: Option<Lease>, network: Option<NetworkUse>) {
+        if let Some(n) = network
+            && let Err(e) = self.worker.detach(n.attachment).await
+        {
+            tracing::warn!(error = %e, "removing a step's network namespace failed");
+        }
+        drop(lease);
     }
 
     /// A channel for a running step's output, and the task that shows it

@@ -50,6 +50,7 @@ impl<W: Worker> Solver<W> {
                     .collect(),
                 stdin: None,
                 expect: crate::graph::Expect::Any,
+                bindings: st.bindings.clone(),
             },
             &self.platform.to_string(),
         );
@@ -58,6 +59,7 @@ impl<W: Worker> Solver<W> {
         };
         let parent = self.materialize(&plan.parent).await?;
         let mounts = self.mount_requests(&exec.mounts).await?;
+        let (services, network) = self.bind_services(&plan, &exec.bindings).await?;
         let no = self
             .progress
             .started(&format!("terminal {}", shell_words(&command)));
@@ -75,8 +77,11 @@ impl<W: Worker> Solver<W> {
             expect: crate::graph::Expect::Any,
             output: None,
             terminal: TerminalUse::Shell(self.interactive(Vec::new())),
+            network: network.clone(),
         };
-        let outcome = self.worker.exec(req, self.cancel.clone()).await?;
+        let outcome = self.worker.exec(req, self.cancel.clone()).await;
+        self.unbind_services(services, network).await;
+        let outcome = outcome?;
         self.progress.finished(
             no,
             started.elapsed().as_millis(),

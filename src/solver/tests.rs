@@ -169,8 +169,67 @@ impl Worker for Fake {
         // Host scans are pure host work: the fake scans for real.
         Ok(rbuild_snapshotter::host_scan::scan(&scan, known)?)
     }
-    // Images out are tested against real containerd and registries
+
+    // Services run for real in tests/services.rs; here a service is a
+    // listener on each of its ports, at a loopback address of its own.
+    async fn attach(&self) -> Result<Attachment, SolveError> {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst) as u32;
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 77, 0, 2)) + n);
+        Ok(Attachment {
+            id: format!("fake-{n}"),
+            netns: PathBuf::from("/nonexistent"),
+            ip,
+            gateway: std::net::Ipv4Addr::new(127, 77, 0, 1),
+        })
+    }
+
+    async fn detach(&self, _a: Attachment) -> Result<(), SolveError> {
+        Ok(())
+    }
+
+    async fn start_service(&self, req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+        let mut listeners = Vec::new();
+        for port in &req.ports {
+            let l = tokio::net::TcpListener::bind((req.network.attachment.ip, *port))
+                .await
+                .map_err(|e| SolveError::Internal(format!("fake service listener: {e}")))?;
+            listeners.push(l);
+        }
+        let (tx, exited) = tokio::sync::watch::channel(None);
+        Ok(ServiceHandle {
+            exited,
+            control: Arc::new(FakeService(Mutex::new(Some((tx, listeners))))),
+        })
+    }
+    // Images out are tested against real containerd and registries    // Images out are tested against real containerd and registries
     // (tests/images.rs): the fake offers no image verbs.
+}
+
+/// A fake service: listeners held until it stops.
+type FakeRunning = (
+    tokio::sync::watch::Sender<Option<i64>>,
+    Vec<tokio::net::TcpListener>,
+);
+struct FakeService(Mutex<Option<FakeRunning>>);
+
+impl ServiceControl for FakeService {
+    fn exec(
+        &self,
+        _args: Vec<String>,
+        _timeout: std::time::Duration,
+    ) -> futures::future::BoxFuture<'_, Result<(i64, Vec<u8>), SolveError>> {
+        Box::pin(async { Ok((0, Vec::new())) })
+    }
+
+    fn stop(
+        &self,
+        _grace: std::time::Duration,
+    ) -> futures::future::BoxFuture<'_, Result<(), SolveError>> {
+        if let Some((tx, _)) = self.0.lock().unwrap().take() {
+            let _ = tx.send(Some(0));
+        }
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[derive(Clone, Default)]
@@ -561,5 +620,433 @@ fn env_expansion() {
     assert_eq!(
         expand_env("$HOME/bin:${V}x:$NOPE:$", env),
         "/root/bin:1x::$"
+    );
+}
+
+// ---------------------------------------------------------------- services
+
+use crate::graph::{PortForwardDef, ServiceDef, ServiceSource};
+use services::ServiceKind;
+
+/// A service of the fake image running `args` (the fake image has no
+/// entrypoint or default args), with `extra` ops on its container first.
+fn service_def(extra: Vec<ContainerOp>, args: &[&str]) -> ServiceDef {
+    let mut container = pipeline(&[], None);
+    container.ops.extend(extra);
+    ServiceDef {
+        source: ServiceSource::Container {
+            container,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            use_entrypoint: false,
+            ready_log: None,
+            ready_timeout_ms: None,
+            private: false,
+        },
+        hostname: None,
+    }
+}
+
+fn port(port: u16) -> ContainerOp {
+    ContainerOp::WithExposedPort {
+        port,
+        protocol: "tcp".into(),
+    }
+}
+
+fn bound(alias: &str, service: &ServiceDef, args: &[&str]) -> ContainerDef {
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithServiceBinding {
+        alias: alias.into(),
+        service: service.clone(),
+    });
+    def.ops.push(exec(args));
+    def
+}
+
+async fn consumer_key(s: &Arc<Solver<Fake>>, def: &ContainerDef) -> crate::key::CacheKey {
+    s.container(def)
+        .await
+        .unwrap()
+        .last_exec("key")
+        .unwrap()
+        .key
+}
+
+#[tokio::test]
+async fn a_service_plan_is_stable_across_runs_and_starts_nothing() {
+    let h = Harness::new();
+    let def = service_def(vec![exec(&["build"]), port(5432), port(80)], &["serve"]);
+    let (first, _) = h.run();
+    let a = first.service(&def).await.unwrap();
+    assert_eq!(
+        execs(&first),
+        ["build"],
+        "its build step ran, the service did not"
+    );
+    assert_eq!(a.identity.len(), 64);
+    assert_eq!(a.hostname, format!("svc-{}", &a.identity[..12]));
+    assert!(
+        Arc::ptr_eq(&a, &first.service(&def).await.unwrap()),
+        "planned once per run"
+    );
+    let ServiceKind::Container {
+        args,
+        ports,
+        cwd,
+        ready_timeout,
+        ..
+    } = &a.kind
+    else {
+        panic!("a container service: {a:?}")
+    };
+    assert_eq!(args, &["serve"]);
+    assert_eq!(ports, &[(5432, "tcp".into()), (80, "tcp".into())]);
+    assert_eq!(cwd, "/srv");
+    assert_eq!(*ready_timeout, services::DEFAULT_READY_TIMEOUT);
+    assert!(
+        a.description.contains(&a.hostname) && a.description.contains("5432/tcp"),
+        "{}",
+        a.description
+    );
+
+    let (second, _) = h.run();
+    let b = second.service(&def).await.unwrap();
+    assert!(execs(&second).is_empty(), "the build step hit the cache");
+    assert_eq!((&a.identity, &a.hostname), (&b.identity, &b.hostname));
+
+    let named = ServiceDef {
+        hostname: Some("db".into()),
+        ..def.clone()
+    };
+    let c = second.service(&named).await.unwrap();
+    assert_eq!(c.hostname, "db");
+    assert_ne!(
+        c.identity, a.identity,
+        "with_hostname is part of the identity"
+    );
+}
+
+#[tokio::test]
+async fn endpoints_are_host_and_port_from_planning() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let def = ServiceDef {
+        hostname: Some("web".into()),
+        ..service_def(vec![port(8080), port(9090)], &["serve"])
+    };
+    let plan = s.service(&def).await.unwrap();
+    let ep = |p, sc| services::endpoint(&plan, p, sc).unwrap();
+    assert_eq!(ep(None, None), "web:8080", "the first exposed port");
+    assert_eq!(ep(Some(9090), None), "web:9090");
+    assert_eq!(ep(None, Some("http")), "http://web:8080");
+
+    let none = s.service(&service_def(vec![], &["serve"])).await.unwrap();
+    let e = services::endpoint(&none, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&none.hostname)
+            && e.contains("exposes no port")
+            && e.contains("with_exposed_port"),
+        "{e}"
+    );
+    assert_eq!(
+        services::endpoint(&none, Some(7), None).unwrap(),
+        format!("{}:7", none.hostname)
+    );
+
+    let host = ServiceDef {
+        source: ServiceSource::Host {
+            ports: vec![
+                PortForwardDef {
+                    frontend: Some(80),
+                    backend: 8080,
+                },
+                PortForwardDef {
+                    frontend: None,
+                    backend: 9000,
+                },
+            ],
+        },
+        hostname: None,
+    };
+    let plan = s.service(&host).await.unwrap();
+    assert!(
+        matches!(&plan.kind, ServiceKind::Host { ports } if ports == &[(Some(80), 8080), (None, 9000)])
+    );
+    assert_eq!(
+        services::endpoint(&plan, None, None).unwrap(),
+        format!("{}:80", plan.hostname),
+        "a host service is reached at its frontend port"
+    );
+    assert_eq!(s.service(&host).await.unwrap().identity, plan.identity);
+}
+
+#[tokio::test]
+async fn a_service_runs_entrypoint_and_default_args_unless_given_args() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let cmd = vec![
+        ContainerOp::WithEntrypoint {
+            args: vec!["docker-entrypoint.sh".into()],
+        },
+        ContainerOp::WithDefaultArgs {
+            args: vec!["postgres".into()],
+        },
+    ];
+    let args_of = |plan: &ServicePlan| match &plan.kind {
+        ServiceKind::Container { args, .. } => args.join(" "),
+        other => panic!("{other:?}"),
+    };
+    let plain = s.service(&service_def(cmd.clone(), &[])).await.unwrap();
+    assert_eq!(args_of(&plain), "docker-entrypoint.sh postgres");
+    let given = s
+        .service(&service_def(cmd.clone(), &["redis"]))
+        .await
+        .unwrap();
+    assert_eq!(args_of(&given), "redis");
+    let mut with_entry = service_def(cmd, &["redis"]);
+    if let ServiceSource::Container { use_entrypoint, .. } = &mut with_entry.source {
+        *use_entrypoint = true;
+    }
+    let with_entry = s.service(&with_entry).await.unwrap();
+    assert_eq!(args_of(&with_entry), "docker-entrypoint.sh redis");
+}
+
+#[tokio::test]
+async fn bad_services_are_clear_errors() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let e = s
+        .service(&service_def(vec![], &[]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("127.0.0.1:5000/busybox:latest")
+            && e.contains("give args")
+            && e.contains("with_entrypoint"),
+        "{e}"
+    );
+    let bad_host = ServiceDef {
+        hostname: Some("my_db".into()),
+        ..service_def(vec![], &["serve"])
+    };
+    let e = s.service(&bad_host).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("with_hostname: hostname \"my_db\" is not a hostname"),
+        "{e}"
+    );
+    let e = s
+        .container(&bound("-db", &service_def(vec![], &["serve"]), &["psql"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("with_service_binding: alias \"-db\" is not a hostname"),
+        "{e}"
+    );
+    let mut bad_log = service_def(vec![], &["serve"]);
+    if let ServiceSource::Container { ready_log, .. } = &mut bad_log.source {
+        *ready_log = Some("(unclosed".into());
+    }
+    let e = s.service(&bad_log).await.unwrap_err().to_string();
+    assert!(
+        e.contains("ready_log \"(unclosed\" is not a regular expression"),
+        "{e}"
+    );
+    let e = s
+        .service(&service_def(
+            vec![ContainerOp::WithDockerHealthcheck {
+                args: vec![],
+                shell: false,
+                interval_ms: None,
+                timeout_ms: None,
+                start_period_ms: None,
+                retries: None,
+            }],
+            &["serve"],
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("with_docker_healthcheck: no command"), "{e}");
+}
+
+#[test]
+fn a_step_without_bindings_keeps_the_key_it_had_before_services() {
+    let exec = |bindings| ExecPlan {
+        args: vec!["echo".into(), "hi".into()],
+        at: None,
+        env: vec![("A".into(), EnvValue::Plain("1".into()))],
+        cwd: "/src".into(),
+        user: "1000".into(),
+        mounts: vec![("/cache".into(), MountSpec::Temp)],
+        stdin: Some("in".into()),
+        expect: Expect::Success,
+        bindings,
+    };
+    let key = StepPlan::exec(Tree::Empty, exec(Vec::new()), "linux/amd64").key;
+    // The key as it was made before services existed, field by field.
+    let before = crate::key::KeyBuilder::new("exec")
+        .list("args", &["echo", "hi"])
+        .list("env", &["A=1"])
+        .field("workdir", "/src")
+        .field("user", "1000")
+        .field("platform", "linux/amd64")
+        .field("input.rootfs", "empty")
+        .list("mounts", &["/cache\0tmpfs"])
+        .field("stdin", &blake3::hash(b"in").to_hex())
+        .field("expect", "success")
+        .finish();
+    assert_eq!(key, before);
+    assert_eq!(
+        key.to_hex(),
+        "b7119b607e0c2178d78ee42fe0f2f2f0236a6d66f9b80fdd6701ac1719a5b862",
+        "a bindings-free exec key (rbuild-key-v2) must not change"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_service_changes_its_consumers_keys_and_private_does_not() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let db = service_def(vec![port(5432)], &["postgres"]);
+    let plain = consumer_key(&s, &pipeline(&[&["psql"]], None)).await;
+    let with_db = consumer_key(&s, &bound("db", &db, &["psql"])).await;
+    assert_ne!(plain, with_db, "a binding is part of the key");
+
+    let changed = service_def(vec![port(5432)], &["postgres", "-c", "fsync=off"]);
+    assert_ne!(
+        with_db,
+        consumer_key(&s, &bound("db", &changed, &["psql"])).await,
+        "another service definition is another key"
+    );
+    let mut env = db.clone();
+    if let ServiceSource::Container { container, .. } = &mut env.source {
+        container.ops.push(ContainerOp::WithEnvVariable {
+            name: "POSTGRES_PASSWORD".into(),
+            value: "x".into(),
+            expand: false,
+        });
+    }
+    assert_ne!(
+        with_db,
+        consumer_key(&s, &bound("db", &env, &["psql"])).await
+    );
+    assert_ne!(
+        with_db,
+        consumer_key(&s, &bound("pg", &db, &["psql"])).await,
+        "the alias is part of the key"
+    );
+
+    let mut private = db.clone();
+    if let ServiceSource::Container { private: p, .. } = &mut private.source {
+        *p = true;
+    }
+    assert_eq!(
+        with_db,
+        consumer_key(&s, &bound("db", &private, &["psql"])).await,
+        "a private instance runs the same service"
+    );
+    let healthchecked = service_def(
+        vec![
+            port(5432),
+            ContainerOp::WithDockerHealthcheck {
+                args: vec!["pg_isready".into()],
+                shell: false,
+                interval_ms: None,
+                timeout_ms: None,
+                start_period_ms: None,
+                retries: None,
+            },
+        ],
+        &["postgres"],
+    );
+    assert_ne!(
+        s.service(&healthchecked).await.unwrap().identity,
+        s.service(&db).await.unwrap().identity,
+        "a healthcheck is part of the identity"
+    );
+}
+
+#[tokio::test]
+async fn a_healthcheck_changes_no_step_key_and_a_later_binding_replaces_an_alias() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let mut checked = pipeline(&[], None);
+    checked.ops.push(ContainerOp::WithDockerHealthcheck {
+        args: vec!["true".into()],
+        shell: false,
+        interval_ms: None,
+        timeout_ms: None,
+        start_period_ms: None,
+        retries: None,
+    });
+    checked.ops.push(exec(&["a"]));
+    assert_eq!(
+        consumer_key(&s, &checked).await,
+        consumer_key(&s, &pipeline(&[&["a"]], None)).await
+    );
+
+    let one = service_def(vec![], &["one"]);
+    let two = service_def(vec![], &["two"]);
+    let mut twice = pipeline(&[], None);
+    for service in [&one, &two] {
+        twice.ops.push(ContainerOp::WithServiceBinding {
+            alias: "db".into(),
+            service: service.clone(),
+        });
+    }
+    twice.ops.push(exec(&["psql"]));
+    let st = s.container(&twice).await.unwrap();
+    assert_eq!(st.bindings.len(), 1);
+    assert_eq!(
+        st.bindings[0].service.identity,
+        s.service(&two).await.unwrap().identity
+    );
+    let StepKind::Exec(plan) = &st.last_exec.as_ref().unwrap().plan.kind else {
+        panic!("an exec")
+    };
+    assert_eq!(plan.bindings.len(), 1, "the step carries its bindings");
+    assert_eq!(
+        consumer_key(&s, &twice).await,
+        consumer_key(&s, &bound("db", &two, &["psql"])).await
+    );
+}
+
+#[tokio::test]
+async fn a_service_binds_services_of_its_own_and_their_change_is_its_change() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let api = |db_args: &[&str]| {
+        service_def(
+            vec![
+                ContainerOp::WithServiceBinding {
+                    alias: "db".into(),
+                    service: service_def(vec![port(5432)], db_args),
+                },
+                port(8080),
+            ],
+            &["api"],
+        )
+    };
+    let plan = s.service(&api(&["postgres"])).await.unwrap();
+    assert_eq!(plan.bindings.len(), 1);
+    assert_eq!(plan.bindings[0].alias, "db");
+    assert_eq!(
+        plan.bindings[0].service.identity,
+        s.service(&service_def(vec![port(5432)], &["postgres"]))
+            .await
+            .unwrap()
+            .identity
+    );
+    let other = s.service(&api(&["mysqld"])).await.unwrap();
+    assert_ne!(plan.identity, other.identity);
+    assert_ne!(plan.hostname, other.hostname);
+    assert_ne!(
+        consumer_key(&s, &bound("api", &api(&["postgres"]), &["curl"])).await,
+        consumer_key(&s, &bound("api", &api(&["mysqld"]), &["curl"])).await,
+        "a consumer of the api reruns when the api's database changes"
     );
 }

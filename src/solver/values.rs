@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rbuild_snapshotter::ResolvedImage;
 use rbuild_snapshotter::tree::HostListing;
 
+use super::services::{Binding, Healthcheck};
 use crate::graph::{Expect, Sharing, shell_words};
 use crate::key::{CacheKey, KeyBuilder};
 use crate::secrets::SecretValue;
@@ -100,7 +101,7 @@ pub enum MountSpec {
 impl MountSpec {
     /// The mount's part of a cache key: content identities, volume names
     /// and secret names, never volume contents or secret values.
-    fn key_part(&self, target: &str) -> String {
+    pub(super) fn key_part(&self, target: &str) -> String {
         match self {
             MountSpec::Directory(d) => format!("{target}\0dir\0{}", d.content_id()),
             MountSpec::File(f) => format!("{target}\0file\0{}", f.content_id()),
@@ -131,6 +132,14 @@ pub struct ContainerState {
     /// Credentials for publishing, by registry host.
     pub registry_auth: BTreeMap<String, (String, Arc<SecretValue>)>,
     pub last_exec: Option<Arc<StepResult>>,
+    /// The exposed ports in the order they were exposed (the image's
+    /// first): a service's ports, whose first is its endpoint's default.
+    pub ports: Vec<(u16, String)>,
+    /// `with_docker_healthcheck`'s, else the image's `HEALTHCHECK`: part of
+    /// a service's identity, of no step's key.
+    pub healthcheck: Option<Healthcheck>,
+    /// Services the later `with_exec`s reach by alias (one per alias).
+    pub bindings: Vec<Binding>,
 }
 
 impl ContainerState {
@@ -147,6 +156,18 @@ impl ContainerState {
             mounts: BTreeMap::new(),
             registry_auth: BTreeMap::new(),
             last_exec: None,
+            ports: Vec::new(),
+            healthcheck: None,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Exposes a port (once: exposing it again keeps its place).
+    pub fn expose(&mut self, port: u16, protocol: &str) {
+        let protocol = protocol.to_lowercase();
+        self.exposed_ports.insert(format!("{port}/{protocol}"));
+        if !self.ports.iter().any(|(p, q)| *p == port && *q == protocol) {
+            self.ports.push((port, protocol));
         }
     }
 
@@ -186,6 +207,9 @@ impl ContainerState {
         st.user = defaults.user.unwrap_or_default();
         st.entrypoint = defaults.entrypoint;
         st.default_args = defaults.cmd;
+        let config = super::services::ImageServiceConfig::read(&image.config_json);
+        st.ports = config.ports;
+        st.healthcheck = config.healthcheck;
         st.rootfs = Tree::Image(image);
         st
     }
@@ -265,6 +289,9 @@ pub struct ExecPlan {
     pub mounts: Vec<(String, MountSpec)>,
     pub stdin: Option<String>,
     pub expect: Expect,
+    /// The services this step reaches by alias (its container's bindings):
+    /// started before it runs; their identities are part of its key.
+    pub bindings: Vec<Binding>,
 }
 
 impl ExecPlan {
@@ -389,8 +416,8 @@ impl StepPlan {
             .collect();
         env.sort();
         let mounts: Vec<String> = exec.mounts.iter().map(|(t, m)| m.key_part(t)).collect();
-        let key = KeyBuilder::new("exec")
-            .list("args", &exec.args)
+        let mut key = KeyBuilder::new("exec");
+        key.list("args", &exec.args)
             .list("env", &env)
             .field("workdir", &exec.cwd)
             .field("user", &exec.user)
@@ -405,8 +432,16 @@ impl StepPlan {
                     .map(|s| blake3::hash(s.as_bytes()).to_hex().to_string())
                     .unwrap_or_default(),
             )
-            .field("expect", exec.expect.as_str())
-            .finish();
+            .field("expect", exec.expect.as_str());
+        // Only a step with bindings has this field, so every other step
+        // keeps the key it had before services existed.
+        if !exec.bindings.is_empty() {
+            key.list(
+                "services",
+                &super::services::bindings_key_parts(&exec.bindings),
+            );
+        }
+        let key = key.finish();
         StepPlan {
             key,
             parent,

@@ -86,6 +86,69 @@ pub struct ExecRequest {
     pub output: Option<tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>>,
     /// Whether the user's terminal is involved.
     pub terminal: TerminalUse,
+    /// A network namespace of rbuild's own with a hosts file (a step that
+    /// binds services); None: the host's network, as steps always had.
+    pub network: Option<NetworkUse>,
+}
+
+/// A network namespace of rbuild's own on its CNI bridge.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub id: String,
+    pub netns: PathBuf,
+    pub ip: std::net::Ipv4Addr,
+    /// The bridge's address: the host, as namespaces reach it.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+/// How a step or a service is networked.
+#[derive(Clone, Debug)]
+pub struct NetworkUse {
+    pub attachment: Attachment,
+    /// Its own name (in its /etc/hosts and `hostname`).
+    pub hostname: String,
+    /// `(alias, address)` entries of its /etc/hosts.
+    pub hosts: Vec<(String, std::net::Ipv4Addr)>,
+}
+
+/// A service to start: a long-running process on a writable copy of
+/// `parent` (discarded when it stops), in its own namespace.
+#[derive(Debug)]
+pub struct ServiceRequest {
+    /// Unique per instance in the run; part of the container's id.
+    pub id: String,
+    pub parent: Option<SnapshotId>,
+    pub args: Vec<String>,
+    /// `NAME=value`, secrets resolved.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<MountRequest>,
+    /// The TCP ports it exposes (readiness is checked on them).
+    pub ports: Vec<u16>,
+    pub network: NetworkUse,
+    pub output: tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>,
+}
+
+/// A started service.
+pub struct ServiceHandle {
+    /// Some(exit code) once the process has ended (for any reason).
+    pub exited: tokio::sync::watch::Receiver<Option<i64>>,
+    pub control: Arc<dyn ServiceControl>,
+}
+
+/// What can be done to a running service.
+pub trait ServiceControl: Send + Sync {
+    /// Runs argv in the running container (a healthcheck): its exit code
+    /// and combined output; killed after `timeout`.
+    fn exec(
+        &self,
+        args: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(i64, Vec<u8>), SolveError>>;
+    /// SIGTERM, then SIGKILL after `grace`; container, task, snapshot and
+    /// FIFOs are gone when it returns. Idempotent.
+    fn stop(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<(), SolveError>>;
 }
 
 /// A shell on the user's terminal.
@@ -236,6 +299,15 @@ pub trait Worker: Send + Sync + 'static {
         scan: HostScan,
         known: Known,
     ) -> impl Future<Output = Result<(HostListing, KnownHashes), SolveError>> + Send;
+    /// A prepared network namespace (from a pool kept warm in the background).
+    fn attach(&self) -> impl Future<Output = Result<Attachment, SolveError>> + Send;
+    /// Gives a namespace back: destroyed; the pool refills.
+    fn detach(&self, a: Attachment) -> impl Future<Output = Result<(), SolveError>> + Send;
+    /// Starts a service's process.
+    fn start_service(
+        &self,
+        req: ServiceRequest,
+    ) -> impl Future<Output = Result<ServiceHandle, SolveError>> + Send;
     /// The image verbs, where this worker can build images.
     fn images(&self) -> Option<&dyn ImageWorker> {
         None

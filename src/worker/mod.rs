@@ -38,8 +38,9 @@ use rbuild_snapshotter::{
 use tokio::sync::OnceCell;
 
 use crate::solver::{
-    ApplyRequest, ExecOutcome, ExecRequest, FileAction, ImageWorker, Interactive, MountRequest,
-    ReadAnswer, ReadOp, SolveError, Source, TarballDest, TerminalUse, Worker,
+    ApplyRequest, Attachment, ExecOutcome, ExecRequest, FileAction, ImageWorker, Interactive,
+    MountRequest, ReadAnswer, ReadOp, ServiceHandle, ServiceRequest, SolveError, Source,
+    TarballDest, TerminalUse, Worker,
 };
 use crate::volumes::{VolumeUse, Volumes};
 use mounts::HostMount;
@@ -194,6 +195,18 @@ impl Worker for ContainerdWorker {
             .await
             .map_err(|e| SolveError::Internal(format!("host scan task: {e}")))?
             .map_err(SolveError::from)
+    }
+
+    async fn attach(&self) -> Result<Attachment, SolveError> {
+        Err(SolveError::Internal("networks: not yet".into()))
+    }
+
+    async fn detach(&self, _a: Attachment) -> Result<(), SolveError> {
+        Ok(())
+    }
+
+    async fn start_service(&self, _req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+        Err(SolveError::Internal("services: not yet".into()))
     }
 
     fn images(&self) -> Option<&dyn ImageWorker> {

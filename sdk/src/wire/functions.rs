@@ -138,6 +138,9 @@ pub enum Action {
     Publish { address: Option<String> },
     /// Open a shell in a container.
     Terminal,
+    /// Run a service until the user stops it, with ports forwarded from
+    /// the host: `HOST:SERVICE` each (protocol 2).
+    Up { ports: Vec<String> },
 }
 
 impl Action {
@@ -147,6 +150,7 @@ impl Action {
             Action::Export { .. } => "export",
             Action::Publish { .. } => "publish",
             Action::Terminal => "terminal",
+            Action::Up { .. } => "up",
         }
     }
 }
@@ -170,6 +174,7 @@ impl ToJson for Action {
             Action::Publish {
                 address: Some(address),
             } => tagged!("kind" = kind, address),
+            Action::Up { ports } => tagged!("kind" = kind, ports),
             _ => tagged!("kind" = kind),
         }
     }
@@ -207,6 +212,16 @@ impl CallSpec {
                 address: str_field(a, "address", "action")?.map(String::from),
             },
             "terminal" => Action::Terminal,
+            "up" => Action::Up {
+                ports: a["ports"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(|p| p.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
             other => return Err(format!("unknown action {other:?}")),
         };
         Ok(CallSpec {

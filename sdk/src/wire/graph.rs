@@ -130,6 +130,28 @@ pub enum ContainerOp {
         username: String,
         secret: SecretDef,
     },
+    /// Protocol 2: the service reachable as `alias` from the container's
+    /// later `with_exec`s.
+    WithServiceBinding {
+        alias: String,
+        service: ServiceDef,
+    },
+    /// Protocol 2: how a service of this container shows it is ready.
+    /// `shell`: `args` are one command line for `/bin/sh -c` (Docker's
+    /// `CMD-SHELL`), else argv (`CMD`).
+    WithDockerHealthcheck {
+        args: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        shell: bool,
+        #[cfg_attr(feature = "engine", serde(default))]
+        interval_ms: Option<u64>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        timeout_ms: Option<u64>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        start_period_ms: Option<u64>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        retries: Option<u32>,
+    },
 }
 
 #[cfg(feature = "engine")]
@@ -165,6 +187,8 @@ impl ContainerOp {
             ContainerOp::Import { .. } => "import",
             ContainerOp::WithExposedPort { .. } => "with_exposed_port",
             ContainerOp::WithRegistryAuth { .. } => "with_registry_auth",
+            ContainerOp::WithServiceBinding { .. } => "with_service_binding",
+            ContainerOp::WithDockerHealthcheck { .. } => "with_docker_healthcheck",
         }
     }
 }
@@ -231,6 +255,23 @@ impl ToJson for ContainerOp {
                 username,
                 secret,
             } => tagged!("op" = op, address, username, secret),
+            WithServiceBinding { alias, service } => tagged!("op" = op, alias, service),
+            WithDockerHealthcheck {
+                args,
+                shell,
+                interval_ms,
+                timeout_ms,
+                start_period_ms,
+                retries,
+            } => tagged!(
+                "op" = op,
+                args,
+                shell,
+                interval_ms,
+                timeout_ms,
+                start_period_ms,
+                retries
+            ),
         }
     }
 }
@@ -620,6 +661,92 @@ impl ToJson for SecretDef {
             plaintext,
         } = self;
         tagged!(name, uri, plaintext)
+    }
+}
+
+/// A `Service` value (protocol 2): what runs, and the hostname it is
+/// reached by when `with_hostname` gave one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct ServiceDef {
+    pub source: ServiceSource,
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub hostname: Option<String>,
+}
+
+impl ToJson for ServiceDef {
+    fn to_json(&self) -> Value {
+        let ServiceDef { source, hostname } = self;
+        tagged!(source, hostname)
+    }
+}
+
+/// Where a service comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "engine",
+    derive(Deserialize),
+    serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum ServiceSource {
+    /// `container.as_service_opts(opts)`: `args` empty runs the
+    /// entrypoint and default args.
+    Container {
+        container: ContainerDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        args: Vec<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        use_entrypoint: bool,
+        /// A regular expression: ready once a line of output matches.
+        #[cfg_attr(feature = "engine", serde(default))]
+        ready_log: Option<String>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        ready_timeout_ms: Option<u64>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        private: bool,
+    },
+    /// `host.service(ports)`: ports of the machine running rbuild.
+    Host { ports: Vec<PortForwardDef> },
+}
+
+impl ToJson for ServiceSource {
+    fn to_json(&self) -> Value {
+        match self {
+            ServiceSource::Container {
+                container,
+                args,
+                use_entrypoint,
+                ready_log,
+                ready_timeout_ms,
+                private,
+            } => tagged!(
+                "source" = "container",
+                container,
+                args,
+                use_entrypoint,
+                ready_log,
+                ready_timeout_ms,
+                private
+            ),
+            ServiceSource::Host { ports } => tagged!("source" = "host", ports),
+        }
+    }
+}
+
+/// A port forwarded to a service: `frontend` (default: `backend`) is
+/// where it is reached, `backend` where the service listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
+pub struct PortForwardDef {
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub frontend: Option<u16>,
+    pub backend: u16,
+}
+
+impl ToJson for PortForwardDef {
+    fn to_json(&self) -> Value {
+        let PortForwardDef { frontend, backend } = self;
+        tagged!(frontend, backend)
     }
 }
 

@@ -7,7 +7,8 @@
 //! - a [`Request`] per query, pipeline → engine: one JSON line on a fresh
 //!   connection to the session socket (`RBUILD_SESSION`), carrying the
 //!   session token (`RBUILD_SESSION_TOKEN`) and a [`Query`] whose values are
-//!   the graph ([`ContainerDef`], [`DirectoryDef`], [`FileDef`], [`SecretDef`]:
+//!   the graph ([`ContainerDef`], [`DirectoryDef`], [`FileDef`], [`SecretDef`],
+//!   [`ServiceDef`]:
 //!   the chains of builder calls that made the values);
 //! - a [`Response`] per request, engine → pipeline: one JSON line,
 //!   `{"ok": <answer>}` or `{"error": {"message": "..."}}`;
@@ -27,9 +28,10 @@
 //! versioning, which spoke protocol 1. The `{"error": {"message"}}` answer
 //! is the same in every version, so any SDK can show that error.
 //!
-//! | protocol | rbuild-sdk | what changed                                  |
-//! |----------|------------|-----------------------------------------------|
-//! | 1        | 0.1        | the first (older 0.1 SDKs send no version)    |
+//! | protocol | rbuild-sdk | what changed                                          |
+//! |----------|------------|-------------------------------------------------------|
+//! | 1        | 0.1        | the first (older 0.1 SDKs send no version)            |
+//! | 2        | 0.1        | services: `with_service_binding`, `with_docker_healthcheck`, `service.*` queries |
 //!
 //! A change to any shape here (a new op, field or query, a different
 //! default) is a new protocol version: bump [`PROTOCOL`], add a row above,
@@ -56,14 +58,15 @@ mod request;
 pub use functions::{Action, ArgDecl, ArgKind, CallSpec, FunctionDecl, Listing};
 pub use graph::{
     CompressionDef, ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, Expect,
-    FileDef, ImageFormatDef, MediaTypesDef, SecretDef, Sharing,
+    FileDef, ImageFormatDef, MediaTypesDef, PortForwardDef, SecretDef, ServiceDef, ServiceSource,
+    Sharing,
 };
 #[cfg(feature = "engine")]
 pub use request::Header;
 pub use request::{ErrorAnswer, Query, Request, Response};
 
 /// The protocol version this SDK speaks.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The oldest protocol version an engine built with this crate still reads.
 pub const OLDEST_PROTOCOL: u32 = 1;
@@ -156,6 +159,9 @@ serialize_via_json!(
     MediaTypesDef,
     Expect,
     Sharing,
+    ServiceDef,
+    ServiceSource,
+    PortForwardDef,
     Request,
     Query,
     Response,
@@ -192,6 +198,12 @@ impl ToJson for u16 {
 }
 
 impl ToJson for u32 {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::from(*self)
+    }
+}
+
+impl ToJson for u64 {
     fn to_json(&self) -> serde_json::Value {
         serde_json::Value::from(*self)
     }

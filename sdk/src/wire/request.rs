@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::graph::{ContainerDef, DirectoryDef, FileDef, ImageFormatDef};
+use super::graph::{
+    ContainerDef, DirectoryDef, FileDef, ImageFormatDef, PortForwardDef, ServiceDef,
+};
 use super::{tagged, ToJson};
 
 /// One query, with who asks and in which protocol version:
@@ -151,6 +153,33 @@ pub enum Query {
     /// Null, once the file exists.
     #[cfg_attr(feature = "engine", serde(rename = "file.sync"))]
     FileSync { file: FileDef },
+    /// Text: the hostname the service is reached by (protocol 2).
+    #[cfg_attr(feature = "engine", serde(rename = "service.hostname"))]
+    ServiceHostname { service: ServiceDef },
+    /// Text: `host:port`, or `scheme://host:port` (protocol 2).
+    #[cfg_attr(feature = "engine", serde(rename = "service.endpoint"))]
+    ServiceEndpoint {
+        service: ServiceDef,
+        /// Absent: the service's first exposed port.
+        #[cfg_attr(feature = "engine", serde(default))]
+        port: Option<u16>,
+        #[cfg_attr(feature = "engine", serde(default))]
+        scheme: Option<String>,
+    },
+    /// Null, once the service is running and ready (protocol 2).
+    #[cfg_attr(feature = "engine", serde(rename = "service.start"))]
+    ServiceStart { service: ServiceDef },
+    /// Null, once the service has stopped (protocol 2).
+    #[cfg_attr(feature = "engine", serde(rename = "service.stop"))]
+    ServiceStop { service: ServiceDef },
+    /// Null, when the user stops the service, which runs with `ports`
+    /// forwarded from the host until then (protocol 2).
+    #[cfg_attr(feature = "engine", serde(rename = "service.up"))]
+    ServiceUp {
+        service: ServiceDef,
+        #[cfg_attr(feature = "engine", serde(default))]
+        ports: Vec<PortForwardDef>,
+    },
 }
 
 impl Query {
@@ -175,6 +204,11 @@ impl Query {
             Query::FileDigest { .. } => "file.digest",
             Query::FileExport { .. } => "file.export",
             Query::FileSync { .. } => "file.sync",
+            Query::ServiceHostname { .. } => "service.hostname",
+            Query::ServiceEndpoint { .. } => "service.endpoint",
+            Query::ServiceStart { .. } => "service.start",
+            Query::ServiceStop { .. } => "service.stop",
+            Query::ServiceUp { .. } => "service.up",
         }
     }
 }
@@ -213,6 +247,15 @@ impl ToJson for Query {
             | Query::FileDigest { file }
             | Query::FileSync { file } => tagged!("kind" = kind, file),
             Query::FileExport { file, path } => tagged!("kind" = kind, file, path),
+            Query::ServiceHostname { service }
+            | Query::ServiceStart { service }
+            | Query::ServiceStop { service } => tagged!("kind" = kind, service),
+            Query::ServiceEndpoint {
+                service,
+                port,
+                scheme,
+            } => tagged!("kind" = kind, service, port, scheme),
+            Query::ServiceUp { service, ports } => tagged!("kind" = kind, service, ports),
         }
     }
 }
