@@ -49,8 +49,9 @@ pub use values::{
 };
 pub use worker::ImageWorker;
 pub use worker::{
-    ApplyRequest, ExecOutcome, ExecRequest, FileAction, Interactive, MountRequest, ReadAnswer,
-    ReadOp, Source, TarballDest, TerminalUse, Worker,
+    ApplyRequest, Attachment, ExecOutcome, ExecRequest, FileAction, Interactive, MountRequest,
+    NetworkUse, ReadAnswer, ReadOp, ServiceControl, ServiceHandle, ServiceRequest, Source,
+    TarballDest, TerminalUse, Worker,
 };
 
 pub struct Solver<W: Worker> {

@@ -136,6 +136,7 @@ impl<W: Worker> Solver<W> {
                         Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
                         None => TerminalUse::None,
                     },
+                    network: None,
                 };
                 let started = Instant::now();
                 let result = self.worker.exec(req, self.cancel.clone()).await;

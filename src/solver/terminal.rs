@@ -75,6 +75,7 @@ impl<W: Worker> Solver<W> {
             expect: crate::graph::Expect::Any,
             output: None,
             terminal: TerminalUse::Shell(self.interactive(Vec::new())),
+            network: None,
         };
         let outcome = self.worker.exec(req, self.cancel.clone()).await?;
         self.progress.finished(

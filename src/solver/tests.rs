@@ -169,6 +169,24 @@ impl Worker for Fake {
         // Host scans are pure host work: the fake scans for real.
         Ok(rbuild_snapshotter::host_scan::scan(&scan, known)?)
     }
+
+    async fn attach(&self) -> Result<Attachment, SolveError> {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        Ok(Attachment {
+            id: format!("fake-{n}"),
+            netns: format!("/nonexistent/netns/fake-{n}").into(),
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 2 + (n % 250) as u8),
+            gateway: std::net::Ipv4Addr::new(10, 0, 0, 1),
+        })
+    }
+
+    async fn detach(&self, _a: Attachment) -> Result<(), SolveError> {
+        Ok(())
+    }
+
+    async fn start_service(&self, _req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+        Err(SolveError::Internal("services are not in the fake".into()))
+    }
     // Images out are tested against real containerd and registries
     // (tests/images.rs): the fake offers no image verbs.
 }

@@ -9,8 +9,10 @@
 //! worker that can build images ([`Worker::images`]).
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rbuild_runtime::CancellationToken;
@@ -19,6 +21,7 @@ use rbuild_snapshotter::host_scan::{HostScan, Known};
 use rbuild_snapshotter::tree::{HostListing, KnownHashes};
 use rbuild_snapshotter::{BlobDesc, ImageRef, Platform, PullReport, ResolvedImage};
 
+pub use rbuild_runtime::network::Attachment;
 pub use rbuild_snapshotter::fileops::{FileOp, ReadAnswer, ReadOp};
 
 use super::SolveError;
@@ -86,6 +89,55 @@ pub struct ExecRequest {
     pub output: Option<tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>>,
     /// Whether the user's terminal is involved.
     pub terminal: TerminalUse,
+    /// A namespace of rbuild's bridge with its name resolution (a step
+    /// bound to services); None: the host's network, as before services.
+    pub network: Option<NetworkUse>,
+}
+
+/// How a step or a service is networked: its namespace, its own hostname,
+/// and the names it resolves through `/etc/hosts` (service aliases).
+#[derive(Clone, Debug)]
+pub struct NetworkUse {
+    pub attachment: Attachment,
+    pub hostname: String,
+    pub hosts: Vec<(String, Ipv4Addr)>,
+}
+
+/// A service's process to start in a container of its own.
+#[derive(Debug)]
+pub struct ServiceRequest {
+    /// Unique per instance; the container id's suffix.
+    pub id: String,
+    /// The root tree (a writable copy, discarded at stop).
+    pub parent: Option<SnapshotId>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<MountRequest>,
+    pub network: NetworkUse,
+    pub output: tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>,
+}
+
+/// A started service.
+pub struct ServiceHandle {
+    /// Some(exit code) once the process has ended (for any reason).
+    pub exited: tokio::sync::watch::Receiver<Option<i64>>,
+    pub control: Arc<dyn ServiceControl>,
+}
+
+/// What can be done to a running service.
+pub trait ServiceControl: Send + Sync {
+    /// Runs argv in the running container (a healthcheck): exit code and
+    /// combined output, killed after `timeout` (exit code -1 then).
+    fn exec(
+        &self,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(i64, Vec<u8>), SolveError>>;
+    /// SIGTERM, then SIGKILL after `grace`; container, task, snapshot and
+    /// FIFOs gone when it returns. Idempotent.
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, Result<(), SolveError>>;
 }
 
 /// A shell on the user's terminal.
@@ -236,6 +288,16 @@ pub trait Worker: Send + Sync + 'static {
         scan: HostScan,
         known: Known,
     ) -> impl Future<Output = Result<(HostListing, KnownHashes), SolveError>> + Send;
+    /// A prepared namespace on rbuild's bridge (from a pool kept warm in
+    /// the background, BuildKit-style).
+    fn attach(&self) -> impl Future<Output = Result<Attachment, SolveError>> + Send;
+    /// Gives one back: destroyed (CNI DEL, unmounted, removed); the pool refills.
+    fn detach(&self, a: Attachment) -> impl Future<Output = Result<(), SolveError>> + Send;
+    /// Starts a service's process and returns once it has started.
+    fn start_service(
+        &self,
+        req: ServiceRequest,
+    ) -> impl Future<Output = Result<ServiceHandle, SolveError>> + Send;
     /// The image verbs, where this worker can build images.
     fn images(&self) -> Option<&dyn ImageWorker> {
         None
