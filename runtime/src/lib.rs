@@ -1,20 +1,24 @@
 //! rbuild-runtime: running a process on containerd.
 //!
 //! Owns the OCI runtime spec of a step ([`spec`]), and the container + task
-//! lifecycle with its stdio ([`task`], [`terminal`]), and what killed runs
-//! left running ([`orphans`]). It reaches containerd
+//! lifecycle with its stdio ([`task`], [`terminal`]), long-running processes
+//! ([`running`]), rbuild's container network ([`network`]), and what killed
+//! runs left running ([`orphans`]). It reaches containerd
 //! through rbuild-containerd's connection. It knows nothing of pipelines,
 //! cache keys or images: it is given a root filesystem as mounts and a
 //! process to run on it.
 
+pub mod network;
 pub mod orphans;
+pub mod running;
 pub mod spec;
 pub mod task;
 pub mod terminal;
 
 use std::path::PathBuf;
 
-pub use spec::{ExtraMount, ProcessSpec};
+pub use running::RunningTask;
+pub use spec::{ExtraMount, NetworkMode, ProcessSpec};
 pub use task::{ContainerRun, OutputChunk, ProcessOutcome, Stream};
 pub use terminal::terminal_size;
 pub use tokio_util::sync::CancellationToken;
@@ -32,6 +36,9 @@ pub enum Error {
     },
     #[error("invalid runtime spec: {0}")]
     Spec(String),
+    /// Setting up or tearing down rbuild's container network.
+    #[error("network: {0}")]
+    Network(String),
     #[error("cancelled")]
     Cancelled,
 }

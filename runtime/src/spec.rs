@@ -6,9 +6,9 @@
 //! /sys read-only), Docker's default capability set, its own pid, ipc, uts,
 //! mount and network namespaces, the masked and read-only /proc paths, and
 //! `noNewPrivileges`. It does not own the root filesystem: containerd mounts
-//! the snapshot the caller prepared at `rootfs/`. A caller may share the
-//! host's network namespace instead (rbuild does, so that steps can fetch
-//! dependencies: there is no CNI network set up for them).
+//! the snapshot the caller prepared at `rootfs/`. Its network is the host's
+//! (a step's, so that it can fetch dependencies) or a namespace on rbuild's
+//! CNI bridge (a service's, and a step's bound to services).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -35,6 +35,16 @@ pub struct ProcessSpec {
     pub additional_gids: Vec<u32>,
     /// Run on a pseudo-terminal (an interactive shell) of this size (columns, rows).
     pub terminal: Option<(u16, u16)>,
+}
+
+/// Which network namespace a container is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The host's own (steps: they fetch dependencies through it).
+    Host,
+    /// A namespace rbuild made (see [`crate::network`]), pinned at `path`;
+    /// the container's hostname is `hostname`.
+    Namespace { path: PathBuf, hostname: String },
 }
 
 /// A mount added to the container besides its root filesystem.
@@ -91,51 +101,10 @@ pub fn build_spec(
     namespace: &str,
     process: &ProcessSpec,
     extra_mounts: &[ExtraMount],
-    host_network: bool,
+    network: &NetworkMode,
 ) -> Result<Spec, Error> {
     let spec_err = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
-
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
-        .build()
-        .map_err(spec_err)?;
-
-    let user = UserBuilder::default()
-        .uid(process.uid)
-        .gid(process.gid)
-        .additional_gids(process.additional_gids.clone())
-        .build()
-        .map_err(spec_err)?;
-
-    let mut process_builder = ProcessBuilder::default();
-    if let Some((cols, rows)) = process.terminal {
-        process_builder = process_builder.console_size(
-            oci_spec::runtime::BoxBuilder::default()
-                .width(cols as u64)
-                .height(rows as u64)
-                .build()
-                .map_err(spec_err)?,
-        );
-    }
-    let process_spec = process_builder
-        .terminal(process.terminal.is_some())
-        .user(user)
-        .args(process.args.clone())
-        .env(process.env.clone())
-        .cwd(PathBuf::from(&process.cwd))
-        .capabilities(capabilities)
-        // No rlimits: the process inherits containerd's, as a Docker build
-        // step inherits dockerd's. Raising them can fail in sandboxes without
-        // CAP_SYS_RESOURCE.
-        .rlimits(Vec::new())
-        .no_new_privileges(true)
-        .build()
-        .map_err(spec_err)?;
+    let process_spec = build_process(process)?;
 
     let mut mounts = default_mounts().map_err(spec_err)?;
     for m in extra_mounts {
@@ -150,20 +119,32 @@ pub fn build_spec(
         );
     }
 
-    let mut kinds = vec![
+    let kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if !host_network {
-        kinds.push(LinuxNamespaceType::Network);
-    }
-    let namespaces = kinds
+    let mut namespaces = kinds
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(spec_err)?;
+    let mut hostname = "rbuild".to_string();
+    if let NetworkMode::Namespace {
+        path,
+        hostname: name,
+    } = network
+    {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path.clone())
+                .build()
+                .map_err(spec_err)?,
+        );
+        hostname = name.clone();
+    }
 
     // Deny all devices; runc adds its default set (null, zero, full, tty,
     // random, urandom, ptmx) on top, as for `ctr run`.
@@ -207,9 +188,55 @@ pub fn build_spec(
                 .map_err(spec_err)?,
         )
         .process(process_spec)
-        .hostname("rbuild")
+        .hostname(hostname)
         .mounts(mounts)
         .linux(linux)
+        .build()
+        .map_err(spec_err)
+}
+
+/// The process part of the spec: also what an exec in a running container gets.
+pub fn build_process(process: &ProcessSpec) -> Result<oci_spec::runtime::Process, Error> {
+    let spec_err = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(spec_err)?;
+
+    let user = UserBuilder::default()
+        .uid(process.uid)
+        .gid(process.gid)
+        .additional_gids(process.additional_gids.clone())
+        .build()
+        .map_err(spec_err)?;
+
+    let mut process_builder = ProcessBuilder::default();
+    if let Some((cols, rows)) = process.terminal {
+        process_builder = process_builder.console_size(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(cols as u64)
+                .height(rows as u64)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    process_builder
+        .terminal(process.terminal.is_some())
+        .user(user)
+        .args(process.args.clone())
+        .env(process.env.clone())
+        .cwd(PathBuf::from(&process.cwd))
+        .capabilities(capabilities)
+        // No rlimits: the process inherits containerd's, as a Docker build
+        // step inherits dockerd's. Raising them can fail in sandboxes without
+        // CAP_SYS_RESOURCE.
+        .rlimits(Vec::new())
+        .no_new_privileges(true)
         .build()
         .map_err(spec_err)
 }
@@ -280,7 +307,11 @@ mod tests {
             additional_gids: vec![],
             terminal: None,
         };
-        let spec = build_spec("c1", "rbuild", &process, &[], false).unwrap();
+        let netns = NetworkMode::Namespace {
+            path: "/run/rbuild/netns/1-2-0".into(),
+            hostname: "svc-db".into(),
+        };
+        let spec = build_spec("c1", "rbuild", &process, &[], &netns).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["process"]["args"][2], "true");
         assert_eq!(json["process"]["cwd"], "/src");
@@ -315,8 +346,13 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(
+            json["linux"]["namespaces"][4]["path"],
+            "/run/rbuild/netns/1-2-0"
+        );
+        assert_eq!(json["hostname"], "svc-db");
         assert_eq!(json["linux"]["cgroupsPath"], "/rbuild/c1");
-        let host = build_spec("c1", "rbuild", &process, &[], true).unwrap();
+        let host = build_spec("c1", "rbuild", &process, &[], &NetworkMode::Host).unwrap();
         let json = serde_json::to_value(&host).unwrap();
         assert_eq!(json["linux"]["namespaces"].as_array().unwrap().len(), 4);
     }

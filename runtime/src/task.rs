@@ -27,11 +27,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::spec::{ExtraMount, ProcessSpec, build_spec};
+use crate::spec::{ExtraMount, NetworkMode, ProcessSpec, build_spec};
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const SIGKILL: u32 = 9;
+pub(crate) const SIGKILL: u32 = 9;
 /// How the ids of rbuild's containers begin (the callers choose the rest).
 pub(crate) const ID_PREFIX: &str = "rbuild-";
 
@@ -51,8 +51,8 @@ pub struct ContainerRun {
     pub io_dir: PathBuf,
     /// Bytes fed to the process's standard input (then closed); None: no stdin.
     pub stdin: Option<Vec<u8>>,
-    /// Share the host's network namespace instead of an empty one of its own.
-    pub host_network: bool,
+    /// The host's network, or a namespace of rbuild's.
+    pub network: NetworkMode,
     /// Receives output as it is produced, instead of [`ProcessOutcome`]
     /// collecting it. The channel is bounded: a receiver that falls behind
     /// slows the process's writes down rather than letting output pile up
@@ -220,7 +220,7 @@ pub(crate) async fn create_container(ctd: &Containerd, run: &ContainerRun) -> Re
         ctd.namespace(),
         &run.process,
         &run.mounts,
-        run.host_network,
+        &run.network,
     )?;
     let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
     let mut labels = run.labels.clone();
@@ -251,13 +251,18 @@ pub(crate) async fn create_container(ctd: &Containerd, run: &ContainerRun) -> Re
 }
 
 pub(crate) async fn kill(ctd: &Containerd, id: &str) {
+    signal(ctd, id, "", SIGKILL, true).await;
+}
+
+/// Sends `signal` to a task's init (or exec `exec_id`), or to all its processes.
+pub(crate) async fn signal(ctd: &Containerd, id: &str, exec_id: &str, signal: u32, all: bool) {
     let _ = ctd
         .tasks()
         .kill(ctd.request(KillRequest {
             container_id: id.to_string(),
-            exec_id: String::new(),
-            signal: SIGKILL,
-            all: true,
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
         }))
         .await;
 }
@@ -345,7 +350,7 @@ pub(crate) fn open_fifo_writer(path: &Path) -> Result<pipe::Sender, Error> {
         .map_err(|e| Error::io("open FIFO", path, e))
 }
 
-async fn drain(
+pub(crate) async fn drain(
     mut rx: pipe::Receiver,
     stream: Stream,
     sink: Option<mpsc::Sender<OutputChunk>>,

@@ -201,7 +201,7 @@ impl Worker for Fake {
             control: Arc::new(FakeService(Mutex::new(Some((tx, listeners))))),
         })
     }
-    // Images out are tested against real containerd and registries    // Images out are tested against real containerd and registries
+    // Images out are tested against real containerd and registries
     // (tests/images.rs): the fake offers no image verbs.
 }
 

@@ -9,8 +9,10 @@
 //! worker that can build images ([`Worker::images`]).
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rbuild_runtime::CancellationToken;
@@ -19,6 +21,7 @@ use rbuild_snapshotter::host_scan::{HostScan, Known};
 use rbuild_snapshotter::tree::{HostListing, KnownHashes};
 use rbuild_snapshotter::{BlobDesc, ImageRef, Platform, PullReport, ResolvedImage};
 
+pub use rbuild_runtime::network::Attachment;
 pub use rbuild_snapshotter::fileops::{FileOp, ReadAnswer, ReadOp};
 
 use super::SolveError;
@@ -86,40 +89,28 @@ pub struct ExecRequest {
     pub output: Option<tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>>,
     /// Whether the user's terminal is involved.
     pub terminal: TerminalUse,
-    /// A network namespace of rbuild's own with a hosts file (a step that
-    /// binds services); None: the host's network, as steps always had.
+    /// A namespace of rbuild's bridge with its name resolution (a step
+    /// bound to services); None: the host's network, as before services.
     pub network: Option<NetworkUse>,
 }
 
-/// A network namespace of rbuild's own on its CNI bridge.
-#[derive(Clone, Debug)]
-pub struct Attachment {
-    pub id: String,
-    pub netns: PathBuf,
-    pub ip: std::net::Ipv4Addr,
-    /// The bridge's address: the host, as namespaces reach it.
-    pub gateway: std::net::Ipv4Addr,
-}
-
-/// How a step or a service is networked.
+/// How a step or a service is networked: its namespace, its own hostname,
+/// and the names it resolves through `/etc/hosts` (service aliases).
 #[derive(Clone, Debug)]
 pub struct NetworkUse {
     pub attachment: Attachment,
-    /// Its own name (in its /etc/hosts and `hostname`).
     pub hostname: String,
-    /// `(alias, address)` entries of its /etc/hosts.
-    pub hosts: Vec<(String, std::net::Ipv4Addr)>,
+    pub hosts: Vec<(String, Ipv4Addr)>,
 }
 
-/// A service to start: a long-running process on a writable copy of
-/// `parent` (discarded when it stops), in its own namespace.
+/// A service's process to start in a container of its own.
 #[derive(Debug)]
 pub struct ServiceRequest {
-    /// Unique per instance in the run; part of the container's id.
+    /// Unique per instance; the container id's suffix.
     pub id: String,
+    /// The root tree (a writable copy, discarded at stop).
     pub parent: Option<SnapshotId>,
     pub args: Vec<String>,
-    /// `NAME=value`, secrets resolved.
     pub env: Vec<String>,
     pub cwd: String,
     pub user: String,
@@ -139,16 +130,16 @@ pub struct ServiceHandle {
 
 /// What can be done to a running service.
 pub trait ServiceControl: Send + Sync {
-    /// Runs argv in the running container (a healthcheck): its exit code
-    /// and combined output; killed after `timeout`.
+    /// Runs argv in the running container (a healthcheck): exit code and
+    /// combined output, killed after `timeout` (exit code -1 then).
     fn exec(
         &self,
         args: Vec<String>,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> BoxFuture<'_, Result<(i64, Vec<u8>), SolveError>>;
     /// SIGTERM, then SIGKILL after `grace`; container, task, snapshot and
-    /// FIFOs are gone when it returns. Idempotent.
-    fn stop(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<(), SolveError>>;
+    /// FIFOs gone when it returns. Idempotent.
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, Result<(), SolveError>>;
 }
 
 /// A shell on the user's terminal.
@@ -299,11 +290,12 @@ pub trait Worker: Send + Sync + 'static {
         scan: HostScan,
         known: Known,
     ) -> impl Future<Output = Result<(HostListing, KnownHashes), SolveError>> + Send;
-    /// A prepared network namespace (from a pool kept warm in the background).
+    /// A prepared namespace on rbuild's bridge (from a pool kept warm in
+    /// the background, BuildKit-style).
     fn attach(&self) -> impl Future<Output = Result<Attachment, SolveError>> + Send;
-    /// Gives a namespace back: destroyed; the pool refills.
+    /// Gives one back: destroyed (CNI DEL, unmounted, removed); the pool refills.
     fn detach(&self, a: Attachment) -> impl Future<Output = Result<(), SolveError>> + Send;
-    /// Starts a service's process.
+    /// Starts a service's process and returns once it has started.
     fn start_service(
         &self,
         req: ServiceRequest,

@@ -55,29 +55,58 @@ impl ContainerdWorker {
         user::resolve_in_rootfs(spec, mounted.path()).map_err(SolveError::Invalid)
     }
 
+    /// What a container gets mounted besides its root filesystem (and the
+    /// mount points runc may create for them, which must not end up in a
+    /// result): its name resolution files, then `mounts` in order. What is
+    /// opened for them is pushed onto `opened`, `volumes`, for the caller
+    /// to close after the container.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn exec_in(
+    pub(super) async fn container_mounts(
         &self,
-        req: &ExecRequest,
-        active: &ActiveKey,
-        rootfs: &[Mount],
+        labels: &HashMap<String, String>,
+        mounts: &[MountRequest],
+        network: Option<(&NetworkUse, &Path)>,
+        who: &user::ResolvedUser,
         opened: &mut Vec<HostMount>,
         volumes: &mut Vec<VolumeUse>,
         secret_dir: Option<&Path>,
         cancel: &CancellationToken,
-    ) -> Result<ExecOutcome, SolveError> {
-        let who = self.step_user(&req.user, rootfs)?;
+    ) -> Result<(Vec<ExtraMount>, Vec<String>), SolveError> {
         let mut extra = Vec::new();
         // Mount points runc creates when the image lacks them must not end up in results.
         let mut stub_targets: Vec<String> = ["/proc", "/dev", "/sys"].map(String::from).to_vec();
-        // The host's name resolution, since steps share its network.
-        for f in ["/etc/resolv.conf", "/etc/hosts"] {
-            if Path::new(f).exists() {
-                extra.push(bind(f, f, true));
-                stub_targets.push(f.to_string());
+        match network {
+            // The host's name resolution, since steps share its network.
+            None => {
+                for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                    if Path::new(f).exists() {
+                        extra.push(bind(f, f, true));
+                        stub_targets.push(f.to_string());
+                    }
+                }
+            }
+            // Its own hosts file (its name, the services' aliases) and the
+            // host's resolvers that a namespace can reach.
+            Some((net, dir)) => {
+                let write = |name: &str, text: String| {
+                    let path = dir.join(name);
+                    std::fs::write(&path, text)
+                        .map_err(|e| SolveError::Internal(format!("write {}: {e}", path.display())))?;
+                    Ok::<_, SolveError>(path)
+                };
+                let hosts = write(
+                    "hosts",
+                    network::hosts::hosts_file(&net.hostname, net.attachment.ip, &net.hosts),
+                )?;
+                let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let resolv = write("resolv.conf", network::hosts::resolv_conf(&host_resolv))?;
+                for (file, target) in [(hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf")] {
+                    extra.push(bind(&file.to_string_lossy(), target, true));
+                    stub_targets.push(target.to_string());
+                }
             }
         }
-        for (n, m) in req.mounts.iter().enumerate() {
+        for (n, m) in mounts.iter().enumerate() {
             stub_targets.push(m.target().to_string());
             match m {
                 MountRequest::Snapshot {
@@ -87,8 +116,7 @@ impl ContainerdWorker {
                     file,
                 } => {
                     let key = ActiveKey::unique("rbuild-mount");
-                    let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
-                    let (mnt, _) = self.writable(key, snapshot.as_ref(), labels).await?;
+                                        let (mnt, _) = self.writable(key, snapshot.as_ref(), labels.clone()).await?;
                     let source = confine::resolve_in(mnt.path(), path);
                     opened.push(mnt);
                     let source = source
@@ -151,6 +179,32 @@ impl ContainerdWorker {
                 }
             }
         }
+        Ok((extra, stub_targets))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exec_in(
+        &self,
+        req: &ExecRequest,
+        active: &ActiveKey,
+        rootfs: &[Mount],
+        opened: &mut Vec<HostMount>,
+        volumes: &mut Vec<VolumeUse>,
+        secret_dir: Option<&Path>,
+        etc_dir: Option<&Path>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, SolveError> {
+        let who = self.step_user(&req.user, rootfs)?;
+        let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
+        let etc = match &req.network {
+            Some(net) => Some((net, etc_dir.ok_or_else(|| {
+                SolveError::Internal("a namespaced step without a directory for its /etc files".into())
+            })?)),
+            None => None,
+        };
+        let (extra, stub_targets) = self
+            .container_mounts(&labels, &req.mounts, etc, &who, opened, volumes, secret_dir, cancel)
+            .await?;
         let run = ContainerRun {
             id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),
             snapshot_key: active.0.clone(),
@@ -169,7 +223,7 @@ impl ContainerdWorker {
             io_dir: self.scratch.join("io"),
             output: req.output.clone(),
             stdin: req.stdin.clone(),
-            host_network: true,
+            network: network_mode(req.network.as_ref()),
         };
         if let TerminalUse::Shell(shell) = &req.terminal {
             let exit_code = self.terminal(run, shell).await? as i64;
@@ -275,6 +329,10 @@ impl ContainerdWorker {
         } else {
             None
         };
+        let etc_dir = match &req.network {
+            Some(_) => Some(self.etc_dir()?),
+            None => None,
+        };
         let mut opened = Vec::new();
         let mut volumes = Vec::new();
         let result = self
@@ -285,11 +343,13 @@ impl ContainerdWorker {
                 &mut opened,
                 &mut volumes,
                 secret_dir.as_ref().map(|d| d.path()),
+                etc_dir.as_ref().map(|d| d.path()),
                 &cancel,
             )
             .await;
         drop(volumes);
         drop(secret_dir);
+        drop(etc_dir);
         for m in opened {
             self.close(m, false).await;
         }
@@ -301,6 +361,17 @@ impl ContainerdWorker {
             tracing::warn!(error = %e, %active, "could not remove a step's snapshot");
         }
         result
+    }
+}
+
+/// The container's network: the host's, or its namespace with its name.
+pub(super) fn network_mode(network: Option<&NetworkUse>) -> NetworkMode {
+    match network {
+        None => NetworkMode::Host,
+        Some(n) => NetworkMode::Namespace {
+            path: n.attachment.netns.clone(),
+            hostname: n.hostname.clone(),
+        },
     }
 }
 
@@ -351,7 +422,7 @@ fn write_secret(
 /// runc's "cannot exec" (no such binary, not executable, bad working
 /// directory) comes back as a task error wrapped in four layers of context;
 /// a user wants the command and the reason.
-fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveError {
+pub(super) fn explain_start_failure(args: &[String], err: rbuild_runtime::Error) -> SolveError {
     if let rbuild_runtime::Error::Containerd(rbuild_containerd::Error::Rpc { op, message, .. }) =
         &err
         && (*op == "create task" || *op == "start task")

@@ -1,12 +1,19 @@
 //! What `rbuild cache verify` asks of containerd and the host, and what the
 //! next run's start removes: the leftovers of rbuild processes that are
 //! gone (containers, tasks, shims, step processes, active snapshots, run
-//! leases, secret directories), and the step snapshots as containerd has
+//! leases, secret directories, network namespaces), and the step snapshots as containerd has
 //! them (GC-rooted or not, held by a live run or not).
 
 use std::collections::HashSet;
 
 use super::*;
+
+/// Where rbuild's network namespaces are (the configured place, else the default).
+fn network_dir() -> PathBuf {
+    NetworkConfig::from_env()
+        .map(|c| c.run_dir)
+        .unwrap_or_else(|_| network::DEFAULT_RUN_DIR.into())
+}
 
 impl ContainerdWorker {
     /// Run leases whose rbuild process is gone: (lease, pid).
@@ -36,12 +43,22 @@ impl ContainerdWorker {
         let stopped = rbuild_runtime::orphans::remove(&self.ctd).await?;
         let secret_dirs = secret_dirs::remove_orphans(self.ctd.namespace());
         let snaps = snapshots::remove_orphans(&self.ctd).await?;
+        // After the containers: a dead run's namespace is no longer in use.
+        let netns = network::remove_orphans(&network_dir()).await?;
         let mut leases = 0;
         for (lease, _) in self.dead_leases().await? {
             self.ctd.delete_lease(&lease, false).await?;
             leases += 1;
         }
-        if stopped.containers + stopped.shims + stopped.processes + secret_dirs + snaps + leases > 0
+        if stopped.containers
+            + stopped.shims
+            + stopped.processes
+            + secret_dirs
+            + snaps
+            + leases
+            + netns.namespaces
+            + netns.reservations
+            > 0
         {
             tracing::info!(
                 containers = stopped.containers,
@@ -50,6 +67,8 @@ impl ContainerdWorker {
                 secret_dirs,
                 snapshots = snaps,
                 leases,
+                network_namespaces = netns.namespaces,
+                ip_reservations = netns.reservations,
                 "removed leftovers of an interrupted run"
             );
         }
@@ -75,6 +94,11 @@ impl ContainerdWorker {
                 lease.0
             ));
         }
+        out.extend(
+            network::find_orphans(&network_dir())
+                .iter()
+                .map(ToString::to_string),
+        );
         for (dir, pid) in secret_dirs::orphans(self.ctd.namespace()) {
             out.push(format!(
                 "secret directory {} (its rbuild process {pid} is gone)",

@@ -9,7 +9,8 @@
 //! dies, so a crash leaves nothing pinned for good. The rooms: [`mounts`]
 //! (snapshots on the host for one operation), [`exec`] (a step's process),
 //! [`files`] (file operations and reads), [`images`] (images out),
-//! [`secret_dirs`] (secrets in RAM), [`leftovers`] (what killed runs left).
+//! [`secret_dirs`] (secrets in RAM), [`leftovers`] (what killed runs left),
+//! [`services`] (long-running service containers on rbuild's network).
 
 mod exec;
 mod files;
@@ -17,6 +18,7 @@ mod images;
 mod leftovers;
 mod mounts;
 mod secret_dirs;
+mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rbuild_containerd::{Containerd, GC_ROOT_LABEL, LeaseId, OWNER_LABEL, Owner};
-use rbuild_runtime::{CancellationToken, ContainerRun, ExtraMount, ProcessSpec};
+use rbuild_runtime::network::{self, NetworkConfig, Networks};
+use rbuild_runtime::{CancellationToken, ContainerRun, ExtraMount, NetworkMode, ProcessSpec};
 use rbuild_snapshotter::confine;
 use rbuild_snapshotter::export::{self, BlobPush, BuiltImage, ImageConfig, ImageFormat, Layer};
 use rbuild_snapshotter::fileops::{self, FileOp, Origin};
@@ -39,8 +42,8 @@ use tokio::sync::OnceCell;
 
 use crate::solver::{
     ApplyRequest, Attachment, ExecOutcome, ExecRequest, FileAction, ImageWorker, Interactive,
-    MountRequest, ReadAnswer, ReadOp, ServiceHandle, ServiceRequest, SolveError, Source,
-    TarballDest, TerminalUse, Worker,
+    MountRequest, NetworkUse, ReadAnswer, ReadOp, ServiceHandle, ServiceRequest, SolveError,
+    Source, TarballDest, TerminalUse, Worker,
 };
 use crate::volumes::{VolumeUse, Volumes};
 use mounts::HostMount;
@@ -60,6 +63,9 @@ pub struct ContainerdWorker {
     scratch: PathBuf,
     /// One interactive shell at a time on the user's terminal.
     terminal_lock: tokio::sync::Mutex<()>,
+    /// rbuild's bridge network, opened by the first attach: a run without
+    /// services never touches CNI.
+    networks: OnceCell<Networks>,
 }
 
 impl ContainerdWorker {
@@ -76,7 +82,27 @@ impl ContainerdWorker {
             lease: OnceCell::new(),
             scratch,
             terminal_lock: tokio::sync::Mutex::new(()),
+            networks: OnceCell::new(),
         }
+    }
+
+    /// The bridge network and its pool, opened on first use
+    /// (`RBUILD_BRIDGE`, `RBUILD_NETWORK_SUBNET`, … see [`NetworkConfig::from_env`]).
+    pub(super) async fn networks(&self) -> Result<&Networks, SolveError> {
+        self.networks
+            .get_or_try_init(|| async {
+                let config = NetworkConfig::from_env()?;
+                Networks::open(config).map_err(SolveError::from)
+            })
+            .await
+    }
+
+    /// A private directory for a namespaced container's /etc files.
+    pub(super) fn etc_dir(&self) -> Result<tempfile::TempDir, SolveError> {
+        tempfile::Builder::new()
+            .prefix("etc-")
+            .tempdir_in(&self.scratch)
+            .map_err(|e| SolveError::Internal(format!("create a directory in {}: {e}", self.scratch.display())))
     }
 
     pub(super) async fn lease(&self) -> Result<&LeaseId, SolveError> {
@@ -92,8 +118,12 @@ impl ContainerdWorker {
             .await
     }
 
-    /// Releases the run's lease; what was recorded is kept by its own labels.
+    /// Releases the run's lease (what was recorded is kept by its own
+    /// labels) and destroys the namespaces the pool holds unused.
     pub async fn finish(&self) {
+        if let Some(networks) = self.networks.get() {
+            networks.shutdown().await;
+        }
         if let Some(lease) = self.lease.get()
             && let Err(e) = self.ctd.delete_lease(lease, false).await
         {
@@ -198,15 +228,15 @@ impl Worker for ContainerdWorker {
     }
 
     async fn attach(&self) -> Result<Attachment, SolveError> {
-        Err(SolveError::Internal("networks: not yet".into()))
+        Ok(self.networks().await?.attach().await?)
     }
 
-    async fn detach(&self, _a: Attachment) -> Result<(), SolveError> {
-        Ok(())
+    async fn detach(&self, a: Attachment) -> Result<(), SolveError> {
+        Ok(self.networks().await?.detach(a).await?)
     }
 
-    async fn start_service(&self, _req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
-        Err(SolveError::Internal("services: not yet".into()))
+    async fn start_service(&self, req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+        self.run_service(req).await
     }
 
     fn images(&self) -> Option<&dyn ImageWorker> {

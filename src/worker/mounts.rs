@@ -52,6 +52,19 @@ fn flat_name(snapshot: &SnapshotId) -> SnapshotId {
     ))
 }
 
+/// [`ContainerdWorker::close`] for what outlives the call that opened it (a service's mounts).
+pub(super) async fn close_with(ctd: &Containerd, m: HostMount, keep_snapshot: bool) {
+    let HostMount { key, mount, empty } = m;
+    drop(mount);
+    drop(empty);
+    if let Some(key) = key
+        && !keep_snapshot
+        && let Err(e) = snapshots::remove(ctd, &key).await
+    {
+        tracing::warn!(error = %e, %key, "could not remove a temporary snapshot");
+    }
+}
+
 impl ContainerdWorker {
     /// Prepares active snapshot `key` on `parent`; on a parent too deep to
     /// mount, on a flattened copy of it instead (same content, one layer).
@@ -159,15 +172,7 @@ impl ContainerdWorker {
 
     /// Unmounts and removes a host mount's snapshot (unless `keep_snapshot`).
     pub(super) async fn close(&self, m: HostMount, keep_snapshot: bool) {
-        let HostMount { key, mount, empty } = m;
-        drop(mount);
-        drop(empty);
-        if let Some(key) = key
-            && !keep_snapshot
-            && let Err(e) = snapshots::remove(&self.ctd, &key).await
-        {
-            tracing::warn!(error = %e, %key, "could not remove a temporary snapshot");
-        }
+        close_with(&self.ctd, m, keep_snapshot).await
     }
 
     /// Commits an active snapshot as step `key`'s result under `name` (the

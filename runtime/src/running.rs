@@ -1,0 +1,248 @@
+//! A process that keeps running (a service): started in a fresh container
+//! and left to run, with a watch of its exit, `exec` of further processes
+//! in it (healthchecks), and `stop` (SIGTERM, SIGKILL after a grace
+//! period, then task, container and FIFOs removed). The container itself
+//! is made as a step's is ([`crate::task`]); only its lifetime differs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost_types::Any;
+use rbuild_containerd::Containerd;
+use rbuild_containerd::containerd_client::services::v1::{
+    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, StartRequest, WaitRequest,
+};
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::spec::{ProcessSpec, build_process};
+use crate::task::{
+    ContainerRun, SIGKILL, Stream, create_container, drain, open_fifo, remove_container, signal,
+};
+
+const SIGTERM: u32 = 15;
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// A container whose process runs until it ends or is stopped.
+pub struct RunningTask {
+    ctd: Containerd,
+    id: String,
+    io_dir: PathBuf,
+    process: ProcessSpec,
+    exited: watch::Receiver<Option<i64>>,
+    stopped: tokio::sync::Mutex<bool>,
+    execs: AtomicU64,
+}
+
+/// Creates and starts the container's process and returns at once; its
+/// output goes to `run.output` as it is written. On an error nothing is left.
+pub async fn start(ctd: &Containerd, run: ContainerRun) -> Result<RunningTask, Error> {
+    let io_dir = run.io_dir.join(&run.id);
+    std::fs::create_dir_all(&io_dir).map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
+    match start_in(ctd, &run, &io_dir).await {
+        Ok(exited) => Ok(RunningTask {
+            ctd: ctd.clone(),
+            id: run.id.clone(),
+            io_dir,
+            process: run.process.clone(),
+            exited,
+            stopped: tokio::sync::Mutex::new(false),
+            execs: AtomicU64::new(0),
+        }),
+        Err(e) => {
+            let _ = remove_container(ctd, &run.id).await;
+            let _ = std::fs::remove_dir_all(&io_dir);
+            Err(e)
+        }
+    }
+}
+
+async fn start_in(
+    ctd: &Containerd,
+    run: &ContainerRun,
+    io_dir: &std::path::Path,
+) -> Result<watch::Receiver<Option<i64>>, Error> {
+    let stdout_path = io_dir.join("stdout");
+    let stderr_path = io_dir.join("stderr");
+    let stdout = open_fifo(&stdout_path)?;
+    let stderr = open_fifo(&stderr_path)?;
+    create_container(ctd, run).await?;
+    ctd.tasks()
+        .create(ctd.request(CreateTaskRequest {
+            container_id: run.id.clone(),
+            rootfs: run.rootfs.clone(),
+            stdout: stdout_path.to_string_lossy().into_owned(),
+            stderr: stderr_path.to_string_lossy().into_owned(),
+            terminal: false,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| Error::rpc("create task", &run.id, s))?;
+    tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
+    tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
+    let (tx, rx) = watch::channel(None);
+    {
+        let mut tasks = ctd.tasks();
+        let req = ctd.request(WaitRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+        });
+        let id = run.id.clone();
+        tokio::spawn(async move {
+            let code = match tasks.wait(req).await {
+                Ok(r) => r.into_inner().exit_status as i64,
+                Err(s) => {
+                    tracing::warn!(id, error = %s, "lost the wait for a service's process");
+                    -1
+                }
+            };
+            let _ = tx.send(Some(code));
+        });
+    }
+    ctd.tasks()
+        .start(ctd.request(StartRequest {
+            container_id: run.id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+    Ok(rx)
+}
+
+impl RunningTask {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Some(exit code) once the process has ended, for any reason.
+    pub fn exited(&self) -> watch::Receiver<Option<i64>> {
+        self.exited.clone()
+    }
+
+    /// Runs `args` in the container with the process's user, environment
+    /// and working directory; its exit code and its stdout and stderr
+    /// together. Killed after `timeout`: then the exit code is -1 and the
+    /// output ends with a line saying so.
+    pub async fn exec(
+        &self,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(i64, Vec<u8>), Error> {
+        let n = self.execs.fetch_add(1, Ordering::Relaxed);
+        let exec_id = format!("exec-{n}");
+        let fifo = self.io_dir.join(&exec_id);
+        let output = open_fifo(&fifo)?;
+        let result = self.exec_in(&exec_id, &fifo, output, args, timeout).await;
+        let _ = self
+            .ctd
+            .tasks()
+            .delete_process(self.ctd.request(DeleteProcessRequest {
+                container_id: self.id.clone(),
+                exec_id: exec_id.clone(),
+            }))
+            .await;
+        let _ = std::fs::remove_file(&fifo);
+        let (code, reader) = result?;
+        let mut out = reader.await.unwrap_or_default();
+        if code.is_none() {
+            out.extend_from_slice(
+                format!("\n(killed after {} s)\n", timeout.as_secs_f64()).as_bytes(),
+            );
+        }
+        Ok((code.unwrap_or(-1), out))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn exec_in(
+        &self,
+        exec_id: &str,
+        fifo: &std::path::Path,
+        output: tokio::net::unix::pipe::Receiver,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(Option<i64>, tokio::task::JoinHandle<Vec<u8>>), Error> {
+        let process = build_process(&ProcessSpec {
+            args,
+            terminal: None,
+            ..self.process.clone()
+        })?;
+        let spec = serde_json::to_vec(&process).map_err(|e| Error::Spec(e.to_string()))?;
+        let path = fifo.to_string_lossy().into_owned();
+        self.ctd
+            .tasks()
+            .exec(self.ctd.request(ExecProcessRequest {
+                container_id: self.id.clone(),
+                stdin: String::new(),
+                stdout: path.clone(),
+                stderr: path,
+                terminal: false,
+                spec: Some(Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value: spec,
+                }),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("exec in", &self.id, s))?;
+        let reader = tokio::spawn(drain(output, Stream::Stdout, None));
+        let mut waiter = {
+            let mut tasks = self.ctd.tasks();
+            let req = self.ctd.request(WaitRequest {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            });
+            tokio::spawn(async move { tasks.wait(req).await })
+        };
+        self.ctd
+            .tasks()
+            .start(self.ctd.request(StartRequest {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("start exec in", &self.id, s))?;
+        match tokio::time::timeout(timeout, &mut waiter).await {
+            Ok(r) => {
+                let code = r
+                    .map_err(|e| Error::Spec(format!("wait for exec panicked: {e}")))?
+                    .map_err(|s| Error::rpc("wait for exec in", &self.id, s))?
+                    .into_inner()
+                    .exit_status;
+                Ok((Some(code as i64), reader))
+            }
+            Err(_) => {
+                signal(&self.ctd, &self.id, exec_id, SIGKILL, false).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut waiter).await;
+                Ok((None, reader))
+            }
+        }
+    }
+
+    /// SIGTERM to the process, SIGKILL to all of the container's after
+    /// `grace`; then the task, the container and the FIFOs are removed.
+    /// Idempotent.
+    pub async fn stop(&self, grace: Duration) -> Result<(), Error> {
+        let mut stopped = self.stopped.lock().await;
+        if *stopped {
+            return Ok(());
+        }
+        let mut exited = self.exited.clone();
+        if exited.borrow().is_none() {
+            signal(&self.ctd, &self.id, "", SIGTERM, false).await;
+            let ended = tokio::time::timeout(grace, exited.wait_for(|e| e.is_some()))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !ended {
+                signal(&self.ctd, &self.id, "", SIGKILL, true).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| e.is_some()))
+                        .await;
+            }
+        }
+        remove_container(&self.ctd, &self.id).await?;
+        let _ = std::fs::remove_dir_all(&self.io_dir);
+        *stopped = true;
+        Ok(())
+    }
+}
