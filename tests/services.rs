@@ -47,21 +47,23 @@ fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["event"] == kind).count()
 }
 
-/// Network namespaces, veths and containers a run must not leave behind.
+/// Containers, active snapshots and network namespaces a run must not
+/// leave behind: a namespace file under /run/rbuild/netns is named
+/// `PID-START-N` by its owner, and one whose owner is gone is a leftover
+/// (other tests' runs are alive while they hold theirs).
 fn network_leftovers(env: &TestEnv) -> Vec<String> {
     let mut out = env.leftovers();
-    let root = env.root();
-    for dir in ["/run/rbuild/netns", "/var/run/netns"] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.contains(&env.namespace) || name.contains(&std::process::id().to_string()) {
-                    out.push(format!("netns {dir}/{name}"));
-                }
+    if let Ok(entries) = std::fs::read_dir("/run/rbuild/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                out.push(format!("netns /run/rbuild/netns/{name}"));
             }
         }
     }
-    let _ = root;
     out
 }
 
@@ -182,7 +184,9 @@ fn identical_services_share_one_instance_and_private_ones_do_not() {
     let (a, b) = ids(&out.ok().stdout);
     assert_eq!(a, b, "one instance for both consumers");
     assert_eq!(count(&ev, "service_started"), 1);
-    let (out, ev) = run(&env, &["private", "nonce=1"]);
+    // Another nonce: `private` does not change the consumers' keys, so the
+    // same nonce would answer them from the cache.
+    let (out, ev) = run(&env, &["private", "nonce=2"]);
     let (a, b) = ids(&out.ok().stdout);
     assert_ne!(a, b, "an instance each");
     assert_eq!(count(&ev, "service_started"), 2);
@@ -198,7 +202,7 @@ fn a_step_reaches_a_host_port_only_through_host_service() {
         for mut s in listener.incoming().flatten() {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nfrom the host");
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\nfrom the host");
         }
     });
     let (out, _) = run(&env, &[&format!("host={port}"), "nonce=1"]);

@@ -431,6 +431,7 @@ impl<W: Worker> Solver<W> {
     ) -> Result<(), String> {
         let started = Instant::now();
         let mut failures = 0u32;
+        let mut last_counted: Option<Instant> = None;
         // The first check at once, then quickly, backing off to the interval:
         // waiting a whole interval first (as Docker does) is the slow start
         // users complain of.
@@ -439,8 +440,15 @@ impl<W: Worker> Solver<W> {
             match control.exec(h.test.clone(), h.timeout).await {
                 Ok((0, _)) => return Ok(()),
                 Ok((code, out)) => {
-                    if started.elapsed() >= h.start_period {
+                    // Checked often, but failures count once per interval
+                    // (as Docker counts them), after the start period.
+                    let due = match last_counted {
+                        Some(t) => t.elapsed() >= h.interval,
+                        None => started.elapsed() >= h.interval,
+                    };
+                    if started.elapsed() >= h.start_period && due {
                         failures += 1;
+                        last_counted = Some(Instant::now());
                     }
                     if failures >= h.retries.max(1) {
                         let out = String::from_utf8_lossy(&out);

@@ -102,7 +102,12 @@ impl ContainerdWorker {
         tempfile::Builder::new()
             .prefix("etc-")
             .tempdir_in(&self.scratch)
-            .map_err(|e| SolveError::Internal(format!("create a directory in {}: {e}", self.scratch.display())))
+            .map_err(|e| {
+                SolveError::Internal(format!(
+                    "create a directory in {}: {e}",
+                    self.scratch.display()
+                ))
+            })
     }
 
     pub(super) async fn lease(&self) -> Result<&LeaseId, SolveError> {

@@ -80,11 +80,16 @@ impl ServiceControl for RunningService {
 
 impl ContainerdWorker {
     /// Starts a service; see [`Worker::start_service`].
-    pub(super) async fn run_service(&self, req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+    pub(super) async fn run_service(
+        &self,
+        req: ServiceRequest,
+    ) -> Result<ServiceHandle, SolveError> {
         let labels = HashMap::from([(SERVICE_LABEL.to_string(), req.id.clone())]);
         tracing::debug!(service = %req.id, ip = %req.network.attachment.ip, ports = ?req.ports, "starting a service");
         let active = ActiveKey::unique("rbuild-active-service");
-        let rootfs = self.prepare(&active, req.parent.as_ref(), labels.clone()).await?;
+        let rootfs = self
+            .prepare(&active, req.parent.as_ref(), labels.clone())
+            .await?;
         let mut held = Held {
             active: active.clone(),
             opened: Vec::new(),
@@ -92,7 +97,10 @@ impl ContainerdWorker {
             secret_dir: None,
             etc_dir: None,
         };
-        match self.start_in(&req, &active, &rootfs, &labels, &mut held).await {
+        match self
+            .start_in(&req, &active, &rootfs, &labels, &mut held)
+            .await
+        {
             Ok(task) => Ok(ServiceHandle {
                 exited: task.exited(),
                 control: Arc::new(RunningService {
