@@ -90,8 +90,9 @@ impl ContainerdWorker {
             Some((net, dir)) => {
                 let write = |name: &str, text: String| {
                     let path = dir.join(name);
-                    std::fs::write(&path, text)
-                        .map_err(|e| SolveError::Internal(format!("write {}: {e}", path.display())))?;
+                    std::fs::write(&path, text).map_err(|e| {
+                        SolveError::Internal(format!("write {}: {e}", path.display()))
+                    })?;
                     Ok::<_, SolveError>(path)
                 };
                 let hosts = write(
@@ -116,7 +117,9 @@ impl ContainerdWorker {
                     file,
                 } => {
                     let key = ActiveKey::unique("rbuild-mount");
-                                        let (mnt, _) = self.writable(key, snapshot.as_ref(), labels.clone()).await?;
+                    let (mnt, _) = self
+                        .writable(key, snapshot.as_ref(), labels.clone())
+                        .await?;
                     let source = confine::resolve_in(mnt.path(), path);
                     opened.push(mnt);
                     let source = source
@@ -197,13 +200,27 @@ impl ContainerdWorker {
         let who = self.step_user(&req.user, rootfs)?;
         let labels = HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]);
         let etc = match &req.network {
-            Some(net) => Some((net, etc_dir.ok_or_else(|| {
-                SolveError::Internal("a namespaced step without a directory for its /etc files".into())
-            })?)),
+            Some(net) => Some((
+                net,
+                etc_dir.ok_or_else(|| {
+                    SolveError::Internal(
+                        "a namespaced step without a directory for its /etc files".into(),
+                    )
+                })?,
+            )),
             None => None,
         };
         let (extra, stub_targets) = self
-            .container_mounts(&labels, &req.mounts, etc, &who, opened, volumes, secret_dir, cancel)
+            .container_mounts(
+                &labels,
+                &req.mounts,
+                etc,
+                &who,
+                opened,
+                volumes,
+                secret_dir,
+                cancel,
+            )
             .await?;
         let run = ContainerRun {
             id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),

@@ -4,6 +4,10 @@
 //! (rbuild-runtime's [`RunningTask`]). Stopping removes all of it; the
 //! namespace is the caller's (it attached it, it detaches it).
 
+// Until the service manager (src/services.rs) starts services, only the
+// tests call this room.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -80,10 +84,15 @@ impl ServiceControl for RunningService {
 
 impl ContainerdWorker {
     /// Starts a service; see [`Worker::start_service`].
-    pub(super) async fn run_service(&self, req: ServiceRequest) -> Result<ServiceHandle, SolveError> {
+    pub(super) async fn run_service(
+        &self,
+        req: ServiceRequest,
+    ) -> Result<ServiceHandle, SolveError> {
         let labels = HashMap::from([(SERVICE_LABEL.to_string(), req.id.clone())]);
         let active = ActiveKey::unique("rbuild-active-service");
-        let rootfs = self.prepare(&active, req.parent.as_ref(), labels.clone()).await?;
+        let rootfs = self
+            .prepare(&active, req.parent.as_ref(), labels.clone())
+            .await?;
         let mut held = Held {
             active: active.clone(),
             opened: Vec::new(),
@@ -91,7 +100,10 @@ impl ContainerdWorker {
             secret_dir: None,
             etc_dir: None,
         };
-        match self.start_in(&req, &active, &rootfs, &labels, &mut held).await {
+        match self
+            .start_in(&req, &active, &rootfs, &labels, &mut held)
+            .await
+        {
             Ok(task) => Ok(ServiceHandle {
                 exited: task.exited(),
                 control: Arc::new(RunningService {
