@@ -67,6 +67,7 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         plugin_dir: network::DEFAULT_PLUGIN_DIR.into(),
         pool_size: 1,
     };
+    let run_dir = config.run_dir.clone();
     let scratch = dir.path().join("tmp");
     std::fs::create_dir_all(&scratch).unwrap();
     let ctd = Containerd::connect(std::path::Path::new(SOCKET), &ns)
@@ -245,6 +246,28 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         !service_ns.netns.exists() && !step_ns.netns.exists(),
         "no netns"
     );
+
+    // A killed run's namespace: listed by verify, swept by the next start.
+    let dead = network::Network::open(worker.network_config.clone().unwrap())
+        .unwrap()
+        .create_owned_by(&format!("{}-1", std::process::id()))
+        .await
+        .unwrap();
+    let leftovers = worker.leftovers().await.unwrap();
+    assert!(
+        leftovers
+            .iter()
+            .any(|l| l.starts_with("network namespace") && l.contains(&dead.id)),
+        "{leftovers:?}"
+    );
+    worker.remove_orphans().await.unwrap();
+    assert!(!dead.netns.exists(), "swept");
+    assert!(
+        network::find_orphans(&run_dir).is_empty(),
+        "{:?}",
+        network::find_orphans(&run_dir)
+    );
+
     worker.finish().await;
     assert_eq!(
         veths(&bridge),
