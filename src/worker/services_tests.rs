@@ -52,6 +52,29 @@ fn remove_namespace(ns: &str) {
     let _ = Command::new("sh").arg("-c").arg(script).output();
 }
 
+/// On the way out, even from a failed assertion: the test's namespaces
+/// unmounted, its bridge deleted (a stale bridge's route would make the
+/// next run's subnet overlap).
+struct NetworkGuard {
+    bridge: String,
+    netns_dir: std::path::PathBuf,
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.netns_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = rustix::mount::unmount(entry.path(), rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
 #[tokio::test]
 async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
     if !std::path::Path::new(SOCKET).exists() {
@@ -68,6 +91,10 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         pool_size: 1,
     };
     let run_dir = config.run_dir.clone();
+    let _guard = NetworkGuard {
+        bridge: bridge.clone(),
+        netns_dir: config.netns_dir(),
+    };
     let scratch = dir.path().join("tmp");
     std::fs::create_dir_all(&scratch).unwrap();
     let ctd = Containerd::connect(std::path::Path::new(SOCKET), &ns)
@@ -276,5 +303,4 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
     );
 
     remove_namespace(&ns);
-    let _ = Command::new("ip").args(["link", "del", &bridge]).output();
 }
