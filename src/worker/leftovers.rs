@@ -8,14 +8,18 @@ use std::collections::HashSet;
 
 use super::*;
 
-/// Where rbuild's network namespaces are (the configured place, else the default).
-fn network_dir() -> PathBuf {
-    NetworkConfig::from_env()
-        .map(|c| c.run_dir)
-        .unwrap_or_else(|_| network::DEFAULT_RUN_DIR.into())
-}
-
 impl ContainerdWorker {
+    /// Where rbuild's network namespaces are: the configured place, else
+    /// the environment's, else the default.
+    fn network_dir(&self) -> PathBuf {
+        match &self.network_config {
+            Some(c) => c.run_dir.clone(),
+            None => NetworkConfig::from_env()
+                .map(|c| c.run_dir)
+                .unwrap_or_else(|_| network::DEFAULT_RUN_DIR.into()),
+        }
+    }
+
     /// Run leases whose rbuild process is gone: (lease, pid).
     async fn dead_leases(&self) -> Result<Vec<(LeaseId, u32)>, SolveError> {
         let mut out = Vec::new();
@@ -44,7 +48,7 @@ impl ContainerdWorker {
         let secret_dirs = secret_dirs::remove_orphans(self.ctd.namespace());
         let snaps = snapshots::remove_orphans(&self.ctd).await?;
         // After the containers: a dead run's namespace is no longer in use.
-        let netns = network::remove_orphans(&network_dir()).await?;
+        let netns = network::remove_orphans(&self.network_dir()).await?;
         let mut leases = 0;
         for (lease, _) in self.dead_leases().await? {
             self.ctd.delete_lease(&lease, false).await?;
@@ -95,7 +99,7 @@ impl ContainerdWorker {
             ));
         }
         out.extend(
-            network::find_orphans(&network_dir())
+            network::find_orphans(&self.network_dir())
                 .iter()
                 .map(ToString::to_string),
         );

@@ -19,6 +19,8 @@ mod leftovers;
 mod mounts;
 mod secret_dirs;
 mod services;
+#[cfg(test)]
+mod services_tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,6 +68,8 @@ pub struct ContainerdWorker {
     /// rbuild's bridge network, opened by the first attach: a run without
     /// services never touches CNI.
     networks: OnceCell<Networks>,
+    /// None: from the environment when the network is first opened.
+    network_config: Option<NetworkConfig>,
 }
 
 impl ContainerdWorker {
@@ -83,15 +87,27 @@ impl ContainerdWorker {
             scratch,
             terminal_lock: tokio::sync::Mutex::new(()),
             networks: OnceCell::new(),
+            network_config: None,
         }
+    }
+
+    /// Uses this network configuration instead of the environment's.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn with_network_config(mut self, config: NetworkConfig) -> ContainerdWorker {
+        self.network_config = Some(config);
+        self
     }
 
     /// The bridge network and its pool, opened on first use
     /// (`RBUILD_BRIDGE`, `RBUILD_NETWORK_SUBNET`, … see [`NetworkConfig::from_env`]).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) async fn networks(&self) -> Result<&Networks, SolveError> {
         self.networks
             .get_or_try_init(|| async {
-                let config = NetworkConfig::from_env()?;
+                let config = match &self.network_config {
+                    Some(c) => c.clone(),
+                    None => NetworkConfig::from_env()?,
+                };
                 Networks::open(config).map_err(SolveError::from)
             })
             .await

@@ -4,6 +4,10 @@
 //! (rbuild-runtime's [`RunningTask`]). Stopping removes all of it; the
 //! namespace is the caller's (it attached it, it detaches it).
 
+// Until the service manager (src/services.rs) starts services, only the
+// tests call this room.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
