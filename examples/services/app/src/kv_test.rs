@@ -8,6 +8,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
 
+/// One named check of the server: Err says what went wrong.
+type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+
 struct Response {
     status: u16,
     body: String,
@@ -30,7 +33,8 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Response,
     stream
         .read_to_end(&mut raw)
         .map_err(|e| format!("{method} {path}: {e}"))?;
-    let raw = String::from_utf8(raw).map_err(|_| format!("{method} {path}: answer is not UTF-8"))?;
+    let raw =
+        String::from_utf8(raw).map_err(|_| format!("{method} {path}: answer is not UTF-8"))?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{method} {path}: no header end in {raw:?}"))?;
@@ -71,7 +75,9 @@ fn expect(
 
 fn main() {
     let base = std::env::var("BASE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".to_string());
-    let Some(addr) = base.strip_prefix("http://").map(|a| a.trim_end_matches('/').to_string())
+    let Some(addr) = base
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/').to_string())
     else {
         eprintln!("kv-test: BASE_URL={base:?}: expected http://HOST:PORT");
         std::process::exit(2);
@@ -83,7 +89,7 @@ fn main() {
         .unwrap_or(0);
     let a = addr.as_str();
 
-    let checks: Vec<(&str, Box<dyn Fn() -> Result<(), String>>)> = vec![
+    let checks: Vec<(&str, Check)> = vec![
         (
             "healthz answers with the configured store",
             Box::new(|| {
@@ -106,7 +112,10 @@ fn main() {
                 if r.status == 200 && r.body == want && r.body.starts_with("ok ") {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {} {:?}, expected 200 {want:?}", r.status, r.body))
+                    Err(format!(
+                        "HTTP {} {:?}, expected 200 {want:?}",
+                        r.status, r.body
+                    ))
                 }
             }),
         ),
@@ -168,9 +177,10 @@ fn main() {
                         })
                     })
                     .collect();
-                threads
-                    .into_iter()
-                    .try_for_each(|t| t.join().map_err(|_| "a client thread panicked".to_string())?)
+                threads.into_iter().try_for_each(|t| {
+                    t.join()
+                        .map_err(|_| "a client thread panicked".to_string())?
+                })
             }),
         ),
     ];
@@ -189,6 +199,7 @@ fn main() {
         "{} passed, {failed} failed against {base}{}",
         checks.len() - failed,
         expect_store
+            .as_ref()
             .map(|s| format!(" (store: {s})"))
             .unwrap_or_default()
     );

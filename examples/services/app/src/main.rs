@@ -44,7 +44,9 @@ impl Store for Sqlite {
     fn get(&mut self, key: &str) -> Result<Option<String>, String> {
         use rusqlite::OptionalExtension;
         self.0
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| row.get(0))
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
             .optional()
             .map_err(|e| e.to_string())
     }
@@ -85,7 +87,10 @@ impl Store for Postgres {
             .map_err(|e| e.to_string())
     }
     fn ping(&mut self) -> Result<(), String> {
-        self.0.simple_query("SELECT 1").map(drop).map_err(|e| e.to_string())
+        self.0
+            .simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -151,16 +156,24 @@ fn try_open(kind: &str, url: Option<String>) -> Result<Box<dyn Store>, OpenError
             let path = url.clone().unwrap_or_else(|| "/tmp/kv.sqlite3".to_string());
             let conn = rusqlite::Connection::open(&path)
                 .map_err(|e| Fatal(format!("cannot open SQLite database {path}: {e}")))?;
-            conn.execute_batch("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                .map_err(|e| Fatal(format!("cannot create table kv in {path}: {e}")))?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            )
+            .map_err(|e| Fatal(format!("cannot create table kv in {path}: {e}")))?;
             Ok(Box::new(Sqlite(conn)))
         }
         "postgres" => {
             let url = need_url("postgres://kv:PASSWORD@db:5432/kv")?;
-            let mut client = postgres::Client::connect(&url, postgres::NoTls)
-                .map_err(|e| Retry(format!("cannot connect to postgres at {}: {e}", redact(&url))))?;
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| {
+                Retry(format!(
+                    "cannot connect to postgres at {}: {e}",
+                    redact(&url)
+                ))
+            })?;
             client
-                .batch_execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                )
                 .map_err(|e| Fatal(format!("cannot create table kv: {e}")))?;
             Ok(Box::new(Postgres(client)))
         }
@@ -203,7 +216,9 @@ fn read_request(stream: &TcpStream) -> Result<Request, (u16, String)> {
     let bad = |m: &str| (400, format!("{m}\n"));
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| bad(&e.to_string()))?;
+    reader
+        .read_line(&mut line)
+        .map_err(|e| bad(&e.to_string()))?;
     let mut parts = line.split_whitespace();
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return Err(bad("malformed request line"));
@@ -212,7 +227,11 @@ fn read_request(stream: &TcpStream) -> Result<Request, (u16, String)> {
     let mut length = 0usize;
     loop {
         let mut header = String::new();
-        if reader.read_line(&mut header).map_err(|e| bad(&e.to_string()))? == 0 {
+        if reader
+            .read_line(&mut header)
+            .map_err(|e| bad(&e.to_string()))?
+            == 0
+        {
             return Err(bad("connection closed in the headers"));
         }
         let header = header.trim_end();
@@ -221,7 +240,10 @@ fn read_request(stream: &TcpStream) -> Result<Request, (u16, String)> {
         }
         if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("bad Content-Length"))?;
             }
         }
     }
@@ -229,7 +251,9 @@ fn read_request(stream: &TcpStream) -> Result<Request, (u16, String)> {
         return Err((413, format!("values are at most {MAX_VALUE} bytes\n")));
     }
     let mut body = vec![0; length];
-    reader.read_exact(&mut body).map_err(|e| bad(&e.to_string()))?;
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| bad(&e.to_string()))?;
     Ok(Request { method, path, body })
 }
 
@@ -257,7 +281,9 @@ fn handle(stream: TcpStream, store: &Mutex<Box<dyn Store>>, kind: &str) {
         Ok(req) => req,
         Err((status, body)) => return respond(&stream, status, &body),
     };
-    let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut store = store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (status, body) = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/healthz") => match store.ping() {
             Ok(()) => (200, format!("ok {kind}\n")),
@@ -266,7 +292,10 @@ fn handle(stream: TcpStream, store: &Mutex<Box<dyn Store>>, kind: &str) {
         (method, path) if path.starts_with("/kv/") => {
             let key = &path[4..];
             if !valid_key(key) {
-                (400, "keys are 1-200 characters of A-Z a-z 0-9 - _ .\n".to_string())
+                (
+                    400,
+                    "keys are 1-200 characters of A-Z a-z 0-9 - _ .\n".to_string(),
+                )
             } else if method == "GET" {
                 match store.get(key) {
                     Ok(Some(value)) => (200, value),
@@ -325,7 +354,10 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_messages() {
-        assert_eq!(redact("postgres://kv:s3cret@db:5432/kv"), "postgres://kv:***@db:5432/kv");
+        assert_eq!(
+            redact("postgres://kv:s3cret@db:5432/kv"),
+            "postgres://kv:***@db:5432/kv"
+        );
         assert_eq!(redact("redis://db:6379/"), "redis://db:6379/");
     }
 
