@@ -63,9 +63,15 @@ async fn main() -> rb::Result<()> {
     // that produces the same bytes leaves everything below cached.
     let runtime = client.container().from(RUST);
     let server = runtime
-        .with_file("/usr/local/bin/kv-server", built.file("/usr/local/bin/kv-server"))
+        .with_file(
+            "/usr/local/bin/kv-server",
+            built.file("/usr/local/bin/kv-server"),
+        )
         .with_exposed_port(8080);
-    let tester = runtime.with_file("/usr/local/bin/kv-test", built.file("/usr/local/bin/kv-test"));
+    let tester = runtime.with_file(
+        "/usr/local/bin/kv-test",
+        built.file("/usr/local/bin/kv-test"),
+    );
 
     let postgres = client
         .container()
