@@ -7,7 +7,10 @@
 #
 # Environment:
 #   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile"
-#                          which scenarios to run (default: all nine)
+#                          which scenarios to run (default: all nine; a
+#                          tenth, "services", is opt-in: untested scaffolding
+#                          for issue 12)
+#   BENCH_SERVICES_REPS=5  services: fully cached runs of the matrix
 #   BENCH_REPS=10          timed repetitions per measurement (at least 5);
 #                          10 trivial steps, both modes of early cutoff,
 #                          parallel steps (cold runs of each engine), the
@@ -199,8 +202,8 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile) ;;
-    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS)" ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | services) ;;
+    *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS services)" ;;
   esac
 done
 prev=0
@@ -2776,6 +2779,101 @@ report_profiles() {
   fi
 }
 
+# --------------------------------------------------------------- services --
+# UNTESTED scaffolding (issue 12), written before the service engine
+# existed; opt-in (BENCH_SCENARIOS=services), not in the default set.
+# - the examples/services matrix: cold (rb_forget: new state root, empty
+#   cache volumes, no step snapshots) and fully cached (checked: no step
+#   runs, no service starts, every backend's kv-test passed);
+# - service start to ready: bench/pipelines/service_ready.rs, a busybox
+#   httpd service and a consumer that prints ready_ms= (service's shell
+#   start to the consumer's first successful request, one host clock).
+# Not here: the same matrix with docker compose + docker build. Debian has
+# docker-compose 1.29.2 (python, not installed), and the bench's dockerd
+# runs with --bridge=none --iptables=false: compose's project network
+# (a bridge without NAT) may work for database <-> app traffic, but the
+# build's crates.io access needs --network=host and the compose file's
+# healthcheck-gated depends_on; not tried.
+SV_NS=rbuild-bench-services
+SV_ROOT=$STATE/services-root
+SV_PIPELINE=$REPO/examples/services/pipeline.rs
+SV_READY_PIPELINE=$REPO/bench/pipelines/service_ready.rs
+SV_REPS=${BENCH_SERVICES_REPS:-5}
+
+sv_rb_run() { # log
+  (cd "$REPO" && RBUILD_ROOT=$SV_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$SV_NS \
+    "$RBUILD" run "$SV_PIPELINE") >"$1.out" 2>"$1"
+}
+
+# sv_check LOG MODE: every backend passed; cached: no exec step ran and no
+# service line in the progress (the integrator's progress names services
+# "service svc-…": adjust SV_SERVICE_RE to the final wording).
+SV_SERVICE_RE='^#[0-9]+ service '
+sv_check() {
+  local log=$1 mode=$2 store ran
+  for store in sqlite postgres redis; do
+    grep -q "^$store *| 9 passed, 0 failed" "$log.out" ||
+      die "services ($mode): $store's kv-test did not pass (log: $log.out)"
+  done
+  if [[ $mode == cached ]]; then
+    ran=$(grep -E '^#[0-9]+ exec ' "$log" | grep -vc ' CACHED$' || true)
+    [[ $ran -eq 0 ]] || die "services (cached): $ran steps ran (log: $log)"
+    if grep -Eq "$SV_SERVICE_RE" "$log"; then die "services (cached): a service started (log: $log)"; fi
+  fi
+}
+
+sv_once() { # MODE
+  local mode=$1 log=$LOG_DIR/services-rb.log
+  [[ $mode == cold ]] && rb_forget "$SV_NS" "$SV_ROOT"
+  settle
+  timed "sv_rb_$mode" "services ($mode)" "$log" sv_rb_run "$log"
+  sv_check "$log" "$mode"
+  cp "$log" "$LOG_DIR/services-rb-$mode.log"
+  cp "$log.out" "$LOG_DIR/services-rb-$mode.log.out"
+}
+
+sv_ready_once() {
+  local log=$LOG_DIR/services-ready.log ms
+  BENCH_NONCE=$RUN_ID-$RANDOM-$1 RBUILD_ROOT=$SV_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$SV_NS \
+    "$RBUILD" run "$SV_READY_PIPELINE" >"$log.out" 2>"$log" || { cat "$log" >&2; die "service_ready failed (log: $log)"; }
+  ms=$(sed -n 's/^ready_ms=\([0-9]*\)$/\1/p' "$log.out")
+  [[ -n $ms ]] || die "service_ready: no ready_ms= line (log: $log.out)"
+  record sv_ready "$ms"
+}
+
+bench_services() {
+  local i log=$LOG_DIR/services-rb.log
+  say "services: warm-up (compiles the pipelines; the kv-app build fills the cache volumes: minutes)"
+  sv_rb_run "$log" || { cat "$log" >&2; die "services warm-up failed"; }
+  for ((i = 1; i <= SV_REPS; i++)); do sv_once cached; done
+  for ((i = 1; i <= 1; i++)); do sv_once cold; done
+  sv_ready_once warmup
+  for ((i = 1; i <= REPS; i++)); do sv_ready_once "$i"; done
+  say "services: matrix cold $(stats sv_rb_cold) / cached $(stats sv_rb_cached); service start to ready $(stats sv_ready) (median min max, ms)"
+}
+
+report_services() {
+  cat <<EOF
+
+## Scenario: service containers (services)
+
+\`examples/services/pipeline.rs\`: kv-server built once, tested against
+sqlite, postgres and redis at once, each with its own database service.
+Cold: a new state root (empty cargo cache volumes: the whole build); cached:
+nothing changed (checked: no step runs, no service starts). Start to ready:
+a busybox \`httpd\` service, from its shell's start to a bound consumer's
+first successful request ($REPS runs, each a new service definition).
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+| matrix cold | $(fmt_s "$(med sv_rb_cold)") | $(spread sv_rb_cold) |
+| matrix fully cached | $(fmt_s "$(med sv_rb_cached)") | $(spread sv_rb_cached) |
+| service start to ready | $(fmt_s "$(med sv_ready)") | $(spread sv_ready) |
+
+docker compose + docker build: not measured (see bench/run.sh, scenario services).
+EOF
+}
+
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
 uses_docker() {
@@ -2823,6 +2921,10 @@ if want rustdeps; then
   say "rustdeps: $RD_COLD_REPS cold builds per engine, $RD_REPS cached and $RD_REPS after a one-line change"
   bench_rustdeps
 fi
+if want services; then
+  say "services: the examples/services matrix cold and cached, service start to ready (UNTESTED scaffolding)"
+  bench_services
+fi
 if want compile; then
   say "compile: $CP_COLD_REPS first compiles, $REPS after an edit and $REPS unchanged (and bare cargo)"
   bench_compile
@@ -2841,6 +2943,7 @@ fi
   if want scale; then report_scale; fi
   if want rustdeps; then report_rustdeps; fi
   if want compile; then report_compile; fi
+  if want services; then report_services; fi
   report_profiles
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"

@@ -15,6 +15,14 @@ use std::time::Duration;
 pub const REGISTRY: &str = "127.0.0.1:5000";
 pub const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 pub const BUSYBOX: &str = "127.0.0.1:5000/busybox:latest";
+/// Debian's rustc/cargo (fixtures/setup.sh).
+pub const RUST: &str = "127.0.0.1:5000/rust:1";
+/// Debian's PostgreSQL 15: env POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB
+/// like the official image's, port 5432, a HEALTHCHECK (pg_isready), logs
+/// "database system is ready to accept connections".
+pub const POSTGRES: &str = "127.0.0.1:5000/postgres:15";
+/// Debian's redis-server 7: port 6379, no protected mode, no healthcheck.
+pub const REDIS: &str = "127.0.0.1:5000/redis:7";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
 pub fn repo_root() -> PathBuf {
