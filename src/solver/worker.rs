@@ -104,7 +104,6 @@ pub struct NetworkUse {
 }
 
 /// A service's process to start in a container of its own.
-#[cfg_attr(not(test), allow(dead_code))] // until the service manager uses it
 #[derive(Debug)]
 pub struct ServiceRequest {
     /// Unique per instance; the container id's suffix.
@@ -123,7 +122,6 @@ pub struct ServiceRequest {
 }
 
 /// A started service.
-#[cfg_attr(not(test), allow(dead_code))] // until the service manager uses it
 pub struct ServiceHandle {
     /// Some(exit code) once the process has ended (for any reason).
     pub exited: tokio::sync::watch::Receiver<Option<i64>>,
@@ -131,7 +129,6 @@ pub struct ServiceHandle {
 }
 
 /// What can be done to a running service.
-#[cfg_attr(not(test), allow(dead_code))] // until the service manager uses it
 pub trait ServiceControl: Send + Sync {
     /// Runs argv in the running container (a healthcheck): exit code and
     /// combined output, killed after `timeout` (exit code -1 then).
@@ -295,13 +292,10 @@ pub trait Worker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(HostListing, KnownHashes), SolveError>> + Send;
     /// A prepared namespace on rbuild's bridge (from a pool kept warm in
     /// the background, BuildKit-style).
-    #[cfg_attr(not(test), allow(dead_code))]
     fn attach(&self) -> impl Future<Output = Result<Attachment, SolveError>> + Send;
     /// Gives one back: destroyed (CNI DEL, unmounted, removed); the pool refills.
-    #[cfg_attr(not(test), allow(dead_code))]
     fn detach(&self, a: Attachment) -> impl Future<Output = Result<(), SolveError>> + Send;
     /// Starts a service's process and returns once it has started.
-    #[cfg_attr(not(test), allow(dead_code))]
     fn start_service(
         &self,
         req: ServiceRequest,

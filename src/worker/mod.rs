@@ -91,8 +91,8 @@ impl ContainerdWorker {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // the tests choose their own bridge
     /// Uses this network configuration instead of the environment's.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn with_network_config(mut self, config: NetworkConfig) -> ContainerdWorker {
         self.network_config = Some(config);
         self
@@ -100,7 +100,6 @@ impl ContainerdWorker {
 
     /// The bridge network and its pool, opened on first use
     /// (`RBUILD_BRIDGE`, `RBUILD_NETWORK_SUBNET`, … see [`NetworkConfig::from_env`]).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) async fn networks(&self) -> Result<&Networks, SolveError> {
         self.networks
             .get_or_try_init(|| async {

@@ -6,7 +6,6 @@
 
 // Until the service manager (src/services.rs) starts services, only the
 // tests call this room.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::sync::Mutex;
 use std::time::Duration;

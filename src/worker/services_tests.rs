@@ -130,6 +130,7 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
                 "mkdir -p /www && echo served-by-db > /www/index.html && exec httpd -f -p 8080 -h /www".into(),
             ],
             env: vec!["PATH=/bin:/usr/bin".into()],
+            ports: vec![8080],
             cwd: "/".into(),
             user: String::new(),
             mounts: vec![],
