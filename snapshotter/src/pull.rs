@@ -74,7 +74,7 @@ pub async fn pull(
     };
 
     if let Some(top) = &top
-        && snapshots::stat(ctd, top).await?.is_some()
+        && snapshots::hold(ctd, lease, top).await?
         && image_record_matches(ctd, image).await?
     {
         report.millis = started.elapsed().as_millis();
@@ -91,7 +91,7 @@ pub async fn pull(
     // time); the blobs of layers whose snapshots exist are fetched alongside.
     let mut unpacked_below = 0;
     for i in (0..chain.len()).rev() {
-        if snapshots::stat(ctd, &chain[i]).await?.is_some() {
+        if snapshots::hold(ctd, lease, &chain[i]).await? {
             unpacked_below = i + 1;
             break;
         }
@@ -206,7 +206,7 @@ async fn fetch_blob(
     desc: &BlobDesc,
     labels: HashMap<String, String>,
 ) -> Result<Option<u64>, Error> {
-    if content::info(ctd, &desc.digest).await?.is_some() {
+    if content::hold(ctd, lease, &desc.digest).await? {
         content::set_labels(ctd, &desc.digest, labels).await?;
         return Ok(None);
     }
@@ -302,7 +302,7 @@ async fn unpack_layer(
     layer: &LayerJob<'_>,
 ) -> Result<Option<u64>, Error> {
     let digest = &layer.desc.digest;
-    let mut source = if content::info(ctd, digest).await?.is_some() {
+    let mut source = if content::hold(ctd, lease, digest).await? {
         content::set_labels(ctd, digest, layer.labels.clone()).await?;
         Source::ContentStore
     } else {

@@ -329,3 +329,13 @@ pub async fn lease(ctd: &Containerd, lease: &LeaseId, name: &SnapshotId) -> Resu
         .await?;
     Ok(())
 }
+
+/// Whether committed snapshot `name` exists, held by `lease` from now on.
+/// The lease is taken before the look, so that a snapshot found is a
+/// snapshot kept: one with no other reference (a pruned step's, a removed
+/// image's) can otherwise be collected by containerd's GC, which any
+/// deletion in any namespace sets off, between the look and its use.
+pub async fn hold(ctd: &Containerd, lease: &LeaseId, name: &SnapshotId) -> Result<bool, Error> {
+    self::lease(ctd, lease, name).await?;
+    Ok(stat(ctd, name).await?.is_some())
+}

@@ -186,16 +186,27 @@ impl ContainerdWorker {
     ) -> Result<SnapshotId, SolveError> {
         let lease = self.lease().await?;
         let labels = HashMap::from([(KEY_LABEL.to_string(), key.to_hex())]);
-        match snapshots::commit(&self.ctd, lease, active, name, labels).await {
-            Ok(()) => Ok(name.clone()),
-            Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
-                snapshots::remove(&self.ctd, active).await?;
-                // The other commit may be held only by a killed run's lease,
-                // which this run's start deleted: hold it with ours until kept.
-                snapshots::lease(&self.ctd, lease, name).await?;
-                Ok(name.clone())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match snapshots::commit(&self.ctd, lease, active, name, labels.clone()).await {
+                Ok(()) => return Ok(name.clone()),
+                Err(rbuild_snapshotter::Error::Containerd(e)) if e.is_already_exists() => {
+                    // The other commit may be held only by a killed run's
+                    // lease, which this run's start deleted, or by nothing
+                    // (its row pruned): hold it with ours before trusting
+                    // it, and commit ours when containerd's GC took it
+                    // between the two.
+                    if snapshots::hold(&self.ctd, lease, name).await? {
+                        snapshots::remove(&self.ctd, active).await?;
+                        return Ok(name.clone());
+                    }
+                    if attempt == 3 {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
     }
 

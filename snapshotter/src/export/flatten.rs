@@ -25,7 +25,7 @@ pub async fn flatten(
     snapshot: &SnapshotId,
     name: &SnapshotId,
 ) -> Result<(), Error> {
-    if snapshots::stat(ctd, name).await?.is_some() {
+    if snapshots::hold(ctd, lease, name).await? {
         return Ok(());
     }
     let view_key = ActiveKey::unique("rbuild-flatten-view");
@@ -77,7 +77,7 @@ pub async fn flatten(
         Err(e) => {
             let _ = snapshots::remove(ctd, &active).await;
             // Flattened at the same time by another step: as good.
-            if snapshots::stat(ctd, name).await?.is_some() {
+            if snapshots::hold(ctd, lease, name).await? {
                 Ok(())
             } else {
                 Err(e)
