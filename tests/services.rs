@@ -211,6 +211,33 @@ fn a_step_reaches_a_host_port_only_through_host_service() {
 }
 
 #[test]
+fn a_step_in_its_own_namespace_cannot_reach_host_loopback_unasked() {
+    let env = TestEnv::new("svc-no-host");
+    // A host loopback server that counts who reached it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reached.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nno");
+        }
+    });
+    let (out, _) = run(&env, &[&format!("no-host={port}")]);
+    let out = out.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "loopback and the gateway: {}", out.stdout);
+    assert_eq!(lines[0], format!("127.0.0.1:{port} unreachable"));
+    assert!(
+        lines[1].starts_with("10.") && lines[1].ends_with(&format!(":{port} unreachable")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
 fn hostname_and_endpoint_start_no_service() {
     let env = TestEnv::new("svc-endpoint");
     let (out, ev) = run(&env, &["endpoint"]);
