@@ -6,10 +6,13 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile"
-#                          which scenarios to run (default: all nine; a
-#                          tenth, "services", is opt-in: untested scaffolding
-#                          for issue 12)
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns"
+#                          which scenarios to run (default: all ten; an
+#                          eleventh, "services", is opt-in: its cold run
+#                          builds examples/services from nothing, minutes)
+#   BENCH_NETNS_BIP=172.31.254.1/24
+#                          netns: the bridge of the second dockerd (BuildKit's
+#                          default network)
 #   BENCH_SERVICES_REPS=5  services: fully cached runs of the matrix
 #   BENCH_REPS=10          timed repetitions per measurement (at least 5);
 #                          10 trivial steps, both modes of early cutoff,
@@ -49,7 +52,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile"
+ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns"
 SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
@@ -182,8 +185,7 @@ CP_BARE_TARGET=$CP_DIR/bare-target
 DOCKER=/usr/bin/docker
 DOCKERD=/usr/sbin/dockerd
 DOCKER_SOCK=$RUN_DIR/docker.sock
-DOCKERD_PIDFILE=$RUN_DIR/dockerd.pid
-DOCKERD_LOG=$LOG_DIR/dockerd.log
+DOCKERD_LOG=$LOG_DIR/docker.log
 export DOCKER_HOST=unix://$DOCKER_SOCK
 export DOCKER_BUILDKIT=1
 # Keep the client away from ~/.docker (contexts, buildx aliases of the newer client).
@@ -202,7 +204,7 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | services) ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | services) ;;
     *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS services)" ;;
   esac
 done
@@ -241,6 +243,7 @@ cleanup() {
   # A scenario that stopped half-way leaves no 150 MB blob or namespace behind.
   if [[ -n $PULL_STARTED ]]; then pull_purge_all || true; fi
   if [[ -n $PUB_STARTED ]]; then pub_purge || true; fi
+  if declare -F nn_dockerd_down >/dev/null; then nn_dockerd_down || true; fi
   if [[ -n $STARTED_DOCKERD && ${BENCH_KEEP_DOCKERD:-0} != 1 ]]; then
     say "stopping the dockerd this run started (pid $STARTED_DOCKERD)"
     kill "$STARTED_DOCKERD" 2>/dev/null || true
@@ -286,7 +289,33 @@ ensure_package() {
 }
 
 # ---------------------------------------------------------------- dockerd --
-docker_up() { timeout 10 "$DOCKER" info >/dev/null 2>&1; }
+docker_up() { timeout 10 "$DOCKER" -H "unix://${1:-$DOCKER_SOCK}" info >/dev/null 2>&1; }
+
+# launch_dockerd PIDVAR NAME SOCK ARGS...: starts a private dockerd on the
+# shared containerd, answering on SOCK, with its data root, exec root,
+# pidfile and log named NAME; sets PIDVAR to its pid once it answers.
+launch_dockerd() {
+  local var=$1 name=$2 sock=$3 pid i
+  shift 3
+  setsid nohup "$DOCKERD" \
+    --containerd=/run/containerd/containerd.sock \
+    --host="unix://$sock" \
+    --data-root="$STATE/$name" \
+    --exec-root="$RUN_DIR/$name" \
+    --pidfile="$RUN_DIR/$name.pid" \
+    "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 &
+  pid=$!
+  for ((i = 0; i < 300; i++)); do
+    if docker_up "$sock"; then
+      printf -v "$var" '%s' "$(cat "$RUN_DIR/$name.pid" 2>/dev/null || echo "$pid")"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+  die "$name did not answer 'docker info' (log: $LOG_DIR/$name.log)"
+}
 
 ensure_dockerd() {
   if docker_up; then
@@ -299,27 +328,9 @@ ensure_dockerd() {
   # RUN steps with runc itself, on dockerd's overlay2 graph driver: builds
   # create nothing in containerd. Without a bridge, RUN steps need
   # --network=none (or host): the default network fails "network bridge not found".
-  setsid nohup "$DOCKERD" \
-    --containerd=/run/containerd/containerd.sock \
-    --bridge=none --iptables=false --ip6tables=false \
-    --host="unix://$DOCKER_SOCK" \
-    --data-root="$STATE/docker" \
-    --exec-root="$RUN_DIR/docker" \
-    --pidfile="$DOCKERD_PIDFILE" \
-    </dev/null >>"$DOCKERD_LOG" 2>&1 &
-  STARTED_DOCKERD=$!
-  local i
-  for ((i = 0; i < 300; i++)); do
-    if docker_up; then
-      STARTED_DOCKERD=$(cat "$DOCKERD_PIDFILE" 2>/dev/null || echo "$STARTED_DOCKERD")
-      say "dockerd: up (pid $STARTED_DOCKERD)"
-      return
-    fi
-    kill -0 "$STARTED_DOCKERD" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -n 30 "$DOCKERD_LOG" >&2 || true
-  die "dockerd did not answer 'docker info' (log: $DOCKERD_LOG)"
+  launch_dockerd STARTED_DOCKERD docker "$DOCKER_SOCK" \
+    --bridge=none --iptables=false --ip6tables=false
+  say "dockerd: up (pid $STARTED_DOCKERD)"
 }
 
 # ----------------------------------------------------------------- timing --
@@ -2874,10 +2885,144 @@ docker compose + docker build: not measured (see bench/run.sh, scenario services
 EOF
 }
 
+# ------------------------------------------------------------------ netns --
+# Ten trivial cold steps on the host network and each in a network namespace
+# of its own (bench/pipelines/netns_steps.rs; a host-service binding is what
+# gives a step its own namespace in this API version), beside BuildKit's
+# ten RUN steps with --network=none and with its default bridge network. The
+# bench's dockerd has no bridge (--bridge=none), so this scenario starts a
+# second private dockerd with one (docker0 on NN_BIP, no iptables: the RUN
+# steps need no traffic out), on its own socket, data and exec roots and
+# containerd namespace; it is stopped (and docker0 removed) at the end.
+NN_NS=rbuild-bench-netns
+NN_ROOT=$STATE/netns-root
+NN_PIPELINE=$REPO/bench/pipelines/netns_steps.rs
+NN_BIP=${BENCH_NETNS_BIP:-172.31.254.1/24}
+NN_SOCK=$RUN_DIR/docker-bridge.sock
+NN_STARTED_DOCKERD=
+
+nn_docker() { "$DOCKER" -H "unix://$NN_SOCK" "$@"; }
+
+nn_dockerd_up() {
+  if docker_up "$NN_SOCK"; then return; fi
+  say "netns: starting a dockerd with a bridge (log: $LOG_DIR/docker-bridge.log)"
+  launch_dockerd NN_STARTED_DOCKERD docker-bridge "$NN_SOCK" \
+    --containerd-namespace=rbuild-bench-bridge \
+    --containerd-plugins-namespace=rbuild-bench-bridge-plugins \
+    --bip="$NN_BIP" --iptables=false --ip6tables=false --ip-masq=false
+}
+
+nn_dockerd_down() {
+  [[ -n $NN_STARTED_DOCKERD ]] || return 0
+  kill "$NN_STARTED_DOCKERD" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$NN_STARTED_DOCKERD" 2>/dev/null || break
+    sleep 0.1
+  done
+  ip link del docker0 2>/dev/null || true
+  NN_STARTED_DOCKERD=
+}
+
+nn_rb_run() { # network nonce log
+  BENCH_NETWORK=$1 BENCH_NONCE=$2 RBUILD_ROOT=$NN_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$NN_NS \
+    "$RBUILD" run "$NN_PIPELINE" >"$3.out" 2>"$3"
+}
+
+# nn_rb_check NETWORK LOG: all ten steps ran, in the network asked for (the
+# last step printed its namespace: the host's, or not).
+nn_rb_check() {
+  local network=$1 log=$2 cached ns host_ns
+  cached=$(grep -c '^#[0-9]* exec .* CACHED$' "$log" || true)
+  if [[ $cached -ne 0 ]] || ! grep -q "^step $STEPS\$" "$log.out"; then
+    cat "$log" >&2
+    die "netns ($network): expected all $STEPS steps to run (log: $log)"
+  fi
+  ns=$(sed -n 's/^\(net:\[[0-9]*\]\)$/\1/p' "$log.out")
+  host_ns=$(readlink /proc/self/ns/net)
+  case $network in
+    host) [[ $ns == "$host_ns" ]] || die "netns (host): the steps ran in '$ns', not the host's $host_ns (log: $log.out)" ;;
+    netns) [[ -n $ns && $ns != "$host_ns" ]] || die "netns (netns): the steps ran in the host's namespace (log: $log.out)" ;;
+  esac
+}
+
+nn_bk_build() { # network nonce log
+  nn_docker build --progress=plain --network="$1" --build-arg "NONCE=$2" \
+    -t bench-netns:latest - <"$DOCKERFILE" >"$3" 2>&1
+}
+
+bench_netns() {
+  local log=$LOG_DIR/netns.log i network
+  say "netns: warm-ups (compile the pipeline, pull the image into $NN_NS and into the bridge dockerd)"
+  rm -rf "$NN_ROOT"
+  for network in host netns; do
+    nn_rb_run "$network" "warmup-$RUN_ID-$network" "$log" || { cat "$log" >&2; die "netns warm-up failed"; }
+  done
+  nn_dockerd_up
+  for network in none default; do
+    nn_bk_build "$network" "warmup-$RUN_ID-$network" "$log" || { cat "$log" >&2; die "docker build (bridge dockerd) warm-up failed"; }
+  done
+  # Interleaved, so that a slow moment of the machine falls on all four.
+  for ((i = 1; i <= REPS; i++)); do
+    for network in host netns; do
+      timed "nn_rb_$network" "rbuild ($network)" "$log" nn_rb_run "$network" "$RUN_ID-$i-$network" "$log"
+      nn_rb_check "$network" "$log"
+      cp "$log" "$LOG_DIR/netns-rb-$network.log"
+    done
+    for network in none default; do
+      timed "nn_bk_$network" "docker build (--network=$network)" "$log" nn_bk_build "$network" "$RUN_ID-$i-$network" "$log"
+      check_buildkit "$log" 0
+      cp "$log" "$LOG_DIR/netns-bk-$network.log"
+    done
+  done
+  nn_docker builder prune -af >/dev/null 2>&1 || true
+  nn_dockerd_down
+  say "netns: rbuild host $(stats nn_rb_host) / own namespace $(stats nn_rb_netns); BuildKit none $(stats nn_bk_none) / bridge $(stats nn_bk_default) (median min max, ms)"
+}
+
+# per_step A B: (A - B) / STEPS in ms, one decimal, signed.
+per_step() { awk -v a="$1" -v b="$2" -v n="$STEPS" 'BEGIN { printf "%+.1f ms", (a - b) / n }'; }
+
+report_netns() {
+  local rh rn bn bb _
+  read -r rh _ < <(stats nn_rb_host)
+  read -r rn _ < <(stats nn_rb_netns)
+  read -r bn _ < <(stats nn_bk_none)
+  read -r bb _ < <(stats nn_bk_default)
+  cat <<EOF
+
+## Scenario: a network namespace per step (netns)
+
+Ten chained trivial steps, all cold (a new nonce in step 1), as in "10
+trivial steps" (\`bench/pipelines/netns_steps.rs\`, the same Dockerfile).
+rbuild: on the host network, and each step in a network namespace of its
+own (bound to a host service, which is what gives a step its own namespace
+in this API version: a namespace from the pool, a veth on the CNI bridge,
+its /etc/hosts); every run is checked by the namespace its last step
+printed. BuildKit: \`docker build --network=none\` and with its default
+bridge network, on a second private dockerd that has a bridge
+(\`--bip=$NN_BIP --iptables=false\`). Runs: $REPS of each, interleaved.
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+$(row "rbuild, host network" nn_rb_host "")
+$(row "rbuild, own namespace per step" nn_rb_netns "")
+$(row "BuildKit, --network=none" nn_bk_none "")
+$(row "BuildKit, default (bridge)" nn_bk_default "")
+
+| what (of medians) | value |
+|---|---|
+| rbuild: own namespace − host network, per step (target ≤ +15 ms) | $(per_step "$rn" "$rh") |
+| BuildKit: bridge − none, per step | $(per_step "$bb" "$bn") |
+| rbuild own namespace / BuildKit bridge | $(ratio "$rn" "$bb") |
+| rbuild host network / BuildKit none | $(ratio "$rh" "$bn") |
+EOF
+}
+
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
 uses_docker() {
-  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps ||
+  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps || want netns ||
     { want scale && [[ $SC_BK_N != 0 ]]; }
 }
 if uses_docker; then
@@ -2921,6 +3066,10 @@ if want rustdeps; then
   say "rustdeps: $RD_COLD_REPS cold builds per engine, $RD_REPS cached and $RD_REPS after a one-line change"
   bench_rustdeps
 fi
+if want netns; then
+  say "netns: $REPS runs of each network, each engine"
+  bench_netns
+fi
 if want services; then
   say "services: the examples/services matrix cold and cached, service start to ready (UNTESTED scaffolding)"
   bench_services
@@ -2943,6 +3092,7 @@ fi
   if want scale; then report_scale; fi
   if want rustdeps; then report_rustdeps; fi
   if want compile; then report_compile; fi
+  if want netns; then report_netns; fi
   if want services; then report_services; fi
   report_profiles
 } >"$RESULTS.tmp"

@@ -11,14 +11,15 @@ use std::time::Duration;
 use prost_types::Any;
 use rbuild_containerd::Containerd;
 use rbuild_containerd::containerd_client::services::v1::{
-    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, StartRequest, WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest,
 };
 use tokio::sync::watch;
 
 use crate::Error;
 use crate::spec::{ProcessSpec, build_process};
 use crate::task::{
-    ContainerRun, SIGKILL, Stream, create_container, drain, open_fifo, remove_container, signal,
+    ContainerRun, SIGKILL, Stream, TaskIo, create_container, create_task, drain, open_fifo,
+    remove_container, signal, start_process, wait_for,
 };
 
 const SIGTERM: u32 = 15;
@@ -68,45 +69,33 @@ async fn start_in(
     let stdout = open_fifo(&stdout_path)?;
     let stderr = open_fifo(&stderr_path)?;
     create_container(ctd, run).await?;
-    ctd.tasks()
-        .create(ctd.request(CreateTaskRequest {
-            container_id: run.id.clone(),
-            rootfs: run.rootfs.clone(),
-            stdout: stdout_path.to_string_lossy().into_owned(),
-            stderr: stderr_path.to_string_lossy().into_owned(),
-            terminal: false,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|s| Error::rpc("create task", &run.id, s))?;
+    let io = TaskIo {
+        stdin: None,
+        stdout: &stdout_path,
+        stderr: Some(&stderr_path),
+        terminal: false,
+    };
+    create_task(ctd, run, io).await?;
     tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
     tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
     let (tx, rx) = watch::channel(None);
-    {
-        let mut tasks = ctd.tasks();
-        let req = ctd.request(WaitRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        });
-        let id = run.id.clone();
-        tokio::spawn(async move {
-            let code = match tasks.wait(req).await {
-                Ok(r) => r.into_inner().exit_status as i64,
-                Err(s) => {
-                    tracing::warn!(id, error = %s, "lost the wait for a service's process");
-                    -1
-                }
-            };
-            let _ = tx.send(Some(code));
-        });
-    }
-    ctd.tasks()
-        .start(ctd.request(StartRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        }))
-        .await
-        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+    let waiter = wait_for(ctd, &run.id, "");
+    let id = run.id.clone();
+    tokio::spawn(async move {
+        let code = match waiter.await {
+            Ok(Ok(r)) => r.into_inner().exit_status as i64,
+            Ok(Err(s)) => {
+                tracing::warn!(id, error = %s, "lost the wait for a service's process");
+                -1
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "lost the wait for a service's process");
+                -1
+            }
+        };
+        let _ = tx.send(Some(code));
+    });
+    start_process(ctd, &run.id, "").await?;
     Ok(rx)
 }
 
@@ -186,22 +175,8 @@ impl RunningTask {
             .await
             .map_err(|s| Error::rpc("exec in", &self.id, s))?;
         let reader = tokio::spawn(drain(output, Stream::Stdout, None));
-        let mut waiter = {
-            let mut tasks = self.ctd.tasks();
-            let req = self.ctd.request(WaitRequest {
-                container_id: self.id.clone(),
-                exec_id: exec_id.to_string(),
-            });
-            tokio::spawn(async move { tasks.wait(req).await })
-        };
-        self.ctd
-            .tasks()
-            .start(self.ctd.request(StartRequest {
-                container_id: self.id.clone(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-            .map_err(|s| Error::rpc("start exec in", &self.id, s))?;
+        let mut waiter = wait_for(&self.ctd, &self.id, exec_id);
+        start_process(&self.ctd, &self.id, exec_id).await?;
         match tokio::time::timeout(timeout, &mut waiter).await {
             Ok(r) => {
                 let code = r

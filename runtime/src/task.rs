@@ -127,22 +127,13 @@ async fn run_in(
         "container created"
     );
 
-    ctd.tasks()
-        .create(ctd.request(CreateTaskRequest {
-            container_id: run.id.clone(),
-            rootfs: run.rootfs.clone(),
-            stdin: if stdin.is_some() {
-                stdin_path.to_string_lossy().into_owned()
-            } else {
-                String::new()
-            },
-            stdout: stdout_path.to_string_lossy().into_owned(),
-            stderr: stderr_path.to_string_lossy().into_owned(),
-            terminal: false,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|s| Error::rpc("create task", &run.id, s))?;
+    let io = TaskIo {
+        stdin: stdin.is_some().then_some(stdin_path.as_path()),
+        stdout: &stdout_path,
+        stderr: Some(&stderr_path),
+        terminal: false,
+    };
+    create_task(ctd, run, io).await?;
     tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
     // Killed here, rbuild leaves a created task: its shim and runc's init.
     rbuild_containerd::kill_point("task-created");
@@ -150,22 +141,8 @@ async fn run_in(
     let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
     let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
 
-    // Wait before Start, so that a process that exits at once cannot be missed.
-    let waiter = {
-        let mut tasks = ctd.tasks();
-        let req = ctd.request(WaitRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        });
-        tokio::spawn(async move { tasks.wait(req).await })
-    };
-    ctd.tasks()
-        .start(ctd.request(StartRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        }))
-        .await
-        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+    let waiter = wait_for(ctd, &run.id, "");
+    start_process(ctd, &run.id, "").await?;
     tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task started");
     if let (Some(mut tx), Some(data)) = (stdin, run.stdin.clone()) {
         let mut tasks = ctd.tasks();
@@ -211,6 +188,80 @@ async fn run_in(
         stdout,
         stderr,
     })
+}
+
+/// Where a task's standard streams go: FIFOs (None: not connected).
+pub(crate) struct TaskIo<'a> {
+    pub stdin: Option<&'a Path>,
+    pub stdout: &'a Path,
+    pub stderr: Option<&'a Path>,
+    pub terminal: bool,
+}
+
+fn fifo_arg(path: Option<&Path>) -> String {
+    path.map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Creates container `run`'s task (its shim and runc's init), its streams
+/// on `io`.
+pub(crate) async fn create_task(
+    ctd: &Containerd,
+    run: &ContainerRun,
+    io: TaskIo<'_>,
+) -> Result<(), Error> {
+    ctd.tasks()
+        .create(ctd.request(CreateTaskRequest {
+            container_id: run.id.clone(),
+            rootfs: run.rootfs.clone(),
+            stdin: fifo_arg(io.stdin),
+            stdout: fifo_arg(Some(io.stdout)),
+            stderr: fifo_arg(io.stderr),
+            terminal: io.terminal,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| Error::rpc("create task", &run.id, s))?;
+    Ok(())
+}
+
+/// What waiting for a process comes to.
+pub(crate) type Waiter = tokio::task::JoinHandle<
+    Result<
+        rbuild_containerd::containerd_client::tonic::Response<
+            rbuild_containerd::containerd_client::services::v1::WaitResponse,
+        >,
+        rbuild_containerd::containerd_client::tonic::Status,
+    >,
+>;
+
+/// Waits for process `exec_id` of container `id` (empty: its init) in the
+/// background. Taken before Start, so that a process that exits at once
+/// cannot be missed.
+pub(crate) fn wait_for(ctd: &Containerd, id: &str, exec_id: &str) -> Waiter {
+    let mut tasks = ctd.tasks();
+    let req = ctd.request(WaitRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+    });
+    tokio::spawn(async move { tasks.wait(req).await })
+}
+
+/// Starts process `exec_id` of container `id` (empty: its init).
+pub(crate) async fn start_process(ctd: &Containerd, id: &str, exec_id: &str) -> Result<(), Error> {
+    let what = if exec_id.is_empty() {
+        "start task"
+    } else {
+        "start exec in"
+    };
+    ctd.tasks()
+        .start(ctd.request(StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        }))
+        .await
+        .map_err(|s| Error::rpc(what, id, s))?;
+    Ok(())
 }
 
 /// Creates the container record for `run` (spec, snapshot, owner label).

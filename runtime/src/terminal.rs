@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rbuild_containerd::Containerd;
-use rbuild_containerd::containerd_client::services::v1::{
-    CreateTaskRequest, ResizePtyRequest, StartRequest, WaitRequest,
-};
+use rbuild_containerd::containerd_client::services::v1::ResizePtyRequest;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
 use crate::task::{
-    ContainerRun, create_container, delete_task, open_fifo, open_fifo_writer, remove_container,
+    ContainerRun, TaskIo, create_container, create_task, delete_task, open_fifo, open_fifo_writer,
+    remove_container, start_process, wait_for,
 };
 
 /// The size (columns, rows) of the terminal on stdin, if it is one.
@@ -89,36 +88,18 @@ async fn terminal_in(ctd: &Containerd, run: &ContainerRun, io_dir: &Path) -> Res
     let stdin = open_fifo_writer(&stdin_path)?;
     let mut stdout = open_fifo(&stdout_path)?;
     create_container(ctd, run).await?;
-    ctd.tasks()
-        .create(ctd.request(CreateTaskRequest {
-            container_id: run.id.clone(),
-            rootfs: run.rootfs.clone(),
-            stdin: stdin_path.to_string_lossy().into_owned(),
-            stdout: stdout_path.to_string_lossy().into_owned(),
-            stderr: String::new(),
-            terminal: true,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|s| Error::rpc("create task", &run.id, s))?;
-
-    let mut waiter = {
-        let mut tasks = ctd.tasks();
-        let req = ctd.request(WaitRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        });
-        tokio::spawn(async move { tasks.wait(req).await })
+    let io = TaskIo {
+        stdin: Some(&stdin_path),
+        stdout: &stdout_path,
+        stderr: None,
+        terminal: true,
     };
+    create_task(ctd, run, io).await?;
+
+    let mut waiter = wait_for(ctd, &run.id, "");
     let raw = RawMode::enter(libc::STDIN_FILENO)
         .map_err(|e| Error::io("set raw mode on", Path::new("/dev/stdin"), e))?;
-    ctd.tasks()
-        .start(ctd.request(StartRequest {
-            container_id: run.id.clone(),
-            exec_id: String::new(),
-        }))
-        .await
-        .map_err(|s| Error::rpc("start task", &run.id, s))?;
+    start_process(ctd, &run.id, "").await?;
 
     // Keystrokes in: a thread polls stdin so that it can stop when the shell ends.
     let done = Arc::new(AtomicBool::new(false));

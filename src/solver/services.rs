@@ -345,15 +345,7 @@ impl<W: Worker> Solver<W> {
                         None => None,
                     };
                     let ready_timeout = ready_timeout_ms.map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis);
-                    let mut env: Vec<String> = st
-                        .env
-                        .iter()
-                        .map(|(n, v)| match v {
-                            EnvValue::Plain(p) => format!("{n}={p}"),
-                            EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.name),
-                        })
-                        .collect();
-                    env.sort();
+                    let env = super::values::env_key_parts(&st.env);
                     let mounts: Vec<(String, MountSpec)> = st
                         .mounts
                         .iter()

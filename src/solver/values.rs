@@ -403,18 +403,24 @@ impl PlannedAction {
     }
 }
 
+/// Environment variables as they enter a cache key, sorted: a plain value
+/// by itself, a secret by its name only (never its value).
+pub(crate) fn env_key_parts(env: &[(String, EnvValue)]) -> Vec<String> {
+    let mut parts: Vec<String> = env
+        .iter()
+        .map(|(n, v)| match v {
+            EnvValue::Plain(p) => format!("{n}={p}"),
+            EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.name),
+        })
+        .collect();
+    parts.sort();
+    parts
+}
+
 impl StepPlan {
     /// A `with_exec` on a container.
     pub fn exec(parent: Tree, exec: ExecPlan, platform: &str) -> StepPlan {
-        let mut env: Vec<String> = exec
-            .env
-            .iter()
-            .map(|(n, v)| match v {
-                EnvValue::Plain(p) => format!("{n}={p}"),
-                EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.name),
-            })
-            .collect();
-        env.sort();
+        let env = env_key_parts(&exec.env);
         let mounts: Vec<String> = exec.mounts.iter().map(|(t, m)| m.key_part(t)).collect();
         let mut key = KeyBuilder::new("exec");
         key.list("args", &exec.args)

@@ -226,15 +226,7 @@ impl ContainerdWorker {
             id: format!("rbuild-{}-{}", req.key.short(), unique_suffix()),
             snapshot_key: active.0.clone(),
             rootfs: rootfs.to_vec(),
-            process: ProcessSpec {
-                args: req.args.clone(),
-                env: req.env.clone(),
-                cwd: req.cwd.clone(),
-                uid: who.uid,
-                gid: who.gid,
-                additional_gids: who.additional_gids,
-                terminal: None,
-            },
+            process: process_as(who, &req.args, &req.env, &req.cwd),
             mounts: extra,
             labels: HashMap::from([(KEY_LABEL.to_string(), req.key.to_hex())]),
             io_dir: self.scratch.join("io"),
@@ -452,6 +444,24 @@ pub(super) fn explain_start_failure(args: &[String], err: rbuild_runtime::Error)
         ));
     }
     err.into()
+}
+
+/// The process a step or a service runs: `args` as `who`, on no terminal.
+pub(super) fn process_as(
+    who: user::ResolvedUser,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+) -> ProcessSpec {
+    ProcessSpec {
+        args: args.to_vec(),
+        env: env.to_vec(),
+        cwd: cwd.to_string(),
+        uid: who.uid,
+        gid: who.gid,
+        additional_gids: who.additional_gids,
+        terminal: None,
+    }
 }
 
 #[cfg(test)]
