@@ -2799,12 +2799,12 @@ report_profiles() {
 # - service start to ready: bench/pipelines/service_ready.rs, a busybox
 #   httpd service and a consumer that prints ready_ms= (service's shell
 #   start to the consumer's first successful request, one host clock).
-# Not here: the same matrix with docker compose + docker build. Debian has
-# docker-compose 1.29.2 (python, not installed), and the bench's dockerd
-# runs with --bridge=none --iptables=false: compose's project network
-# (a bridge without NAT) may work for database <-> app traffic, but the
-# build's crates.io access needs --network=host and the compose file's
-# healthcheck-gated depends_on; not tried.
+# Beside it, the same with docker build + docker compose (Debian's
+# docker-compose 1.29, bench/dockerfiles/services.Dockerfile and
+# bench/compose/services.yml) on the netns scenario's second dockerd, the
+# one with a bridge (compose's project network): cold (build cache and image
+# removed) and cached (the build all cached; compose starts every service
+# again, as it must: it knows nothing of what the tests' results depend on).
 SV_NS=rbuild-bench-services
 SV_ROOT=$STATE/services-root
 SV_PIPELINE=$REPO/examples/services/pipeline.rs
@@ -2852,15 +2852,78 @@ sv_ready_once() {
   record sv_ready "$ms"
 }
 
+SV_COMPOSE=$REPO/bench/compose/services.yml
+SV_PROJECT=rbuild-bench-kv
+sv_compose() { DOCKER_HOST=unix://$NN_SOCK COMPOSE_DOCKER_CLI_BUILD=1 docker-compose -p "$SV_PROJECT" -f "$SV_COMPOSE" "$@"; }
+
+# sv_dk_run LOG: build the image, start the matrix, wait for the three
+# tests, check them, take it all down.
+sv_dk_run() {
+  local log=$1 store id code
+  nn_docker build --network=host --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \
+    -f "$REPO/bench/dockerfiles/services.Dockerfile" -t bench-kv:latest \
+    "$REPO/examples/services/app" >"$log" 2>&1 || return 1
+  sv_compose up -d test-sqlite test-postgres test-redis >>"$log" 2>&1 || return 1
+  : >"$log.out"
+  for store in sqlite postgres redis; do
+    id=$(sv_compose ps -q "test-$store")
+    code=$(nn_docker wait "$id")
+    nn_docker logs "$id" 2>&1 | sed "s/^/$store | /" >>"$log.out"
+    [[ $code == 0 ]] || { echo "test-$store exited $code" >>"$log"; return 1; }
+  done
+  sv_compose down -v >>"$log" 2>&1
+}
+
+sv_dk_check() { # LOG
+  local store
+  for store in sqlite postgres redis; do
+    grep -q "^$store | 9 passed, 0 failed" "$1.out" ||
+      die "services (compose): $store's kv-test did not pass (log: $1.out)"
+  done
+}
+
+# sv_dk_build_cached LOG: was the cargo build RUN step CACHED?
+sv_dk_build_cached() {
+  awk '/^#[0-9]+ \[build .*\] RUN .*cargo build/ { id = $1 }
+    id != "" && $1 == id && $2 == "CACHED" { found = 1 }
+    END { exit !found }' "$1"
+}
+
+sv_dk_forget() {
+  sv_compose down -v >/dev/null 2>&1 || true
+  nn_docker rmi -f bench-kv:latest >/dev/null 2>&1 || true
+  nn_docker builder prune -af >/dev/null 2>&1 || true
+}
+
 bench_services() {
-  local i log=$LOG_DIR/services-rb.log
+  local i log=$LOG_DIR/services-rb.log dlog=$LOG_DIR/services-dk.log
   say "services: warm-up (compiles the pipelines; the kv-app build fills the cache volumes: minutes)"
   sv_rb_run "$log" || { cat "$log" >&2; die "services warm-up failed"; }
   for ((i = 1; i <= SV_REPS; i++)); do sv_once cached; done
   for ((i = 1; i <= 1; i++)); do sv_once cold; done
   sv_ready_once warmup
   for ((i = 1; i <= REPS; i++)); do sv_ready_once "$i"; done
-  say "services: matrix cold $(stats sv_rb_cold) / cached $(stats sv_rb_cached); service start to ready $(stats sv_ready) (median min max, ms)"
+
+  ensure_package docker-compose /usr/bin/docker-compose
+  nn_dockerd_up
+  say "services: docker compose warm-up (pulls postgres and redis into the bridge dockerd, builds once: minutes)"
+  sv_dk_forget
+  sv_dk_run "$dlog" || { cat "$dlog" "$dlog.out" >&2; sv_compose down -v >/dev/null 2>&1; die "compose warm-up failed"; }
+  sv_dk_check "$dlog"
+  for ((i = 1; i <= SV_REPS; i++)); do
+    settle
+    timed sv_dk_cached "docker compose (cached)" "$dlog" sv_dk_run "$dlog"
+    sv_dk_check "$dlog"
+    sv_dk_build_cached "$dlog" || die "services (compose, cached): the cargo build step ran (log: $dlog)"
+  done
+  sv_dk_forget
+  settle
+  timed sv_dk_cold "docker compose (cold)" "$dlog" sv_dk_run "$dlog"
+  sv_dk_check "$dlog"
+  cp "$dlog" "$LOG_DIR/services-dk-cold.log"
+  sv_dk_forget
+  nn_dockerd_down
+  say "services: matrix cold $(stats sv_rb_cold) / cached $(stats sv_rb_cached); compose cold $(stats sv_dk_cold) / cached $(stats sv_dk_cached); service start to ready $(stats sv_ready) (median min max, ms)"
 }
 
 report_services() {
@@ -2869,19 +2932,30 @@ report_services() {
 ## Scenario: service containers (services)
 
 \`examples/services/pipeline.rs\`: kv-server built once, tested against
-sqlite, postgres and redis at once, each with its own database service.
-Cold: a new state root (empty cargo cache volumes: the whole build); cached:
-nothing changed (checked: no step runs, no service starts). Start to ready:
-a busybox \`httpd\` service, from its shell's start to a bound consumer's
+sqlite, postgres and redis at once, each with its own database service and
+the built server bound as a service. Cold: a new state root (empty cargo
+cache volumes: the whole build); cached: nothing changed (checked: no step
+runs, no service starts). Beside it, the same as \`docker build\` (cache
+mounts, bench/dockerfiles/services.Dockerfile) + \`docker-compose up\`
+(bench/compose/services.yml: health-gated depends_on, docker-init in the
+servers) on the second dockerd (the one with a bridge); cold: build cache
+and image removed; cached: the build all CACHED (checked), and compose
+starts all five services and the three tests again. Start to ready: a
+busybox \`httpd\` service, from its shell's start to a bound consumer's
 first successful request ($REPS runs, each a new service definition).
 
 | measurement | median (s) | min – max (s) |
 |---|---|---|
-| matrix cold | $(fmt_s "$(med sv_rb_cold)") | $(spread sv_rb_cold) |
-| matrix fully cached | $(fmt_s "$(med sv_rb_cached)") | $(spread sv_rb_cached) |
-| service start to ready | $(fmt_s "$(med sv_ready)") | $(spread sv_ready) |
+| rbuild: matrix cold | $(fmt_s "$(med sv_rb_cold)") | $(spread sv_rb_cold) |
+| rbuild: matrix fully cached | $(fmt_s "$(med sv_rb_cached)") | $(spread sv_rb_cached) |
+| docker build + compose: cold | $(fmt_s "$(med sv_dk_cold)") | $(spread sv_dk_cold) |
+| docker build + compose: build cached | $(fmt_s "$(med sv_dk_cached)") | $(spread sv_dk_cached) |
+| rbuild: service start to ready | $(fmt_s "$(med sv_ready)") | $(spread sv_ready) |
 
-docker compose + docker build: not measured (see bench/run.sh, scenario services).
+| ratio (of medians) | value |
+|---|---|
+| rbuild cold / compose cold | $(ratio "$(med sv_rb_cold)" "$(med sv_dk_cold)") |
+| rbuild cached / compose cached | $(ratio "$(med sv_rb_cached)" "$(med sv_dk_cached)") |
 EOF
 }
 

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use crate::Error;
 use crate::spec::{ProcessSpec, build_process};
 use crate::task::{
-    ContainerRun, SIGKILL, Stream, TaskIo, create_container, create_task, drain, open_fifo,
-    remove_container, signal, start_process, wait_for,
+    ContainerRun, SIGKILL, Stream, TaskIo, create_container, create_task, drain, handles_signal,
+    open_fifo, remove_container, signal, start_process, wait_for,
 };
 
 const SIGTERM: u32 = 15;
@@ -29,6 +29,8 @@ const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/
 pub struct RunningTask {
     ctd: Containerd,
     id: String,
+    /// The container's init on the host.
+    pid: u32,
     io_dir: PathBuf,
     process: ProcessSpec,
     exited: watch::Receiver<Option<i64>>,
@@ -42,9 +44,10 @@ pub async fn start(ctd: &Containerd, run: ContainerRun) -> Result<RunningTask, E
     let io_dir = run.io_dir.join(&run.id);
     std::fs::create_dir_all(&io_dir).map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
     match start_in(ctd, &run, &io_dir).await {
-        Ok(exited) => Ok(RunningTask {
+        Ok((pid, exited)) => Ok(RunningTask {
             ctd: ctd.clone(),
             id: run.id.clone(),
+            pid,
             io_dir,
             process: run.process.clone(),
             exited,
@@ -63,7 +66,7 @@ async fn start_in(
     ctd: &Containerd,
     run: &ContainerRun,
     io_dir: &std::path::Path,
-) -> Result<watch::Receiver<Option<i64>>, Error> {
+) -> Result<(u32, watch::Receiver<Option<i64>>), Error> {
     let stdout_path = io_dir.join("stdout");
     let stderr_path = io_dir.join("stderr");
     let stdout = open_fifo(&stdout_path)?;
@@ -75,7 +78,7 @@ async fn start_in(
         stderr: Some(&stderr_path),
         terminal: false,
     };
-    create_task(ctd, run, io).await?;
+    let pid = create_task(ctd, run, io).await?;
     tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
     tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));
     let (tx, rx) = watch::channel(None);
@@ -96,7 +99,7 @@ async fn start_in(
         let _ = tx.send(Some(code));
     });
     start_process(ctd, &run.id, "").await?;
-    Ok(rx)
+    Ok((pid, rx))
 }
 
 impl RunningTask {
@@ -196,7 +199,9 @@ impl RunningTask {
 
     /// SIGTERM to the process, SIGKILL to all of the container's after
     /// `grace`; then the task, the container and the FIFOs are removed.
-    /// Idempotent.
+    /// An init that has no SIGTERM handler (a plain program as a
+    /// container's first process: the kernel drops the signal) is killed
+    /// at once instead of after a grace it cannot use. Idempotent.
     pub async fn stop(&self, grace: Duration) -> Result<(), Error> {
         let mut stopped = self.stopped.lock().await;
         if *stopped {
@@ -204,10 +209,19 @@ impl RunningTask {
         }
         let mut exited = self.exited.clone();
         if exited.borrow().is_none() {
-            signal(&self.ctd, &self.id, "", SIGTERM, false).await;
-            let ended = tokio::time::timeout(grace, exited.wait_for(|e| e.is_some()))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            let ended = if handles_signal(self.pid, SIGTERM) {
+                signal(&self.ctd, &self.id, "", SIGTERM, false).await;
+                tokio::time::timeout(grace, exited.wait_for(|e| e.is_some()))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                tracing::debug!(
+                    id = self.id,
+                    pid = self.pid,
+                    "its init has no SIGTERM handler: SIGKILL"
+                );
+                false
+            };
             if !ended {
                 signal(&self.ctd, &self.id, "", SIGKILL, true).await;
                 let _ =

@@ -204,13 +204,14 @@ fn fifo_arg(path: Option<&Path>) -> String {
 }
 
 /// Creates container `run`'s task (its shim and runc's init), its streams
-/// on `io`.
+/// on `io`; returns the init process's pid on the host.
 pub(crate) async fn create_task(
     ctd: &Containerd,
     run: &ContainerRun,
     io: TaskIo<'_>,
-) -> Result<(), Error> {
-    ctd.tasks()
+) -> Result<u32, Error> {
+    let created = ctd
+        .tasks()
         .create(ctd.request(CreateTaskRequest {
             container_id: run.id.clone(),
             rootfs: run.rootfs.clone(),
@@ -222,7 +223,23 @@ pub(crate) async fn create_task(
         }))
         .await
         .map_err(|s| Error::rpc("create task", &run.id, s))?;
-    Ok(())
+    Ok(created.into_inner().pid)
+}
+
+/// Whether host process `pid` has a handler for signal `signo`, from
+/// /proc/PID/status (SigCgt). A container's init gets no signal from
+/// outside its PID namespace that it does not handle (SIGKILL aside):
+/// SIGTERM to an init without a handler does nothing. Unknown (no such
+/// process, unreadable): true.
+pub(crate) fn handles_signal(pid: u32, signo: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1 << (signo - 1)) != 0)
 }
 
 /// What waiting for a process comes to.
@@ -426,4 +443,46 @@ pub(crate) async fn drain(
         }
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handles_signal;
+
+    /// Polls `cond` for up to ten seconds.
+    fn eventually(cond: impl Fn() -> bool) -> bool {
+        (0..200).any(|_| {
+            cond() || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                false
+            }
+        })
+    }
+
+    #[test]
+    fn a_process_with_a_sigterm_trap_handles_it_and_a_plain_one_does_not() {
+        let spawn = |script: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap()
+        };
+        let mut trapping = spawn("trap 'exit 0' TERM; while :; do sleep 1; done");
+        let mut plain = spawn("exec sleep 30");
+        let (t, p) = (trapping.id(), plain.id());
+        assert!(eventually(|| handles_signal(t, 15)), "the trap is set");
+        let comm =
+            |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert!(
+            eventually(|| comm(p).trim() == "sleep"),
+            "sh has exec'd sleep"
+        );
+        assert!(!handles_signal(p, 15));
+        // No such process: assumed to handle it (the normal stop path).
+        assert!(handles_signal(u32::MAX - 1, 15));
+        for c in [&mut trapping, &mut plain] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
 }
