@@ -4,17 +4,21 @@
 //! (the local registry's port), which is what puts a step in its own
 //! namespace in this API version. The last step prints its network
 //! namespace, so that bench/run.sh checks which one the steps had.
-//! `BENCH_NONCE` makes all ten steps miss (as in ten_steps.rs).
+//! `BENCH_NONCE` makes all ten steps miss (as in ten_steps.rs);
+//! `BENCH_STEPS` sets how many (default 10).
 
 use rbuild_sdk as rb;
 
 const IMAGE: &str = "127.0.0.1:5000/busybox:latest";
-const STEPS: usize = 10;
 
 #[tokio::main]
 async fn main() -> rb::Result<()> {
     let nonce = std::env::var("BENCH_NONCE").unwrap_or_default();
     let own_netns = std::env::var("BENCH_NETWORK").as_deref() == Ok("netns");
+    let steps: usize = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
     let client = rb::connect().await?;
 
     let mut container = client.container().from(IMAGE);
@@ -25,11 +29,13 @@ async fn main() -> rb::Result<()> {
         }]);
         container = container.with_service_binding("registry", &registry);
     }
-    for n in 1..=STEPS {
-        let cmd = match n {
-            1 => format!("echo step {n} {nonce} > /nonce"),
-            STEPS => format!("echo step {n}; readlink /proc/self/ns/net"),
-            _ => format!("echo step {n}"),
+    for n in 1..=steps {
+        let cmd = if n == 1 {
+            format!("echo step {n} {nonce} > /nonce")
+        } else if n == steps {
+            format!("echo step {n}; readlink /proc/self/ns/net")
+        } else {
+            format!("echo step {n}")
         };
         container = container.with_exec(["sh", "-c", cmd.as_str()]);
     }

@@ -221,7 +221,7 @@ async fn a_dead_owners_namespace_is_found_and_swept() {
 }
 
 #[tokio::test]
-async fn the_pool_hands_out_prepared_namespaces_and_refills() {
+async fn the_pool_hands_out_prepared_namespaces_takes_them_back_and_refills() {
     let (mut config, _dir) = config(5);
     config.pool_size = 2;
     let bridge = config.bridge.clone();
@@ -231,20 +231,49 @@ async fn the_pool_hands_out_prepared_namespaces_and_refills() {
     let t = Instant::now();
     let pooled = pool.attach().await.unwrap();
     let from_pool = t.elapsed();
+    assert_eq!(pool.ready(), 1, "one taken; not refilled while one is ready");
     let t = Instant::now();
     let fresh = pool.network().create().await.unwrap();
     let made = t.elapsed();
     eprintln!("attach from the pool: {from_pool:?}; a namespace made fresh: {made:?}");
-    pool.filled().await;
-    assert_eq!(pool.ready(), 2, "refilled after the take");
-    let taken: Vec<Attachment> = vec![pooled, fresh];
-    for a in taken {
+
+    // Given back: into the pool while it has room, and handed out again.
+    let reused = pooled.id.clone();
+    pool.detach(pooled).await.unwrap();
+    assert_eq!(pool.ready(), 2);
+    let fresh_netns = fresh.netns.clone();
+    pool.detach(fresh).await.unwrap();
+    assert_eq!(pool.ready(), 2, "a full pool takes no more");
+    let (x, y) = (pool.attach().await.unwrap(), pool.attach().await.unwrap());
+    let ids = [x.id.clone(), y.id.clone()];
+    for a in [x, y] {
         pool.detach(a).await.unwrap();
     }
+    assert!(ids.contains(&reused), "{ids:?} hands out {reused} again");
     pool.shutdown().await;
+    assert!(!fresh_netns.exists(), "the one a full pool did not take is destroyed");
     assert_eq!(
         veths(&bridge),
         Vec::<String>::new(),
         "shutdown destroys the pooled ones"
     );
+}
+
+#[tokio::test]
+async fn an_emptied_pool_is_refilled() {
+    let (mut config, _dir) = config(6);
+    config.pool_size = 2;
+    let bridge = config.bridge.clone();
+    let _bridge = Bridge(bridge.clone());
+    let pool = Networks::open(config).unwrap();
+    pool.filled().await;
+    let a = pool.attach().await.unwrap();
+    let b = pool.attach().await.unwrap();
+    pool.filled().await;
+    assert_eq!(pool.ready(), 2, "refilled once emptied");
+    for x in [a, b] {
+        pool.detach(x).await.unwrap();
+    }
+    pool.shutdown().await;
+    assert_eq!(veths(&bridge), Vec::<String>::new());
 }

@@ -1,7 +1,15 @@
 //! Namespaces kept prepared (BuildKit's pool): making one costs a thread,
-//! a mount and two CNI plugin runs, so a few wait on the bridge, and each
-//! take is refilled in the background. A namespace is used once: given
-//! back, it is destroyed, never reused by another consumer.
+//! a mount and two CNI plugin runs (about 170 ms here), and removing one a
+//! CNI DEL and an unmount, so a few wait on the bridge. As in BuildKit, a
+//! namespace given back goes back into the pool while it has room, for the
+//! next consumer: what a step or a service leaves in it ends with its
+//! processes (sockets), and nothing else in it can be changed from inside,
+//! since no container gets CAP_NET_ADMIN (Docker's default capabilities:
+//! addresses, routes, firewall rules and sysctls stay as ADD made them).
+//! So a chain of namespaced steps runs CNI once, not once a step. When the
+//! pool is emptied (a burst of consumers), it is refilled in the
+//! background; one given back to a full pool is destroyed in the
+//! background (shutdown waits for that).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -24,6 +32,7 @@ struct Inner {
     wake: Notify,
     stop: CancellationToken,
     refiller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    destroying: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Networks {
@@ -37,6 +46,7 @@ impl Networks {
             wake: Notify::new(),
             stop: CancellationToken::new(),
             refiller: Mutex::new(None),
+            destroying: Mutex::new(tokio::task::JoinSet::new()),
         });
         if size > 0 {
             let task = tokio::spawn(refill(inner.clone()));
@@ -51,17 +61,43 @@ impl Networks {
 
     /// A prepared namespace, or a new one when none is ready.
     pub async fn attach(&self) -> Result<Attachment, Error> {
-        let taken = self.inner.ready.lock().unwrap().pop_front();
-        self.inner.wake.notify_one();
+        let (taken, emptied) = {
+            let mut ready = self.inner.ready.lock().unwrap();
+            let taken = ready.pop_front();
+            (taken, ready.is_empty())
+        };
+        if emptied {
+            self.inner.wake.notify_one();
+        }
         match taken {
             Some(a) => Ok(a),
             None => self.inner.network.create().await,
         }
     }
 
-    /// Destroys a namespace that was attached.
+    /// Gives back a namespace that was attached (its consumer's processes
+    /// are gone): into the pool while it has room, else destroyed in the
+    /// background.
     pub async fn detach(&self, a: Attachment) -> Result<(), Error> {
-        self.inner.network.destroy(&a).await
+        let a = {
+            let mut ready = self.inner.ready.lock().unwrap();
+            if ready.len() < self.inner.size && !self.inner.stop.is_cancelled() {
+                ready.push_back(a);
+                return Ok(());
+            }
+            a
+        };
+        let inner = self.inner.clone();
+        self.inner
+            .destroying
+            .lock()
+            .unwrap()
+            .spawn(async move {
+                if let Err(e) = inner.network.destroy(&a).await {
+                    tracing::warn!(error = %e, netns = %a.netns.display(), "could not destroy a network namespace");
+                }
+            });
+        Ok(())
     }
 
     /// How many namespaces are ready now.
@@ -83,12 +119,20 @@ impl Networks {
         if let Some(task) = task {
             let _ = task.await;
         }
+        let mut destroying = std::mem::take(&mut *self.inner.destroying.lock().unwrap());
+        while destroying.join_next().await.is_some() {}
         let ready: Vec<Attachment> = self.inner.ready.lock().unwrap().drain(..).collect();
+        // All at once: each is a CNI DEL (a plugin run) and an unmount.
+        let mut destroying = tokio::task::JoinSet::new();
         for a in ready {
-            if let Err(e) = self.inner.network.destroy(&a).await {
-                tracing::warn!(error = %e, netns = %a.netns.display(), "could not destroy a pooled network namespace");
-            }
+            let inner = self.inner.clone();
+            destroying.spawn(async move {
+                if let Err(e) = inner.network.destroy(&a).await {
+                    tracing::warn!(error = %e, netns = %a.netns.display(), "could not destroy a pooled network namespace");
+                }
+            });
         }
+        while destroying.join_next().await.is_some() {}
     }
 }
 
@@ -96,7 +140,21 @@ async fn refill(inner: Arc<Inner>) {
     loop {
         while inner.ready.lock().unwrap().len() < inner.size && !inner.stop.is_cancelled() {
             match inner.network.create().await {
-                Ok(a) => inner.ready.lock().unwrap().push_back(a),
+                Ok(a) => {
+                    // Namespaces given back meanwhile may have filled it.
+                    let extra = {
+                        let mut ready = inner.ready.lock().unwrap();
+                        if ready.len() < inner.size {
+                            ready.push_back(a);
+                            None
+                        } else {
+                            Some(a)
+                        }
+                    };
+                    if let Some(a) = extra {
+                        let _ = inner.network.destroy(&a).await;
+                    }
+                }
                 Err(e) => {
                     // attach() makes its own and reports the error to its caller.
                     tracing::warn!(error = %e, "could not prepare a network namespace");
