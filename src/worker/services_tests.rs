@@ -268,12 +268,10 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         std::fs::read_dir(&io).map(|d| d.count()).unwrap_or(0) == 0,
         "no FIFOs"
     );
+    // Given back: one into the pool (size 1) for the next consumer, the
+    // other destroyed; both gone at finish (below).
     worker.detach(service_ns.clone()).await.unwrap();
     worker.detach(step_ns.clone()).await.unwrap();
-    assert!(
-        !service_ns.netns.exists() && !step_ns.netns.exists(),
-        "no netns"
-    );
 
     // A killed run's namespace: listed by verify, swept by the next start.
     let dead = network::Network::open(worker.network_config.clone().unwrap())
@@ -301,6 +299,10 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         veths(&bridge),
         Vec::<String>::new(),
         "no veth: the pool's went at finish"
+    );
+    assert!(
+        !service_ns.netns.exists() && !step_ns.netns.exists(),
+        "no netns"
     );
 
     remove_namespace(&ns);
