@@ -231,7 +231,11 @@ async fn the_pool_hands_out_prepared_namespaces_takes_them_back_and_refills() {
     let t = Instant::now();
     let pooled = pool.attach().await.unwrap();
     let from_pool = t.elapsed();
-    assert_eq!(pool.ready(), 1, "one taken; not refilled while one is ready");
+    assert_eq!(
+        pool.ready(),
+        1,
+        "one taken; not refilled while one is ready"
+    );
     let t = Instant::now();
     let fresh = pool.network().create().await.unwrap();
     let made = t.elapsed();
@@ -251,7 +255,10 @@ async fn the_pool_hands_out_prepared_namespaces_takes_them_back_and_refills() {
     }
     assert!(ids.contains(&reused), "{ids:?} hands out {reused} again");
     pool.shutdown().await;
-    assert!(!fresh_netns.exists(), "the one a full pool did not take is destroyed");
+    assert!(
+        !fresh_netns.exists(),
+        "the one a full pool did not take is destroyed"
+    );
     assert_eq!(
         veths(&bridge),
         Vec::<String>::new(),

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use rbuild_snapshotter::ImageRef;
 use rbuild_snapshotter::tree::Filter;
 
+use super::inputs::Input;
 use super::*;
 use crate::graph::{
     ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, FileDef, SecretDef,
@@ -25,35 +26,39 @@ impl<W: Worker> Solver<W> {
         def: &'a ContainerDef,
     ) -> BoxFuture<'a, Result<ContainerState, SolveError>> {
         async move {
-            let mut st = ContainerState::scratch();
-            for (i, op) in def.ops.iter().enumerate() {
-                let at = def.at.get(i).cloned().flatten();
-                self.container_op(&mut st, op, at).await?;
-            }
-            Ok(st)
+            let inputs = self.container_inputs(&def.ops);
+            inputs
+                .drive(async {
+                    let mut st = ContainerState::scratch();
+                    for (i, op) in def.ops.iter().enumerate() {
+                        let at = def.at.get(i).cloned().flatten();
+                        let input = inputs.get(i).await?;
+                        self.container_op(&mut st, op, at, input).await?;
+                    }
+                    Ok(st)
+                })
+                .await
         }
         .boxed()
     }
 
+    /// One op on `st`; `input` is what it takes from another value
+    /// (see [`super::inputs`]), evaluated.
     pub(super) async fn container_op(
         self: &Arc<Self>,
         st: &mut ContainerState,
         op: &ContainerOp,
         at: Option<String>,
+        input: Option<Input>,
     ) -> Result<(), SolveError> {
         match op {
-            ContainerOp::From { address } => {
-                *st = ContainerState::from_image(self.resolve_image(address).await?);
-            }
-            ContainerOp::Import { file } => {
-                let f = self.file(file).await?;
-                let image = self.import_image(&f).await?;
-                *st = ContainerState::from_image(image);
+            ContainerOp::From { .. } | ContainerOp::Import { .. } => {
+                *st = ContainerState::from_image(Input::image(input)?);
             }
             ContainerOp::WithExposedPort { port, protocol } => st.expose(*port, protocol),
-            ContainerOp::WithServiceBinding { alias, service } => {
+            ContainerOp::WithServiceBinding { alias, .. } => {
                 super::services::check_hostname("with_service_binding", "alias", alias, true)?;
-                let service = self.service(service).await?;
+                let service = Input::service(input)?;
                 st.bindings.retain(|b| &b.alias != alias);
                 st.bindings.push(Binding {
                     alias: alias.clone(),
@@ -162,12 +167,12 @@ impl<W: Worker> Solver<W> {
             }
             ContainerOp::WithDirectory {
                 path,
-                directory,
                 include,
                 exclude,
                 owner,
+                ..
             } => {
-                let source = self.directory(directory).await?;
+                let source = Input::directory(input)?;
                 let action = PlannedAction::CopyDir {
                     dest: st.resolve(path),
                     source,
@@ -179,11 +184,11 @@ impl<W: Worker> Solver<W> {
             }
             ContainerOp::WithFile {
                 path,
-                file,
                 permissions,
                 owner,
+                ..
             } => {
-                let source = self.file(file).await?;
+                let source = Input::file(input)?;
                 let action = PlannedAction::CopyFile {
                     dest: st.resolve(path),
                     source,
@@ -212,13 +217,13 @@ impl<W: Worker> Solver<W> {
                 };
                 st.rootfs = self.apply(st.rootfs.clone(), action).await?;
             }
-            ContainerOp::WithMountedDirectory { path, directory } => {
-                let dir = self.directory(directory).await?;
+            ContainerOp::WithMountedDirectory { path, .. } => {
+                let dir = Input::directory(input)?;
                 st.mounts
                     .insert(st.resolve(path), MountSpec::Directory(dir));
             }
-            ContainerOp::WithMountedFile { path, file } => {
-                let f = self.file(file).await?;
+            ContainerOp::WithMountedFile { path, .. } => {
+                let f = Input::file(input)?;
                 st.mounts.insert(st.resolve(path), MountSpec::File(f));
             }
             ContainerOp::WithMountedCache {
@@ -265,6 +270,18 @@ impl<W: Worker> Solver<W> {
         def: &'a DirectoryDef,
     ) -> BoxFuture<'a, Result<DirValue, SolveError>> {
         async move {
+            let inputs = self.directory_inputs(&def.ops);
+            inputs.drive(self.directory_walk(def, &inputs)).await
+        }
+        .boxed()
+    }
+
+    async fn directory_walk(
+        self: &Arc<Self>,
+        def: &DirectoryDef,
+        inputs: &super::inputs::Inputs<'_>,
+    ) -> Result<DirValue, SolveError> {
+        {
             let mut dir = match &def.source {
                 DirectorySource::Empty => DirValue {
                     tree: Tree::Empty,
@@ -294,18 +311,21 @@ impl<W: Worker> Solver<W> {
                     }
                 }
             };
-            for op in &def.ops {
-                dir = self.directory_op(dir, op).await?;
+            for (i, op) in def.ops.iter().enumerate() {
+                let input = inputs.get(i).await?;
+                dir = self.directory_op(dir, op, input).await?;
             }
             Ok(dir)
         }
-        .boxed()
     }
 
+    /// One op on `dir`; `input` is what it takes from another value,
+    /// evaluated.
     pub(super) async fn directory_op(
         self: &Arc<Self>,
         dir: DirValue,
         op: &DirectoryOp,
+        input: Option<Input>,
     ) -> Result<DirValue, SolveError> {
         let at = |p: &str| join_path(&dir.path, p);
         let action = match op {
@@ -326,23 +346,21 @@ impl<W: Worker> Solver<W> {
                 owner: None,
             },
             DirectoryOp::WithFile {
-                path,
-                file,
-                permissions,
+                path, permissions, ..
             } => PlannedAction::CopyFile {
                 dest: at(path),
-                source: self.file(file).await?,
+                source: Input::file(input)?,
                 permissions: *permissions,
                 owner: None,
             },
             DirectoryOp::WithDirectory {
                 path,
-                directory,
                 include,
                 exclude,
+                ..
             } => PlannedAction::CopyDir {
                 dest: at(path),
-                source: self.directory(directory).await?,
+                source: Input::directory(input)?,
                 include: include.clone(),
                 exclude: exclude.clone(),
                 owner: None,
@@ -364,10 +382,10 @@ impl<W: Worker> Solver<W> {
                     path: "/".into(),
                 });
             }
-            DirectoryOp::Diff { other } => {
+            DirectoryOp::Diff { .. } => {
                 let action = PlannedAction::Diff {
                     base: dir,
-                    other: self.directory(other).await?,
+                    other: Input::directory(input)?,
                 };
                 return Ok(DirValue {
                     tree: self.apply(Tree::Empty, action).await?,

@@ -13,10 +13,12 @@
 //! about: [`interpret`] (builder calls into trees and steps), [`sources`]
 //! (images resolved, host trees scanned), [`steps`] (cache hits, running
 //! and recording steps), [`images`] (images out), [`services`] (services
-//! planned: what runs, its identity and hostname), [`terminal`].
+//! planned: what runs, its identity and hostname), [`inputs`] (every input
+//! of a value's ops evaluated at once), [`terminal`].
 
 mod error;
 mod images;
+mod inputs;
 mod instances;
 mod interpret;
 mod memo;

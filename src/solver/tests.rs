@@ -458,6 +458,40 @@ async fn independent_branches_run_concurrently() {
 }
 
 #[tokio::test]
+async fn a_values_inputs_from_independent_branches_run_at_once_without_a_join() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    // One container; its three files come from three branches whose steps
+    // each wait inside their exec until all three are there: solved one
+    // after the other, they never all arrive.
+    let mut def = pipeline(&[], None);
+    for i in 0..3 {
+        let branch = pipeline(&[&[&format!("branch{i}"), "rendezvous=3"]], None);
+        def.ops.push(ContainerOp::WithFile {
+            path: format!("/from{i}"),
+            file: crate::graph::FileDef::Container {
+                container: branch,
+                path: "/out".into(),
+            },
+            permissions: None,
+            owner: None,
+        });
+    }
+    def.ops.push(exec(&["final"]));
+    def.at.clear();
+    s.container(&def).await.unwrap();
+    let ran = execs(&s);
+    let branches: HashSet<&str> = ran[..3].iter().map(String::as_str).collect();
+    let want = HashSet::from([
+        "branch0 rendezvous=3",
+        "branch1 rendezvous=3",
+        "branch2 rendezvous=3",
+    ]);
+    assert_eq!(branches, want, "{ran:?}");
+    assert_eq!(ran.last().map(String::as_str), Some("final"), "{ran:?}");
+}
+
+#[tokio::test]
 async fn a_lost_snapshot_is_rebuilt_when_a_later_step_needs_it() {
     let h = Harness::new();
     let (first, _) = h.run();
