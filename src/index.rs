@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rbuild_snapshotter::BlobDesc;
 use rbuild_snapshotter::export::Layer;
-use rbuild_snapshotter::tree::{KnownHashes, StatKey};
+use rbuild_snapshotter::tree::{KnownHashes, StatKey, StatRecord};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::key::CacheKey;
@@ -151,7 +151,8 @@ CREATE TABLE IF NOT EXISTS host_files (
     size      INTEGER NOT NULL,
     mtime_ns  INTEGER NOT NULL,
     ctime_ns  INTEGER NOT NULL,
-    hash      BLOB NOT NULL
+    hash      BLOB NOT NULL,
+    seen_ns   INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS layers (
     snapshot    TEXT NOT NULL,
@@ -196,17 +197,24 @@ fn file_name(f: &Option<OutputFile>) -> &str {
 }
 
 /// A stat key and hash from `dev, ino, size, mtime_ns, ctime_ns, hash` columns starting at `first`.
-fn stat_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<(StatKey, Vec<u8>)> {
-    Ok((
-        StatKey {
+/// A stat cache row from column `first` on (dev, ino, size, mtime_ns,
+/// ctime_ns, hash, seen_ns); None for a hash of the wrong length.
+fn stat_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<StatRecord>> {
+    let hash: Vec<u8> = r.get(first + 5)?;
+    let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+        return Ok(None);
+    };
+    Ok(Some(StatRecord {
+        stat: StatKey {
             dev: r.get::<_, i64>(first)? as u64,
             ino: r.get::<_, i64>(first + 1)? as u64,
             size: r.get::<_, i64>(first + 2)? as u64,
             mtime_ns: r.get(first + 3)?,
             ctime_ns: r.get(first + 4)?,
         },
-        r.get(first + 5)?,
-    ))
+        hash,
+        seen_ns: r.get(first + 6)?,
+    }))
 }
 
 fn now_secs() -> i64 {
@@ -260,13 +268,21 @@ impl Index {
             .map_err(err)?;
         tx.execute_batch(SCHEMA).map_err(err)?;
         // Columns added since the first index: results' content identity, sizes, output files.
-        for (column, decl) in MIGRATIONS {
+        // And to the stat cache: when a file's content was first seen.
+        let host_files = [("seen_ns", "INTEGER NOT NULL DEFAULT 0")];
+        for (table, (column, decl)) in MIGRATIONS
+            .iter()
+            .map(|c| ("steps", c))
+            .chain(host_files.iter().map(|c| ("host_files", c)))
+        {
             let has: bool = tx
-                .prepare("SELECT 1 FROM pragma_table_info('steps') WHERE name = ?1")
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))
                 .and_then(|mut s| s.exists([column]))
                 .map_err(err)?;
             if !has {
-                tx.execute_batch(&format!("ALTER TABLE steps ADD COLUMN {column} {decl}"))
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
                     .map_err(err)?;
             }
         }
@@ -488,20 +504,17 @@ impl Index {
         let end = format!("{}0", &prefix[..prefix.len() - 1]);
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash FROM host_files
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, seen_ns FROM host_files
                  WHERE path >= ?1 AND path < ?2",
             )?;
             let rows = stmt.query_map(params![prefix, end], |r| {
-                let (stat, hash) = stat_row(r, 1)?;
-                Ok((r.get::<_, String>(0)?, stat, hash))
+                Ok((r.get::<_, String>(0)?, stat_row(r, 1)?))
             })?;
             let mut out = KnownHashes::new();
             for row in rows {
-                let (path, stat, hash) = row?;
-                if let (Some(rel), Ok(hash)) =
-                    (path.strip_prefix(&prefix), <[u8; 32]>::try_from(hash))
-                {
-                    out.insert(rel.to_string(), (stat, hash));
+                let (path, record) = row?;
+                if let (Some(rel), Some(record)) = (path.strip_prefix(&prefix), record) {
+                    out.insert(rel.to_string(), record);
                 }
             }
             Ok(out)
@@ -517,16 +530,14 @@ impl Index {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM host_files WHERE path = ?1",
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, hash, seen_ns FROM host_files WHERE path = ?1",
                     params![path],
                     |r| stat_row(r, 0),
                 )
                 .optional()?;
             let mut out = KnownHashes::new();
-            if let Some((stat, hash)) = row
-                && let Ok(hash) = <[u8; 32]>::try_from(hash)
-            {
-                out.insert(name.to_string(), (stat, hash));
+            if let Some(Some(record)) = row {
+                out.insert(name.to_string(), record);
             }
             Ok(out)
         })
@@ -546,11 +557,12 @@ impl Index {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO host_files (path, dev, ino, size, mtime_ns, ctime_ns, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO host_files (path, dev, ino, size, mtime_ns, ctime_ns, hash, seen_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
-            for (rel, (k, hash)) in fresh {
+            for (rel, r) in fresh {
+                let k = &r.stat;
                 stmt.execute(params![
                     format!("{prefix}/{rel}"),
                     k.dev as i64,
@@ -558,7 +570,8 @@ impl Index {
                     k.size as i64,
                     k.mtime_ns,
                     k.ctime_ns,
-                    hash.as_slice()
+                    r.hash.as_slice(),
+                    r.seen_ns
                 ])
                 .map_err(err)?;
             }
@@ -673,11 +686,16 @@ mod tests {
             mtime_ns: 4,
             ctime_ns: 5,
         };
+        let record = |hash, seen_ns| StatRecord {
+            stat: k,
+            hash,
+            seen_ns,
+        };
         let mut fresh = KnownHashes::new();
-        fresh.insert("src/a.rs".into(), (k, [7; 32]));
+        fresh.insert("src/a.rs".into(), record([7; 32], 6));
         idx.put_known_hashes(Path::new("/p/proj"), &fresh).unwrap();
         let mut other = KnownHashes::new();
-        other.insert("x".into(), (k, [8; 32]));
+        other.insert("x".into(), record([8; 32], 0));
         idx.put_known_hashes(Path::new("/p/proj2"), &other).unwrap();
         let known = idx.known_hashes(Path::new("/p/proj")).unwrap();
         assert_eq!(
@@ -685,7 +703,11 @@ mod tests {
             1,
             "a sibling with a common prefix is not included"
         );
-        assert_eq!(known["src/a.rs"], (k, [7; 32]));
+        assert_eq!(known["src/a.rs"], record([7; 32], 6));
+        assert_eq!(
+            idx.known_hash(Path::new("/p/proj2"), "x").unwrap()["x"],
+            record([8; 32], 0)
+        );
     }
 
     #[test]

@@ -244,3 +244,51 @@ fn two_concurrent_rbuild_processes_run_each_step_once() {
         "each step ran once, in one of the two: {stderr}"
     );
 }
+
+/// Sets `path`'s mtime to `when` (touch -d syntax).
+fn set_mtime(path: &Path, when: &str) {
+    let ok = Command::new("touch")
+        .args(["-m", "-d", when])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "touch -d {when} {}", path.display());
+}
+
+#[test]
+fn cargo_inside_sees_an_edit_whose_size_and_mtime_were_restored() {
+    // The README's first example, one level down: target/ lives on a cache
+    // volume, and cargo decides by mtime. A same-size edit with its old
+    // mtime put back (git-mtimestamp, an editor's undo) must still rebuild;
+    // a touch that changes nothing must not.
+    let env = TestEnv::new("mtime-cargo");
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        "[package]\nname = \"mtime-test\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    let main = project.join("src/main.rs");
+    std::fs::write(&main, "fn main() { println!(\"AAAA\"); }\n").unwrap();
+    set_mtime(&main, "2001-01-01 00:00:00");
+    let pipeline = repo_root().join("fixtures/pipelines/mtime.rs");
+    let run = || env.run(&pipeline, &[project.to_str().unwrap()]).ok();
+
+    assert_eq!(run().stdout, "AAAA\ncompiled\n");
+
+    // Same size, same (old) mtime, new bytes.
+    std::fs::write(&main, "fn main() { println!(\"BBBB\"); }\n").unwrap();
+    set_mtime(&main, "2001-01-01 00:00:00");
+    let edited = run();
+    assert_eq!(edited.stdout, "BBBB\ncompiled\n", "{}", edited.stderr);
+
+    // The step runs again (a new file beside), main.rs is only touched:
+    // cargo finds nothing to do.
+    std::fs::write(project.join("NOTES"), "unrelated\n").unwrap();
+    set_mtime(&main, "2030-01-01 00:00:00");
+    let touched = run();
+    assert_eq!(touched.ran(), 1, "{}", touched.stderr);
+    assert_eq!(touched.stdout, "BBBB\nfresh\n", "{}", touched.stderr);
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbuild_runtime::network::{self, Attachment, Network, NetworkConfig, Networks};
+use rbuild_runtime::network::{self, Network, NetworkConfig, Networks};
 
 /// A bridge, subnet and state directory for test `n` of this process.
 fn config(n: u8) -> (NetworkConfig, tempfile::TempDir) {

@@ -18,8 +18,10 @@ use super::par_for_each;
 use super::scan::{EntryKind, Hash, HostEntry, KnownHashes, StatKey, scan_host_dir};
 use crate::Error;
 
-/// Hashes files in parallel.
-pub(super) fn hash_files(todo: &[(String, PathBuf, StatKey)]) -> Result<KnownHashes, Error> {
+/// Hashes files in parallel: relative path → (stat key, hash).
+pub(super) fn hash_files(
+    todo: &[(String, PathBuf, StatKey)],
+) -> Result<HashMap<String, (StatKey, Hash)>, Error> {
     let out = Mutex::new(HashMap::with_capacity(todo.len()));
     par_for_each(todo, |(rel, path, key)| {
         let h = hash_file(path)?;

@@ -34,8 +34,8 @@ pub use digest::{hash_file, merkle_digest, tree_digest, upper_digest};
 pub use filter::{CopyFilter, Filter};
 pub use glob::{entries, glob, glob_matcher};
 pub use scan::{
-    EntryKind, Hash, HostEntry, HostListing, HostNode, KnownHashes, StatKey, scan_host_dir,
-    scan_host_dir_with, scan_host_file,
+    EntryKind, Hash, HostEntry, HostListing, HostNode, KnownHashes, StatKey, StatRecord,
+    scan_host_dir, scan_host_dir_with, scan_host_file,
 };
 pub use stubs::remove_mount_stubs;
 

@@ -6,6 +6,17 @@
 //! data is only used to skip re-hashing a file whose (device, inode, size,
 //! mtime, ctime) all match what was recorded when it was last hashed. How
 //! the digest is formed is `digest`; which paths are taken is `filter`.
+//!
+//! The mtime a file gets where it is copied (its entry's `mtime`) is not
+//! the host's: it is when rbuild first saw that content at that path (the
+//! stat cache keeps it). The tools inside a step (cargo, make, tsc) decide
+//! by mtime, and a cache volume keeps what they built: a host mtime may lie
+//! (restored by `git-mtimestamp`, kept by a same-size edit undone in an
+//! editor), so an edit could look older than the artefact built from the
+//! content before it. A changed content is always "seen now", newer than
+//! anything built from the old one; an unchanged one keeps its time, even
+//! when the host file was touched, so nothing inside rebuilds for nothing.
+//! Directories and symlinks keep the host's mtime.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -47,18 +58,31 @@ impl StatKey {
     fn settled_before(&self, horizon_ns: i64) -> bool {
         self.mtime_ns < horizon_ns && self.ctime_ns < horizon_ns
     }
+
+    /// This key, or one that matches no file when it was taken too close
+    /// to its file's last change to vouch for the content (so the next
+    /// scan reads the file again, while the record still keeps its hash
+    /// and when that content was first seen).
+    fn vouching_before(self, horizon_ns: i64) -> StatKey {
+        if self.settled_before(horizon_ns) {
+            self
+        } else {
+            StatKey {
+                mtime_ns: i64::MIN,
+                ..self
+            }
+        }
+    }
 }
 
 /// The moment before which a file's timestamps are trusted by a scan
 /// starting now on `root`'s filesystem: git's "racily clean" rule. A file
 /// written within one timestamp tick of its hashing could be written again
 /// in the same tick, same size, and keep every stat field; such a file is
-/// hashed for this scan but not recorded, so the next scan reads it again.
+/// hashed for this scan and recorded with a stat key that vouches for
+/// nothing, so the next scan reads it again.
 fn trust_horizon(root: &Path) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    now - timestamp_granularity_ns(root)
+    now_ns() - timestamp_granularity_ns(root)
 }
 
 /// How far apart two writes must be for the filesystem to give them
@@ -117,8 +141,43 @@ pub struct HostListing {
     pub bytes_hashed: u64,
 }
 
-/// What the stat cache knew, and what it should learn.
-pub type KnownHashes = HashMap<String, (StatKey, Hash)>;
+/// What the stat cache knows of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatRecord {
+    /// Its stat key when it was hashed.
+    pub stat: StatKey,
+    pub hash: Hash,
+    /// When rbuild first saw this content at this path, in nanoseconds
+    /// since the epoch; 0 in a record from before rbuild kept it.
+    pub seen_ns: i64,
+}
+
+impl StatRecord {
+    /// When the content `hash` was first seen at this record's path: the
+    /// record's time if it is that content, else `now_ns`.
+    fn seen(known: Option<&StatRecord>, hash: &Hash, now_ns: i64) -> i64 {
+        match known {
+            Some(k) if k.hash == *hash && k.seen_ns > 0 => k.seen_ns,
+            // Recorded before the time was kept: the mtime it had then.
+            Some(k) if k.hash == *hash => k.stat.mtime_ns,
+            _ => now_ns,
+        }
+    }
+}
+
+/// What the stat cache knew, and what it should learn, by relative path.
+pub type KnownHashes = HashMap<String, StatRecord>;
+
+/// Nanoseconds since the epoch as an mtime (seconds, nanoseconds).
+fn as_mtime(ns: i64) -> (i64, i64) {
+    (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
 
 /// Scans `root` under `filter`. `known` maps relative paths to the stat
 /// key and hash recorded last time; files whose stat key matches are not
@@ -281,24 +340,27 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
     // Hash what the stat cache cannot vouch for, in parallel.
     let known = known();
     let known = known.borrow();
+    let now = now_ns();
     let todo: Vec<(String, PathBuf, StatKey)> = picked
         .iter()
         .filter(|(_, (m, _))| m.file_type().is_file())
         .filter_map(|(rel, (m, path))| {
             let key = StatKey::of(m);
             match known.get(rel) {
-                Some((k, _)) if *k == key => None,
+                Some(k) if k.stat == key => None,
                 _ => Some((rel.clone(), path.clone(), key)),
             }
         })
         .collect();
-    let mut fresh = hash_files(&todo)?;
+    let mut hashed = hash_files(&todo)?;
+    let mut fresh = KnownHashes::with_capacity(hashed.len());
     let bytes_hashed = todo.iter().map(|t| t.2.size).sum();
 
     let mut entries = Vec::with_capacity(picked.len());
     for (rel, (m, path)) in picked {
         let stat = StatKey::of(&m);
         let ft = m.file_type();
+        let mut mtime = (m.mtime(), m.mtime_nsec());
         let kind = if ft.is_dir() {
             EntryKind::Dir
         } else if ft.is_symlink() {
@@ -307,10 +369,23 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
                 target: target.as_os_str().as_bytes().to_vec(),
             }
         } else {
-            let hash = match fresh.get(&rel) {
-                Some((_, h)) => *h,
-                None => known[&rel].1,
+            let record = known.get(&rel);
+            let hash = match hashed.remove(&rel) {
+                Some((stat, hash)) => {
+                    let seen_ns = StatRecord::seen(record, &hash, now);
+                    fresh.insert(
+                        rel.clone(),
+                        StatRecord {
+                            stat,
+                            hash,
+                            seen_ns,
+                        },
+                    );
+                    hash
+                }
+                None => known[&rel].hash,
             };
+            mtime = as_mtime(StatRecord::seen(record, &hash, now));
             EntryKind::File {
                 hash,
                 size: m.size(),
@@ -321,7 +396,7 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
             kind,
             mode: m.permissions().mode() & 0o7777,
             stat,
-            mtime: (m.mtime(), m.mtime_nsec()),
+            mtime,
         });
     }
     let digest = merkle_digest(&entries);
@@ -334,7 +409,9 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
             digest,
         },
         {
-            fresh.retain(|_, (stat, _)| stat.settled_before(horizon_ns));
+            for r in fresh.values_mut() {
+                r.stat = r.stat.vouching_before(horizon_ns);
+            }
             fresh
         },
     ))
@@ -394,23 +471,34 @@ pub(super) fn scan_file(
     let stat = StatKey::of(&m);
     let mut fresh = KnownHashes::new();
     let mut hashed = false;
+    let mut mtime = (m.mtime(), m.mtime_nsec());
     let kind = if m.file_type().is_symlink() {
         let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
         EntryKind::Symlink {
             target: target.as_os_str().as_bytes().to_vec(),
         }
     } else {
-        let hash = match known.get(&rel) {
-            Some((k, h)) if *k == stat => *h,
+        let record = known.get(&rel);
+        let now = now_ns();
+        let hash = match record {
+            Some(k) if k.stat == stat => k.hash,
             _ => {
                 let h = hash_file(path)?;
                 hashed = true;
-                if stat.settled_before(horizon_ns) {
-                    fresh.insert(rel.clone(), (stat, h));
-                }
+                let seen_ns = StatRecord::seen(record, &h, now);
+                let stat = stat.vouching_before(horizon_ns);
+                fresh.insert(
+                    rel.clone(),
+                    StatRecord {
+                        stat,
+                        hash: h,
+                        seen_ns,
+                    },
+                );
                 h
             }
         };
+        mtime = as_mtime(StatRecord::seen(record, &hash, now));
         EntryKind::File {
             hash,
             size: m.size(),
@@ -421,7 +509,7 @@ pub(super) fn scan_file(
         kind,
         mode: m.permissions().mode() & 0o7777,
         stat,
-        mtime: (m.mtime(), m.mtime_nsec()),
+        mtime,
     }];
     let digest = merkle_digest(&entries);
     Ok((

@@ -310,21 +310,103 @@ fn a_file_changed_just_before_the_scan_is_hashed_but_not_vouched_for() {
         }
     );
     assert!(StatKey::of(&fs::metadata(d.path().join("new")).unwrap()).mtime_ns >= horizon);
-    assert!(!fresh.contains_key("new"), "a racy file is not recorded");
-    assert!(fresh.contains_key("old"), "a settled file is recorded");
+    let vouches = |fresh: &KnownHashes, rel: &str, path: &Path| {
+        fresh[rel].stat == StatKey::of(&fs::metadata(path).unwrap())
+    };
+    assert!(
+        !vouches(&fresh, "new", &d.path().join("new")),
+        "a racy file's record vouches for nothing"
+    );
+    assert!(
+        vouches(&fresh, "old", &d.path().join("old")),
+        "a settled file's does"
+    );
 
     // With the real clock, a file written a moment ago is not recorded by
     // either kind of scan; the next scan reads it again.
     write(d.path(), "now", "0123");
+    let now = d.path().join("now");
     let (_, fresh) = scan_host_dir(d.path(), &Filter::default(), &KnownHashes::new()).unwrap();
-    assert!(!fresh.contains_key("now"), "{fresh:?}");
-    let (listing, fresh) = scan_host_file(&d.path().join("now"), &KnownHashes::new()).unwrap();
-    assert!(fresh.is_empty(), "{fresh:?}");
+    assert!(!vouches(&fresh, "now", &now), "{fresh:?}");
+    let (listing, fresh) = scan_host_file(&now, &KnownHashes::new()).unwrap();
+    assert!(!vouches(&fresh, "now", &now), "{fresh:?}");
     assert_eq!(listing.files_hashed, 1);
     assert_eq!(listing.bytes_hashed, 4);
-    let (_, fresh) = scan::scan_file(&d.path().join("now"), &KnownHashes::new(), i64::MAX).unwrap();
+    // The next scan reads it again.
+    let (listing, _) = scan_host_file(&now, &fresh).unwrap();
+    assert_eq!(listing.files_hashed, 1);
+    let (_, fresh) = scan::scan_file(&now, &KnownHashes::new(), i64::MAX).unwrap();
     assert!(
-        fresh.contains_key("now"),
-        "a settled single file is recorded"
+        vouches(&fresh, "now", &now),
+        "a settled single file's record vouches"
     );
+}
+
+/// A file's entry mtime (where it is copied) as nanoseconds.
+fn entry_mtime_ns(listing: &HostListing, rel: &str) -> i64 {
+    let e = listing.entries.iter().find(|e| e.rel == rel).unwrap();
+    e.mtime.0 * 1_000_000_000 + e.mtime.1
+}
+
+#[test]
+fn a_copied_file_is_as_new_as_its_content_not_its_host_mtime() {
+    let d = tree();
+    let f = d.path().join("src/main.rs");
+    let set_mtime = |when: &str| {
+        assert!(
+            Command::new("touch")
+                .args(["-m", "-d", when])
+                .arg(&f)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    set_mtime("2001-01-01 00:00:00");
+    let mut s = Scanner::new();
+    let t0 = now_ns();
+    let first = s.scan(d.path(), &Filter::default());
+    // First seen now: not the host's year 2001.
+    let seen = entry_mtime_ns(&first, "src/main.rs");
+    assert!(seen >= t0, "first seen at the scan, not the host mtime");
+
+    // Touched, content unchanged: the same mtime, so nothing inside rebuilds.
+    set_mtime("2030-01-01 00:00:00");
+    let touched = s.scan(d.path(), &Filter::default());
+    assert_eq!(entry_mtime_ns(&touched, "src/main.rs"), seen);
+
+    // A same-size edit with the old mtime put back: newer than before.
+    let len = fs::metadata(&f).unwrap().len() as usize;
+    fs::write(&f, "x".repeat(len)).unwrap();
+    set_mtime("2001-01-01 00:00:00");
+    let t1 = now_ns();
+    let edited = s.scan(d.path(), &Filter::default());
+    assert_ne!(edited.digest, first.digest);
+    assert!(entry_mtime_ns(&edited, "src/main.rs") >= t1);
+    assert!(entry_mtime_ns(&edited, "src/main.rs") > seen);
+    // And stable from then on.
+    let again = s.scan(d.path(), &Filter::default());
+    assert_eq!(
+        entry_mtime_ns(&again, "src/main.rs"),
+        entry_mtime_ns(&edited, "src/main.rs")
+    );
+
+    // A record from before the time was kept (seen 0): the mtime it had.
+    let record = s.known.get_mut("src/main.rs").unwrap();
+    record.seen_ns = 0;
+    let recorded_mtime = record.stat.mtime_ns;
+    let old = s.scan(d.path(), &Filter::default());
+    assert_eq!(entry_mtime_ns(&old, "src/main.rs"), recorded_mtime);
+
+    // A single host file follows the same rule.
+    let known = KnownHashes::from([("main.rs".to_string(), s.known["src/main.rs"])]);
+    let (single, _) = scan::scan_file(&f, &known, i64::MAX).unwrap();
+    assert_eq!(entry_mtime_ns(&single, "main.rs"), recorded_mtime);
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
