@@ -7,31 +7,12 @@
 
 mod common;
 
-use common::{Outcome, TestEnv, repo_root};
+use common::{Outcome, TestEnv, count_events as count, repo_root, run_json};
 use serde_json::Value;
 
 fn run(env: &TestEnv, app: &std::path::Path) -> (Outcome, Vec<Value>) {
-    let out = env
-        .command()
-        .env("RBUILD_PROGRESS", "json")
-        .arg("run")
-        .arg(repo_root().join("examples/services/pipeline.rs"))
-        .arg("--")
-        .arg(app)
-        .output()
-        .expect("start rbuild");
-    let outcome = Outcome::from(out);
-    let events = outcome
-        .stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("event").is_some())
-        .collect();
-    (outcome, events)
-}
-
-fn count(events: &[Value], kind: &str) -> usize {
-    events.iter().filter(|e| e["event"] == kind).count()
+    let pipeline = repo_root().join("examples/services/pipeline.rs");
+    run_json(env, &pipeline, &[app.to_str().unwrap()])
 }
 
 /// Exec steps that started (ran) and that were cached.

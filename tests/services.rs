@@ -21,30 +21,11 @@ fn pipeline() -> PathBuf {
 
 /// `rbuild --progress json run services.rs -- ARGS`
 fn run(env: &TestEnv, args: &[&str]) -> (Outcome, Vec<Value>) {
-    let out = env
-        .command()
-        .env("RBUILD_PROGRESS", "json")
-        .arg("run")
-        .arg(pipeline())
-        .arg("--")
-        .args(args)
-        .output()
-        .expect("start rbuild");
-    let outcome = Outcome::from(out);
-    let events = events(&outcome.stderr);
-    (outcome, events)
-}
-
-fn events(stderr: &str) -> Vec<Value> {
-    stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("event").is_some())
-        .collect()
+    common::run_json(env, &pipeline(), args)
 }
 
 fn count(events: &[Value], kind: &str) -> usize {
-    events.iter().filter(|e| e["event"] == kind).count()
+    common::count_events(events, kind)
 }
 
 /// Containers, active snapshots and network namespaces a run must not

@@ -4,28 +4,7 @@
 
 mod common;
 
-use common::{BUSYBOX, Outcome, TestEnv, repo_root};
-use serde_json::Value;
-
-fn run_json(env: &TestEnv, args: &[&str]) -> (Outcome, Vec<Value>) {
-    let out = env
-        .command()
-        .env("RBUILD_PROGRESS", "json")
-        .arg("run")
-        .arg(repo_root().join("fixtures/pipelines/steps.rs"))
-        .arg("--")
-        .args(args)
-        .output()
-        .expect("start rbuild");
-    let outcome = Outcome::from(out);
-    let events = outcome
-        .stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("event").is_some())
-        .collect();
-    (outcome, events)
-}
+use common::{BUSYBOX, TestEnv, repo_root, run_json};
 
 #[test]
 fn three_branches_copied_into_one_container_run_at_once_without_a_join() {
@@ -43,7 +22,8 @@ fn three_branches_copied_into_one_container_run_at_once_without_a_join() {
         "exec=cat /branch0 /branch1 /branch2",
         "print=stdout",
     ];
-    let (out, events) = run_json(&env, &args);
+    let steps = repo_root().join("fixtures/pipelines/steps.rs");
+    let (out, events) = run_json(&env, &steps, &args);
     let out = out.ok();
     assert_eq!(out.stdout, "branch 0\nbranch 1\nbranch 2\n");
 
@@ -89,6 +69,6 @@ fn three_branches_copied_into_one_container_run_at_once_without_a_join() {
     assert!(position("started", cat) > last_end, "{}", out.stderr);
 
     // Again: all cached, the same bytes.
-    let (again, _) = run_json(&env, &args);
+    let (again, _) = run_json(&env, &steps, &args);
     assert_eq!(again.ok().stdout, out.stdout);
 }

@@ -269,3 +269,38 @@ fn base64(s: &str) -> String {
     }
     out
 }
+
+/// `rbuild run PIPELINE -- ARGS` with `--progress json`: the outcome and
+/// its progress events, in order.
+pub fn run_json(
+    env: &TestEnv,
+    pipeline: &Path,
+    args: &[&str],
+) -> (Outcome, Vec<serde_json::Value>) {
+    let out = env
+        .command()
+        .env("RBUILD_PROGRESS", "json")
+        .arg("run")
+        .arg(pipeline)
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("start rbuild");
+    let outcome = Outcome::from(out);
+    let events = events(&outcome.stderr);
+    (outcome, events)
+}
+
+/// The progress events (`--progress json`) among stderr's lines.
+pub fn events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
+
+/// How many events of `kind` there are.
+pub fn count_events(events: &[serde_json::Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
