@@ -6,9 +6,9 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns"
-#                          which scenarios to run (default: all ten; an
-#                          eleventh, "services", is opt-in: its cold run
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches"
+#                          which scenarios to run (default: all eleven; a
+#                          twelfth, "services", is opt-in: its cold run
 #                          builds examples/services from nothing, minutes)
 #   BENCH_NETNS_BIP=172.31.254.1/24
 #                          netns: the bridge of the second dockerd (BuildKit's
@@ -52,7 +52,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns"
+ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches"
 SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
@@ -204,7 +204,7 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | services) ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | branches | services) ;;
     *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS services)" ;;
   esac
 done
@@ -3107,10 +3107,108 @@ $(row "BuildKit, default (bridge)" nn_bk_default "$(fmt_s $((bb / STEPS))) s")
 EOF
 }
 
+# --------------------------------------------------------------- branches --
+# Two independent branches (a `sleep 1` step each, on one base) copied into
+# one container that reads them, with no join in the pipeline
+# (bench/pipelines/branches.rs), beside the same as a multi-stage
+# Dockerfile with two independent stages (which BuildKit runs at once).
+# The yardstick is the longest branch alone: the same pipeline with one
+# branch, and BuildKit's build of the one-branch Dockerfile. Every run cold
+# (a new nonce). Target: two branches within 1.1x of one.
+BR_NS=rbuild-bench-branches
+BR_ROOT=$STATE/branches-root
+BR_PIPELINE=$REPO/bench/pipelines/branches.rs
+BR_DIR=$STATE/branches
+
+# br_dockerfile N: a Dockerfile with N independent branch stages.
+br_dockerfile() {
+  local n=$1 i
+  echo "FROM $IMAGE AS base"
+  for ((i = 0; i < n; i++)); do
+    printf 'FROM base AS b%d\nARG NONCE=\nRUN sleep 1; echo branch %d $NONCE > /out\n' "$i" "$i"
+  done
+  echo "FROM base"
+  for ((i = 0; i < n; i++)); do echo "COPY --from=b$i /out /in/b$i"; done
+  echo 'RUN cat /in/*'
+}
+
+br_rb_run() { # branches nonce log
+  BENCH_BRANCHES=$1 BENCH_NONCE=$2 RBUILD_ROOT=$BR_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$BR_NS \
+    "$RBUILD" run "$BR_PIPELINE" >"$3.out" 2>"$3"
+}
+
+# br_rb_check N LOG: N branches ran (none cached) and the output has them all.
+br_rb_check() {
+  local n=$1 log=$2 ran
+  ran=$(grep -Ec '^#[0-9]+ exec sh -c .sleep 1' "$log" || true)
+  if [[ $ran -ne $n ]] || [[ $(grep -c '^branch ' "$log.out") -ne $n ]] || grep -Eq '^#[0-9]+ exec .* CACHED$' "$log"; then
+    cat "$log" "$log.out" >&2
+    die "branches ($n): expected $n branches run, none cached (log: $log)"
+  fi
+}
+
+br_bk_build() { # branches nonce log
+  "$DOCKER" build --progress=plain --network=none --build-arg "NONCE=$2" \
+    -t bench-branches:latest - <"$BR_DIR/branches-$1.Dockerfile" >"$3" 2>&1
+}
+
+bench_branches() {
+  local log=$LOG_DIR/branches.log i n
+  mkdir -p "$BR_DIR"
+  for n in 1 2; do br_dockerfile "$n" >"$BR_DIR/branches-$n.Dockerfile"; done
+  rm -rf "$BR_ROOT"
+  say "branches: warm-ups (compile the pipeline, pull the image into $BR_NS)"
+  for n in 1 2; do
+    br_rb_run "$n" "warmup-$RUN_ID-$n" "$log" || { cat "$log" >&2; die "branches warm-up failed"; }
+    br_bk_build "$n" "warmup-$RUN_ID-$n" "$log" || { cat "$log" >&2; die "docker build (branches) warm-up failed"; }
+  done
+  for ((i = 1; i <= REPS; i++)); do
+    for n in 1 2; do
+      timed "br_rb_$n" "rbuild ($n branches)" "$log" br_rb_run "$n" "$RUN_ID-$i-$n" "$log"
+      br_rb_check "$n" "$log"
+      cp "$log" "$LOG_DIR/branches-rb-$n.log"
+      timed "br_bk_$n" "docker build ($n branches)" "$log" br_bk_build "$n" "$RUN_ID-$i-$n" "$log"
+      [[ $(bk_runs "$log" | awk '{print $2}') -eq 0 ]] || { cat "$log" >&2; die "docker build (branches): a RUN was cached (log: $log)"; }
+      cp "$log" "$LOG_DIR/branches-bk-$n.log"
+    done
+  done
+  "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
+  say "branches: rbuild 1 $(stats br_rb_1) / 2 $(stats br_rb_2); BuildKit 1 $(stats br_bk_1) / 2 $(stats br_bk_2) (median min max, ms)"
+}
+
+report_branches() {
+  cat <<EOF
+
+## Scenario: independent branches without a join (branches)
+
+One container copies in the \`/out\` of two independent branches (a
+\`sleep 1\` step each, on the same base) and reads them
+(\`bench/pipelines/branches.rs\`; the pipeline asks for one result and
+joins nothing). BuildKit: the same as a multi-stage Dockerfile, two
+independent stages and a final one that copies from both (\`docker build
+--network=none\`). The yardstick: the same with one branch. Every run cold
+(a new nonce); runs: $REPS of each, interleaved.
+
+| measurement | median (s) | min – max (s) |
+|---|---|---|
+| rbuild, one branch | $(fmt_s "$(med br_rb_1)") | $(spread br_rb_1) |
+| rbuild, two branches | $(fmt_s "$(med br_rb_2)") | $(spread br_rb_2) |
+| BuildKit, one branch | $(fmt_s "$(med br_bk_1)") | $(spread br_bk_1) |
+| BuildKit, two branches | $(fmt_s "$(med br_bk_2)") | $(spread br_bk_2) |
+
+| ratio (of medians) | value |
+|---|---|
+| rbuild: two branches / one (target ≤ 1.1×) | $(ratio "$(med br_rb_2)" "$(med br_rb_1)") |
+| BuildKit: two branches / one | $(ratio "$(med br_bk_2)" "$(med br_bk_1)") |
+| rbuild / BuildKit, two branches | $(ratio "$(med br_rb_2)" "$(med br_bk_2)") |
+EOF
+}
+
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
 uses_docker() {
-  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps || want netns ||
+  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps || want netns || want branches ||
     { want scale && [[ $SC_BK_N != 0 ]]; }
 }
 if uses_docker; then
@@ -3158,6 +3256,10 @@ if want netns; then
   say "netns: $REPS runs of each network, each engine"
   bench_netns
 fi
+if want branches; then
+  say "branches: $REPS runs of each engine, one branch and two"
+  bench_branches
+fi
 if want services; then
   say "services: the examples/services matrix cold and cached, service start to ready (UNTESTED scaffolding)"
   bench_services
@@ -3181,6 +3283,7 @@ fi
   if want rustdeps; then report_rustdeps; fi
   if want compile; then report_compile; fi
   if want netns; then report_netns; fi
+  if want branches; then report_branches; fi
   if want services; then report_services; fi
   report_profiles
 } >"$RESULTS.tmp"

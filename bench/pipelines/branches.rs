@@ -21,9 +21,9 @@ async fn main() -> rb::Result<()> {
         .with_env_variable("BENCH_NONCE", &nonce);
     let mut all = base.clone();
     for i in 0..n {
-        let branch = base.with_exec(["sh", "-c", &format!("sleep 1; echo branch {i} > /out")]);
-        all = all.with_file(format!("/b{i}"), branch.file("/out"));
+        let branch = base.with_exec(["sh", "-c", &format!("sleep 1; echo branch {i} $BENCH_NONCE > /out")]);
+        all = all.with_file(format!("/in/b{i}"), branch.file("/out"));
     }
-    print!("{}", all.with_exec(["sh", "-c", "cat /b*"]).stdout().await?);
+    print!("{}", all.with_exec(["sh", "-c", "cat /in/*"]).stdout().await?);
     Ok(())
 }
