@@ -128,14 +128,17 @@ impl TestEnv {
         cmd
     }
 
+    /// The command `rbuild run PIPELINE -- ARGS`, not started.
+    pub fn run_command(&self, pipeline: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.command();
+        cmd.arg("run").arg(pipeline).arg("--").args(args);
+        cmd
+    }
+
     /// `rbuild run PIPELINE -- ARGS`
     pub fn run(&self, pipeline: &Path, args: &[&str]) -> Outcome {
         let out = self
-            .command()
-            .arg("run")
-            .arg(pipeline)
-            .arg("--")
-            .args(args)
+            .run_command(pipeline, args)
             .output()
             .expect("start rbuild");
         Outcome::from(out)
@@ -278,12 +281,8 @@ pub fn run_json(
     args: &[&str],
 ) -> (Outcome, Vec<serde_json::Value>) {
     let out = env
-        .command()
+        .run_command(pipeline, args)
         .env("RBUILD_PROGRESS", "json")
-        .arg("run")
-        .arg(pipeline)
-        .arg("--")
-        .args(args)
         .output()
         .expect("start rbuild");
     let outcome = Outcome::from(out);
