@@ -370,22 +370,22 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
             }
         } else {
             let record = known.get(&rel);
-            let hash = match hashed.remove(&rel) {
-                Some((stat, hash)) => {
-                    let seen_ns = StatRecord::seen(record, &hash, now);
-                    fresh.insert(
-                        rel.clone(),
-                        StatRecord {
-                            stat,
-                            hash,
-                            seen_ns,
-                        },
-                    );
-                    hash
-                }
-                None => known[&rel].hash,
+            let (hash, rehashed) = match hashed.remove(&rel) {
+                Some((stat, hash)) => (hash, Some(stat)),
+                None => (known[&rel].hash, None),
             };
-            mtime = as_mtime(StatRecord::seen(record, &hash, now));
+            let seen_ns = StatRecord::seen(record, &hash, now);
+            if let Some(stat) = rehashed {
+                fresh.insert(
+                    rel.clone(),
+                    StatRecord {
+                        stat,
+                        hash,
+                        seen_ns,
+                    },
+                );
+            }
+            mtime = as_mtime(seen_ns);
             EntryKind::File {
                 hash,
                 size: m.size(),
@@ -483,22 +483,23 @@ pub(super) fn scan_file(
         let hash = match record {
             Some(k) if k.stat == stat => k.hash,
             _ => {
-                let h = hash_file(path)?;
                 hashed = true;
-                let seen_ns = StatRecord::seen(record, &h, now);
-                let stat = stat.vouching_before(horizon_ns);
-                fresh.insert(
-                    rel.clone(),
-                    StatRecord {
-                        stat,
-                        hash: h,
-                        seen_ns,
-                    },
-                );
-                h
+                hash_file(path)?
             }
         };
-        mtime = as_mtime(StatRecord::seen(record, &hash, now));
+        let seen_ns = StatRecord::seen(record, &hash, now);
+        if hashed {
+            let stat = stat.vouching_before(horizon_ns);
+            fresh.insert(
+                rel.clone(),
+                StatRecord {
+                    stat,
+                    hash,
+                    seen_ns,
+                },
+            );
+        }
+        mtime = as_mtime(seen_ns);
         EntryKind::File {
             hash,
             size: m.size(),
