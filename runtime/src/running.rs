@@ -123,9 +123,21 @@ impl RunningTask {
     ) -> Result<(i64, Vec<u8>), Error> {
         let n = self.execs.fetch_add(1, Ordering::Relaxed);
         let exec_id = format!("exec-{n}");
-        let fifo = self.io_dir.join(&exec_id);
-        let output = open_fifo(&fifo)?;
-        let result = self.exec_in(&exec_id, &fifo, output, args, timeout).await;
+        // One FIFO per stream: the shim opens and closes each stream's
+        // write end on its own, so a shared FIFO could see its only writer
+        // (stdout's) close before stderr's opened; our reader then reads
+        // end-of-file and goes, and the shim's open of stderr's write end
+        // waits for a reader until its 30 s deadline.
+        let out_fifo = self.io_dir.join(format!("{exec_id}.out"));
+        let err_fifo = self.io_dir.join(format!("{exec_id}.err"));
+        let fifos = [out_fifo.as_path(), err_fifo.as_path()];
+        let result = match (open_fifo(&out_fifo), open_fifo(&err_fifo)) {
+            (Ok(out), Ok(err)) => {
+                let output = merged_output(out, err);
+                self.exec_in(&exec_id, fifos, output, args, timeout).await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
         let _ = self
             .ctd
             .tasks()
@@ -134,7 +146,9 @@ impl RunningTask {
                 exec_id: exec_id.clone(),
             }))
             .await;
-        let _ = std::fs::remove_file(&fifo);
+        for fifo in fifos {
+            let _ = std::fs::remove_file(fifo);
+        }
         let (code, reader) = result?;
         let mut out = reader.await.unwrap_or_default();
         if code.is_none() {
@@ -149,8 +163,8 @@ impl RunningTask {
     async fn exec_in(
         &self,
         exec_id: &str,
-        fifo: &std::path::Path,
-        output: tokio::net::unix::pipe::Receiver,
+        [stdout, stderr]: [&std::path::Path; 2],
+        reader: tokio::task::JoinHandle<Vec<u8>>,
         args: Vec<String>,
         timeout: Duration,
     ) -> Result<(Option<i64>, tokio::task::JoinHandle<Vec<u8>>), Error> {
@@ -160,14 +174,13 @@ impl RunningTask {
             ..self.process.clone()
         })?;
         let spec = serde_json::to_vec(&process).map_err(|e| Error::Spec(e.to_string()))?;
-        let path = fifo.to_string_lossy().into_owned();
         self.ctd
             .tasks()
             .exec(self.ctd.request(ExecProcessRequest {
                 container_id: self.id.clone(),
                 stdin: String::new(),
-                stdout: path.clone(),
-                stderr: path,
+                stdout: stdout.to_string_lossy().into_owned(),
+                stderr: stderr.to_string_lossy().into_owned(),
                 terminal: false,
                 spec: Some(Any {
                     type_url: PROCESS_TYPE_URL.into(),
@@ -177,7 +190,6 @@ impl RunningTask {
             }))
             .await
             .map_err(|s| Error::rpc("exec in", &self.id, s))?;
-        let reader = tokio::spawn(drain(output, Stream::Stdout, None));
         let mut waiter = wait_for(&self.ctd, &self.id, exec_id);
         start_process(&self.ctd, &self.id, exec_id).await?;
         match tokio::time::timeout(timeout, &mut waiter).await {
@@ -234,4 +246,22 @@ impl RunningTask {
         *stopped = true;
         Ok(())
     }
+}
+
+/// Both streams of an exec, drained at once into one buffer in the order
+/// their chunks arrived.
+fn merged_output(
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(drain(stdout, Stream::Stdout, Some(tx.clone())));
+    tokio::spawn(drain(stderr, Stream::Stderr, Some(tx)));
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            all.extend_from_slice(&chunk.bytes);
+        }
+        all
+    })
 }

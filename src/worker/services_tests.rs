@@ -53,7 +53,7 @@ fn remove_namespace(ns: &str) {
 }
 
 /// On the way out, even from a failed assertion: the test's namespaces
-/// unmounted, its bridge deleted (a stale bridge's route would make the
+/// unmounted and removed, its bridge deleted (a stale bridge's route would make the
 /// next run's subnet overlap).
 struct NetworkGuard {
     bridge: String,
@@ -62,12 +62,17 @@ struct NetworkGuard {
 
 impl Drop for NetworkGuard {
     fn drop(&mut self) {
+        // Only this process's (named "PID-…"): other tests' runs share the
+        // directory.
+        let own = format!("{}-", std::process::id());
         for entry in std::fs::read_dir(&self.netns_dir)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&own))
         {
             let _ = rustix::mount::unmount(entry.path(), rustix::mount::UnmountFlags::DETACH);
+            let _ = std::fs::remove_file(entry.path());
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -185,6 +190,20 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
         out.contains("out") && out.contains("err"),
         "combined output: {out}"
     );
+    // Quick execs one after another: a process that ends before the shim
+    // has opened its stderr must not leave that open waiting for a reader
+    // (it did when both streams shared one FIFO: 30 s, then an error).
+    for i in 0..40i64 {
+        let (code, _) = service
+            .control
+            .exec(
+                vec!["sh".into(), "-c".into(), format!("exit {}", i % 3)],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("quick exec {i}: {e}"));
+        assert_eq!(code, i % 3, "quick exec {i}");
+    }
     let (code, out) = service
         .control
         .exec(
