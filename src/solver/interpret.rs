@@ -333,7 +333,8 @@ impl<W: Worker> Solver<W> {
                 return Ok(DirValue {
                     path: at(path),
                     tree: dir.tree,
-                });
+                }
+                .rerooted());
             }
             DirectoryOp::WithNewFile {
                 path,
@@ -370,6 +371,23 @@ impl<W: Worker> Solver<W> {
             }
             // Filter and diff make a tree of their own.
             DirectoryOp::Filter { include, exclude } => {
+                // A host directory is filtered in its listing: no copy, and
+                // its identity is what the filter kept, so a change in an
+                // excluded path changes nothing downstream.
+                if let DirValue {
+                    tree: Tree::Host(listing),
+                    path,
+                } = dir.clone().rerooted()
+                    && path == "/"
+                {
+                    let kept = listing
+                        .filtered(include, exclude)
+                        .map_err(SolveError::from)?;
+                    return Ok(DirValue {
+                        tree: Tree::Host(Arc::new(kept)),
+                        path: "/".into(),
+                    });
+                }
                 let action = PlannedAction::CopyDir {
                     dest: "/".into(),
                     source: dir,

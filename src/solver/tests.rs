@@ -11,7 +11,10 @@ use rbuild_snapshotter::host_scan::{HostScan, Known};
 use rbuild_snapshotter::tree::{HostListing, KnownHashes};
 use rbuild_snapshotter::{BlobDesc, ImageRef, PullReport};
 
-use crate::graph::{ContainerDef, ContainerOp, Expect, SecretDef, Sharing};
+use crate::graph::{
+    ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, Expect, FileDef,
+    SecretDef, Sharing,
+};
 
 use super::interpret::expand_env;
 use super::*;
@@ -1083,4 +1086,130 @@ async fn a_service_binds_services_of_its_own_and_their_change_is_its_change() {
         consumer_key(&s, &bound("api", &api(&["mysqld"]), &["curl"])).await,
         "a consumer of the api reruns when the api's database changes"
     );
+}
+
+fn host_dir(path: &std::path::Path, ops: Vec<DirectoryOp>) -> DirectoryDef {
+    DirectoryDef {
+        source: DirectorySource::Host {
+            path: path.display().to_string(),
+            include: vec![],
+            exclude: vec![],
+            gitignore: false,
+        },
+        ops,
+    }
+}
+
+fn mounted(dir: DirectoryDef, command: &[&str]) -> ContainerDef {
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithMountedDirectory {
+        path: "/src".into(),
+        directory: dir,
+    });
+    def.ops.push(exec(command));
+    def
+}
+
+#[tokio::test]
+async fn a_filtered_or_narrowed_host_directory_is_identified_by_what_it_kept() {
+    let h = Harness::new();
+    let host = tempfile::tempdir().unwrap();
+    let write = |rel: &str, s: &str| {
+        let p = host.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    };
+    write("src/main.rs", "fn main() {}");
+    write("target/debug/app", "built 1");
+    let filtered = mounted(
+        host_dir(
+            host.path(),
+            vec![DirectoryOp::Filter {
+                include: vec![],
+                exclude: vec!["target/".into()],
+            }],
+        ),
+        &["ls", "filtered"],
+    );
+    let narrowed = mounted(
+        host_dir(
+            host.path(),
+            vec![DirectoryOp::Directory { path: "src".into() }],
+        ),
+        &["ls", "narrowed"],
+    );
+    let (first, _) = h.run();
+    stdout(&first, &filtered).await;
+    stdout(&first, &narrowed).await;
+    assert_eq!(
+        execs(&first),
+        ["apply 1", "ls filtered", "apply 1", "ls narrowed"],
+        "each imported (no filter step of its own), then run"
+    );
+    // A change in what the filter excludes (and outside src/) changes neither.
+    write("target/debug/app", "built 2, longer");
+    write("target/new", "x");
+    let (second, _) = h.run();
+    stdout(&second, &filtered).await;
+    stdout(&second, &narrowed).await;
+    assert!(execs(&second).is_empty(), "{:?}", execs(&second));
+    // A change in what they keep runs both again.
+    write("src/main.rs", "fn main() { println!() }");
+    let (third, _) = h.run();
+    stdout(&third, &filtered).await;
+    stdout(&third, &narrowed).await;
+    assert_eq!(
+        execs(&third),
+        ["apply 1", "ls filtered", "apply 1", "ls narrowed"]
+    );
+}
+
+#[tokio::test]
+async fn the_same_file_reached_through_the_host_and_with_new_file_is_one_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new();
+    let host = tempfile::tempdir().unwrap();
+    let path = host.path().join("a.txt");
+    std::fs::write(&path, "hello").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let with = |file: FileDef| {
+        let mut def = pipeline(&[], None);
+        def.ops.push(ContainerOp::WithFile {
+            path: "/a.txt".into(),
+            file,
+            permissions: None,
+            owner: None,
+        });
+        def.ops.push(exec(&["cat", "/a.txt"]));
+        def
+    };
+    let from_host = with(FileDef::Host {
+        path: path.display().to_string(),
+    });
+    let written = |contents: &str| {
+        with(FileDef::Directory {
+            directory: DirectoryDef {
+                source: DirectorySource::Empty,
+                ops: vec![DirectoryOp::WithNewFile {
+                    path: "a.txt".into(),
+                    contents: contents.into(),
+                    permissions: None,
+                }],
+            },
+            path: "a.txt".into(),
+        })
+    };
+    let (first, _) = h.run();
+    let out = stdout(&first, &from_host).await;
+    assert_eq!(execs(&first), ["apply 1", "cat /a.txt"]);
+    let (second, _) = h.run();
+    assert_eq!(stdout(&second, &written("hello")).await, out);
+    assert_eq!(
+        execs(&second),
+        ["apply 1"],
+        "only the write itself: the copy and the command hit the host route's entries"
+    );
+    let (third, _) = h.run();
+    stdout(&third, &written("hello!")).await;
+    assert_eq!(execs(&third), ["apply 1", "apply 1", "cat /a.txt"]);
 }

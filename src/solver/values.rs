@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rbuild_snapshotter::ResolvedImage;
-use rbuild_snapshotter::tree::HostListing;
+use rbuild_snapshotter::tree::{EntryKind, HostListing, HostNode};
 
 use super::services::{Binding, Healthcheck};
 use crate::graph::{Expect, Sharing, shell_words};
@@ -51,8 +51,31 @@ pub struct DirValue {
 }
 
 impl DirValue {
+    /// A host directory's sub-directory is identified by its own content
+    /// (the Merkle digest of what is under it), not by the whole tree's.
     pub fn content_id(&self) -> String {
+        if let Tree::Host(listing) = &self.tree
+            && self.path != "/"
+            && let Some(HostNode::Dir(sub)) = listing.at(&self.path)
+        {
+            return format!("tree:{}", sub.digest);
+        }
         path_id(&self.tree, &self.path)
+    }
+
+    /// The same directory as a tree of its own where that costs no I/O: a
+    /// host directory's sub-directory becomes the host listing of just it.
+    pub fn rerooted(self) -> DirValue {
+        if let Tree::Host(listing) = &self.tree
+            && self.path != "/"
+            && let Some(HostNode::Dir(sub)) = listing.at(&self.path)
+        {
+            return DirValue {
+                tree: Tree::Host(Arc::new(sub)),
+                path: "/".into(),
+            };
+        }
+        self
     }
 }
 
@@ -64,13 +87,53 @@ pub struct FileValue {
 }
 
 impl FileValue {
+    /// Where it is known without reading anything, a file is identified by
+    /// its permission bits and content alone, so that the same file reached
+    /// by different routes (a host file, `with_new_file`) is one input:
+    /// a regular file of a host listing, or the file a `with_new_file`
+    /// step wrote (owned by root, as a host file's copy is). Else by its
+    /// tree and path.
     pub fn content_id(&self) -> String {
+        match &self.tree {
+            Tree::Host(listing) => {
+                if let Some(HostNode::File(e)) = listing.at(&self.path)
+                    && let EntryKind::File { hash, .. } = &e.kind
+                {
+                    return file_id(e.mode, hash);
+                }
+            }
+            Tree::Step(step) => {
+                if let StepKind::Apply(actions) = &step.plan.kind
+                    && let [
+                        PlannedAction::Write {
+                            dest,
+                            contents,
+                            permissions,
+                            owner: None,
+                        },
+                    ] = actions.as_slice()
+                    && *dest == self.path
+                {
+                    return file_id(*permissions, blake3::hash(contents).as_bytes());
+                }
+            }
+            _ => {}
+        }
         path_id(&self.tree, &self.path)
     }
 
     pub fn name(&self) -> String {
         self.path.rsplit('/').next().unwrap_or_default().to_string()
     }
+}
+
+/// A regular file's identity: its permission bits and content hash.
+fn file_id(mode: u32, hash: &[u8; 32]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"file\0");
+    h.update(&(mode & 0o7777).to_le_bytes());
+    h.update(hash);
+    format!("file:blake3:{}", h.finalize().to_hex())
 }
 
 fn path_id(tree: &Tree, path: &str) -> String {
