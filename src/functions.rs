@@ -187,11 +187,47 @@ pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Re
         };
         args.insert(k.clone(), v);
     }
+    // Directory defaults are the pipeline's, not the caller's: made
+    // absolute here, where the pipeline's place is known.
+    for a in &f.args {
+        if let (Some(d), false) = (&a.default_path, args.contains_key(&a.name)) {
+            let at = default_path_in(path, d)?;
+            args.insert(a.name.clone(), at.display().to_string());
+        }
+    }
     Ok(CallSpec {
         function: line.function.clone(),
         args,
         action: line.action.clone(),
     })
+}
+
+/// Where a directory argument's default path points: relative to the
+/// pipeline's directory, or with a leading `/` to its context, the git
+/// repository holding the pipeline (else the pipeline's directory).
+pub fn default_path_in(pipeline: &Path, default: &str) -> Result<PathBuf> {
+    let pipeline = std::path::absolute(pipeline)?;
+    let dir = if pipeline.is_dir() {
+        pipeline.clone()
+    } else {
+        pipeline
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"))
+    };
+    let at = match default.strip_prefix('/') {
+        Some(rest) => {
+            let context = dir
+                .ancestors()
+                .find(|d| d.join(".git").exists())
+                .unwrap_or(&dir)
+                .to_path_buf();
+            context.join(rest)
+        }
+        None => dir.join(default),
+    };
+    // Tidy "a/./b" and a trailing "/." without touching symlinks.
+    Ok(at.components().collect())
 }
 
 #[cfg(test)]
@@ -244,7 +280,7 @@ mod tests {
                 name: "src".into(),
                 kind: ArgKind::Directory,
                 doc: String::new(),
-                default: None,
+                ..ArgDecl::default()
             }],
         }];
         let p = Path::new("ci.rs");
@@ -283,5 +319,49 @@ mod tests {
         );
         let e = read_listing(p, "{\"protocol\": 99, \"functions\": null}\n").unwrap_err();
         assert!(e.to_string().contains("speaks protocol 99"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_default_path_is_the_pipelines_not_the_callers() {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join(".git")).unwrap();
+        std::fs::create_dir_all(repo.path().join("ci")).unwrap();
+        let pipeline = repo.path().join("ci/pipeline.rs");
+        std::fs::write(&pipeline, "").unwrap();
+        assert_eq!(default_path_in(&pipeline, "/").unwrap(), repo.path());
+        assert_eq!(
+            default_path_in(&pipeline, "/src").unwrap(),
+            repo.path().join("src")
+        );
+        assert_eq!(
+            default_path_in(&pipeline, "fixtures").unwrap(),
+            repo.path().join("ci/fixtures")
+        );
+        // Outside a repository, "/" is the pipeline's directory.
+        let bare = tempfile::tempdir().unwrap();
+        let p = bare.path().join("pipeline.rs");
+        assert_eq!(default_path_in(&p, "/").unwrap(), bare.path());
+
+        let functions = [FunctionDecl {
+            name: "build".into(),
+            doc: String::new(),
+            args: vec![ArgDecl {
+                name: "source".into(),
+                kind: ArgKind::Directory,
+                default_path: Some("/".into()),
+                ignore: vec!["target/".into()],
+                ..ArgDecl::default()
+            }],
+        }];
+        let spec = call_spec(&parse_call(&words("build")).unwrap(), &functions, &pipeline).unwrap();
+        assert_eq!(spec.args["source"], repo.path().display().to_string());
+        let spec = call_spec(
+            &parse_call(&words("build --source sub")).unwrap(),
+            &functions,
+            &pipeline,
+        )
+        .unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(spec.args["source"], here.join("sub").display().to_string());
     }
 }

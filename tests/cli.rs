@@ -261,6 +261,86 @@ fn functions_are_listed_and_called_with_each_argument_type() {
     );
 }
 
+/// The "context …: N entries, K files read (X MB)" progress line's K and X.
+fn files_read(stderr: &str) -> (u64, f64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("context ") && l.contains(" files read ("))
+        .unwrap_or_else(|| panic!("no context line in:\n{stderr}"));
+    let (before, after) = line.split_once(" files read (").unwrap();
+    let files = before.rsplit(' ').next().unwrap().parse().unwrap();
+    let mb = after.split(' ').next().unwrap().parse().unwrap();
+    (files, mb)
+}
+
+#[test]
+fn a_directory_argument_never_reads_what_it_ignores() {
+    let env = TestEnv::new("fn-ignore");
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(project.join("target/debug/deps")).unwrap();
+    std::fs::write(project.join("a.txt"), "alpha\n").unwrap();
+    // 200 MB in the ignored target/, as a local `cargo build` leaves it
+    // (sparse: cheap to make, but 200 MB to anyone who reads it).
+    let big = project.join("target/debug/app");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    for i in 0..200 {
+        std::fs::write(project.join(format!("target/debug/deps/{i}.o")), "obj").unwrap();
+    }
+    let listed = env
+        .command()
+        .arg("functions")
+        .arg(repo_root().join("fixtures/pipelines/functions.rs"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!(
+            "--source <directory> (default: {}) [ignores target/]  the project",
+            repo_root().display()
+        )),
+        "{listed}"
+    );
+
+    let call_project = || {
+        env.command()
+            .env("RBUILD_PROGRESS", "json")
+            .arg("call")
+            .arg(repo_root().join("fixtures/pipelines/functions.rs"))
+            .args(["project", "--source", "."])
+            .current_dir(&project)
+            .output()
+            .unwrap()
+    };
+    let first = Outcome::from(call_project()).ok();
+    assert_eq!(first.stdout, ".\n./a.txt\nalpha\n", "{}", first.stderr);
+    let (files, mb) = files_read(&first.stderr);
+    assert_eq!(files, 1, "only a.txt is read: {}", first.stderr);
+    assert!(mb < 0.1, "{mb} MB read: {}", first.stderr);
+
+    // A build writes into target/: nothing is read, nothing runs again.
+    std::fs::write(&big, "relinked").unwrap();
+    std::fs::write(project.join("target/debug/deps/new.o"), "new").unwrap();
+    let second = Outcome::from(call_project()).ok();
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(files_read(&second.stderr).0, 0, "{}", second.stderr);
+    let summary = |stderr: &str| {
+        events(stderr)
+            .into_iter()
+            .find(|e| e["event"] == "summary")
+            .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
+    };
+    assert!(summary(&first.stderr)["steps_run"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        summary(&second.stderr)["steps_run"],
+        0,
+        "nothing runs again: {}",
+        second.stderr
+    );
+}
+
 #[test]
 fn init_creates_a_pipeline_whose_functions_work() {
     let env = TestEnv::new("init");

@@ -88,10 +88,56 @@ impl From<Service> for Returned {
     }
 }
 
+/// How a function's directory argument is taken from the host (Dagger's
+/// `+defaultPath` and `+ignore`); see [`FunctionBuilder::arg_directory`].
+#[derive(Clone, Debug, Default)]
+pub struct DirArg {
+    default_path: Option<String>,
+    ignore: Vec<String>,
+    gitignore: bool,
+}
+
+impl DirArg {
+    pub fn new() -> DirArg {
+        DirArg::default()
+    }
+
+    /// Used when the argument is not given: relative to the pipeline
+    /// file's directory, or, with a leading `/`, to its context (the git
+    /// repository holding the pipeline, else the pipeline's directory):
+    /// `"/"` is the whole repository.
+    pub fn default_path(mut self, path: &str) -> DirArg {
+        self.default_path = Some(path.into());
+        self
+    }
+
+    /// Paths never read, in `.gitignore` syntax (`target/` is a directory
+    /// named target at any depth, `/dist` only at the top).
+    pub fn ignore<I, S>(mut self, patterns: I) -> DirArg
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.ignore = patterns
+            .into_iter()
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        self
+    }
+
+    /// Also leave out what the tree's `.gitignore` files ignore.
+    pub fn gitignore(mut self, respect: bool) -> DirArg {
+        self.gitignore = respect;
+        self
+    }
+}
+
 /// The arguments a function was called with, converted to their types.
 pub struct Args {
     client: Client,
     values: HashMap<String, String>,
+    /// How each directory argument is scanned (its declared ignores).
+    dirs: HashMap<String, DirOpts>,
 }
 
 impl Args {
@@ -120,12 +166,11 @@ impl Args {
     pub fn bool(&self, name: &str) -> Result<bool> {
         self.parse(name, "true or false")
     }
-    /// A host directory (everything in it; filter with `Directory::filter`).
+    /// A host directory: everything in it but what the argument's
+    /// declaration ignores ([`FunctionBuilder::arg_directory`]).
     pub fn directory(&self, name: &str) -> Result<Directory> {
-        Ok(self
-            .client
-            .host()
-            .directory(self.raw(name)?, DirOpts::default()))
+        let opts = self.dirs.get(name).cloned().unwrap_or_default();
+        Ok(self.client.host().directory(self.raw(name)?, opts))
     }
     pub fn file(&self, name: &str) -> Result<File> {
         Ok(self.client.host().file(self.raw(name)?))
@@ -179,7 +224,7 @@ impl FunctionBuilder {
             name: name.into(),
             kind,
             doc: doc.into(),
-            default: None,
+            ..ArgDecl::default()
         });
         self
     }
@@ -191,6 +236,34 @@ impl FunctionBuilder {
             kind,
             doc: doc.into(),
             default: Some(default.into()),
+            ..ArgDecl::default()
+        });
+        self
+    }
+
+    /// A directory argument taken from the host as `how` declares: what it
+    /// ignores is never read, and without a default path it is required.
+    /// `rbuild functions` shows both.
+    ///
+    /// ```no_run
+    /// # use rbuild_sdk as rb;
+    /// # fn f(b: rb::FunctionBuilder) -> rb::FunctionBuilder {
+    /// b.arg_directory(
+    ///     "source",
+    ///     "the project",
+    ///     rb::DirArg::new().default_path("/").ignore(["target/", ".git/"]),
+    /// )
+    /// # }
+    /// ```
+    pub fn arg_directory(mut self, name: &str, doc: &str, how: DirArg) -> Self {
+        self.decl.args.push(ArgDecl {
+            name: name.into(),
+            kind: ArgKind::Directory,
+            doc: doc.into(),
+            default: None,
+            default_path: how.default_path,
+            ignore: how.ignore,
+            gitignore: how.gitignore,
         });
         self
     }
@@ -297,8 +370,22 @@ impl Functions {
                 decl.name
             )));
         }
+        let dirs = decl
+            .args
+            .iter()
+            .filter(|a| a.kind == ArgKind::Directory)
+            .map(|a| {
+                let opts = DirOpts::default().exclude(&a.ignore).gitignore(a.gitignore);
+                (a.name.clone(), opts)
+            })
+            .collect();
         let client = connect().await?;
-        let returned = (f.body)(client.clone(), Args { client, values }).await?;
+        let args = Args {
+            client: client.clone(),
+            values,
+            dirs,
+        };
+        let returned = (f.body)(client, args).await?;
         act(returned, &call.action).await
     }
 }

@@ -63,7 +63,7 @@ pub use error::{Error, Result};
 pub use file::File;
 #[doc(inline)]
 pub use functions::ArgKind;
-pub use functions::{Args, FunctionBuilder, Functions, Returned};
+pub use functions::{Args, DirArg, FunctionBuilder, Functions, Returned};
 pub use host::Host;
 pub use options::{
     DirOpts, DirectoryOpts, ExecOpts, FileOpts, ImageLayerCompression, ImageMediaTypes, ImageOpts,

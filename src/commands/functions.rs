@@ -25,12 +25,28 @@ pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
     for f in functions::describe(&EngineConfig::from(global), &path).await? {
         super::out(format_args!("{}  {}", f.name, f.doc));
         for a in f.args {
-            let default = match a.default {
-                Some(d) => format!(" (default: {d})"),
-                None => " (required)".into(),
+            let default = match (&a.default, &a.default_path) {
+                (Some(d), _) => format!(" (default: {d})"),
+                (None, Some(p)) => format!(
+                    " (default: {})",
+                    functions::default_path_in(&path, p)?.display()
+                ),
+                (None, None) => " (required)".into(),
+            };
+            let mut how = Vec::new();
+            if !a.ignore.is_empty() {
+                how.push(format!("ignores {}", a.ignore.join(", ")));
+            }
+            if a.gitignore {
+                how.push("honours .gitignore".to_string());
+            }
+            let how = if how.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", how.join("; "))
             };
             super::out(format_args!(
-                "    --{} <{}>{default}  {}",
+                "    --{} <{}>{default}{how}  {}",
                 a.name,
                 a.kind.as_str(),
                 a.doc

@@ -647,13 +647,30 @@ fn the_listing_the_sdk_prints_is_read_by_the_engine() {
             .arg_default("optional", kind, "may be left out", "x")
             .returns(|_, _| async { Ok("done") });
     }
+    functions = functions
+        .function("declared", "a directory as declared")
+        .arg_directory(
+            "source",
+            "the project",
+            rb::DirArg::new()
+                .default_path("/")
+                .ignore(["target/", ".git/"])
+                .gitignore(true),
+        )
+        .returns(|_, _| async { Ok(()) });
     let line = functions.listing_line();
     let printed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(printed["protocol"], json!(wire::PROTOCOL));
     let read = crate::functions::read_listing(Path::new("ci.rs"), &format!("noise\n{line}\n"))
         .unwrap_or_else(|e| panic!("the engine refused {line}: {e:#}"));
     assert_eq!(serde_json::to_value(&read).unwrap(), printed["functions"]);
-    assert_eq!(read.len(), 9);
+    assert_eq!(read.len(), 10);
+    let declared = &read[9].args[0];
+    assert_eq!(declared.default_path.as_deref(), Some("/"));
+    assert_eq!(declared.ignore, ["target/", ".git/"]);
+    assert!(declared.gitignore);
+    // An argument that declares none of them is written as before they existed.
+    assert!(printed["functions"][1]["args"][0].get("ignore").is_none());
     let seen: BTreeSet<_> = read
         .iter()
         .flat_map(|f| &f.args)
@@ -673,7 +690,7 @@ fn the_call_the_engine_writes_is_read_by_the_sdk() {
             name: "src".into(),
             kind: ArgKind::Directory,
             doc: "the sources".into(),
-            default: None,
+            ..wire::ArgDecl::default()
         }],
     }];
     let lines = [

@@ -53,7 +53,7 @@ impl ToJson for FunctionDecl {
 }
 
 /// One argument of a function, given on the command line as `--name value`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "engine", derive(Deserialize), serde(deny_unknown_fields))]
 pub struct ArgDecl {
     pub name: String,
@@ -61,6 +61,20 @@ pub struct ArgDecl {
     pub doc: String,
     /// As it would be typed on the command line; `None`: required.
     pub default: Option<String>,
+    /// A directory argument's default when it is not given (Dagger's
+    /// `+defaultPath`): relative to the pipeline file's directory, or with
+    /// a leading `/` to its context (the git repository holding it, else
+    /// that directory). The engine makes it absolute.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub default_path: Option<String>,
+    /// A directory argument's excluded paths (Dagger's `+ignore`), in
+    /// `.gitignore` syntax: applied while the host is scanned, so what
+    /// they match is never read.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub ignore: Vec<String>,
+    /// A directory argument also honours the tree's `.gitignore` files.
+    #[cfg_attr(feature = "engine", serde(default))]
+    pub gitignore: bool,
 }
 
 impl ToJson for ArgDecl {
@@ -70,19 +84,37 @@ impl ToJson for ArgDecl {
             kind,
             doc,
             default,
+            default_path,
+            ignore,
+            gitignore,
         } = self;
-        tagged!(name, kind, doc, default)
+        let mut v = tagged!(name, kind, doc, default);
+        // Written only when declared, so that a listing without them reads
+        // as it did before they existed.
+        if let Value::Object(map) = &mut v {
+            if let Some(p) = default_path {
+                map.insert("default_path".into(), Value::from(p.as_str()));
+            }
+            if !ignore.is_empty() {
+                map.insert("ignore".into(), ignore.to_json());
+            }
+            if *gitignore {
+                map.insert("gitignore".into(), Value::from(true));
+            }
+        }
+        v
     }
 }
 
 /// The type of a function argument.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(
     feature = "engine",
     derive(Deserialize),
     serde(rename_all = "snake_case")
 )]
 pub enum ArgKind {
+    #[default]
     String,
     Int,
     Float,
