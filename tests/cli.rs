@@ -171,16 +171,21 @@ fn call(env: &TestEnv, args: &[&str]) -> Outcome {
     }
 }
 
-#[test]
-fn functions_are_listed_and_called_with_each_argument_type() {
-    let env = TestEnv::new("functions");
+/// What `rbuild functions` prints for the functions fixture.
+fn list_functions(env: &TestEnv) -> String {
     let listed = env
         .command()
         .arg("functions")
         .arg(repo_root().join("fixtures/pipelines/functions.rs"))
         .output()
         .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    String::from_utf8_lossy(&listed.stdout).into_owned()
+}
+
+#[test]
+fn functions_are_listed_and_called_with_each_argument_type() {
+    let env = TestEnv::new("functions");
+    let listed = list_functions(&env);
     assert!(
         listed.contains("scalars  Echoes its string, int, float and bool arguments"),
         "{listed}"
@@ -289,13 +294,7 @@ fn a_directory_argument_never_reads_what_it_ignores() {
     for i in 0..200 {
         std::fs::write(project.join(format!("target/debug/deps/{i}.o")), "obj").unwrap();
     }
-    let listed = env
-        .command()
-        .arg("functions")
-        .arg(repo_root().join("fixtures/pipelines/functions.rs"))
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = list_functions(&env);
     assert!(
         listed.contains(&format!(
             "--source <directory> (default: {}) [ignores target/]  the project",
