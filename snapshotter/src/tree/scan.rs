@@ -153,6 +153,31 @@ pub struct StatRecord {
 }
 
 impl StatRecord {
+    /// When the content `hash` at `rel` was first seen; a file hashed in
+    /// this scan (`rehashed`: the stat key to record it with) goes into
+    /// `fresh` for the stat cache.
+    fn note(
+        fresh: &mut KnownHashes,
+        rel: &str,
+        known: Option<&StatRecord>,
+        hash: Hash,
+        rehashed: Option<StatKey>,
+        now_ns: i64,
+    ) -> i64 {
+        let seen_ns = StatRecord::seen(known, &hash, now_ns);
+        if let Some(stat) = rehashed {
+            fresh.insert(
+                rel.to_string(),
+                StatRecord {
+                    stat,
+                    hash,
+                    seen_ns,
+                },
+            );
+        }
+        seen_ns
+    }
+
     /// When the content `hash` was first seen at this record's path: the
     /// record's time if it is that content, else `now_ns`.
     fn seen(known: Option<&StatRecord>, hash: &Hash, now_ns: i64) -> i64 {
@@ -374,17 +399,7 @@ pub(super) fn scan_dir<K: std::borrow::Borrow<KnownHashes>>(
                 Some((stat, hash)) => (hash, Some(stat)),
                 None => (known[&rel].hash, None),
             };
-            let seen_ns = StatRecord::seen(record, &hash, now);
-            if let Some(stat) = rehashed {
-                fresh.insert(
-                    rel.clone(),
-                    StatRecord {
-                        stat,
-                        hash,
-                        seen_ns,
-                    },
-                );
-            }
+            let seen_ns = StatRecord::note(&mut fresh, &rel, record, hash, rehashed, now);
             mtime = as_mtime(seen_ns);
             EntryKind::File {
                 hash,
@@ -487,18 +502,8 @@ pub(super) fn scan_file(
                 hash_file(path)?
             }
         };
-        let seen_ns = StatRecord::seen(record, &hash, now);
-        if hashed {
-            let stat = stat.vouching_before(horizon_ns);
-            fresh.insert(
-                rel.clone(),
-                StatRecord {
-                    stat,
-                    hash,
-                    seen_ns,
-                },
-            );
-        }
+        let rehashed = hashed.then(|| stat.vouching_before(horizon_ns));
+        let seen_ns = StatRecord::note(&mut fresh, &rel, record, hash, rehashed, now);
         mtime = as_mtime(seen_ns);
         EntryKind::File {
             hash,
