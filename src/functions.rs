@@ -208,7 +208,7 @@ pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Re
 pub fn default_path_in(pipeline: &Path, default: &str) -> Result<PathBuf> {
     let pipeline = std::path::absolute(pipeline)?;
     let dir = if pipeline.is_dir() {
-        pipeline.clone()
+        pipeline
     } else {
         pipeline
             .parent()

@@ -51,20 +51,15 @@ pub struct DirValue {
 }
 
 impl DirValue {
-    /// A host directory's sub-directory is identified by its own content
-    /// (the Merkle digest of what is under it), not by the whole tree's.
+    /// A host directory's sub-directory never gets here unrerooted (see
+    /// [`DirValue::rerooted`]), so its identity is its own listing's.
     pub fn content_id(&self) -> String {
-        if let Tree::Host(listing) = &self.tree
-            && self.path != "/"
-            && let Some(HostNode::Dir(sub)) = listing.at(&self.path)
-        {
-            return format!("tree:{}", sub.digest);
-        }
         path_id(&self.tree, &self.path)
     }
 
     /// The same directory as a tree of its own where that costs no I/O: a
-    /// host directory's sub-directory becomes the host listing of just it.
+    /// host directory's sub-directory becomes the host listing of just it,
+    /// identified by what is under it rather than by the whole tree.
     pub fn rerooted(self) -> DirValue {
         if let Tree::Host(listing) = &self.tree
             && self.path != "/"
