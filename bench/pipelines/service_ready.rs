@@ -5,8 +5,6 @@
 //! `ready_ms=` its clock minus the service's start: the time from the
 //! service's start to the first successful request, on one host clock.
 //! BENCH_NONCE makes every run a cold one (a new service definition).
-//!
-//! UNTESTED: written to the issue-12 contract before the engine existed.
 
 use rbuild_sdk as rb;
 

@@ -39,6 +39,9 @@ pub enum Error {
     /// Setting up or tearing down rbuild's container network.
     #[error("network: {0}")]
     Network(String),
+    /// A created task's start gate failed (see [`task::StartGate`]).
+    #[error("not started: {0}")]
+    NotStarted(String),
     #[error("cancelled")]
     Cancelled,
 }

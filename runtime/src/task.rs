@@ -82,6 +82,12 @@ pub struct ProcessOutcome {
     pub stderr: Vec<u8>,
 }
 
+/// What a created task waits for before its process starts: the task (its
+/// runc init, namespaces and mounts) is made while the caller still gets
+/// something ready, such as the services a step binds. An error ends the
+/// run without starting the process.
+pub type StartGate = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// Runs the process to completion. The container and its task are gone
 /// when this returns, whatever the outcome; the FIFO directory too.
 pub async fn run(
@@ -89,9 +95,20 @@ pub async fn run(
     run: ContainerRun,
     cancel: &CancellationToken,
 ) -> Result<ProcessOutcome, Error> {
+    run_gated(ctd, run, None, cancel).await
+}
+
+/// [`run`], with the process started only once `gate` is open (the
+/// container and its task are created before).
+pub async fn run_gated(
+    ctd: &Containerd,
+    run: ContainerRun,
+    gate: Option<StartGate>,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, Error> {
     let io_dir = run.io_dir.join(&run.id);
     std::fs::create_dir_all(&io_dir).map_err(|e| Error::io("create FIFO directory", &io_dir, e))?;
-    let result = run_in(ctd, &run, &io_dir, cancel).await;
+    let result = run_in(ctd, &run, &io_dir, gate, cancel).await;
     let cleanup = remove_container(ctd, &run.id).await;
     let _ = std::fs::remove_dir_all(&io_dir);
     let outcome = result?;
@@ -103,6 +120,7 @@ async fn run_in(
     ctd: &Containerd,
     run: &ContainerRun,
     io_dir: &Path,
+    gate: Option<StartGate>,
     cancel: &CancellationToken,
 ) -> Result<ProcessOutcome, Error> {
     let t0 = std::time::Instant::now();
@@ -137,6 +155,17 @@ async fn run_in(
     tracing::debug!(id = run.id, ms = t0.elapsed().as_millis(), "task created");
     // Killed here, rbuild leaves a created task: its shim and runc's init.
     rbuild_containerd::kill_point("task-created");
+    if let Some(gate) = gate {
+        tokio::select! {
+            r = gate => r.map_err(Error::NotStarted)?,
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        }
+        tracing::debug!(
+            id = run.id,
+            ms = t0.elapsed().as_millis(),
+            "start gate open"
+        );
+    }
 
     let stdout_reader = tokio::spawn(drain(stdout, Stream::Stdout, run.output.clone()));
     let stderr_reader = tokio::spawn(drain(stderr, Stream::Stderr, run.output.clone()));

@@ -57,7 +57,7 @@ pub use worker::ImageWorker;
 pub use worker::{
     ApplyRequest, Attachment, ExecOutcome, ExecRequest, FileAction, Interactive, MountRequest,
     NetworkUse, ReadAnswer, ReadOp, ServiceControl, ServiceHandle, ServiceRequest, Source,
-    TarballDest, TerminalUse, Worker,
+    StartGate, TarballDest, TerminalUse, Worker,
 };
 
 pub struct Solver<W: Worker> {
@@ -69,7 +69,7 @@ pub struct Solver<W: Worker> {
     debug_shell: Option<Vec<String>>,
     outputs: OutputStore,
     platform: Platform,
-    jobs: Semaphore,
+    jobs: Arc<Semaphore>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     images: Memo<Arc<ResolvedImage>>,
@@ -138,7 +138,7 @@ impl<W: Worker> Solver<W> {
             debug_shell: config.debug_shell,
             outputs: config.outputs,
             platform: config.platform,
-            jobs: Semaphore::new(config.jobs.max(1)),
+            jobs: Arc::new(Semaphore::new(config.jobs.max(1))),
             cancel: config.cancel,
             tasks: TaskTracker::new(),
             images: Memo::new(),

@@ -3,7 +3,7 @@
 //! then the snapshot kept); its output shown scrubbed; the trees it needs
 //! made present first (pulled, imported, or rebuilt when pruned).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
 
 use futures::FutureExt;
@@ -111,20 +111,33 @@ impl<W: Worker> Solver<W> {
         let (snapshot, outcome, started, no) = match &plan.kind {
             StepKind::Exec(exec) => {
                 let mounts = self.mount_requests(&exec.mounts).await?;
-                // Bound services start now, for a step that really runs
-                // (invariant 9), before it waits for a job slot: a service
-                // is not a job.
-                let (services, network) = self.bind_services(plan, &exec.bindings).await?;
                 let no = self.progress.queued(&plan.description);
-                let _permit = self
-                    .jobs
-                    .acquire()
-                    .await
-                    .map_err(|_| SolveError::Cancelled)?;
-                if self.cancel.is_cancelled() {
-                    return Err(SolveError::Cancelled);
-                }
-                self.progress.running(no, &plan.description);
+                // Bound services start now, for a step that really runs
+                // (invariant 9), and never hold a job slot (a service is
+                // not a job). Meanwhile the step's container and task are
+                // made; its process starts when they are ready and a slot
+                // is free. Not for a step that mounts a cache volume: its
+                // volume lock would be held while it waits for a slot,
+                // which a step holding a slot may wait for in turn; it
+                // waits for its services, then its slot, then starts.
+                let permit = Arc::new(StdMutex::new(None));
+                let overlap = !exec.bindings.is_empty()
+                    && !mounts
+                        .iter()
+                        .any(|m| matches!(m, MountRequest::Cache { .. }));
+                let mut services = None;
+                let (starting, network, start_gate) = if overlap {
+                    let (starting, network, gate) = self
+                        .start_bound_services(plan, &exec.bindings, no, permit.clone())
+                        .await?;
+                    (Some(starting), Some(network), Some(gate))
+                } else {
+                    let (lease, network) = self.bind_services(plan, &exec.bindings).await?;
+                    services = lease;
+                    *permit.lock().unwrap() = Some(self.job_slot().await?);
+                    self.progress.running(no, &plan.description);
+                    (None, network, None)
+                };
                 let (output, forwarder) = self.forward_output(no);
                 let req = ExecRequest {
                     key: plan.key,
@@ -143,9 +156,19 @@ impl<W: Worker> Solver<W> {
                         Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
                         None => TerminalUse::None,
                     },
+                    start_gate,
                 };
                 let started = Instant::now();
-                let result = self.worker.exec(req, self.cancel.clone()).await;
+                let mut result = self.worker.exec(req, self.cancel.clone()).await;
+                if let Some(starting) = starting {
+                    // Their own error (name, ports, output) rather than the
+                    // step's "not started".
+                    match starting.await {
+                        Ok(Ok(lease)) => services = Some(lease),
+                        Ok(Err(e)) => result = Err(e),
+                        Err(e) => result = Err(SolveError::Internal(format!("services task: {e}"))),
+                    }
+                }
                 self.unbind_services(services, network).await;
                 // The last lines are shown before the step's end.
                 let captured = forwarder.await;
@@ -275,6 +298,70 @@ impl<W: Worker> Solver<W> {
             exit_code: outcome.exit_code,
             plan: plan.clone(),
         }))
+    }
+
+    /// A job slot, for as long as the permit is held.
+    async fn job_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SolveError> {
+        let permit = self
+            .jobs
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SolveError::Cancelled)?;
+        if self.cancel.is_cancelled() {
+            return Err(SolveError::Cancelled);
+        }
+        Ok(permit)
+    }
+
+    /// For a step that really runs and binds services: they start (and
+    /// are held by the lease the task returns), the step gets a namespace
+    /// of its own, and its start gate opens with their addresses once they
+    /// are ready and a job slot (kept in `permit`) is free.
+    #[allow(clippy::type_complexity)]
+    async fn start_bound_services(
+        self: &Arc<Self>,
+        plan: &StepPlan,
+        bindings: &[Binding],
+        no: crate::progress::StepNo,
+        permit: Arc<StdMutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    ) -> Result<
+        (
+            tokio::task::JoinHandle<Result<Lease, SolveError>>,
+            NetworkUse,
+            StartGate,
+        ),
+        SolveError,
+    > {
+        let network = NetworkUse {
+            attachment: self.worker.attach().await?,
+            hostname: format!("step-{}", &plan.key.to_hex()[..12]),
+            // Written when they are ready, before the process starts.
+            hosts: Vec::new(),
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let bindings = bindings.to_vec();
+        let starting = tokio::spawn(async move {
+            let lease = this.acquire_services(&bindings).await;
+            let _ = ready_tx.send(match &lease {
+                Ok(l) => Ok(l.hosts()),
+                Err(e) => Err(e.to_string()),
+            });
+            lease
+        });
+        let this = self.clone();
+        let description = plan.description.clone();
+        let gate = StartGate::new(async move {
+            let hosts = ready_rx
+                .await
+                .map_err(|_| "its services never started".to_string())??;
+            let slot = this.job_slot().await.map_err(|e| e.to_string())?;
+            *permit.lock().unwrap() = Some(slot);
+            this.progress.running(no, &description);
+            Ok(hosts)
+        });
+        Ok((starting, network, gate))
     }
 
     /// For a step that binds services: they run (and are held) and the

@@ -78,6 +78,7 @@ impl<W: Worker> Solver<W> {
             output: None,
             terminal: TerminalUse::Shell(self.interactive(Vec::new())),
             network: network.clone(),
+            start_gate: None,
         };
         let outcome = self.worker.exec(req, self.cancel.clone()).await;
         self.unbind_services(services, network).await;

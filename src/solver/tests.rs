@@ -91,6 +91,17 @@ impl Worker for Fake {
         _c: CancellationToken,
     ) -> Result<ExecOutcome, SolveError> {
         tokio::task::yield_now().await;
+        // As the real worker: the process starts once the gate opens, with
+        // the services' addresses in its hosts.
+        let mut req = req;
+        if let Some(ready) = req.start_gate.as_ref().and_then(|g| g.take()) {
+            let hosts = ready
+                .await
+                .map_err(|e| SolveError::Internal(format!("not started: {e}")))?;
+            if let Some(net) = req.network.as_mut() {
+                net.hosts = hosts;
+            }
+        }
         if let Some(n) = req.args.iter().find_map(|a| a.strip_prefix("rendezvous=")) {
             let barrier = self
                 .rendezvous

@@ -92,6 +92,37 @@ pub struct ExecRequest {
     /// A namespace of rbuild's bridge with its name resolution (a step
     /// bound to services); None: the host's network, as before services.
     pub network: Option<NetworkUse>,
+    /// For a step bound to services: its container and task are made while
+    /// they start; the process starts once this yields their addresses
+    /// (then in the step's hosts file). None: it starts at once.
+    pub start_gate: Option<StartGate>,
+}
+
+/// The addresses of a step's services once they are ready (and it may
+/// run); an error when they are not, after which the step never starts.
+/// Taken once by the worker that runs the step.
+#[derive(Clone, Default)]
+pub struct StartGate(
+    Arc<std::sync::Mutex<Option<BoxFuture<'static, Result<Vec<(String, Ipv4Addr)>, String>>>>>,
+);
+
+impl StartGate {
+    pub fn new(
+        ready: impl Future<Output = Result<Vec<(String, Ipv4Addr)>, String>> + Send + 'static,
+    ) -> Self {
+        StartGate(Arc::new(std::sync::Mutex::new(Some(Box::pin(ready)))))
+    }
+
+    /// The gate's future, the first time it is asked for.
+    pub fn take(&self) -> Option<BoxFuture<'static, Result<Vec<(String, Ipv4Addr)>, String>>> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+impl std::fmt::Debug for StartGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartGate")
+    }
 }
 
 /// How a step or a service is networked: its namespace, its own hostname,

@@ -251,7 +251,8 @@ impl ContainerdWorker {
             stdin: None,
             ..run.clone()
         };
-        let outcome = rbuild_runtime::task::run(&self.ctd, run, cancel)
+        let gate = start_gate(req, etc_dir);
+        let outcome = rbuild_runtime::task::run_gated(&self.ctd, run, gate, cancel)
             .await
             .map_err(|e| explain_start_failure(&req.args, e))?;
         let exit_code = outcome.exit_code as i64;
@@ -509,4 +510,25 @@ mod tests {
             .collect();
         assert!(names.is_empty(), "no temporary file is left: {names:?}");
     }
+}
+
+/// The runtime's start gate for a step bound to services: once they are
+/// ready, their addresses go into the step's hosts file (bind-mounted into
+/// the created task, so rewritten in place, not replaced) and the process
+/// starts.
+fn start_gate(
+    req: &ExecRequest,
+    etc_dir: Option<&Path>,
+) -> Option<rbuild_runtime::task::StartGate> {
+    let ready = req.start_gate.as_ref()?.take()?;
+    let net = req.network.clone();
+    let hosts_path = etc_dir.map(|d| d.join("hosts"));
+    Some(Box::pin(async move {
+        let hosts = ready.await?;
+        if let (Some(net), Some(path)) = (net, hosts_path) {
+            let text = network::hosts::hosts_file(&net.hostname, net.attachment.ip, &hosts);
+            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }))
 }

@@ -13,6 +13,7 @@ use rbuild_snapshotter::{RegistryOptions, host_platform};
 use super::*;
 use crate::graph::Expect;
 use crate::key::KeyBuilder;
+use crate::solver::StartGate;
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
 const BUSYBOX: &str = "127.0.0.1:5000/busybox:latest";
@@ -241,8 +242,17 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
                 network: Some(NetworkUse {
                     attachment: step_ns.clone(),
                     hostname: "step".into(),
-                    hosts: vec![("db".into(), service_ns.ip)],
+                    // Known only once the gate opens, as when the step's
+                    // task is made while its services start.
+                    hosts: vec![],
                 }),
+                start_gate: Some(StartGate::new({
+                    let ip = service_ns.ip;
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(vec![("db".to_string(), ip)])
+                    }
+                })),
             },
             CancellationToken::new(),
         )
@@ -262,6 +272,45 @@ async fn a_service_is_reachable_by_alias_execs_and_stops_without_leftovers() {
     assert!(stdout.contains("\nstep\n"), "its own hostname: {stdout}");
     assert!(stdout.contains("served-by-db"), "{stdout}");
     assert_ne!(service_ns.ip, Ipv4Addr::UNSPECIFIED);
+
+    // A gate that fails (its services never got ready): the process never
+    // runs, and the created task and container go (checked below).
+    let key = KeyBuilder::new("services-test")
+        .field("n", &unique_suffix())
+        .finish();
+    let err = worker
+        .exec(
+            ExecRequest {
+                key,
+                name: SnapshotId(format!("rbuild-test-step-{}", key.short())),
+                parent: rootfs.clone(),
+                args: vec!["sh".into(), "-c".into(), "echo ran".into()],
+                env: vec!["PATH=/bin:/usr/bin".into()],
+                cwd: "/".into(),
+                user: String::new(),
+                mounts: vec![],
+                stdin: None,
+                expect: Expect::Success,
+                output: None,
+                terminal: TerminalUse::None,
+                network: Some(NetworkUse {
+                    attachment: step_ns.clone(),
+                    hostname: "step".into(),
+                    hosts: vec![],
+                }),
+                start_gate: Some(StartGate::new(async {
+                    Err("service db (tcp 8080) exited with code 1 before it was ready".into())
+                })),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("a failed gate fails the step");
+    assert!(
+        err.to_string()
+            .contains("not started: service db (tcp 8080) exited"),
+        "{err}"
+    );
 
     let mut exited = service.exited.clone();
     service.control.stop(Duration::from_secs(2)).await.unwrap();
