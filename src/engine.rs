@@ -139,6 +139,8 @@ pub async fn run_pipeline(
     let engine = Engine::start(config).await;
     let built = build.await.context("pipeline build task")??;
     let engine = engine?;
+    // Every behaviour a version gates is decided from this (README: API versions).
+    tracing::debug!(api = %built.declared.api(), declared = ?built.declared, "pipeline API");
 
     let session = Session::start(engine.solver.clone()).context("start the pipeline session")?;
     let mut command = tokio::process::Command::new(&built.executable);

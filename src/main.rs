@@ -2,6 +2,7 @@
 //! every step runs in a container on containerd and is cached under a hash
 //! of its definition and the content of its inputs.
 
+mod api;
 mod cache;
 mod cli;
 mod commands;

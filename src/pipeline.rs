@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::api::{self, Declared};
+
 /// The SDK crate's files, as compiled into this binary (a test checks that
 /// this is every file of sdk/src).
 const SDK_FILES: &[(&str, &str)] = &[
@@ -65,6 +67,8 @@ tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 /// A pipeline ready to run.
 pub struct Built {
     pub executable: PathBuf,
+    /// The API version it declares (see `crate::api`).
+    pub declared: Declared,
 }
 
 enum Source {
@@ -207,6 +211,35 @@ fn generated_manifest(file: &Path, source: &str, sdk: &Path, id: &str) -> Result
     Ok(toml::to_string(&doc)?)
 }
 
+/// What a pipeline's manifest (`where_` in errors) declares: its API
+/// version, checked as this rbuild serves it, and an `rbuild-sdk` pin that
+/// the embedded SDK must meet (it builds every pipeline).
+fn declarations(manifest: &str, where_: &str) -> Result<Declared> {
+    let doc: toml::Table =
+        toml::from_str(manifest).with_context(|| format!("{where_} is not valid TOML"))?;
+    if let Some(req) = api::sdk_requirement(&doc) {
+        api::check_sdk_pin(&req, rbuild_sdk::wire::SDK_VERSION, where_)?;
+    }
+    api::declared(&doc, where_)
+}
+
+/// Says once per pipeline (a marker in its cache directory) how to declare
+/// an API version, when it declares none.
+fn hint_once(dir: &Path, declared: Declared, pipeline: &Path, single_file: bool) {
+    if declared != Declared::Nothing {
+        return;
+    }
+    let marker = dir.join("api-hint-shown");
+    if marker.exists() {
+        return;
+    }
+    eprintln!(
+        "{}",
+        api::undeclared_hint(&pipeline.display().to_string(), single_file)
+    );
+    let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b""));
+}
+
 /// Hashes a crate's files (respecting .gitignore, skipping target/).
 fn hash_crate(dir: &Path, h: &mut blake3::Hasher) -> Result<()> {
     let mut files = BTreeMap::new();
@@ -254,6 +287,7 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
     let mut stamp = blake3::Hasher::new();
     stamp.update(env!("CARGO_PKG_VERSION").as_bytes());
     stamp.update(sdk_hash.as_bytes());
+    let declared;
     let (project, manifest_path, extra_args) = match &source {
         Source::File(file) => {
             let text = std::fs::read_to_string(file)
@@ -264,6 +298,11 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
             );
             let project = cache.join("pipelines").join(&id);
             let manifest = generated_manifest(file, &text, &sdk_dir, &id)?;
+            declared = declarations(
+                &embedded_manifest(&text).unwrap_or_default(),
+                &format!("the ```cargo block of {}", file.display()),
+            )?;
+            hint_once(&cache.join("pipelines").join(&id), declared, file, true);
             std::fs::create_dir_all(&project)?;
             let manifest_path = project.join("Cargo.toml");
             if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(manifest.as_str()) {
@@ -284,6 +323,8 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
             hash_crate(dir, &mut stamp)?;
             let manifest_path = dir.join("Cargo.toml");
             let manifest = std::fs::read_to_string(&manifest_path)?;
+            declared = declarations(&manifest, &manifest_path.display().to_string())?;
+            hint_once(&project, declared, dir, false);
             let mut args = Vec::new();
             if wants_sdk_patch(&manifest) {
                 args.push("--config".to_string());
@@ -299,7 +340,10 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
     let bin_dir = project.join("bin");
     let cached = bin_dir.join(&stamp);
     if cached.is_file() {
-        return Ok(Built { executable: cached });
+        return Ok(Built {
+            executable: cached,
+            declared,
+        });
     }
 
     let built = run_cargo(&manifest_path, &cache.join("target"), &extra_args)
@@ -324,7 +368,10 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    Ok(Built { executable: cached })
+    Ok(Built {
+        executable: cached,
+        declared,
+    })
 }
 
 /// Gives a generated pipeline crate rbuild's own lock file when it has none

@@ -357,6 +357,11 @@ fn init_creates_a_pipeline_whose_functions_work() {
         .output()
         .unwrap();
     assert!(!again.status.success(), "init never overwrites");
+    let starter = std::fs::read_to_string(env.dir.path().join("ci/pipeline.rs")).unwrap();
+    assert!(
+        starter.contains("//! [package.metadata.rbuild]\n//! api = \"0.1\"\n"),
+        "the starter declares the current API: {starter}"
+    );
     let out = env
         .command()
         .args(["call", "hello", "--name", "tester"])
@@ -369,6 +374,90 @@ fn init_creates_a_pipeline_whose_functions_work() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("declares no API version"));
+}
+
+#[test]
+fn a_declared_api_version_is_checked_before_anything_runs() {
+    let env = TestEnv::new("api-version");
+    let write = |name: &str, cargo_block: &str| {
+        let path = env.dir.path().join(name);
+        let block: String = cargo_block.lines().map(|l| format!("//! {l}\n")).collect();
+        std::fs::write(
+            &path,
+            format!("//! ```cargo\n{block}//! ```\n\nfn main() {{\n    println!(\"ran\");\n}}\n"),
+        )
+        .unwrap();
+        path
+    };
+    let run = |path: &Path| {
+        let out = env.command().arg("run").arg(path).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Refused before cargo compiles anything, let alone runs.
+    for (name, block, wants) in [
+        (
+            "too-new.rs",
+            "[package.metadata.rbuild]\napi = \"9.9\"",
+            &[
+                "declares rbuild API 9.9, newer than this rbuild",
+                "upgrade rbuild to 9.9",
+            ][..],
+        ),
+        (
+            "too-old.rs",
+            "[package.metadata.rbuild]\napi = \"0.0\"",
+            &[
+                "declares rbuild API 0.0, older than the oldest",
+                "(API 0.1)",
+            ][..],
+        ),
+        (
+            "pinned.rs",
+            "[dependencies]\nrbuild-sdk = \"0.3\"",
+            &[
+                "pins rbuild-sdk \"0.3\"",
+                "builds pipelines with rbuild-sdk 0.1.0",
+            ][..],
+        ),
+    ] {
+        let (code, stdout, stderr) = run(&write(name, block));
+        assert_ne!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(stdout, "", "{name}: nothing ran");
+        assert!(
+            !stderr.contains("Compiling"),
+            "{name}: nothing compiled: {stderr}"
+        );
+        for want in wants {
+            assert!(stderr.contains(want), "{name}: no {want:?} in: {stderr}");
+        }
+    }
+
+    // No declaration: API 0.1's behaviour, and how to declare it, said once.
+    let undeclared = env.dir.path().join("undeclared.rs");
+    std::fs::write(&undeclared, "fn main() {\n    println!(\"ran\");\n}\n").unwrap();
+    let hint = "declares no API version, so it gets API 0.1's behaviour";
+    let (code, stdout, first) = run(&undeclared);
+    assert_eq!((code, stdout.as_str()), (Some(0), "ran\n"), "{first}");
+    assert!(first.contains(hint), "{first}");
+    assert!(
+        first.contains("[package.metadata.rbuild]\n  api = \"0.1\""),
+        "{first}"
+    );
+    let (_, _, second) = run(&undeclared);
+    assert!(!second.contains(hint), "said once: {second}");
+
+    // Declared: no hint.
+    let (code, stdout, stderr) = run(&write(
+        "declared.rs",
+        "[package.metadata.rbuild]\napi = \"0.1\"",
+    ));
+    assert_eq!((code, stdout.as_str()), (Some(0), "ran\n"), "{stderr}");
+    assert!(!stderr.contains(hint), "{stderr}");
 }
 
 /// The version a lock file pins for a package (its first entry).

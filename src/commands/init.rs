@@ -9,6 +9,11 @@ const STARTER: &str = r#"//! An rbuild pipeline. Try:
 //!   rbuild call hello --name you
 //!   rbuild call build --src . export --path ./out
 //!   rbuild call build --src . terminal
+//!
+//! ```cargo
+//! [package.metadata.rbuild]
+//! api = "@API@"
+//! ```
 
 use rbuild_sdk::{self as rb, ArgKind};
 
@@ -50,7 +55,8 @@ pub fn init(dir: &Path) -> Result<i32> {
     }
     std::fs::create_dir_all(path.parent().expect("has a parent"))
         .with_context(|| format!("create {}", dir.join("ci").display()))?;
-    std::fs::write(&path, STARTER).with_context(|| format!("write {}", path.display()))?;
+    let starter = STARTER.replace("@API@", &crate::api::CURRENT.to_string());
+    std::fs::write(&path, starter).with_context(|| format!("write {}", path.display()))?;
     super::out(format_args!(
         "created {}; try `rbuild functions` and `rbuild call hello`",
         path.display()

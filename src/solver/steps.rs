@@ -125,18 +125,26 @@ impl<W: Worker> Solver<W> {
                     && !mounts
                         .iter()
                         .any(|m| matches!(m, MountRequest::Cache { .. }));
-                let mut services = None;
-                let (starting, network, start_gate) = if overlap {
-                    let (starting, network, gate) = self
-                        .start_bound_services(plan, &exec.bindings, no, permit.clone())
-                        .await?;
-                    (Some(starting), Some(network), Some(gate))
-                } else {
-                    let (lease, network) = self.bind_services(plan, &exec.bindings).await?;
-                    services = lease;
-                    *permit.lock().unwrap() = Some(self.job_slot().await?);
-                    self.progress.running(no, &plan.description);
-                    (None, network, None)
+                let bound = async {
+                    if overlap {
+                        let (starting, network, gate) = self
+                            .start_bound_services(plan, &exec.bindings, no, permit.clone())
+                            .await?;
+                        Ok::<_, SolveError>((None, Some(starting), Some(network), Some(gate)))
+                    } else {
+                        let (lease, network) = self.bind_services(plan, &exec.bindings).await?;
+                        *permit.lock().unwrap() = Some(self.job_slot().await?);
+                        self.progress.running(no, &plan.description);
+                        Ok((lease, None, network, None))
+                    }
+                };
+                let (mut services, starting, network, start_gate) = match bound.await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.progress
+                            .failed(no, &plan.description, &e.to_string(), &[]);
+                        return Err(e);
+                    }
                 };
                 let (output, forwarder) = self.forward_output(no);
                 let req = ExecRequest {

@@ -102,9 +102,10 @@ pub struct ExecRequest {
 /// run); an error when they are not, after which the step never starts.
 /// Taken once by the worker that runs the step.
 #[derive(Clone, Default)]
-pub struct StartGate(
-    Arc<std::sync::Mutex<Option<BoxFuture<'static, Result<Vec<(String, Ipv4Addr)>, String>>>>>,
-);
+pub struct StartGate(Arc<std::sync::Mutex<Option<Ready>>>);
+
+/// What a [`StartGate`] waits for: the services' aliases and addresses.
+pub type Ready = BoxFuture<'static, Result<Vec<(String, Ipv4Addr)>, String>>;
 
 impl StartGate {
     pub fn new(
@@ -114,7 +115,7 @@ impl StartGate {
     }
 
     /// The gate's future, the first time it is asked for.
-    pub fn take(&self) -> Option<BoxFuture<'static, Result<Vec<(String, Ipv4Addr)>, String>>> {
+    pub fn take(&self) -> Option<Ready> {
         self.0.lock().unwrap().take()
     }
 }

@@ -465,6 +465,27 @@ pub(super) fn process_as(
     }
 }
 
+/// The runtime's start gate for a step bound to services: once they are
+/// ready, their addresses go into the step's hosts file (bind-mounted into
+/// the created task, so rewritten in place, not replaced) and the process
+/// starts.
+fn start_gate(
+    req: &ExecRequest,
+    etc_dir: Option<&Path>,
+) -> Option<rbuild_runtime::task::StartGate> {
+    let ready = req.start_gate.as_ref()?.take()?;
+    let net = req.network.clone();
+    let hosts_path = etc_dir.map(|d| d.join("hosts"));
+    Some(Box::pin(async move {
+        let hosts = ready.await?;
+        if let (Some(net), Some(path)) = (net, hosts_path) {
+            let text = network::hosts::hosts_file(&net.hostname, net.attachment.ip, &hosts);
+            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -510,25 +531,4 @@ mod tests {
             .collect();
         assert!(names.is_empty(), "no temporary file is left: {names:?}");
     }
-}
-
-/// The runtime's start gate for a step bound to services: once they are
-/// ready, their addresses go into the step's hosts file (bind-mounted into
-/// the created task, so rewritten in place, not replaced) and the process
-/// starts.
-fn start_gate(
-    req: &ExecRequest,
-    etc_dir: Option<&Path>,
-) -> Option<rbuild_runtime::task::StartGate> {
-    let ready = req.start_gate.as_ref()?.take()?;
-    let net = req.network.clone();
-    let hosts_path = etc_dir.map(|d| d.join("hosts"));
-    Some(Box::pin(async move {
-        let hosts = ready.await?;
-        if let (Some(net), Some(path)) = (net, hosts_path) {
-            let text = network::hosts::hosts_file(&net.hostname, net.attachment.ip, &hosts);
-            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-        }
-        Ok(())
-    }))
 }

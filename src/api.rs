@@ -1,0 +1,261 @@
+//! The API version a pipeline declares it was written for, and which
+//! versions this rbuild serves.
+//!
+//! A pipeline declares it in its manifest, a crate's `Cargo.toml` or a
+//! single-file pipeline's ```` ```cargo ```` block, the same table in both:
+//!
+//! ```toml
+//! [package.metadata.rbuild]
+//! api = "0.1"
+//! ```
+//!
+//! The engine serves every behaviour a version gates from the declaring
+//! pipeline's version ([`CURRENT`] is what `rbuild init`'s starter declares). A
+//! pipeline without a declaration was written before declarations existed
+//! and gets the first version's behaviour. A version newer than this
+//! rbuild, or older than the oldest it still serves, is refused before
+//! anything runs.
+//!
+//! The behaviour each version changed is in the README's table of API
+//! versions; a change of behaviour is a new minor version (while rbuild is
+//! 0.x), announced by raising [`CURRENT`].
+
+use std::fmt;
+
+use anyhow::{Result, anyhow, bail};
+
+/// An API version: rbuild's `major.minor` when it was introduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Api {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// The newest API version this rbuild serves (its own `major.minor`).
+pub const CURRENT: Api = Api { major: 0, minor: 1 };
+
+/// The oldest API version this rbuild still serves.
+pub const OLDEST: Api = Api { major: 0, minor: 1 };
+
+/// What a pipeline that declares nothing gets: the first version's
+/// behaviour (it was written before declarations existed).
+pub const UNDECLARED: Api = Api { major: 0, minor: 1 };
+
+impl Api {
+    /// Parses `"0.1"` (a third part, as in `"0.1.0"`, must be 0: versions
+    /// are `major.minor`).
+    pub fn parse(text: &str) -> Option<Api> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        match parts.next() {
+            None => {}
+            Some("0") if parts.next().is_none() => {}
+            Some(_) => return None,
+        }
+        Some(Api { major, minor })
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// How a pipeline stands: the version it declared, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declared {
+    Version(Api),
+    Nothing,
+}
+
+impl Declared {
+    /// The version whose behaviour the pipeline gets.
+    pub fn api(self) -> Api {
+        match self {
+            Declared::Version(v) => v,
+            Declared::Nothing => UNDECLARED,
+        }
+    }
+}
+
+/// Reads `[package.metadata.rbuild] api` from a manifest (`where_` names
+/// it in errors) and checks this rbuild serves it.
+pub fn declared(manifest: &toml::Table, where_: &str) -> Result<Declared> {
+    let Some(rbuild) = manifest
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("rbuild"))
+    else {
+        return Ok(Declared::Nothing);
+    };
+    let Some(api) = rbuild.get("api") else {
+        bail!(
+            "{where_}: [package.metadata.rbuild] has no api; declare the rbuild API version the pipeline was written for, e.g. api = \"{CURRENT}\""
+        );
+    };
+    let text = api.as_str().ok_or_else(|| {
+        anyhow!("{where_}: [package.metadata.rbuild] api must be a string such as \"{CURRENT}\", not {api}")
+    })?;
+    let v = Api::parse(text).ok_or_else(|| {
+        anyhow!("{where_}: [package.metadata.rbuild] api = {text:?} is not a version such as \"{CURRENT}\" (major.minor)")
+    })?;
+    serves(v).map_err(|e| anyhow!("{where_}: {e}"))?;
+    Ok(Declared::Version(v))
+}
+
+/// Whether this rbuild serves `v`; the error names both versions and what
+/// to change.
+pub fn serves(v: Api) -> Result<()> {
+    let this = env!("CARGO_PKG_VERSION");
+    if v > CURRENT {
+        bail!(
+            "the pipeline declares rbuild API {v}, newer than this rbuild {this} serves (API {OLDEST} to {CURRENT}); upgrade rbuild to {v} or later"
+        );
+    }
+    if v < OLDEST {
+        bail!(
+            "the pipeline declares rbuild API {v}, older than the oldest this rbuild {this} still serves (API {OLDEST}); update the pipeline to API {OLDEST} or later (the README's API versions table lists what changed), or run it with an older rbuild"
+        );
+    }
+    Ok(())
+}
+
+/// The `rbuild-sdk` requirement a manifest pins (a version string, or a
+/// table's `version`), unless it takes the SDK from a path or git.
+pub fn sdk_requirement(manifest: &toml::Table) -> Option<String> {
+    match manifest.get("dependencies")?.get("rbuild-sdk")? {
+        toml::Value::String(req) => Some(req.clone()),
+        toml::Value::Table(t) if !t.contains_key("path") && !t.contains_key("git") => {
+            t.get("version")?.as_str().map(String::from)
+        }
+        _ => None,
+    }
+}
+
+/// Checks that the embedded SDK (`sdk_version`) satisfies a pipeline's pin
+/// of `rbuild-sdk` (rbuild builds every pipeline with its own SDK).
+pub fn check_sdk_pin(req: &str, sdk_version: &str, where_: &str) -> Result<()> {
+    let parsed = semver::VersionReq::parse(req).map_err(|e| {
+        anyhow!("{where_}: rbuild-sdk = {req:?} is not a version requirement ({e})")
+    })?;
+    let sdk = semver::Version::parse(sdk_version).expect("the SDK's own version parses");
+    if !parsed.matches(&sdk) {
+        bail!(
+            "{where_}: the pipeline pins rbuild-sdk {req:?}, but this rbuild {} builds pipelines with rbuild-sdk {sdk_version}; change the pin to one that {sdk_version} meets (e.g. \"{}.{}\"), or use an rbuild whose SDK meets it",
+            env!("CARGO_PKG_VERSION"),
+            sdk.major,
+            sdk.minor
+        );
+    }
+    Ok(())
+}
+
+/// The once-per-pipeline hint for a pipeline that declares nothing.
+pub fn undeclared_hint(pipeline: &str, single_file: bool) -> String {
+    let place = if single_file {
+        "its ```cargo block (//! lines at the top of the file)"
+    } else {
+        "its Cargo.toml"
+    };
+    format!(
+        "rbuild: pipeline {pipeline} declares no API version, so it gets API {UNDECLARED}'s behaviour; to keep what it does across rbuild upgrades, add to {place}:\n  [package.metadata.rbuild]\n  api = \"{CURRENT}\""
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn versions_parse_as_major_minor() {
+        assert_eq!(Api::parse("0.1"), Some(Api { major: 0, minor: 1 }));
+        assert_eq!(Api::parse("0.1.0"), Some(Api { major: 0, minor: 1 }));
+        assert_eq!(
+            Api::parse(" 1.12 "),
+            Some(Api {
+                major: 1,
+                minor: 12
+            })
+        );
+        for bad in ["", "0", "0.1.2", "x.1", "0.1.0.0", "v0.1"] {
+            assert_eq!(Api::parse(bad), None, "{bad:?}");
+        }
+        assert!(Api::parse("0.2").unwrap() > Api::parse("0.1").unwrap());
+        assert!(Api::parse("1.0").unwrap() > Api::parse("0.9").unwrap());
+    }
+
+    #[test]
+    fn a_declaration_is_read_and_checked() {
+        let here = format!("[package.metadata.rbuild]\napi = \"{CURRENT}\"\n");
+        assert_eq!(
+            declared(&table(&here), "p").unwrap(),
+            Declared::Version(CURRENT)
+        );
+        assert_eq!(
+            declared(&table("[package]\nname = \"x\"\n"), "p").unwrap(),
+            Declared::Nothing
+        );
+        assert_eq!(Declared::Nothing.api(), UNDECLARED);
+
+        let too_new = declared(&table("[package.metadata.rbuild]\napi = \"9.0\"\n"), "p.rs")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_new.starts_with("p.rs: the pipeline declares rbuild API 9.0, newer"),
+            "{too_new}"
+        );
+        assert!(
+            too_new.contains(&format!("API {OLDEST} to {CURRENT}")),
+            "{too_new}"
+        );
+        assert!(too_new.contains("upgrade rbuild to 9.0"), "{too_new}");
+
+        for (text, want) in [
+            ("[package.metadata.rbuild]\napi = 1\n", "must be a string"),
+            (
+                "[package.metadata.rbuild]\napi = \"latest\"\n",
+                "is not a version",
+            ),
+            ("[package.metadata.rbuild]\nother = 1\n", "has no api"),
+        ] {
+            let e = declared(&table(text), "p.rs").unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_api_older_than_the_floor_is_refused_naming_it() {
+        let e = serves(Api { major: 0, minor: 0 }).unwrap_err().to_string();
+        assert!(e.contains("older than the oldest"), "{e}");
+        assert!(e.contains(&format!("(API {OLDEST})")), "{e}");
+    }
+
+    #[test]
+    fn an_sdk_pin_the_embedded_sdk_cannot_meet_is_an_error() {
+        assert!(check_sdk_pin("0.1", "0.1.0", "p").is_ok());
+        assert!(check_sdk_pin("^0.1.0", "0.1.0", "p").is_ok());
+        assert!(check_sdk_pin("*", "0.1.0", "p").is_ok());
+        let e = check_sdk_pin("0.3", "0.1.0", "p.rs")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pins rbuild-sdk \"0.3\""), "{e}");
+        assert!(e.contains("with rbuild-sdk 0.1.0"), "{e}");
+        let e = check_sdk_pin("not a version", "0.1.0", "p.rs")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a version requirement"), "{e}");
+
+        let m = table("[dependencies]\nrbuild-sdk = \"0.3\"\n");
+        assert_eq!(sdk_requirement(&m).as_deref(), Some("0.3"));
+        let m = table("[dependencies]\nrbuild-sdk = { version = \"0.2\", features = [] }\n");
+        assert_eq!(sdk_requirement(&m).as_deref(), Some("0.2"));
+        let m = table("[dependencies]\nrbuild-sdk = { path = \"../sdk\" }\n");
+        assert_eq!(sdk_requirement(&m), None);
+    }
+}
