@@ -32,7 +32,7 @@ pub struct Api {
 }
 
 /// The newest API version this rbuild serves (its own `major.minor`).
-pub const CURRENT: Api = Api { major: 0, minor: 1 };
+pub const CURRENT: Api = Api { major: 0, minor: 2 };
 
 /// The oldest API version this rbuild still serves.
 pub const OLDEST: Api = Api { major: 0, minor: 1 };
@@ -40,6 +40,28 @@ pub const OLDEST: Api = Api { major: 0, minor: 1 };
 /// What a pipeline that declares nothing gets: the first version's
 /// behaviour (it was written before declarations existed).
 pub const UNDECLARED: Api = Api { major: 0, minor: 1 };
+
+/// API 0.2: `with_entrypoint` resets the default args (Docker's and
+/// Dagger's rule); before, they were kept.
+pub const ENTRYPOINT_RESETS_DEFAULT_ARGS: Api = Api { major: 0, minor: 2 };
+
+/// API 0.2: every `with_exec` runs in a network namespace of its own
+/// (outbound traffic through NAT, the host's resolvers); before, a step
+/// without service bindings ran on the host's network.
+pub const STEP_OWN_NETWORK: Api = Api { major: 0, minor: 2 };
+
+/// Every behaviour change a version gates, with the version that made it:
+/// the README's table lists each of these (a test checks it).
+pub const CHANGES: &[(Api, &str)] = &[
+    (
+        ENTRYPOINT_RESETS_DEFAULT_ARGS,
+        "`with_entrypoint` resets the default args",
+    ),
+    (
+        STEP_OWN_NETWORK,
+        "every `with_exec` gets a network namespace of its own",
+    ),
+];
 
 impl Api {
     /// Parses `"0.1"` (a third part, as in `"0.1.0"`, must be 0: versions
@@ -159,9 +181,21 @@ pub fn undeclared_hint(pipeline: &str, single_file: bool) -> String {
     } else {
         "its Cargo.toml"
     };
-    format!(
-        "rbuild: pipeline {pipeline} declares no API version, so it gets API {UNDECLARED}'s behaviour; to keep what it does across rbuild upgrades, add to {place}:\n  [package.metadata.rbuild]\n  api = \"{CURRENT}\""
-    )
+    let mut hint = format!(
+        "rbuild: pipeline {pipeline} declares no API version, so it gets API {UNDECLARED}'s behaviour; to keep what it does across rbuild upgrades, add to {place}:\n  [package.metadata.rbuild]\n  api = \"{UNDECLARED}\""
+    );
+    let newer: Vec<String> = CHANGES
+        .iter()
+        .filter(|(v, _)| *v > UNDECLARED)
+        .map(|(v, what)| format!("\n  {v}: {}", what.replace('`', "")))
+        .collect();
+    if !newer.is_empty() {
+        hint.push_str(&format!(
+            "\nor declare a newer one for what changed since (the README's API versions table):{}",
+            newer.concat()
+        ));
+    }
+    hint
 }
 
 #[cfg(test)]
@@ -227,6 +261,43 @@ mod tests {
             let e = declared(&table(text), "p.rs").unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_current_api_is_this_rbuilds_major_minor() {
+        assert_eq!(Api::parse(env!("CARGO_PKG_VERSION")), Some(CURRENT));
+    }
+
+    #[test]
+    fn the_undeclared_hint_keeps_the_old_behaviour_and_names_what_is_newer() {
+        let hint = undeclared_hint("ci/pipeline.rs", true);
+        assert!(hint.contains("api = \"0.1\""), "{hint}");
+        for (v, what) in CHANGES {
+            assert!(
+                hint.contains(&format!("{v}: {}", what.replace('`', ""))),
+                "{hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_gated_change_with_its_version() {
+        let readme = include_str!("../README.md");
+        for (v, what) in CHANGES {
+            assert!(v <= &CURRENT, "{what}: gated by {v}, newer than CURRENT");
+            let row = readme
+                .lines()
+                .find(|l| l.contains(what))
+                .unwrap_or_else(|| panic!("README's API table has no row for {what:?}"));
+            assert!(
+                row.trim_start().starts_with(&format!("| {v} ")),
+                "README row for {what:?} names another version: {row}"
+            );
+        }
+        assert!(
+            readme.contains(&format!("api = \"{CURRENT}\"")),
+            "the README's declaration example is not the current API {CURRENT}"
+        );
     }
 
     #[test]

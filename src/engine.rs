@@ -140,9 +140,11 @@ pub async fn run_pipeline(
     let built = build.await.context("pipeline build task")??;
     let engine = engine?;
     // Every behaviour a version gates is decided from this (README: API versions).
-    tracing::debug!(api = %built.declared.api(), declared = ?built.declared, "pipeline API");
+    let api = built.declared.api();
+    tracing::debug!(%api, declared = ?built.declared, "pipeline API");
 
-    let session = Session::start(engine.solver.clone()).context("start the pipeline session")?;
+    let session =
+        Session::start(engine.solver.clone(), api).context("start the pipeline session")?;
     let mut command = tokio::process::Command::new(&built.executable);
     command
         .args(args)

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::api::Api;
 use crate::graph::image_format;
 use crate::solver::services::endpoint;
 use crate::solver::{ReadAnswer, ReadOp, SolveError, Solver, Worker, join_path};
@@ -37,8 +38,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts serving `solver` on a fresh socket.
-    pub fn start<M: Worker>(solver: Arc<Solver<M>>) -> std::io::Result<Session> {
+    /// Starts serving `solver` on a fresh socket, to a pipeline (or module)
+    /// that declared `api`: every gated behaviour of what it asks for is
+    /// that version's.
+    pub fn start<M: Worker>(solver: Arc<Solver<M>>, api: Api) -> std::io::Result<Session> {
         let dir = std::env::temp_dir().join(format!(
             "rbuild-session-{}-{}",
             std::process::id(),
@@ -59,7 +62,7 @@ impl Session {
                 let solver = solver.clone();
                 let expected = expected.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &solver, &expected).await {
+                    if let Err(e) = serve(conn, &solver, &expected, api).await {
                         tracing::debug!(error = %e, "session connection ended");
                     }
                 });
@@ -102,6 +105,7 @@ async fn serve<M: Worker>(
     conn: UnixStream,
     solver: &Arc<Solver<M>>,
     token: &str,
+    api: Api,
 ) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
@@ -109,7 +113,7 @@ async fn serve<M: Worker>(
     reader.read_until(b'\n', &mut line).await?;
     let response = match read_request(&line, token) {
         Err(message) => Response::Error(ErrorAnswer { message }),
-        Ok(query) => match answer(solver, query).await {
+        Ok(query) => match answer(solver, query, api).await {
             Ok(v) => Response::Ok(v),
             Err(e) => Response::Error(ErrorAnswer {
                 message: solver.secrets().scrub_str(&e.to_string()),
@@ -176,10 +180,14 @@ pub fn check_protocol(spoken: u32, sdk: &str) -> Result<(), String> {
     })
 }
 
-async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Value, SolveError> {
+async fn answer<M: Worker>(
+    solver: &Arc<Solver<M>>,
+    query: Query,
+    api: Api,
+) -> Result<Value, SolveError> {
     match query {
         Query::Stdout { container } => {
-            let st = solver.container(&container).await?;
+            let st = solver.container(&container, api).await?;
             let out = st.last_exec("stdout")?;
             let all = solver
                 .whole_output(&out.stdout, out.stdout_file.as_ref())
@@ -187,7 +195,7 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
             Ok(Value::String(String::from_utf8_lossy(&all).into_owned()))
         }
         Query::Stderr { container } => {
-            let st = solver.container(&container).await?;
+            let st = solver.container(&container, api).await?;
             let out = st.last_exec("stderr")?;
             let all = solver
                 .whole_output(&out.stderr, out.stderr_file.as_ref())
@@ -195,23 +203,23 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
             Ok(Value::String(String::from_utf8_lossy(&all).into_owned()))
         }
         Query::ExitCode { container } => {
-            let st = solver.container(&container).await?;
+            let st = solver.container(&container, api).await?;
             Ok(json!(st.last_exec("exit_code")?.exit_code))
         }
         Query::Sync { container } => {
-            solver.container(&container).await?;
+            solver.container(&container, api).await?;
             Ok(Value::Null)
         }
         Query::Terminal { container, command } => {
-            let st = solver.container(&container).await?;
-            Ok(json!(solver.terminal(&st, command).await?))
+            let st = solver.container(&container, api).await?;
+            Ok(json!(solver.terminal(&st, command, api).await?))
         }
         Query::Publish {
             container,
             address,
             format,
         } => {
-            let st = solver.container(&container).await?;
+            let st = solver.container(&container, api).await?;
             Ok(Value::String(
                 solver.publish(&st, &address, image_format(&format)).await?,
             ))
@@ -222,7 +230,7 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
             name,
             format,
         } => {
-            let st = solver.container(&container).await?;
+            let st = solver.container(&container, api).await?;
             solver
                 .export(
                     &st,
@@ -234,83 +242,83 @@ async fn answer<M: Worker>(solver: &Arc<Solver<M>>, query: Query) -> Result<Valu
             Ok(Value::String(path))
         }
         Query::Entries { directory, path } => {
-            let d = solver.directory(&directory).await?;
+            let d = solver.directory(&directory, api).await?;
             let at = join_path(&d.path, path.as_deref().unwrap_or("."));
             names(solver.read(&d.tree, &at, ReadOp::Entries).await?)
         }
         Query::Glob { directory, pattern } => {
-            let d = solver.directory(&directory).await?;
+            let d = solver.directory(&directory, api).await?;
             names(solver.read(&d.tree, &d.path, ReadOp::Glob(pattern)).await?)
         }
         Query::DirDigest { directory } => {
-            let d = solver.directory(&directory).await?;
+            let d = solver.directory(&directory, api).await?;
             digest(solver.read(&d.tree, &d.path, ReadOp::Digest).await?)
         }
         Query::DirExport { directory, path } => {
-            let d = solver.directory(&directory).await?;
+            let d = solver.directory(&directory, api).await?;
             solver
                 .read(&d.tree, &d.path, ReadOp::Export(PathBuf::from(&path)))
                 .await?;
             Ok(Value::String(path))
         }
         Query::DirSync { directory } => {
-            solver.directory(&directory).await?;
+            solver.directory(&directory, api).await?;
             Ok(Value::Null)
         }
         Query::Contents { file } => {
-            let f = solver.file(&file).await?;
+            let f = solver.file(&file, api).await?;
             match solver.read(&f.tree, &f.path, ReadOp::Contents).await? {
                 ReadAnswer::Bytes(b) => Ok(Value::String(String::from_utf8_lossy(&b).into_owned())),
                 other => Err(unexpected(other)),
             }
         }
         Query::Size { file } => {
-            let f = solver.file(&file).await?;
+            let f = solver.file(&file, api).await?;
             match solver.read(&f.tree, &f.path, ReadOp::Size).await? {
                 ReadAnswer::Size(n) => Ok(json!(n)),
                 other => Err(unexpected(other)),
             }
         }
-        Query::Name { file } => Ok(Value::String(solver.file(&file).await?.name())),
+        Query::Name { file } => Ok(Value::String(solver.file(&file, api).await?.name())),
         Query::FileDigest { file } => {
-            let f = solver.file(&file).await?;
+            let f = solver.file(&file, api).await?;
             digest(solver.read(&f.tree, &f.path, ReadOp::Digest).await?)
         }
         Query::FileExport { file, path } => {
-            let f = solver.file(&file).await?;
+            let f = solver.file(&file, api).await?;
             solver
                 .read(&f.tree, &f.path, ReadOp::Export(PathBuf::from(&path)))
                 .await?;
             Ok(Value::String(path))
         }
         Query::FileSync { file } => {
-            let f = solver.file(&file).await?;
+            let f = solver.file(&file, api).await?;
             // A file is there when it can be measured.
             solver.read(&f.tree, &f.path, ReadOp::Size).await?;
             Ok(Value::Null)
         }
         // Planning only: nothing starts for these two.
         Query::ServiceHostname { service } => Ok(Value::String(
-            solver.service(&service).await?.hostname.clone(),
+            solver.service(&service, api).await?.hostname.clone(),
         )),
         Query::ServiceEndpoint {
             service,
             port,
             scheme,
         } => {
-            let plan = solver.service(&service).await?;
+            let plan = solver.service(&service, api).await?;
             Ok(Value::String(endpoint(&plan, port, scheme.as_deref())?))
         }
         Query::ServiceStart { service } => {
-            solver.service_start(&service).await?;
+            solver.service_start(&service, api).await?;
             Ok(Value::Null)
         }
         Query::ServiceStop { service } => {
-            solver.service_stop(&service).await?;
+            solver.service_stop(&service, api).await?;
             Ok(Value::Null)
         }
         Query::ServiceUp { service, ports } => {
-            solver.service_up(&service, &ports).await?;
+            solver.service_up(&service, &ports, api).await?;
             Ok(Value::Null)
         }
     }

@@ -359,7 +359,7 @@ fn init_creates_a_pipeline_whose_functions_work() {
     assert!(!again.status.success(), "init never overwrites");
     let starter = std::fs::read_to_string(env.dir.path().join("ci/pipeline.rs")).unwrap();
     assert!(
-        starter.contains("//! [package.metadata.rbuild]\n//! api = \"0.1\"\n"),
+        starter.contains("//! [package.metadata.rbuild]\n//! api = \"0.2\"\n"),
         "the starter declares the current API: {starter}"
     );
     let out = env

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Either, Shared};
 
 use super::*;
+use crate::api::Api;
 use crate::graph::{ContainerOp, DirectoryOp};
 
 /// An op's input, evaluated.
@@ -101,37 +102,46 @@ impl Input {
 
 impl<W: Worker> Solver<W> {
     /// The inputs of a container's ops, starting now.
-    pub(super) fn container_inputs<'a>(self: &'a Arc<Self>, ops: &'a [ContainerOp]) -> Inputs<'a> {
-        Inputs::new(ops.iter().map(|op| self.container_input(op)))
+    pub(super) fn container_inputs<'a>(
+        self: &'a Arc<Self>,
+        ops: &'a [ContainerOp],
+        api: Api,
+    ) -> Inputs<'a> {
+        Inputs::new(ops.iter().map(|op| self.container_input(op, api)))
     }
 
     /// The inputs of a directory's ops, starting now.
-    pub(super) fn directory_inputs<'a>(self: &'a Arc<Self>, ops: &'a [DirectoryOp]) -> Inputs<'a> {
-        Inputs::new(ops.iter().map(|op| self.directory_input(op)))
+    pub(super) fn directory_inputs<'a>(
+        self: &'a Arc<Self>,
+        ops: &'a [DirectoryOp],
+        api: Api,
+    ) -> Inputs<'a> {
+        Inputs::new(ops.iter().map(|op| self.directory_input(op, api)))
     }
 
     fn container_input<'a>(
         self: &'a Arc<Self>,
         op: &'a ContainerOp,
+        api: Api,
     ) -> Option<BoxFuture<'a, Result<Input, SolveError>>> {
         Some(match op {
             ContainerOp::From { address } => {
                 async move { Ok(Input::Image(self.resolve_image(address).await?)) }.boxed()
             }
             ContainerOp::Import { file } => async move {
-                let f = self.file(file).await?;
+                let f = self.file(file, api).await?;
                 Ok(Input::Image(self.import_image(&f).await?))
             }
             .boxed(),
             ContainerOp::WithServiceBinding { service, .. } => {
-                async move { Ok(Input::Service(self.service(service).await?)) }.boxed()
+                async move { Ok(Input::Service(self.service(service, api).await?)) }.boxed()
             }
             ContainerOp::WithDirectory { directory, .. }
             | ContainerOp::WithMountedDirectory { directory, .. } => {
-                async move { Ok(Input::Directory(self.directory(directory).await?)) }.boxed()
+                async move { Ok(Input::Directory(self.directory(directory, api).await?)) }.boxed()
             }
             ContainerOp::WithFile { file, .. } | ContainerOp::WithMountedFile { file, .. } => {
-                async move { Ok(Input::File(self.file(file).await?)) }.boxed()
+                async move { Ok(Input::File(self.file(file, api).await?)) }.boxed()
             }
             _ => return None,
         })
@@ -140,16 +150,17 @@ impl<W: Worker> Solver<W> {
     fn directory_input<'a>(
         self: &'a Arc<Self>,
         op: &'a DirectoryOp,
+        api: Api,
     ) -> Option<BoxFuture<'a, Result<Input, SolveError>>> {
         Some(match op {
             DirectoryOp::WithFile { file, .. } => {
-                async move { Ok(Input::File(self.file(file).await?)) }.boxed()
+                async move { Ok(Input::File(self.file(file, api).await?)) }.boxed()
             }
             DirectoryOp::WithDirectory { directory, .. } => {
-                async move { Ok(Input::Directory(self.directory(directory).await?)) }.boxed()
+                async move { Ok(Input::Directory(self.directory(directory, api).await?)) }.boxed()
             }
             DirectoryOp::Diff { other } => {
-                async move { Ok(Input::Directory(self.directory(other).await?)) }.boxed()
+                async move { Ok(Input::Directory(self.directory(other, api).await?)) }.boxed()
             }
             _ => return None,
         })

@@ -617,8 +617,9 @@ impl<W: Worker> Solver<W> {
     pub async fn service_start(
         self: &Arc<Self>,
         def: &crate::graph::ServiceDef,
+        api: crate::api::Api,
     ) -> Result<(), SolveError> {
-        let plan = self.service(def).await?;
+        let plan = self.service(def, api).await?;
         let inst = self.instance_for(&plan);
         {
             let mut u = inst.users.lock().unwrap();
@@ -632,8 +633,9 @@ impl<W: Worker> Solver<W> {
     pub async fn service_stop(
         self: &Arc<Self>,
         def: &crate::graph::ServiceDef,
+        api: crate::api::Api,
     ) -> Result<(), SolveError> {
-        let plan = self.service(def).await?;
+        let plan = self.service(def, api).await?;
         let inst = self
             .instances
             .shared
@@ -654,12 +656,13 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         def: &crate::graph::ServiceDef,
         ports: &[crate::graph::PortForwardDef],
+        api: crate::api::Api,
     ) -> Result<(), SolveError> {
         let ports: Vec<(u16, u16)> = ports
             .iter()
             .map(|p| (p.frontend.unwrap_or(p.backend), p.backend))
             .collect();
-        let plan = self.service(def).await?;
+        let plan = self.service(def, api).await?;
         let inst = self.instance_for(&plan);
         {
             let mut u = inst.users.lock().unwrap();

@@ -11,6 +11,7 @@ use rbuild_snapshotter::tree::Filter;
 
 use super::inputs::Input;
 use super::*;
+use crate::api::Api;
 use crate::graph::{
     ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, FileDef, SecretDef,
     shell_words,
@@ -24,16 +25,17 @@ impl<W: Worker> Solver<W> {
     pub fn container<'a>(
         self: &'a Arc<Self>,
         def: &'a ContainerDef,
+        api: Api,
     ) -> BoxFuture<'a, Result<ContainerState, SolveError>> {
         async move {
-            let inputs = self.container_inputs(&def.ops);
+            let inputs = self.container_inputs(&def.ops, api);
             inputs
                 .drive(async {
                     let mut st = ContainerState::scratch();
                     for (i, op) in def.ops.iter().enumerate() {
                         let at = def.at.get(i).cloned().flatten();
                         let input = inputs.get(i).await?;
-                        self.container_op(&mut st, op, at, input).await?;
+                        self.container_op(&mut st, op, at, input, api).await?;
                     }
                     Ok(st)
                 })
@@ -50,6 +52,7 @@ impl<W: Worker> Solver<W> {
         op: &ContainerOp,
         at: Option<String>,
         input: Option<Input>,
+        api: Api,
     ) -> Result<(), SolveError> {
         match op {
             ContainerOp::From { .. } | ContainerOp::Import { .. } => {
@@ -112,7 +115,14 @@ impl<W: Worker> Solver<W> {
             }
             ContainerOp::WithWorkdir { path } => st.workdir = st.resolve(path),
             ContainerOp::WithUser { name } => st.user = name.clone(),
-            ContainerOp::WithEntrypoint { args } => st.entrypoint = args.clone(),
+            ContainerOp::WithEntrypoint { args } => {
+                st.entrypoint = args.clone();
+                // Docker's and Dagger's rule from API 0.2 on: a new
+                // entrypoint does not run with the old one's arguments.
+                if api >= crate::api::ENTRYPOINT_RESETS_DEFAULT_ARGS {
+                    st.default_args.clear();
+                }
+            }
             ContainerOp::WithDefaultArgs { args } => st.default_args = args.clone(),
             ContainerOp::WithLabel { name, value } => {
                 st.labels.insert(name.clone(), value.clone());
@@ -158,6 +168,7 @@ impl<W: Worker> Solver<W> {
                         stdin: stdin.clone(),
                         expect: *expect,
                         bindings: st.bindings.clone(),
+                        own_network: api >= crate::api::STEP_OWN_NETWORK,
                     },
                     &self.platform.to_string(),
                 );
@@ -268,10 +279,11 @@ impl<W: Worker> Solver<W> {
     pub fn directory<'a>(
         self: &'a Arc<Self>,
         def: &'a DirectoryDef,
+        api: Api,
     ) -> BoxFuture<'a, Result<DirValue, SolveError>> {
         async move {
-            let inputs = self.directory_inputs(&def.ops);
-            inputs.drive(self.directory_walk(def, &inputs)).await
+            let inputs = self.directory_inputs(&def.ops, api);
+            inputs.drive(self.directory_walk(def, &inputs, api)).await
         }
         .boxed()
     }
@@ -280,6 +292,7 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         def: &DirectoryDef,
         inputs: &super::inputs::Inputs<'_>,
+        api: Api,
     ) -> Result<DirValue, SolveError> {
         {
             let mut dir = match &def.source {
@@ -304,7 +317,7 @@ impl<W: Worker> Solver<W> {
                     }
                 }
                 DirectorySource::Container { container, path } => {
-                    let st = self.container(container).await?;
+                    let st = self.container(container, api).await?;
                     DirValue {
                         path: st.resolve(path),
                         tree: st.rootfs,
@@ -418,7 +431,7 @@ impl<W: Worker> Solver<W> {
     }
 
     /// Evaluates a file value.
-    pub async fn file(self: &Arc<Self>, def: &FileDef) -> Result<FileValue, SolveError> {
+    pub async fn file(self: &Arc<Self>, def: &FileDef, api: Api) -> Result<FileValue, SolveError> {
         match def {
             FileDef::Host { path } => {
                 let listing = self.host_file(path).await?;
@@ -429,14 +442,14 @@ impl<W: Worker> Solver<W> {
                 })
             }
             FileDef::Container { container, path } => {
-                let st = self.container(container).await?;
+                let st = self.container(container, api).await?;
                 Ok(FileValue {
                     path: st.resolve(path),
                     tree: st.rootfs,
                 })
             }
             FileDef::Directory { directory, path } => {
-                let dir = self.directory(directory).await?;
+                let dir = self.directory(directory, api).await?;
                 Ok(FileValue {
                     path: join_path(&dir.path, path),
                     tree: dir.tree,
@@ -447,7 +460,7 @@ impl<W: Worker> Solver<W> {
                 format,
                 name,
             } => {
-                let st = self.container(container).await?;
+                let st = self.container(container, api).await?;
                 self.tarball(&st, crate::graph::image_format(format), name.as_deref())
                     .await
             }

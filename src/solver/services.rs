@@ -14,6 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::*;
+use crate::api::Api;
 use crate::graph::{ContainerDef, ContainerOp, ServiceDef, ServiceSource, shell_words};
 use crate::key::KeyBuilder;
 
@@ -298,6 +299,7 @@ impl<W: Worker> Solver<W> {
     pub fn service<'a>(
         self: &'a Arc<Self>,
         def: &'a ServiceDef,
+        api: Api,
     ) -> BoxFuture<'a, Result<Arc<ServicePlan>, SolveError>> {
         async move {
             if let Some(h) = &def.hostname {
@@ -312,7 +314,7 @@ impl<W: Worker> Solver<W> {
                     ready_timeout_ms,
                     private,
                 } => {
-                    let st = self.container(container).await?;
+                    let st = self.container(container, api).await?;
                     let argv = if args.is_empty() {
                         st.entrypoint
                             .iter()

@@ -132,7 +132,7 @@ impl<W: Worker> Solver<W> {
                             .await?;
                         Ok::<_, SolveError>((None, Some(starting), Some(network), Some(gate)))
                     } else {
-                        let (lease, network) = self.bind_services(plan, &exec.bindings).await?;
+                        let (lease, network) = self.bind_services(plan, exec).await?;
                         *permit.lock().unwrap() = Some(self.job_slot().await?);
                         self.progress.running(no, &plan.description);
                         Ok((lease, None, network, None))
@@ -373,23 +373,28 @@ impl<W: Worker> Solver<W> {
     }
 
     /// For a step that binds services: they run (and are held) and the
-    /// step gets a namespace of its own whose hosts file reaches them.
-    /// Nothing for a step without bindings (the host network, as before).
+    /// step gets a namespace of its own whose hosts file reaches them. A
+    /// step without bindings gets a namespace only when its API asks for
+    /// one (0.2 on); else it is on the host's network, as before.
     pub(super) async fn bind_services(
         self: &Arc<Self>,
         plan: &StepPlan,
-        bindings: &[Binding],
+        exec: &ExecPlan,
     ) -> Result<(Option<Lease>, Option<NetworkUse>), SolveError> {
-        if bindings.is_empty() {
+        if !exec.namespaced() {
             return Ok((None, None));
         }
-        let lease = self.acquire_services(bindings).await?;
+        let lease = if exec.bindings.is_empty() {
+            None
+        } else {
+            Some(self.acquire_services(&exec.bindings).await?)
+        };
         let network = NetworkUse {
             attachment: self.worker.attach().await?,
             hostname: format!("step-{}", &plan.key.to_hex()[..12]),
-            hosts: lease.hosts(),
+            hosts: lease.as_ref().map(Lease::hosts).unwrap_or_default(),
         };
-        Ok((Some(lease), Some(network)))
+        Ok((lease, Some(network)))
     }
 
     /// After the step: its namespace goes, its services may stop (after

@@ -23,6 +23,7 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         st: &ContainerState,
         command: Vec<String>,
+        api: crate::api::Api,
     ) -> Result<i64, SolveError> {
         if matches!(st.rootfs, Tree::Empty) {
             return Err(SolveError::Invalid(
@@ -51,6 +52,7 @@ impl<W: Worker> Solver<W> {
                 stdin: None,
                 expect: crate::graph::Expect::Any,
                 bindings: st.bindings.clone(),
+                own_network: api >= crate::api::STEP_OWN_NETWORK,
             },
             &self.platform.to_string(),
         );
@@ -59,7 +61,7 @@ impl<W: Worker> Solver<W> {
         };
         let parent = self.materialize(&plan.parent).await?;
         let mounts = self.mount_requests(&exec.mounts).await?;
-        let (services, network) = self.bind_services(&plan, &exec.bindings).await?;
+        let (services, network) = self.bind_services(&plan, exec).await?;
         let no = self
             .progress
             .started(&format!("terminal {}", shell_words(&command)));

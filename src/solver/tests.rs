@@ -17,6 +17,9 @@ use crate::graph::{
 };
 
 use super::interpret::expand_env;
+
+/// The API the solver's tests run under unless they say otherwise.
+const V01: crate::api::Api = crate::api::UNDECLARED;
 use super::*;
 
 #[derive(Default)]
@@ -347,7 +350,7 @@ fn execs(s: &Solver<Fake>) -> Vec<String> {
 }
 
 async fn stdout(s: &Arc<Solver<Fake>>, def: &ContainerDef) -> String {
-    let st = s.container(def).await.unwrap();
+    let st = s.container(def, V01).await.unwrap();
     String::from_utf8(st.last_exec("stdout").unwrap().stdout.clone()).unwrap()
 }
 
@@ -407,7 +410,7 @@ async fn a_failed_step_is_not_cached_and_is_retried() {
     let h = Harness::new();
     let def = pipeline(&[&["a"], &["exit=3"], &["c"]], None);
     let (first, progress) = h.run();
-    let err = first.container(&def).await.unwrap_err();
+    let err = first.container(&def, V01).await.unwrap_err();
     match &err {
         SolveError::ExecFailed {
             command,
@@ -439,7 +442,7 @@ async fn a_failed_step_is_not_cached_and_is_retried() {
     );
 
     let (second, _) = h.run();
-    assert!(second.container(&def).await.is_err());
+    assert!(second.container(&def, V01).await.is_err());
     assert_eq!(
         execs(&second),
         ["exit=3"],
@@ -452,7 +455,7 @@ async fn identical_work_requested_twice_at_once_runs_once() {
     let h = Harness::new();
     let (s, _) = h.run();
     let def = pipeline(&[&["a"], &["b"]], None);
-    let (x, y) = tokio::join!(s.container(&def), s.container(&def));
+    let (x, y) = tokio::join!(s.container(&def, V01), s.container(&def, V01));
     x.unwrap();
     y.unwrap();
     assert_eq!(execs(&s), ["a", "b"]);
@@ -466,7 +469,7 @@ async fn independent_branches_run_concurrently() {
     let defs: Vec<_> = (0..4)
         .map(|i| pipeline(&[&[&format!("branch{i}"), "rendezvous=4"]], None))
         .collect();
-    let results = futures::future::join_all(defs.iter().map(|d| s.container(d))).await;
+    let results = futures::future::join_all(defs.iter().map(|d| s.container(d, V01))).await;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     assert_eq!(execs(&s).len(), 4);
 }
@@ -493,7 +496,7 @@ async fn a_values_inputs_from_independent_branches_run_at_once_without_a_join() 
     }
     def.ops.push(exec(&["final"]));
     def.at.clear();
-    s.container(&def).await.unwrap();
+    s.container(&def, V01).await.unwrap();
     let ran = execs(&s);
     let branches: HashSet<&str> = ran[..3].iter().map(String::as_str).collect();
     let want = HashSet::from([
@@ -547,9 +550,9 @@ async fn bad_input_is_a_clear_error() {
         at: vec![Some("ci.rs:7".into())],
         ops: vec![exec(&["true"])],
     };
-    let e = s.container(&no_image).await.unwrap_err().to_string();
+    let e = s.container(&no_image, V01).await.unwrap_err().to_string();
     assert!(e.contains(".from("), "{e}");
-    let st = s.container(&pipeline(&[], None)).await.unwrap();
+    let st = s.container(&pipeline(&[], None), V01).await.unwrap();
     let e = st.last_exec("stdout").unwrap_err().to_string();
     assert!(e.contains("with_exec"), "{e}");
     let missing = ContainerDef {
@@ -558,7 +561,7 @@ async fn bad_input_is_a_clear_error() {
             address: "127.0.0.1:5000/missing:1".into(),
         }],
     };
-    let e = s.container(&missing).await.unwrap_err().to_string();
+    let e = s.container(&missing, V01).await.unwrap_err().to_string();
     assert!(e.contains("127.0.0.1:5000/missing:1"), "{e}");
 }
 
@@ -712,7 +715,7 @@ fn bound(alias: &str, service: &ServiceDef, args: &[&str]) -> ContainerDef {
 }
 
 async fn consumer_key(s: &Arc<Solver<Fake>>, def: &ContainerDef) -> crate::key::CacheKey {
-    s.container(def)
+    s.container(def, V01)
         .await
         .unwrap()
         .last_exec("key")
@@ -725,7 +728,7 @@ async fn a_service_plan_is_stable_across_runs_and_starts_nothing() {
     let h = Harness::new();
     let def = service_def(vec![exec(&["build"]), port(5432), port(80)], &["serve"]);
     let (first, _) = h.run();
-    let a = first.service(&def).await.unwrap();
+    let a = first.service(&def, V01).await.unwrap();
     assert_eq!(
         execs(&first),
         ["build"],
@@ -734,7 +737,7 @@ async fn a_service_plan_is_stable_across_runs_and_starts_nothing() {
     assert_eq!(a.identity.len(), 64);
     assert_eq!(a.hostname, format!("svc-{}", &a.identity[..12]));
     assert!(
-        Arc::ptr_eq(&a, &first.service(&def).await.unwrap()),
+        Arc::ptr_eq(&a, &first.service(&def, V01).await.unwrap()),
         "planned once per run"
     );
     let ServiceKind::Container {
@@ -758,7 +761,7 @@ async fn a_service_plan_is_stable_across_runs_and_starts_nothing() {
     );
 
     let (second, _) = h.run();
-    let b = second.service(&def).await.unwrap();
+    let b = second.service(&def, V01).await.unwrap();
     assert!(execs(&second).is_empty(), "the build step hit the cache");
     assert_eq!((&a.identity, &a.hostname), (&b.identity, &b.hostname));
 
@@ -766,7 +769,7 @@ async fn a_service_plan_is_stable_across_runs_and_starts_nothing() {
         hostname: Some("db".into()),
         ..def.clone()
     };
-    let c = second.service(&named).await.unwrap();
+    let c = second.service(&named, V01).await.unwrap();
     assert_eq!(c.hostname, "db");
     assert_ne!(
         c.identity, a.identity,
@@ -782,13 +785,16 @@ async fn endpoints_are_host_and_port_from_planning() {
         hostname: Some("web".into()),
         ..service_def(vec![port(8080), port(9090)], &["serve"])
     };
-    let plan = s.service(&def).await.unwrap();
+    let plan = s.service(&def, V01).await.unwrap();
     let ep = |p, sc| services::endpoint(&plan, p, sc).unwrap();
     assert_eq!(ep(None, None), "web:8080", "the first exposed port");
     assert_eq!(ep(Some(9090), None), "web:9090");
     assert_eq!(ep(None, Some("http")), "http://web:8080");
 
-    let none = s.service(&service_def(vec![], &["serve"])).await.unwrap();
+    let none = s
+        .service(&service_def(vec![], &["serve"]), V01)
+        .await
+        .unwrap();
     let e = services::endpoint(&none, None, None)
         .unwrap_err()
         .to_string();
@@ -818,7 +824,7 @@ async fn endpoints_are_host_and_port_from_planning() {
         },
         hostname: None,
     };
-    let plan = s.service(&host).await.unwrap();
+    let plan = s.service(&host, V01).await.unwrap();
     assert!(
         matches!(&plan.kind, ServiceKind::Host { ports } if ports == &[(Some(80), 8080), (None, 9000)])
     );
@@ -827,7 +833,7 @@ async fn endpoints_are_host_and_port_from_planning() {
         format!("{}:80", plan.hostname),
         "a host service is reached at its frontend port"
     );
-    assert_eq!(s.service(&host).await.unwrap().identity, plan.identity);
+    assert_eq!(s.service(&host, V01).await.unwrap().identity, plan.identity);
 }
 
 #[tokio::test]
@@ -846,10 +852,13 @@ async fn a_service_runs_entrypoint_and_default_args_unless_given_args() {
         ServiceKind::Container { args, .. } => args.join(" "),
         other => panic!("{other:?}"),
     };
-    let plain = s.service(&service_def(cmd.clone(), &[])).await.unwrap();
+    let plain = s
+        .service(&service_def(cmd.clone(), &[]), V01)
+        .await
+        .unwrap();
     assert_eq!(args_of(&plain), "docker-entrypoint.sh postgres");
     let given = s
-        .service(&service_def(cmd.clone(), &["redis"]))
+        .service(&service_def(cmd.clone(), &["redis"]), V01)
         .await
         .unwrap();
     assert_eq!(args_of(&given), "redis");
@@ -857,7 +866,7 @@ async fn a_service_runs_entrypoint_and_default_args_unless_given_args() {
     if let ServiceSource::Container { use_entrypoint, .. } = &mut with_entry.source {
         *use_entrypoint = true;
     }
-    let with_entry = s.service(&with_entry).await.unwrap();
+    let with_entry = s.service(&with_entry, V01).await.unwrap();
     assert_eq!(args_of(&with_entry), "docker-entrypoint.sh redis");
 }
 
@@ -866,7 +875,7 @@ async fn bad_services_are_clear_errors() {
     let h = Harness::new();
     let (s, _) = h.run();
     let e = s
-        .service(&service_def(vec![], &[]))
+        .service(&service_def(vec![], &[]), V01)
         .await
         .unwrap_err()
         .to_string();
@@ -880,13 +889,16 @@ async fn bad_services_are_clear_errors() {
         hostname: Some("my_db".into()),
         ..service_def(vec![], &["serve"])
     };
-    let e = s.service(&bad_host).await.unwrap_err().to_string();
+    let e = s.service(&bad_host, V01).await.unwrap_err().to_string();
     assert!(
         e.starts_with("with_hostname: hostname \"my_db\" is not a hostname"),
         "{e}"
     );
     let e = s
-        .container(&bound("-db", &service_def(vec![], &["serve"]), &["psql"]))
+        .container(
+            &bound("-db", &service_def(vec![], &["serve"]), &["psql"]),
+            V01,
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -898,23 +910,26 @@ async fn bad_services_are_clear_errors() {
     if let ServiceSource::Container { ready_log, .. } = &mut bad_log.source {
         *ready_log = Some("(unclosed".into());
     }
-    let e = s.service(&bad_log).await.unwrap_err().to_string();
+    let e = s.service(&bad_log, V01).await.unwrap_err().to_string();
     assert!(
         e.contains("ready_log \"(unclosed\" is not a regular expression"),
         "{e}"
     );
     let e = s
-        .service(&service_def(
-            vec![ContainerOp::WithDockerHealthcheck {
-                args: vec![],
-                shell: false,
-                interval_ms: None,
-                timeout_ms: None,
-                start_period_ms: None,
-                retries: None,
-            }],
-            &["serve"],
-        ))
+        .service(
+            &service_def(
+                vec![ContainerOp::WithDockerHealthcheck {
+                    args: vec![],
+                    shell: false,
+                    interval_ms: None,
+                    timeout_ms: None,
+                    start_period_ms: None,
+                    retries: None,
+                }],
+                &["serve"],
+            ),
+            V01,
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -933,6 +948,7 @@ fn a_step_without_bindings_keeps_the_key_it_had_before_services() {
         stdin: Some("in".into()),
         expect: Expect::Success,
         bindings,
+        own_network: false,
     };
     let key = StepPlan::exec(Tree::Empty, exec(Vec::new()), "linux/amd64").key;
     // The key as it was made before services existed, field by field.
@@ -1012,8 +1028,8 @@ async fn a_changed_service_changes_its_consumers_keys_and_private_does_not() {
         &["postgres"],
     );
     assert_ne!(
-        s.service(&healthchecked).await.unwrap().identity,
-        s.service(&db).await.unwrap().identity,
+        s.service(&healthchecked, V01).await.unwrap().identity,
+        s.service(&db, V01).await.unwrap().identity,
         "a healthcheck is part of the identity"
     );
 }
@@ -1047,11 +1063,11 @@ async fn a_healthcheck_changes_no_step_key_and_a_later_binding_replaces_an_alias
         });
     }
     twice.ops.push(exec(&["psql"]));
-    let st = s.container(&twice).await.unwrap();
+    let st = s.container(&twice, V01).await.unwrap();
     assert_eq!(st.bindings.len(), 1);
     assert_eq!(
         st.bindings[0].service.identity,
-        s.service(&two).await.unwrap().identity
+        s.service(&two, V01).await.unwrap().identity
     );
     let StepKind::Exec(plan) = &st.last_exec.as_ref().unwrap().plan.kind else {
         panic!("an exec")
@@ -1079,17 +1095,17 @@ async fn a_service_binds_services_of_its_own_and_their_change_is_its_change() {
             &["api"],
         )
     };
-    let plan = s.service(&api(&["postgres"])).await.unwrap();
+    let plan = s.service(&api(&["postgres"]), V01).await.unwrap();
     assert_eq!(plan.bindings.len(), 1);
     assert_eq!(plan.bindings[0].alias, "db");
     assert_eq!(
         plan.bindings[0].service.identity,
-        s.service(&service_def(vec![port(5432)], &["postgres"]))
+        s.service(&service_def(vec![port(5432)], &["postgres"]), V01)
             .await
             .unwrap()
             .identity
     );
-    let other = s.service(&api(&["mysqld"])).await.unwrap();
+    let other = s.service(&api(&["mysqld"]), V01).await.unwrap();
     assert_ne!(plan.identity, other.identity);
     assert_ne!(plan.hostname, other.hostname);
     assert_ne!(

@@ -350,9 +350,17 @@ pub struct ExecPlan {
     /// The services this step reaches by alias (its container's bindings):
     /// started before it runs; their identities are part of its key.
     pub bindings: Vec<Binding>,
+    /// A network namespace of its own even without bindings (API 0.2 on);
+    /// else such a step is on the host's network.
+    pub own_network: bool,
 }
 
 impl ExecPlan {
+    /// Whether the step runs in a network namespace of its own.
+    pub fn namespaced(&self) -> bool {
+        self.own_network || !self.bindings.is_empty()
+    }
+
     /// The process environment as `NAME=value`, secrets resolved (for the
     /// runtime spec only: never for a key, a log or the index).
     pub fn process_env(&self) -> Vec<String> {
@@ -504,6 +512,10 @@ impl StepPlan {
                 "services",
                 &super::services::bindings_key_parts(&exec.bindings),
             );
+        } else if exec.own_network {
+            // Likewise: only a step that API 0.2 moves off the host's
+            // network has this one (a bound step has always had its own).
+            key.field("network", "own");
         }
         let key = key.finish();
         StepPlan {
