@@ -20,11 +20,14 @@ use super::interpret::expand_env;
 
 /// The API the solver's tests run under unless they say otherwise.
 const V01: crate::api::Api = crate::api::UNDECLARED;
+const V02: crate::api::Api = crate::api::Api { major: 0, minor: 2 };
 use super::*;
 
 #[derive(Default)]
 struct Fake {
     execs: Mutex<Vec<Vec<String>>>,
+    /// For each exec, in order: whether it had a network namespace.
+    namespaced: Mutex<Vec<bool>>,
     /// containerd's snapshots: they outlive a run, so runs of one harness share them.
     snapshots: Arc<Mutex<HashSet<String>>>,
     counter: AtomicU64,
@@ -119,6 +122,7 @@ impl Worker for Fake {
                 .expect("the steps were never all running at once");
         }
         self.execs.lock().unwrap().push(req.args.clone());
+        self.namespaced.lock().unwrap().push(req.network.is_some());
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         if let Some(code) = req.args.iter().find_map(|a| a.strip_prefix("exit=")) {
             return Ok(ExecOutcome {
@@ -1239,4 +1243,89 @@ async fn the_same_file_reached_through_the_host_and_with_new_file_is_one_input()
     let (third, _) = h.run();
     stdout(&third, &written("hello!")).await;
     assert_eq!(execs(&third), ["apply 1", "apply 1", "cat /a.txt"]);
+}
+
+fn entrypoint_then_exec(default_args: &[&str]) -> ContainerDef {
+    let mut def = pipeline(&[], None);
+    def.ops.push(ContainerOp::WithDefaultArgs {
+        args: default_args.iter().map(|a| a.to_string()).collect(),
+    });
+    def.ops.push(ContainerOp::WithEntrypoint {
+        args: vec!["/app".into()],
+    });
+    // No args: the entrypoint with the default args.
+    def.ops.push(exec(&[]));
+    def
+}
+
+#[tokio::test]
+async fn with_entrypoint_resets_the_default_args_from_api_0_2_on() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let def = entrypoint_then_exec(&["serve", "--port=80"]);
+    let old = s.container(&def, V01).await.unwrap();
+    assert_eq!(old.default_args, ["serve", "--port=80"], "0.1 keeps them");
+    let new = s.container(&def, V02).await.unwrap();
+    assert!(new.default_args.is_empty(), "{:?}", new.default_args);
+    assert_eq!(execs(&s), ["/app serve --port=80", "/app"]);
+    // Default args set after the entrypoint are the new entrypoint's own.
+    let mut after = pipeline(&[], None);
+    after.ops.push(ContainerOp::WithEntrypoint {
+        args: vec!["/app".into()],
+    });
+    after.ops.push(ContainerOp::WithDefaultArgs {
+        args: vec!["run".into()],
+    });
+    let st = s.container(&after, V02).await.unwrap();
+    assert_eq!(
+        (st.entrypoint, st.default_args),
+        (vec!["/app".to_string()], vec!["run".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn every_step_gets_a_network_of_its_own_from_api_0_2_on_and_a_key_that_says_so() {
+    let h = Harness::new();
+    let (s, _) = h.run();
+    let def = pipeline(&[&["hostname"]], None);
+    let old = s
+        .container(&def, V01)
+        .await
+        .unwrap()
+        .last_exec("k")
+        .unwrap()
+        .key;
+    let new = s
+        .container(&def, V02)
+        .await
+        .unwrap()
+        .last_exec("k")
+        .unwrap()
+        .key;
+    assert_ne!(old, new, "a 0.1 step and a 0.2 step never share a result");
+    assert_eq!(execs(&s), ["hostname", "hostname"], "both ran");
+    assert_eq!(*s.worker().namespaced.lock().unwrap(), [false, true]);
+
+    // A step that binds a service has always had a namespace: its key is
+    // the same under both.
+    let (s, _) = h.run();
+    let db = service_def(vec![port(5432)], &["postgres"]);
+    let bound_def = bound("db", &db, &["psql"]);
+    let old = s
+        .container(&bound_def, V01)
+        .await
+        .unwrap()
+        .last_exec("k")
+        .unwrap()
+        .key;
+    let new = s
+        .container(&bound_def, V02)
+        .await
+        .unwrap()
+        .last_exec("k")
+        .unwrap()
+        .key;
+    assert_eq!(old, new);
+    assert_eq!(execs(&s), ["psql"], "the second hit the first's result");
+    assert_eq!(*s.worker().namespaced.lock().unwrap(), [true]);
 }
