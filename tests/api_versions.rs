@@ -9,14 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn repo(name: &str) -> String {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{REGISTRY}/rbuild-test-{nonce:x}/{name}:1")
-}
-
 /// The pipeline declaring `api`, written into the test's directory.
 fn pipeline_declaring(env: &TestEnv, api: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo_root().join("fixtures/pipelines/versions.rs")).unwrap();

@@ -14,14 +14,6 @@ fn images(env: &TestEnv, args: &[&str]) -> Outcome {
 }
 
 /// A repository name of this test run, so that "first push" really is one.
-fn repo(name: &str) -> String {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{REGISTRY}/rbuild-test-{nonce:x}/{name}:1")
-}
-
 fn published(out: &Outcome) -> String {
     out.stdout
         .lines()

@@ -1283,25 +1283,27 @@ async fn with_entrypoint_resets_the_default_args_from_api_0_2_on() {
     );
 }
 
+/// The key of `def`'s last step under API 0.1 and under 0.2, in that order.
+async fn keys_under_both(s: &Arc<Solver<Fake>>, def: &ContainerDef) -> [crate::key::CacheKey; 2] {
+    let mut keys = Vec::new();
+    for api in [V01, V02] {
+        keys.push(
+            s.container(def, api)
+                .await
+                .unwrap()
+                .last_exec("k")
+                .unwrap()
+                .key,
+        );
+    }
+    [keys[0], keys[1]]
+}
+
 #[tokio::test]
 async fn every_step_gets_a_network_of_its_own_from_api_0_2_on_and_a_key_that_says_so() {
     let h = Harness::new();
     let (s, _) = h.run();
-    let def = pipeline(&[&["hostname"]], None);
-    let old = s
-        .container(&def, V01)
-        .await
-        .unwrap()
-        .last_exec("k")
-        .unwrap()
-        .key;
-    let new = s
-        .container(&def, V02)
-        .await
-        .unwrap()
-        .last_exec("k")
-        .unwrap()
-        .key;
+    let [old, new] = keys_under_both(&s, &pipeline(&[&["hostname"]], None)).await;
     assert_ne!(old, new, "a 0.1 step and a 0.2 step never share a result");
     assert_eq!(execs(&s), ["hostname", "hostname"], "both ran");
     assert_eq!(*s.worker().namespaced.lock().unwrap(), [false, true]);
@@ -1310,21 +1312,7 @@ async fn every_step_gets_a_network_of_its_own_from_api_0_2_on_and_a_key_that_say
     // the same under both.
     let (s, _) = h.run();
     let db = service_def(vec![port(5432)], &["postgres"]);
-    let bound_def = bound("db", &db, &["psql"]);
-    let old = s
-        .container(&bound_def, V01)
-        .await
-        .unwrap()
-        .last_exec("k")
-        .unwrap()
-        .key;
-    let new = s
-        .container(&bound_def, V02)
-        .await
-        .unwrap()
-        .last_exec("k")
-        .unwrap()
-        .key;
+    let [old, new] = keys_under_both(&s, &bound("db", &db, &["psql"])).await;
     assert_eq!(old, new);
     assert_eq!(execs(&s), ["psql"], "the second hit the first's result");
     assert_eq!(*s.worker().namespaced.lock().unwrap(), [true]);

@@ -25,6 +25,16 @@ pub const POSTGRES: &str = "127.0.0.1:5000/postgres:15";
 pub const REDIS: &str = "127.0.0.1:5000/redis:7";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
+/// A repository of the test registry no earlier run has used, as
+/// `REGISTRY/rbuild-test-NONCE/NAME:1`.
+pub fn repo(name: &str) -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{REGISTRY}/rbuild-test-{nonce:x}/{name}:1")
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
