@@ -32,17 +32,12 @@ fn lines(out: &Outcome) -> HashMap<String, String> {
 fn image_config(reference: &str) -> serde_json::Value {
     let (tagged, digest) = reference.split_once('@').unwrap();
     let repo = tagged.rsplit_once(':').unwrap().0;
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--config"])
-        .arg(format!("docker://{repo}@{digest}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--config"])
+            .arg(format!("docker://{repo}@{digest}")),
     );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["config"].clone()
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["config"].clone()
 }
 
 /// The host's network interfaces, as a step on its network sees them.

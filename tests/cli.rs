@@ -649,18 +649,7 @@ fn age_entries(env: &TestEnv, secs: i64) {
 }
 
 fn prune(env: &TestEnv, args: &[&str]) -> String {
-    let out = env
-        .command()
-        .args(["cache", "prune"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(env.command().args(["cache", "prune"]).args(args))
 }
 
 #[test]

@@ -23,17 +23,7 @@ fn published(out: &Outcome) -> String {
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .env("DOCKER_HOST", DOCKER_HOST)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(Command::new(cmd).args(args).env("DOCKER_HOST", DOCKER_HOST))
 }
 
 fn skopeo(args: &[&str]) -> serde_json::Value {

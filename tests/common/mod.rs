@@ -35,6 +35,20 @@ pub fn repo(name: &str) -> String {
     format!("{REGISTRY}/rbuild-test-{nonce:x}/{name}:1")
 }
 
+/// Runs `cmd` to its end: its stdout, or a panic naming it with its
+/// stderr when it failed.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
