@@ -284,6 +284,11 @@ fn a_directory_argument_never_reads_what_it_ignores() {
     let project = env.dir.path().join("project");
     std::fs::create_dir_all(project.join("target/debug/deps")).unwrap();
     std::fs::write(project.join("a.txt"), "alpha\n").unwrap();
+    // Settled, as a checked-out source is: a file changed (its ctime)
+    // within a timestamp tick (100 ms here) of a scan is read again by the
+    // next (git's racily clean rule), and with the pipeline already
+    // compiled the first call comes that soon.
+    std::thread::sleep(std::time::Duration::from_millis(250));
     // 200 MB in the ignored target/, as a local `cargo build` leaves it
     // (sparse: cheap to make, but 200 MB to anyone who reads it).
     let big = project.join("target/debug/app");
