@@ -221,6 +221,39 @@ async fn a_dead_owners_namespace_is_found_and_swept() {
 }
 
 #[tokio::test]
+async fn a_dead_owners_namespace_already_unmounted_is_swept() {
+    // Its owner was killed between unmounting it and removing the file and
+    // record (or another run swept it at the same moment): a plain file,
+    // no namespace, and a record. CNI DEL on the file fails ("unknown FS
+    // magic"); the sweep must still finish and leave nothing.
+    let (config, dir) = config(7);
+    let bridge = config.bridge.clone();
+    let _bridge = Bridge(bridge.clone());
+    let net = Network::open(config).unwrap();
+    let dead = net
+        .create_owned_by(&format!("{}-1", std::process::id()))
+        .await
+        .unwrap();
+    let record = dead.netns.with_extension("json");
+    let recorded = std::fs::read(&record).unwrap();
+    net.destroy(&dead).await.unwrap();
+    std::fs::write(&dead.netns, b"").unwrap();
+    std::fs::write(&record, recorded).unwrap();
+    assert_eq!(network::find_orphans(dir.path()).len(), 1);
+
+    let swept = network::remove_orphans(dir.path()).await.unwrap();
+    assert_eq!(swept.namespaces, 1);
+    assert!(!dead.netns.exists() && !record.exists());
+    assert_eq!(veths(&bridge), Vec::<String>::new());
+    let ipam = dir.path().join("ipam").join(format!("rbuild-{bridge}"));
+    assert!(
+        !ipam.join(dead.ip.to_string()).exists(),
+        "no IP reservation"
+    );
+    assert!(network::find_orphans(dir.path()).is_empty());
+}
+
+#[tokio::test]
 async fn the_pool_hands_out_prepared_namespaces_takes_them_back_and_refills() {
     let (mut config, _dir) = config(5);
     config.pool_size = 2;
