@@ -154,22 +154,7 @@ impl<W: Worker> Solver<W> {
                 }
                 let plan = StepPlan::exec(
                     st.rootfs.clone(),
-                    ExecPlan {
-                        args: argv,
-                        at,
-                        env: st.env.clone(),
-                        cwd: st.workdir.clone(),
-                        user: st.user.clone(),
-                        mounts: st
-                            .mounts
-                            .iter()
-                            .map(|(t, m)| (t.clone(), m.clone()))
-                            .collect(),
-                        stdin: stdin.clone(),
-                        expect: *expect,
-                        bindings: st.bindings.clone(),
-                        own_network: api >= crate::api::STEP_OWN_NETWORK,
-                    },
+                    st.exec_plan(argv, at, stdin.clone(), *expect, api),
                     &self.platform.to_string(),
                 );
                 let result = self.step(plan).await?;

@@ -38,22 +38,7 @@ impl<W: Worker> Solver<W> {
         };
         let plan = StepPlan::exec(
             st.rootfs.clone(),
-            ExecPlan {
-                args: command.clone(),
-                at: None,
-                env: st.env.clone(),
-                cwd: st.workdir.clone(),
-                user: st.user.clone(),
-                mounts: st
-                    .mounts
-                    .iter()
-                    .map(|(t, m)| (t.clone(), m.clone()))
-                    .collect(),
-                stdin: None,
-                expect: crate::graph::Expect::Any,
-                bindings: st.bindings.clone(),
-                own_network: api >= crate::api::STEP_OWN_NETWORK,
-            },
+            st.exec_plan(command.clone(), None, None, crate::graph::Expect::Any, api),
             &self.platform.to_string(),
         );
         let StepKind::Exec(exec) = &plan.kind else {

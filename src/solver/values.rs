@@ -201,6 +201,34 @@ pub struct ContainerState {
 }
 
 impl ContainerState {
+    /// A process of `args` in this container as it stands (its env,
+    /// workdir, user, mounts, bindings), under `api`.
+    pub fn exec_plan(
+        &self,
+        args: Vec<String>,
+        at: Option<String>,
+        stdin: Option<String>,
+        expect: Expect,
+        api: crate::api::Api,
+    ) -> ExecPlan {
+        ExecPlan {
+            args,
+            at,
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            user: self.user.clone(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|(t, m)| (t.clone(), m.clone()))
+                .collect(),
+            stdin,
+            expect,
+            bindings: self.bindings.clone(),
+            own_network: api >= crate::api::STEP_OWN_NETWORK,
+        }
+    }
+
     pub fn scratch() -> ContainerState {
         ContainerState {
             rootfs: Tree::Empty,
