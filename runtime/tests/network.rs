@@ -194,17 +194,31 @@ async fn destroying_a_namespace_leaves_no_file_mount_veth_or_reservation() {
     net.destroy(&a).await.expect("destroy is idempotent");
 }
 
-#[tokio::test]
-async fn a_dead_owners_namespace_is_found_and_swept() {
-    let (config, dir) = config(4);
+/// Test `n`'s network with one namespace whose owner is gone (this pid
+/// with another start time), the bridge removed when the guard drops.
+async fn with_a_dead_owner(
+    n: u8,
+) -> (
+    Network,
+    network::Attachment,
+    String,
+    Bridge,
+    tempfile::TempDir,
+) {
+    let (config, dir) = config(n);
     let bridge = config.bridge.clone();
-    let _bridge = Bridge(bridge.clone());
+    let guard = Bridge(bridge.clone());
     let net = Network::open(config).unwrap();
-    // This pid with another start time: a process that is gone.
     let dead = net
         .create_owned_by(&format!("{}-1", std::process::id()))
         .await
         .unwrap();
+    (net, dead, bridge, guard, dir)
+}
+
+#[tokio::test]
+async fn a_dead_owners_namespace_is_found_and_swept() {
+    let (net, dead, bridge, _bridge, dir) = with_a_dead_owner(4).await;
     let live = net.create().await.unwrap();
 
     let found = network::find_orphans(dir.path());
@@ -226,14 +240,7 @@ async fn a_dead_owners_namespace_already_unmounted_is_swept() {
     // record (or another run swept it at the same moment): a plain file,
     // no namespace, and a record. CNI DEL on the file fails ("unknown FS
     // magic"); the sweep must still finish and leave nothing.
-    let (config, dir) = config(7);
-    let bridge = config.bridge.clone();
-    let _bridge = Bridge(bridge.clone());
-    let net = Network::open(config).unwrap();
-    let dead = net
-        .create_owned_by(&format!("{}-1", std::process::id()))
-        .await
-        .unwrap();
+    let (net, dead, bridge, _bridge, dir) = with_a_dead_owner(7).await;
     let record = dead.netns.with_extension("json");
     let recorded = std::fs::read(&record).unwrap();
     net.destroy(&dead).await.unwrap();

@@ -320,10 +320,10 @@ async fn remove_recorded(netns_path: &Path) -> Result<(), Error> {
                 // Not a namespace any more: its owner took it off the
                 // network and unmounted it, then died before removing the
                 // file, or another run sweeping it got there first (the
-                // file may be gone by now too). The
-                // veth went with the namespace; what is left outside it
-                // (the IP reservation, firewall rules) goes by a DEL
-                // without one, as the CNI spec allows.
+                // file may be gone by now too). The veth went with the
+                // namespace; what is left outside it (the IP reservation,
+                // firewall rules) goes by a DEL without one, as the CNI
+                // spec allows.
                 let gone = !netns::is_mounted(netns_path);
                 let without = cni::Target {
                     netns: Path::new(""),
