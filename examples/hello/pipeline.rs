@@ -3,6 +3,14 @@
 //! Run it with `rbuild run examples/hello/pipeline.rs`; run it again and
 //! every step is cached — it prints the same output, random bytes included,
 //! without starting a single container.
+//!
+//! It declares the rbuild API it was written for, so an upgrade of rbuild
+//! does not change what it does (README: API versions):
+//!
+//! ```cargo
+//! [package.metadata.rbuild]
+//! api = "0.2"
+//! ```
 
 use rbuild_sdk as rb;
 
