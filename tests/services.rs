@@ -32,7 +32,21 @@ fn count(events: &[Value], kind: &str) -> usize {
 /// leave behind: a namespace file under /run/rbuild/netns is named
 /// `PID-START-N` by its owner, and one whose owner is gone is a leftover
 /// (other tests' runs are alive while they hold theirs).
+/// Held for writing by the test that kills an rbuild with -9, from the
+/// kill until its next run has swept what the killed one left, and for
+/// reading by every other look at leftovers: the tests of this file run at
+/// once, and a killed run's namespace is that test's leftover to sweep,
+/// not theirs.
+static KILLING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn network_leftovers(env: &TestEnv) -> Vec<String> {
+    let _no_kill = KILLING.read().unwrap_or_else(|e| e.into_inner());
+    leftovers_now(env)
+}
+
+/// What rbuild left: the env's containers and active snapshots, and any
+/// network namespace whose owner is gone.
+fn leftovers_now(env: &TestEnv) -> Vec<String> {
     let mut out = env.leftovers();
     if let Ok(entries) = std::fs::read_dir("/run/rbuild/netns") {
         for e in entries.flatten() {
@@ -272,13 +286,15 @@ fn ctrl_c_and_kill_leave_no_service_behind() {
     run.finish();
     assert_eq!(network_leftovers(&env), Vec::<String>::new());
     // kill -9: the next run removes what it left.
+    let killing = KILLING.write().unwrap_or_else(|e| e.into_inner());
     let mut run = env.start(&pipeline(), &["never", "nonce=kill"]);
     run.wait_for_line("starting slowly");
     run.signal(rustix::process::Signal::KILL);
     run.finish();
     let (out, _) = self::run(&env, &["bind", "nonce=after-kill"]);
     out.ok();
-    assert_eq!(network_leftovers(&env), Vec::<String>::new());
+    assert_eq!(leftovers_now(&env), Vec::<String>::new());
+    drop(killing);
 }
 
 fn free_port() -> u16 {
