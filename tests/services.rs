@@ -28,10 +28,6 @@ fn count(events: &[Value], kind: &str) -> usize {
     common::count_events(events, kind)
 }
 
-/// Containers, active snapshots and network namespaces a run must not
-/// leave behind: a namespace file under /run/rbuild/netns is named
-/// `PID-START-N` by its owner, and one whose owner is gone is a leftover
-/// (other tests' runs are alive while they hold theirs).
 /// Held for writing by the test that kills an rbuild with -9, from the
 /// kill until its next run has swept what the killed one left, and for
 /// reading by every other look at leftovers: the tests of this file run at
@@ -39,13 +35,16 @@ fn count(events: &[Value], kind: &str) -> usize {
 /// not theirs.
 static KILLING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
+/// [`leftovers_now`], while no run is being killed on purpose.
 fn network_leftovers(env: &TestEnv) -> Vec<String> {
     let _no_kill = KILLING.read().unwrap_or_else(|e| e.into_inner());
     leftovers_now(env)
 }
 
-/// What rbuild left: the env's containers and active snapshots, and any
-/// network namespace whose owner is gone.
+/// Containers, active snapshots and network namespaces a run must not
+/// leave behind: a namespace file under /run/rbuild/netns is named
+/// `PID-START-N` by its owner, and one whose owner is gone is a leftover
+/// (other tests' runs are alive while they hold theirs).
 fn leftovers_now(env: &TestEnv) -> Vec<String> {
     let mut out = env.leftovers();
     if let Ok(entries) = std::fs::read_dir("/run/rbuild/netns") {
