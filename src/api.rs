@@ -50,6 +50,12 @@ pub const ENTRYPOINT_RESETS_DEFAULT_ARGS: Api = Api { major: 0, minor: 2 };
 /// without service bindings ran on the host's network.
 pub const STEP_OWN_NETWORK: Api = Api { major: 0, minor: 2 };
 
+/// API 0.2: functions and their arguments are named in kebab-case
+/// (`build-image --source-dir` for `build_image` and `source_dir`), by
+/// `rbuild functions`, `rbuild call` and module calls alike, as Dagger
+/// names them; before, as declared.
+pub const KEBAB_CASE_NAMES: Api = Api { major: 0, minor: 2 };
+
 /// Every behaviour change a version gates, with the version that made it:
 /// the README's table lists each of these (a test checks it).
 pub const CHANGES: &[(Api, &str)] = &[
@@ -60,6 +66,10 @@ pub const CHANGES: &[(Api, &str)] = &[
     (
         STEP_OWN_NETWORK,
         "every `with_exec` gets a network namespace of its own",
+    ),
+    (
+        KEBAB_CASE_NAMES,
+        "functions and arguments are named in kebab-case",
     ),
 ];
 

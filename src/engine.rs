@@ -110,6 +110,7 @@ impl Engine {
                 debug_shell: config.debug_shell.clone(),
                 cancel,
                 outputs: crate::output::OutputStore::new(&config.root),
+                pipelines: Some(config.cache_dir.clone()),
             },
         );
         Ok(Engine {
@@ -149,6 +150,7 @@ pub async fn run_pipeline(
     command
         .args(args)
         .envs(session.env())
+        .env(rbuild_sdk::PIPELINE_DIR_ENV, &built.dir)
         .envs(env.iter().map(|(k, v)| (*k, v)))
         .kill_on_drop(true);
     // With a live display on the terminal, what the pipeline prints there

@@ -8,26 +8,69 @@ use anyhow::{Context, Result, anyhow, bail};
 use rbuild_sdk::wire::{self, Action, ArgKind, CallSpec, FunctionDecl, Header, Listing};
 use serde::Deserialize;
 
+use crate::api::Api;
 use crate::engine::EngineConfig;
 use crate::pipeline;
 
-/// Builds the pipeline and asks it for its functions.
-pub async fn describe(config: &EngineConfig, path: &Path) -> Result<Vec<FunctionDecl>> {
+/// A pipeline's (or module's) functions, as it declares them, and the API
+/// version they are served under: its own.
+pub struct Described {
+    pub functions: Vec<FunctionDecl>,
+    /// The protocol its SDK speaks.
+    pub protocol: u32,
+    pub api: Api,
+}
+
+impl Described {
+    /// The function `name` as a caller under this API names it.
+    pub fn function(&self, name: &str) -> Option<&FunctionDecl> {
+        self.functions
+            .iter()
+            .find(|f| shown(&f.name, self.api) == name)
+    }
+}
+
+/// A function's or argument's name as `rbuild functions`, `rbuild call`
+/// and module calls name it under `api`: from 0.2 on in kebab-case (as
+/// Dagger names them), before as declared.
+pub fn shown(name: &str, api: Api) -> String {
+    if api >= crate::api::KEBAB_CASE_NAMES {
+        name.replace('_', "-")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Builds the pipeline and asks it for its functions; what it lists is
+/// read under the API version it declares (not its caller's).
+pub async fn describe(config: &EngineConfig, path: &Path) -> Result<Described> {
+    describe_with(&config.cache_dir, path).await
+}
+
+/// [`describe`], building pipelines into `cache`.
+pub async fn describe_with(cache: &Path, path: &Path) -> Result<Described> {
     let built = {
-        let (path, cache) = (path.to_path_buf(), config.cache_dir.clone());
+        let (path, cache) = (path.to_path_buf(), cache.to_path_buf());
         tokio::task::spawn_blocking(move || pipeline::build(&path, &cache)).await??
     };
     let out = tokio::process::Command::new(&built.executable)
         .env(wire::LIST_ENV, "1")
+        .env(rbuild_sdk::PIPELINE_DIR_ENV, &built.dir)
+        .env_remove(wire::CALL_ENV)
         .output()
         .await
         .with_context(|| format!("run pipeline {}", path.display()))?;
-    read_listing(path, &String::from_utf8_lossy(&out.stdout))
+    let (protocol, functions) = read_listing(path, &String::from_utf8_lossy(&out.stdout))?;
+    Ok(Described {
+        functions,
+        protocol,
+        api: built.declared.api(),
+    })
 }
 
-/// The functions in a pipeline's output under `RBUILD_FUNCTIONS_LIST`: its
-/// last line that is JSON.
-pub fn read_listing(path: &Path, stdout: &str) -> Result<Vec<FunctionDecl>> {
+/// The functions in a pipeline's output under `RBUILD_FUNCTIONS_LIST` (its
+/// last line that is JSON), and the protocol its SDK speaks.
+pub fn read_listing(path: &Path, stdout: &str) -> Result<(u32, Vec<FunctionDecl>)> {
     let doc: serde_json::Value = stdout
         .lines()
         .rev()
@@ -47,12 +90,13 @@ pub fn read_listing(path: &Path, stdout: &str) -> Result<Vec<FunctionDecl>> {
     } else {
         Listing::default()
     };
-    listing.functions.ok_or_else(|| {
+    let functions = listing.functions.ok_or_else(|| {
         anyhow!(
             "pipeline {} exposes no functions: declare them with rbuild_sdk::Functions (see `rbuild init`)",
             path.display()
         )
-    })
+    })?;
+    Ok((listing.protocol, functions))
 }
 
 /// A parsed `rbuild call` command line.
@@ -161,11 +205,16 @@ pub fn parse_call(words: &[String]) -> Result<CallLine> {
 }
 
 /// What the pipeline at `path` is run with for `line`, checked against the
-/// functions it declares before anything runs.
-pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Result<CallSpec> {
+/// functions it declares (named as `api` names them) before anything runs.
+pub fn call_spec(
+    line: &CallLine,
+    functions: &[FunctionDecl],
+    path: &Path,
+    api: Api,
+) -> Result<CallSpec> {
     let f = functions
         .iter()
-        .find(|f| f.name == line.function)
+        .find(|f| shown(&f.name, api) == line.function)
         .ok_or_else(|| {
             anyhow!(
                 "pipeline {} has no function {:?} (see `rbuild functions`)",
@@ -178,14 +227,14 @@ pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Re
         let decl = f
             .args
             .iter()
-            .find(|a| &a.name == k)
+            .find(|a| &shown(&a.name, api) == k)
             .ok_or_else(|| anyhow!("{}: unknown argument --{k}", line.function))?;
         // Host paths are the caller's, relative to where rbuild was started.
         let v = match decl.kind {
             ArgKind::Directory | ArgKind::File => std::path::absolute(v)?.display().to_string(),
             _ => v.clone(),
         };
-        args.insert(k.clone(), v);
+        args.insert(decl.name.clone(), v);
     }
     // Directory defaults are the pipeline's, not the caller's: made
     // absolute here, where the pipeline's place is known.
@@ -196,8 +245,9 @@ pub fn call_spec(line: &CallLine, functions: &[FunctionDecl], path: &Path) -> Re
         }
     }
     Ok(CallSpec {
-        function: line.function.clone(),
+        function: f.name.clone(),
         args,
+        values: Default::default(),
         action: line.action.clone(),
     })
 }
@@ -234,6 +284,8 @@ pub fn default_path_in(pipeline: &Path, default: &str) -> Result<PathBuf> {
 mod tests {
     use super::*;
     use rbuild_sdk::wire::ArgDecl;
+
+    const OLD: Api = crate::api::UNDECLARED;
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
@@ -288,6 +340,7 @@ mod tests {
             &parse_call(&words("build --src sub export --path out")).unwrap(),
             &functions,
             p,
+            OLD,
         )
         .unwrap();
         let here = std::env::current_dir().unwrap();
@@ -299,9 +352,9 @@ mod tests {
             }
         );
         let e =
-            call_spec(&parse_call(&words("build --dst x")).unwrap(), &functions, p).unwrap_err();
+            call_spec(&parse_call(&words("build --dst x")).unwrap(), &functions, p, OLD).unwrap_err();
         assert_eq!(e.to_string(), "build: unknown argument --dst");
-        let e = call_spec(&parse_call(&words("test")).unwrap(), &functions, p).unwrap_err();
+        let e = call_spec(&parse_call(&words("test")).unwrap(), &functions, p, OLD).unwrap_err();
         assert!(e.to_string().contains("has no function \"test\""), "{e}");
     }
 
@@ -309,7 +362,7 @@ mod tests {
     fn a_listing_is_its_last_json_line() {
         let p = Path::new("ci.rs");
         let out = "noise\n{\"functions\": [{\"name\": \"f\", \"doc\": \"d\", \"args\": []}]}\n";
-        assert_eq!(read_listing(p, out).unwrap()[0].name, "f");
+        assert_eq!(read_listing(p, out).unwrap().1[0].name, "f");
         let e = read_listing(p, "{\"functions\": null}\n").unwrap_err();
         assert!(e.to_string().contains("exposes no functions"), "{e}");
         let e = read_listing(p, "hello\n").unwrap_err();
@@ -353,12 +406,13 @@ mod tests {
                 ..ArgDecl::default()
             }],
         }];
-        let spec = call_spec(&parse_call(&words("build")).unwrap(), &functions, &pipeline).unwrap();
+        let spec = call_spec(&parse_call(&words("build")).unwrap(), &functions, &pipeline, OLD).unwrap();
         assert_eq!(spec.args["source"], repo.path().display().to_string());
         let spec = call_spec(
             &parse_call(&words("build --source sub")).unwrap(),
             &functions,
             &pipeline,
+            OLD,
         )
         .unwrap();
         let here = std::env::current_dir().unwrap();

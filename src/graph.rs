@@ -4,8 +4,8 @@
 
 pub use rbuild_sdk::wire::{
     CompressionDef, ContainerDef, ContainerOp, DirectoryDef, DirectoryOp, DirectorySource, Expect,
-    FileDef, ImageFormatDef, MediaTypesDef, PortForwardDef, SecretDef, ServiceDef, ServiceSource,
-    Sharing,
+    FileDef, ImageFormatDef, MediaTypesDef, ModuleArgDef, ModuleCallDef, PortForwardDef,
+    ReturnedDef, SecretDef, ServiceDef, ServiceSource, Sharing,
 };
 use rbuild_snapshotter::export::{Compression, ImageFormat, MediaTypes};
 

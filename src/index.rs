@@ -178,6 +178,12 @@ CREATE TABLE IF NOT EXISTS images (
     resolved  TEXT NOT NULL,
     PRIMARY KEY (digest, platform)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS module_calls (
+    key       TEXT PRIMARY KEY,
+    api       TEXT NOT NULL,
+    returned  TEXT NOT NULL,
+    created   INTEGER NOT NULL
+) STRICT;
 ";
 
 /// Columns of `steps` added after the first schema, with their declarations.
@@ -638,10 +644,60 @@ impl Index {
     }
 }
 
+/// A module function's result, remembered by the call's content key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleCallRecord {
+    /// The API version the module declared.
+    pub api: String,
+    /// What it returned (a `ReturnedDef`, as JSON).
+    pub returned: String,
+}
+
+impl Index {
+    pub fn get_module_call(&self, key: &str) -> Result<Option<ModuleCallRecord>, IndexError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT api, returned FROM module_calls WHERE key = ?1",
+                params![key],
+                |r| {
+                    Ok(ModuleCallRecord {
+                        api: r.get(0)?,
+                        returned: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_module_call(&self, key: &str, rec: &ModuleCallRecord) -> Result<(), IndexError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO module_calls (key, api, returned, created) VALUES (?1, ?2, ?3, ?4)",
+                params![key, rec.api, rec.returned, now_secs()],
+            )?;
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::key::KeyBuilder;
+
+    #[test]
+    fn a_module_call_is_remembered_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        assert_eq!(index.get_module_call("k").unwrap(), None);
+        let rec = ModuleCallRecord {
+            api: "0.1".into(),
+            returned: r#"{"kind":"nothing"}"#.into(),
+        };
+        index.put_module_call("k", &rec).unwrap();
+        assert_eq!(index.get_module_call("k").unwrap(), Some(rec));
+    }
 
     fn record(cmd: &str) -> StepRecord {
         StepRecord {

@@ -16,6 +16,7 @@ mod graph;
 mod index;
 mod key;
 mod locks;
+mod modules;
 mod output;
 mod pipeline;
 mod progress;

@@ -69,6 +69,11 @@ pub struct Built {
     pub executable: PathBuf,
     /// The API version it declares (see `crate::api`).
     pub declared: Declared,
+    /// Its identity: rbuild's version, the embedded SDK and every source
+    /// file's content (the name of the executable).
+    pub stamp: String,
+    /// Where it lives: its file's directory, or the crate's.
+    pub dir: PathBuf,
 }
 
 enum Source {
@@ -339,10 +344,16 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
     let stamp = hash_hex(&stamp, 24);
     let bin_dir = project.join("bin");
     let cached = bin_dir.join(&stamp);
+    let dir = match &source {
+        Source::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+        Source::Crate(d) => d.clone(),
+    };
     if cached.is_file() {
         return Ok(Built {
             executable: cached,
             declared,
+            stamp,
+            dir,
         });
     }
 
@@ -371,6 +382,8 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
     Ok(Built {
         executable: cached,
         declared,
+        stamp,
+        dir,
     })
 }
 

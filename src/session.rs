@@ -30,6 +30,15 @@ const MAX_REQUEST: u64 = 256 << 20;
 /// back to the oldest that SDK's wire types still describe.
 pub const PROTOCOLS: RangeInclusive<u32> = wire::OLDEST_PROTOCOL..=wire::PROTOCOL;
 
+/// What a module's session is handed back: its function's result, and
+/// whether the module asked the engine to evaluate anything on the way
+/// (then the result may depend on what it saw, and is not remembered).
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub returned: std::sync::Mutex<Option<wire::ReturnedDef>>,
+    pub evaluated: std::sync::atomic::AtomicBool,
+}
+
 pub struct Session {
     dir: PathBuf,
     socket: PathBuf,
@@ -42,6 +51,25 @@ impl Session {
     /// that declared `api`: every gated behaviour of what it asks for is
     /// that version's.
     pub fn start<M: Worker>(solver: Arc<Solver<M>>, api: Api) -> std::io::Result<Session> {
+        Session::serving(solver, api, None)
+    }
+
+    /// A session for a module's function called by another pipeline: it
+    /// also takes the function's result (`module.return`) into the capture.
+    pub fn start_module<M: Worker>(
+        solver: Arc<Solver<M>>,
+        api: Api,
+    ) -> std::io::Result<(Session, Arc<Capture>)> {
+        let capture = Arc::new(Capture::default());
+        let session = Session::serving(solver, api, Some(capture.clone()))?;
+        Ok((session, capture))
+    }
+
+    fn serving<M: Worker>(
+        solver: Arc<Solver<M>>,
+        api: Api,
+        capture: Option<Arc<Capture>>,
+    ) -> std::io::Result<Session> {
         let dir = std::env::temp_dir().join(format!(
             "rbuild-session-{}-{}",
             std::process::id(),
@@ -61,8 +89,9 @@ impl Session {
                 };
                 let solver = solver.clone();
                 let expected = expected.clone();
+                let capture = capture.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &solver, &expected, api).await {
+                    if let Err(e) = serve(conn, &solver, &expected, api, capture.as_deref()).await {
                         tracing::debug!(error = %e, "session connection ended");
                     }
                 });
@@ -106,6 +135,7 @@ async fn serve<M: Worker>(
     solver: &Arc<Solver<M>>,
     token: &str,
     api: Api,
+    capture: Option<&Capture>,
 ) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
@@ -113,7 +143,7 @@ async fn serve<M: Worker>(
     reader.read_until(b'\n', &mut line).await?;
     let response = match read_request(&line, token) {
         Err(message) => Response::Error(ErrorAnswer { message }),
-        Ok(query) => match answer(solver, query, api).await {
+        Ok(query) => match answer(solver, query, api, capture).await {
             Ok(v) => Response::Ok(v),
             Err(e) => Response::Error(ErrorAnswer {
                 message: solver.secrets().scrub_str(&e.to_string()),
@@ -184,8 +214,29 @@ async fn answer<M: Worker>(
     solver: &Arc<Solver<M>>,
     query: Query,
     api: Api,
+    capture: Option<&Capture>,
 ) -> Result<Value, SolveError> {
+    if let Some(c) = capture
+        && !matches!(query, Query::ModuleReturn { .. })
+    {
+        c.evaluated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     match query {
+        Query::ModuleReturn { value } => match capture {
+            Some(c) => {
+                *c.returned.lock().expect("capture lock poisoned") = Some(value);
+                Ok(Value::Null)
+            }
+            None => Err(SolveError::Invalid(
+                "module.return is only for a module's function that another pipeline called"
+                    .into(),
+            )),
+        },
+        Query::ModuleCall { call } => Ok(solver
+            .module_text(&call, api)
+            .await?
+            .map_or(Value::Null, Value::String)),
         Query::Stdout { container } => {
             let st = solver.container(&container, api).await?;
             let out = st.last_exec("stdout")?;

@@ -88,6 +88,34 @@ impl From<Service> for Returned {
     }
 }
 
+/// What a module's function sends back for `r`: for the engine's protocol
+/// conformance test.
+#[doc(hidden)]
+pub async fn hand_back(client: &Client, r: Returned) -> Result<()> {
+    give_back(&client.session, r).await
+}
+
+/// Hands a module function's result to the engine, for the pipeline that
+/// called it.
+async fn give_back(session: &std::sync::Arc<crate::session::Session>, r: Returned) -> Result<()> {
+    use wire::ReturnedDef;
+    let value = match r {
+        Returned::Nothing => ReturnedDef::Nothing,
+        Returned::Text(text) => ReturnedDef::Text { text },
+        Returned::Container(c) => ReturnedDef::Container { container: c.def() },
+        Returned::Directory(d) => ReturnedDef::Directory { directory: d.def() },
+        Returned::File(f) => ReturnedDef::File { file: f.def },
+        Returned::Service(_) => {
+            return Err(Error::new(
+                "a module function cannot return a service yet: return the container and call as_service on it in the caller",
+            ))
+        }
+    };
+    crate::session::ask::<serde_json::Value>(session, wire::Query::ModuleReturn { value })
+        .await
+        .map(|_| ())
+}
+
 /// How a function's directory argument is taken from the host (Dagger's
 /// `+defaultPath` and `+ignore`); see [`FunctionBuilder::arg_directory`].
 #[derive(Clone, Debug, Default)]
@@ -138,9 +166,26 @@ pub struct Args {
     values: HashMap<String, String>,
     /// How each directory argument is scanned (its declared ignores).
     dirs: HashMap<String, DirOpts>,
+    /// A module call's arguments that are the caller's values, by handle.
+    handles: HashMap<String, String>,
 }
 
 impl Args {
+    /// The arguments a module's function would get for `handles` (name,
+    /// handle): for the engine's protocol conformance test.
+    #[doc(hidden)]
+    pub fn with_handles(client: &Client, handles: &[(&str, &str)]) -> Args {
+        Args {
+            client: client.clone(),
+            values: HashMap::new(),
+            dirs: HashMap::new(),
+            handles: handles
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     fn raw(&self, name: &str) -> Result<&str> {
         self.values
             .get(name)
@@ -169,17 +214,46 @@ impl Args {
     /// A host directory: everything in it but what the argument's
     /// declaration ignores ([`FunctionBuilder::arg_directory`]).
     pub fn directory(&self, name: &str) -> Result<Directory> {
+        if let Some(handle) = self.handles.get(name) {
+            return Ok(Directory {
+                session: self.client.session.clone(),
+                source: wire::DirectorySource::Value {
+                    handle: handle.clone(),
+                },
+                ops: Default::default(),
+            });
+        }
         let opts = self.dirs.get(name).cloned().unwrap_or_default();
         Ok(self.client.host().directory(self.raw(name)?, opts))
     }
     pub fn file(&self, name: &str) -> Result<File> {
+        if let Some(handle) = self.handles.get(name) {
+            return Ok(File {
+                session: self.client.session.clone(),
+                def: wire::FileDef::Value {
+                    handle: handle.clone(),
+                },
+            });
+        }
         Ok(self.client.host().file(self.raw(name)?))
     }
     pub fn secret(&self, name: &str) -> Result<Secret> {
+        if let Some(handle) = self.handles.get(name) {
+            return Ok(Secret {
+                def: wire::secret_handle(name, handle),
+            });
+        }
         Ok(self.client.secret(self.raw(name)?))
     }
-    /// A container started from the image reference given.
+    /// A container started from the image reference given (or, in a
+    /// module call, the caller's container).
+    #[track_caller]
     pub fn container(&self, name: &str) -> Result<Container> {
+        if let Some(handle) = self.handles.get(name) {
+            return Ok(self.client.container().with(wire::ContainerOp::Value {
+                handle: handle.clone(),
+            }));
+        }
         Ok(self.client.container().from(self.raw(name)?))
     }
 }
@@ -345,6 +419,9 @@ impl Functions {
         let decl = &f.decl;
         let mut values = HashMap::new();
         for a in &decl.args {
+            if call.values.contains_key(&a.name) {
+                continue;
+            }
             match call.args.get(&a.name).or(a.default.as_ref()) {
                 Some(v) => {
                     values.insert(a.name.clone(), v.clone());
@@ -363,6 +440,7 @@ impl Functions {
         if let Some(extra) = call
             .args
             .keys()
+            .chain(call.values.keys())
             .find(|k| !decl.args.iter().any(|a| &a.name == *k))
         {
             return Err(Error::new(format!(
@@ -384,8 +462,13 @@ impl Functions {
             client: client.clone(),
             values,
             dirs,
+            handles: call.values.clone().into_iter().collect(),
         };
+        let session = client.session.clone();
         let returned = (f.body)(client, args).await?;
+        if call.action == Action::Return {
+            return give_back(&session, returned).await;
+        }
         act(returned, &call.action).await
     }
 }

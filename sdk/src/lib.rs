@@ -44,6 +44,7 @@ mod error;
 mod file;
 mod functions;
 mod host;
+mod module;
 mod ops;
 mod options;
 mod secret;
@@ -63,8 +64,11 @@ pub use error::{Error, Result};
 pub use file::File;
 #[doc(inline)]
 pub use functions::ArgKind;
+#[doc(hidden)]
+pub use functions::hand_back;
 pub use functions::{Args, DirArg, FunctionBuilder, Functions, Returned};
 pub use host::Host;
+pub use module::{Module, ModuleArg, ModuleCall, PIPELINE_DIR_ENV};
 pub use options::{
     DirOpts, DirectoryOpts, ExecOpts, FileOpts, ImageLayerCompression, ImageMediaTypes, ImageOpts,
     ReturnType,

@@ -22,8 +22,11 @@ pub fn default_pipeline() -> Result<PathBuf> {
 
 pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
     let path = path.map_or_else(default_pipeline, Ok)?;
-    for f in functions::describe(&EngineConfig::from(global), &path).await? {
-        super::out(format_args!("{}  {}", f.name, f.doc));
+    let described = functions::describe(&EngineConfig::from(global), &path).await?;
+    let api = described.api;
+    for f in described.functions {
+        let name = functions::shown(&f.name, api);
+        super::out(format_args!("{name}  {}", f.doc));
         for a in f.args {
             let default = match (&a.default, &a.default_path) {
                 (Some(d), _) => format!(" (default: {d})"),
@@ -47,7 +50,7 @@ pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
             };
             super::out(format_args!(
                 "    --{} <{}>{default}{how}  {}",
-                a.name,
+                functions::shown(&a.name, api),
                 a.kind.as_str(),
                 a.doc
             ));
@@ -62,7 +65,7 @@ pub async fn call(global: &GlobalOpts, words: Vec<String>) -> Result<i32> {
     let config = EngineConfig::from(global);
     // Arguments are checked against the declaration before anything runs.
     let declared = functions::describe(&config, &path).await?;
-    let spec = functions::call_spec(&line, &declared, &path)?;
+    let spec = functions::call_spec(&line, &declared.functions, &path, declared.api)?;
     let spec = serde_json::to_string(&spec)?;
     run_pipeline(&config, &path, &[], &[(wire::CALL_ENV, spec)]).await
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rbuild_sdk::wire::{
     self, Action, ArgKind, CallSpec, ContainerDef, ContainerOp, DirectoryDef, DirectoryOp,
-    DirectorySource, ErrorAnswer, Expect, FileDef, PortForwardDef, Query, Response, ServiceDef,
-    ServiceSource, Sharing,
+    DirectorySource, ErrorAnswer, Expect, FileDef, ModuleArgDef, ModuleCallDef, PortForwardDef,
+    Query, Response, ReturnedDef, ServiceDef, ServiceSource, Sharing,
 };
 use rbuild_sdk::{
     self as rb, DirOpts, DirectoryOpts, EndpointOpts, ExecOpts, FileOpts, HealthcheckOpts,
@@ -50,6 +50,7 @@ struct Seen {
     services: BTreeSet<&'static str>,
     expects: BTreeSet<&'static str>,
     sharings: BTreeSet<&'static str>,
+    module_args: BTreeSet<&'static str>,
     /// The builder calls' recorded call sites.
     at: Vec<Option<String>>,
 }
@@ -81,6 +82,25 @@ impl Seen {
             | Query::ServiceStart { service }
             | Query::ServiceStop { service }
             | Query::ServiceUp { service, .. } => self.service(service),
+            Query::ModuleCall { call } => self.module(call),
+            Query::ModuleReturn { value } => match value {
+                ReturnedDef::Container { container } => self.container(container),
+                ReturnedDef::Directory { directory } => self.directory(directory),
+                ReturnedDef::File { file } => self.file(file),
+                ReturnedDef::Text { .. } | ReturnedDef::Nothing => {}
+            },
+        }
+    }
+
+    fn module(&mut self, call: &ModuleCallDef) {
+        for arg in call.args.values() {
+            self.module_args.insert(arg.kind());
+            match arg {
+                ModuleArgDef::Directory { directory } => self.directory(directory),
+                ModuleArgDef::File { file } => self.file(file),
+                ModuleArgDef::Container { container } => self.container(container),
+                ModuleArgDef::Text { .. } | ModuleArgDef::Secret { .. } => {}
+            }
         }
     }
 
@@ -108,6 +128,7 @@ impl Seen {
                 | ContainerOp::WithMountedFile { file, .. }
                 | ContainerOp::Import { file } => self.file(file),
                 ContainerOp::WithServiceBinding { service, .. } => self.service(service),
+                ContainerOp::Module { call } => self.module(call),
                 _ => {}
             }
         }
@@ -115,8 +136,10 @@ impl Seen {
 
     fn directory(&mut self, d: &DirectoryDef) {
         self.sources.insert(SOURCE.0(&d.source));
-        if let DirectorySource::Container { container, .. } = &d.source {
-            self.container(container);
+        match &d.source {
+            DirectorySource::Container { container, .. } => self.container(container),
+            DirectorySource::Module { call } => self.module(call),
+            _ => {}
         }
         for op in &d.ops {
             self.directory_ops.insert(DIRECTORY_OP.0(op));
@@ -132,7 +155,8 @@ impl Seen {
     fn file(&mut self, f: &FileDef) {
         self.files.insert(FILE.0(f));
         match f {
-            FileDef::Host { .. } => {}
+            FileDef::Host { .. } | FileDef::Value { .. } => {}
+            FileDef::Module { call } => self.module(call),
             FileDef::Container { container, .. } | FileDef::Tarball { container, .. } => {
                 self.container(container)
             }
@@ -143,7 +167,7 @@ impl Seen {
 
 type Variants<T, const N: usize> = (fn(&T) -> &'static str, [&'static str; N]);
 
-const QUERY: Variants<Query, 23> = variants!(Query {
+const QUERY: Variants<Query, 25> = variants!(Query {
     Stdout,
     Stderr,
     ExitCode,
@@ -167,8 +191,10 @@ const QUERY: Variants<Query, 23> = variants!(Query {
     ServiceStart,
     ServiceStop,
     ServiceUp,
+    ModuleCall,
+    ModuleReturn,
 });
-const CONTAINER_OP: Variants<ContainerOp, 26> = variants!(ContainerOp {
+const CONTAINER_OP: Variants<ContainerOp, 28> = variants!(ContainerOp {
     From,
     WithExec,
     WithEnvVariable,
@@ -195,6 +221,8 @@ const CONTAINER_OP: Variants<ContainerOp, 26> = variants!(ContainerOp {
     WithRegistryAuth,
     WithServiceBinding,
     WithDockerHealthcheck,
+    Module,
+    Value,
 });
 const SERVICE: Variants<ServiceSource, 2> = variants!(ServiceSource { Container, Host });
 const DIRECTORY_OP: Variants<DirectoryOp, 8> = variants!(DirectoryOp {
@@ -207,16 +235,27 @@ const DIRECTORY_OP: Variants<DirectoryOp, 8> = variants!(DirectoryOp {
     Filter,
     Diff,
 });
-const SOURCE: Variants<DirectorySource, 3> = variants!(DirectorySource {
+const SOURCE: Variants<DirectorySource, 5> = variants!(DirectorySource {
     Empty,
     Host,
-    Container
+    Container,
+    Module,
+    Value,
 });
-const FILE: Variants<FileDef, 4> = variants!(FileDef {
+const FILE: Variants<FileDef, 6> = variants!(FileDef {
     Host,
     Container,
     Directory,
-    Tarball
+    Tarball,
+    Module,
+    Value,
+});
+const MODULE_ARG: Variants<ModuleArgDef, 5> = variants!(ModuleArgDef {
+    Text,
+    Directory,
+    File,
+    Container,
+    Secret,
 });
 const ARG_KIND: Variants<ArgKind, 8> = variants!(ArgKind {
     String,
@@ -369,6 +408,31 @@ async fn every_builder_and_query(client: &rb::Client) {
         .with_service_binding("db", &db)
         .with_service_binding("web", base.as_service())
         .with_service_binding("host", &tunnel);
+    // Module calls (protocol 3): the caller's side, and the module's.
+    let call = client
+        .module("/modules/rust")
+        .call("build")
+        .arg("name", "x")
+        .arg("jobs", 2i64)
+        .arg("release", true)
+        .arg("source", &src)
+        .arg("notes", &note)
+        .arg("base", &base)
+        .arg("token", &token);
+    let from_module = call
+        .container()
+        .with_directory("/out", call.directory())
+        .with_file("/out/notes", call.file());
+    let args = rb::Args::with_handles(
+        client,
+        &[("d", "h1"), ("f", "h2"), ("c", "h3"), ("s", "h4")],
+    );
+    let given = args
+        .container("c")
+        .unwrap()
+        .with_directory("/d", args.directory("d").unwrap())
+        .with_file("/f", args.file("f").unwrap())
+        .with_secret_variable("S", &args.secret("s").unwrap());
 
     let _ = ctr.stdout().await;
     let _ = ctr.stderr().await;
@@ -403,6 +467,9 @@ async fn every_builder_and_query(client: &rb::Client) {
         })
         .await;
     let _ = tunnel.start().await;
+    let _ = from_module.sync().await;
+    let _ = call.text().await;
+    let _ = rb::hand_back(client, rb::Returned::Container(given)).await;
     let _ = db.stop().await;
     let _ = db
         .up(&[PortForward {
@@ -417,7 +484,7 @@ async fn every_request_the_sdk_sends_is_read_by_the_engine_as_sent() {
     let (client, recorded) = rb::recording_client(TOKEN);
     every_builder_and_query(&client).await;
     let lines = recorded.take();
-    assert_eq!(lines.len(), 26, "one request per query");
+    assert_eq!(lines.len(), 29, "one request per query");
 
     let mut seen = Seen::default();
     for line in &lines {
@@ -437,6 +504,12 @@ async fn every_request_the_sdk_sends_is_read_by_the_engine_as_sent() {
     assert_eq!(seen.sources, set(SOURCE.1), "directory sources");
     assert_eq!(seen.files, set(FILE.1), "file sources");
     assert_eq!(seen.services, set(SERVICE.1), "service sources");
+    assert_eq!(MODULE_ARG.1.len(), 5);
+    assert_eq!(
+        seen.module_args,
+        set(["text", "directory", "file", "container", "secret"]),
+        "module arguments"
+    );
     assert_eq!(seen.expects, set(["success", "failure", "any"]));
     assert_eq!(seen.sharings, set(["shared", "private", "locked"]));
     // Container ops say where the pipeline made them.
@@ -661,8 +734,10 @@ fn the_listing_the_sdk_prints_is_read_by_the_engine() {
     let line = functions.listing_line();
     let printed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(printed["protocol"], json!(wire::PROTOCOL));
-    let read = crate::functions::read_listing(Path::new("ci.rs"), &format!("noise\n{line}\n"))
-        .unwrap_or_else(|e| panic!("the engine refused {line}: {e:#}"));
+    let (protocol, read) =
+        crate::functions::read_listing(Path::new("ci.rs"), &format!("noise\n{line}\n"))
+            .unwrap_or_else(|e| panic!("the engine refused {line}: {e:#}"));
+    assert_eq!(protocol, wire::PROTOCOL);
     assert_eq!(serde_json::to_value(&read).unwrap(), printed["functions"]);
     assert_eq!(read.len(), 10);
     let declared = &read[9].args[0];
@@ -705,7 +780,8 @@ fn the_call_the_engine_writes_is_read_by_the_sdk() {
     for words in lines {
         let words: Vec<String> = words.split_whitespace().map(String::from).collect();
         let line = crate::functions::parse_call(&words).unwrap();
-        let spec = crate::functions::call_spec(&line, &functions, Path::new("ci.rs")).unwrap();
+        let spec = crate::functions::call_spec(&line, &functions, Path::new("ci.rs"), crate::api::CURRENT)
+                .unwrap();
         let written = serde_json::to_string(&spec).unwrap();
         let read = CallSpec::from_json(&written).unwrap();
         assert_eq!(read, spec, "{written}");
@@ -718,9 +794,19 @@ fn the_call_the_engine_writes_is_read_by_the_sdk() {
         CallSpec {
             function: "f".into(),
             args: Default::default(),
+            values: Default::default(),
             action: Action::Print,
         }
     );
+    // A module call: values by handle, and the result handed back.
+    let spec = CallSpec {
+        function: "build".into(),
+        args: [("jobs".to_string(), "2".to_string())].into(),
+        values: [("source".to_string(), "h1".to_string())].into(),
+        action: Action::Return,
+    };
+    let written = serde_json::to_string(&spec).unwrap();
+    assert_eq!(CallSpec::from_json(&written).unwrap(), spec, "{written}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub(super) enum Input {
     Directory(DirValue),
     File(FileValue),
     Service(Arc<ServicePlan>),
+    /// A whole container: what a module returned, or a module's argument.
+    Container(Box<ContainerState>),
 }
 
 type Pending<'a> = Shared<BoxFuture<'a, Result<Input, SolveError>>>;
@@ -92,6 +94,13 @@ impl Input {
         }
     }
 
+    pub(super) fn container(input: Option<Input>) -> Result<ContainerState, SolveError> {
+        match input {
+            Some(Input::Container(c)) => Ok(*c),
+            _ => Err(Input::mismatch("container")),
+        }
+    }
+
     pub(super) fn service(input: Option<Input>) -> Result<Arc<ServicePlan>, SolveError> {
         match input {
             Some(Input::Service(s)) => Ok(s),
@@ -136,6 +145,16 @@ impl<W: Worker> Solver<W> {
             ContainerOp::WithServiceBinding { service, .. } => {
                 async move { Ok(Input::Service(self.service(service, api).await?)) }.boxed()
             }
+            ContainerOp::Module { call } => async move {
+                let st = self.module_container(call, api).await?;
+                Ok(Input::Container(Box::new(st)))
+            }
+            .boxed(),
+            ContainerOp::Value { handle } => async move {
+                let st = self.bound_container(handle).await?;
+                Ok(Input::Container(Box::new(st)))
+            }
+            .boxed(),
             ContainerOp::WithDirectory { directory, .. }
             | ContainerOp::WithMountedDirectory { directory, .. } => {
                 async move { Ok(Input::Directory(self.directory(directory, api).await?)) }.boxed()

@@ -58,6 +58,12 @@ impl<W: Worker> Solver<W> {
             ContainerOp::From { .. } | ContainerOp::Import { .. } => {
                 *st = ContainerState::from_image(Input::image(input)?);
             }
+            // The module's container (evaluated under the module's API),
+            // or the caller's (under the caller's): the ops after it are
+            // this value's own.
+            ContainerOp::Module { .. } | ContainerOp::Value { .. } => {
+                *st = Input::container(input)?;
+            }
             ContainerOp::WithExposedPort { port, protocol } => st.expose(*port, protocol),
             ContainerOp::WithServiceBinding { alias, .. } => {
                 super::services::check_hostname("with_service_binding", "alias", alias, true)?;
@@ -308,6 +314,8 @@ impl<W: Worker> Solver<W> {
                         tree: st.rootfs,
                     }
                 }
+                DirectorySource::Module { call } => self.module_directory(call, api).await?,
+                DirectorySource::Value { handle } => self.bound_directory(handle).await?,
             };
             for (i, op) in def.ops.iter().enumerate() {
                 let input = inputs.get(i).await?;
@@ -449,10 +457,30 @@ impl<W: Worker> Solver<W> {
                 self.tarball(&st, crate::graph::image_format(format), name.as_deref())
                     .await
             }
+            FileDef::Module { call } => self.module_file(call, api).await,
+            FileDef::Value { handle } => self.bound_file(handle).await,
         }
     }
 
     pub(super) fn secret(&self, def: &SecretDef) -> Result<Arc<SecretValue>, SolveError> {
+        // A module's secret argument: the caller's secret, by its handle.
+        if let (None, Some(handle)) = (
+            &def.plaintext,
+            def.uri
+                .as_deref()
+                .and_then(|u| u.strip_prefix(rbuild_sdk::wire::SECRET_HANDLE)),
+        ) {
+            return match self.bound(handle)? {
+                (crate::graph::ModuleArgDef::Secret { secret }, _) => {
+                    self.secrets.resolve(&secret).map_err(SolveError::Invalid)
+                }
+                (other, _) => Err(SolveError::Invalid(format!(
+                    "secret {:?} is bound to a {}, not a secret",
+                    def.name,
+                    other.kind()
+                ))),
+            };
+        }
         self.secrets.resolve(def).map_err(SolveError::Invalid)
     }
 }

@@ -22,6 +22,7 @@ mod inputs;
 mod instances;
 mod interpret;
 mod memo;
+pub mod modules;
 pub mod services;
 mod sources;
 mod steps;
@@ -82,6 +83,12 @@ pub struct Solver<W: Worker> {
     services_planned: std::sync::Mutex<std::collections::HashMap<String, Arc<ServicePlan>>>,
     /// The run's service instances.
     instances: instances::Instances,
+    /// The run's module calls, by what was called.
+    module_calls: Memo<modules::Called>,
+    /// The caller's values given to modules, by handle.
+    bound: modules::Bound,
+    /// Where modules are built (None: module calls are refused).
+    pipelines: Option<PathBuf>,
 }
 
 /// Settings of a solver.
@@ -99,6 +106,9 @@ pub struct SolverConfig {
     pub cancel: CancellationToken,
     /// Where output beyond the index's bound is stored.
     pub outputs: OutputStore,
+    /// Where modules a pipeline calls are built (the pipeline cache);
+    /// None: module calls are refused.
+    pub pipelines: Option<PathBuf>,
 }
 
 impl<W: Worker> Solver<W> {
@@ -149,6 +159,9 @@ impl<W: Worker> Solver<W> {
             remakes: Memo::new(),
             services_planned: Default::default(),
             instances: instances::Instances::default(),
+            module_calls: Memo::new(),
+            bound: Default::default(),
+            pipelines: config.pipelines,
         })
     }
 
@@ -158,6 +171,22 @@ impl<W: Worker> Solver<W> {
 
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    pub fn pipelines(&self) -> Option<&std::path::Path> {
+        self.pipelines.as_deref()
+    }
+
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
     }
 
     /// Cancels running steps, stops the run's services, and waits until

@@ -307,6 +307,7 @@ impl Harness {
             debug_shell: None,
             cancel: CancellationToken::new(),
             outputs: crate::output::OutputStore::new(self._dir.path()),
+            pipelines: None,
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

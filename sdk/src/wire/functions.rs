@@ -154,6 +154,10 @@ json_as_str!(ArgKind);
 pub struct CallSpec {
     pub function: String,
     pub args: BTreeMap<String, String>,
+    /// Protocol 3, a module call: the arguments that are the caller's
+    /// values (directories, files, containers, secrets), each by the
+    /// handle the module's SDK builds on (`Value { handle }`).
+    pub values: BTreeMap<String, String>,
     pub action: Action,
 }
 
@@ -173,6 +177,9 @@ pub enum Action {
     /// Run a service until the user stops it, with ports forwarded from
     /// the host: `HOST:SERVICE` each (protocol 2).
     Up { ports: Vec<String> },
+    /// Hand the result back to the engine (`module.return`): the function
+    /// was called by another pipeline (protocol 3).
+    Return,
 }
 
 impl Action {
@@ -183,6 +190,7 @@ impl Action {
             Action::Publish { .. } => "publish",
             Action::Terminal => "terminal",
             Action::Up { .. } => "up",
+            Action::Return => "return",
         }
     }
 }
@@ -192,9 +200,16 @@ impl ToJson for CallSpec {
         let CallSpec {
             function,
             args,
+            values,
             action,
         } = self;
-        tagged!(function, args, action)
+        let mut v = tagged!(function, args, action);
+        // Written only for a module call, so that other calls read as
+        // they did before modules.
+        if let (Value::Object(map), false) = (&mut v, values.is_empty()) {
+            map.insert("values".into(), values.to_json());
+        }
+        v
     }
 }
 
@@ -234,6 +249,15 @@ impl CallSpec {
                 };
             }
         }
+        let values = v["values"]
+            .as_object()
+            .map(|given| {
+                given
+                    .iter()
+                    .filter_map(|(k, h)| Some((k.clone(), h.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let a = &v["action"];
         let action = match str_field(a, "kind", "action")?.unwrap_or("print") {
             "print" => Action::Print,
@@ -244,6 +268,7 @@ impl CallSpec {
                 address: str_field(a, "address", "action")?.map(String::from),
             },
             "terminal" => Action::Terminal,
+            "return" => Action::Return,
             "up" => Action::Up {
                 ports: a["ports"]
                     .as_array()
@@ -259,6 +284,7 @@ impl CallSpec {
         Ok(CallSpec {
             function,
             args,
+            values,
             action,
         })
     }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
+use super::module::ModuleCallDef;
 use super::{json_as_str, tagged, ToJson};
 
 /// One builder call on a `Container`.
@@ -152,6 +153,12 @@ pub enum ContainerOp {
         #[cfg_attr(feature = "engine", serde(default))]
         retries: Option<u32>,
     },
+    /// Protocol 3: the container a module's function returns (a first op,
+    /// like `from`).
+    Module { call: ModuleCallDef },
+    /// Protocol 3, in a module: the caller's container given as an
+    /// argument, by the handle the engine gave it (a first op).
+    Value { handle: String },
 }
 
 #[cfg(feature = "engine")]
@@ -189,6 +196,8 @@ impl ContainerOp {
             ContainerOp::WithRegistryAuth { .. } => "with_registry_auth",
             ContainerOp::WithServiceBinding { .. } => "with_service_binding",
             ContainerOp::WithDockerHealthcheck { .. } => "with_docker_healthcheck",
+            ContainerOp::Module { .. } => "module",
+            ContainerOp::Value { .. } => "value",
         }
     }
 }
@@ -272,6 +281,8 @@ impl ToJson for ContainerOp {
                 start_period_ms,
                 retries
             ),
+            Module { call } => tagged!("op" = op, call),
+            Value { handle } => tagged!("op" = op, handle),
         }
     }
 }
@@ -449,6 +460,10 @@ pub enum DirectorySource {
         container: ContainerDef,
         path: String,
     },
+    /// Protocol 3: the directory a module's function returns.
+    Module { call: ModuleCallDef },
+    /// Protocol 3, in a module: the caller's directory given as an argument.
+    Value { handle: String },
 }
 
 impl ToJson for DirectorySource {
@@ -464,6 +479,8 @@ impl ToJson for DirectorySource {
             DirectorySource::Container { container, path } => {
                 tagged!("source" = "container", container, path)
             }
+            DirectorySource::Module { call } => tagged!("source" = "module", call),
+            DirectorySource::Value { handle } => tagged!("source" = "value", handle),
         }
     }
 }
@@ -606,6 +623,10 @@ pub enum FileDef {
         #[cfg_attr(feature = "engine", serde(default))]
         name: Option<String>,
     },
+    /// Protocol 3: the file a module's function returns.
+    Module { call: ModuleCallDef },
+    /// Protocol 3, in a module: the caller's file given as an argument.
+    Value { handle: String },
 }
 
 impl ToJson for FileDef {
@@ -623,6 +644,8 @@ impl ToJson for FileDef {
                 format,
                 name,
             } => tagged!("source" = "tarball", container, format, name),
+            FileDef::Module { call } => tagged!("source" = "module", call),
+            FileDef::Value { handle } => tagged!("source" = "value", handle),
         }
     }
 }

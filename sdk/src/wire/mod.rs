@@ -32,6 +32,7 @@
 //! |----------|------------|-------------------------------------------------------|
 //! | 1        | 0.1        | the first (older 0.1 SDKs send no version)            |
 //! | 2        | 0.1        | services: `with_service_binding`, `with_docker_healthcheck`, `service.*` queries |
+//! | 3        | 0.1        | modules: `module` and `value` sources, `module.*` queries, a call's `values` and the `return` action |
 //!
 //! A change to any shape here (a new op, field or query, a different
 //! default) is a new protocol version: bump [`PROTOCOL`], add a row above,
@@ -53,6 +54,7 @@
 
 mod functions;
 mod graph;
+mod module;
 mod request;
 
 pub use functions::{Action, ArgDecl, ArgKind, CallSpec, FunctionDecl, Listing};
@@ -61,12 +63,13 @@ pub use graph::{
     FileDef, ImageFormatDef, MediaTypesDef, PortForwardDef, SecretDef, ServiceDef, ServiceSource,
     Sharing,
 };
+pub use module::{secret_handle, ModuleArgDef, ModuleCallDef, ReturnedDef, SECRET_HANDLE};
 #[cfg(feature = "engine")]
 pub use request::Header;
 pub use request::{ErrorAnswer, Query, Request, Response};
 
 /// The protocol version this SDK speaks.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// The oldest protocol version an engine built with this crate still reads.
 pub const OLDEST_PROTOCOL: u32 = 1;
@@ -171,6 +174,9 @@ serialize_via_json!(
     ArgKind,
     CallSpec,
     Action,
+    ModuleCallDef,
+    ModuleArgDef,
+    ReturnedDef,
 );
 
 impl ToJson for String {

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::graph::{
     ContainerDef, DirectoryDef, FileDef, ImageFormatDef, PortForwardDef, ServiceDef,
 };
+use super::module::{ModuleCallDef, ReturnedDef};
 use super::{tagged, ToJson};
 
 /// One query, with who asks and in which protocol version:
@@ -180,6 +181,14 @@ pub enum Query {
         #[cfg_attr(feature = "engine", serde(default))]
         ports: Vec<PortForwardDef>,
     },
+    /// Text, a number or null: what a module's function returned, when it
+    /// is not a value (protocol 3).
+    #[cfg_attr(feature = "engine", serde(rename = "module.call"))]
+    ModuleCall { call: ModuleCallDef },
+    /// Null: a module hands back its function's result (protocol 3; only a
+    /// module's session takes it).
+    #[cfg_attr(feature = "engine", serde(rename = "module.return"))]
+    ModuleReturn { value: ReturnedDef },
 }
 
 impl Query {
@@ -209,6 +218,8 @@ impl Query {
             Query::ServiceStart { .. } => "service.start",
             Query::ServiceStop { .. } => "service.stop",
             Query::ServiceUp { .. } => "service.up",
+            Query::ModuleCall { .. } => "module.call",
+            Query::ModuleReturn { .. } => "module.return",
         }
     }
 }
@@ -256,6 +267,8 @@ impl ToJson for Query {
                 scheme,
             } => tagged!("kind" = kind, service, port, scheme),
             Query::ServiceUp { service, ports } => tagged!("kind" = kind, service, ports),
+            Query::ModuleCall { call } => tagged!("kind" = kind, call),
+            Query::ModuleReturn { value } => tagged!("kind" = kind, value),
         }
     }
 }
