@@ -32,6 +32,11 @@ const MAX_RUNNING: usize = 32;
 
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The functions each module build lists (by build stamp), in this process.
+static LISTINGS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<functions::Described>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 /// Runs `call` (its text arguments and its values' `(kind, handle)`s) or
 /// answers it from the index.
 pub async fn run<W: Worker>(
@@ -70,10 +75,28 @@ pub async fn run<W: Worker>(
         }
     }
 
-    // The listing is the module's own, read under its own version.
-    let described = functions::describe_with(&cache, &path)
-        .await
-        .map_err(|e| invalid(format!("{e:#}")))?;
+    // The listing is the module's own, read under its own version; one
+    // build of a module lists the same functions, so it is asked once.
+    let listed = LISTINGS
+        .lock()
+        .expect("listings lock poisoned")
+        .get(&built.stamp)
+        .cloned();
+    let described = match listed {
+        Some(d) => d,
+        None => {
+            let d = Arc::new(
+                functions::describe_with(&cache, &path)
+                    .await
+                    .map_err(|e| invalid(format!("{e:#}")))?,
+            );
+            LISTINGS
+                .lock()
+                .expect("listings lock poisoned")
+                .insert(built.stamp.clone(), d.clone());
+            d
+        }
+    };
     if described.protocol < MODULE_PROTOCOL {
         return Err(invalid(format!(
             "module {} speaks protocol {} (rbuild-sdk too old to be called as a module; it needs protocol {MODULE_PROTOCOL}): upgrade its rbuild-sdk to {}",

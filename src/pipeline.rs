@@ -32,6 +32,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/functions.rs", include_str!("../sdk/src/functions.rs")),
     ("src/host.rs", include_str!("../sdk/src/host.rs")),
     ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
+    ("src/module.rs", include_str!("../sdk/src/module.rs")),
     ("src/ops.rs", include_str!("../sdk/src/ops.rs")),
     ("src/options.rs", include_str!("../sdk/src/options.rs")),
     ("src/secret.rs", include_str!("../sdk/src/secret.rs")),
@@ -46,6 +47,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../sdk/src/wire/graph.rs"),
     ),
     ("src/wire/mod.rs", include_str!("../sdk/src/wire/mod.rs")),
+    (
+        "src/wire/module.rs",
+        include_str!("../sdk/src/wire/module.rs"),
+    ),
     (
         "src/wire/request.rs",
         include_str!("../sdk/src/wire/request.rs"),
