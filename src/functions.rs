@@ -351,8 +351,13 @@ mod tests {
                 path: Some(here.join("out").display().to_string())
             }
         );
-        let e =
-            call_spec(&parse_call(&words("build --dst x")).unwrap(), &functions, p, OLD).unwrap_err();
+        let e = call_spec(
+            &parse_call(&words("build --dst x")).unwrap(),
+            &functions,
+            p,
+            OLD,
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "build: unknown argument --dst");
         let e = call_spec(&parse_call(&words("test")).unwrap(), &functions, p, OLD).unwrap_err();
         assert!(e.to_string().contains("has no function \"test\""), "{e}");
@@ -406,7 +411,13 @@ mod tests {
                 ..ArgDecl::default()
             }],
         }];
-        let spec = call_spec(&parse_call(&words("build")).unwrap(), &functions, &pipeline, OLD).unwrap();
+        let spec = call_spec(
+            &parse_call(&words("build")).unwrap(),
+            &functions,
+            &pipeline,
+            OLD,
+        )
+        .unwrap();
         assert_eq!(spec.args["source"], repo.path().display().to_string());
         let spec = call_spec(
             &parse_call(&words("build --source sub")).unwrap(),

@@ -225,7 +225,10 @@ async fn run_process<W: Worker>(
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&built.executable)
         .envs(session.env())
-        .env(wire::CALL_ENV, serde_json::to_string(spec).unwrap_or_default())
+        .env(
+            wire::CALL_ENV,
+            serde_json::to_string(spec).unwrap_or_default(),
+        )
         .env(rbuild_sdk::PIPELINE_DIR_ENV, &built.dir)
         .env_remove(wire::LIST_ENV)
         .stdin(std::process::Stdio::null())
@@ -285,7 +288,13 @@ async fn run_process<W: Worker>(
             Ok((r, capture.evaluated.load(Ordering::SeqCst)))
         }
         (ok, _) => {
-            let tail: Vec<&str> = stderr.iter().rev().take(10).rev().map(String::as_str).collect();
+            let tail: Vec<&str> = stderr
+                .iter()
+                .rev()
+                .take(10)
+                .rev()
+                .map(String::as_str)
+                .collect();
             let reason = if ok {
                 "exited without returning its result".to_string()
             } else {
@@ -338,9 +347,9 @@ fn article(kind: &str) -> String {
 /// (`set_secret`).
 fn holds_plaintext(v: &serde_json::Value) -> bool {
     match v {
-        serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
-            (k == "plaintext" && !v.is_null()) || holds_plaintext(v)
-        }),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| (k == "plaintext" && !v.is_null()) || holds_plaintext(v)),
         serde_json::Value::Array(a) => a.iter().any(holds_plaintext),
         _ => false,
     }

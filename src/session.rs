@@ -219,8 +219,7 @@ async fn answer<M: Worker>(
     if let Some(c) = capture
         && !matches!(query, Query::ModuleReturn { .. })
     {
-        c.evaluated
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        c.evaluated.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     match query {
         Query::ModuleReturn { value } => match capture {
@@ -229,8 +228,7 @@ async fn answer<M: Worker>(
                 Ok(Value::Null)
             }
             None => Err(SolveError::Invalid(
-                "module.return is only for a module's function that another pipeline called"
-                    .into(),
+                "module.return is only for a module's function that another pipeline called".into(),
             )),
         },
         Query::ModuleCall { call } => Ok(solver

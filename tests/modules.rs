@@ -97,7 +97,13 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     // It ran as its own process: the listing, then each function.
     let started = take_trace(&trace);
     assert!(started.contains(&"(listing)".to_string()), "{started:?}");
-    for f in ["build_image", "step_network", "count_files", "listing", "version_of"] {
+    for f in [
+        "build_image",
+        "step_network",
+        "count_files",
+        "listing",
+        "version_of",
+    ] {
         assert_eq!(
             started.iter().filter(|s| *s == f).count(),
             1,
@@ -111,7 +117,13 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     let old_names = functions_listed(&env, &fixture("old.rs"));
     assert_eq!(
         old_names,
-        ["build_image", "step_network", "count_files", "listing", "version_of"]
+        [
+            "build_image",
+            "step_network",
+            "count_files",
+            "listing",
+            "version_of"
+        ]
     );
     let text = std::fs::read_to_string(fixture("old.rs")).unwrap();
     let newer = env.dir.path().join("new.rs");
@@ -119,7 +131,13 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     let new_names = functions_listed(&env, &newer);
     assert_eq!(
         new_names,
-        ["build-image", "step-network", "count-files", "listing", "version-of"]
+        [
+            "build-image",
+            "step-network",
+            "count-files",
+            "listing",
+            "version-of"
+        ]
     );
     // `rbuild call` takes each module's own names, and serves its version.
     let call = |module: &Path, f: &str| {
@@ -152,7 +170,10 @@ fn an_unchanged_module_call_starts_no_process_and_a_changed_one_runs_again() {
     let src = source(&env);
     let trace = env.dir.path().join("trace");
     // Copies, so that the module can be edited.
-    let (caller, module) = (env.dir.path().join("caller.rs"), env.dir.path().join("old.rs"));
+    let (caller, module) = (
+        env.dir.path().join("caller.rs"),
+        env.dir.path().join("old.rs"),
+    );
     std::fs::copy(fixture("caller.rs"), &caller).unwrap();
     std::fs::copy(fixture("old.rs"), &module).unwrap();
 
@@ -187,7 +208,13 @@ fn an_unchanged_module_call_starts_no_process_and_a_changed_one_runs_again() {
     let fourth = run_caller(&env, &caller, &src, &trace).ok();
     assert_eq!(lines(&fourth)["files"], "2 things");
     let started = take_trace(&trace);
-    for f in ["build_image", "step_network", "count_files", "listing", "version_of"] {
+    for f in [
+        "build_image",
+        "step_network",
+        "count_files",
+        "listing",
+        "version_of",
+    ] {
         assert!(started.contains(&f.to_string()), "{f}: {started:?}");
     }
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());

@@ -62,10 +62,10 @@ pub use container::Container;
 pub use directory::Directory;
 pub use error::{Error, Result};
 pub use file::File;
-#[doc(inline)]
-pub use functions::ArgKind;
 #[doc(hidden)]
 pub use functions::hand_back;
+#[doc(inline)]
+pub use functions::ArgKind;
 pub use functions::{Args, DirArg, FunctionBuilder, Functions, Returned};
 pub use host::Host;
 pub use module::{Module, ModuleArg, ModuleCall, PIPELINE_DIR_ENV};

@@ -192,14 +192,14 @@ text_arg!(i64, i32, u32, u64, f64, bool);
 
 impl From<&Directory> for ModuleArg {
     fn from(d: &Directory) -> Self {
-        ModuleArg(ModuleArgDef::Directory {
-            directory: d.def(),
-        })
+        ModuleArg(ModuleArgDef::Directory { directory: d.def() })
     }
 }
 impl From<&File> for ModuleArg {
     fn from(f: &File) -> Self {
-        ModuleArg(ModuleArgDef::File { file: f.def.clone() })
+        ModuleArg(ModuleArgDef::File {
+            file: f.def.clone(),
+        })
     }
 }
 impl From<&Container> for ModuleArg {

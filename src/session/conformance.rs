@@ -432,7 +432,7 @@ async fn every_builder_and_query(client: &rb::Client) {
         .unwrap()
         .with_directory("/d", args.directory("d").unwrap())
         .with_file("/f", args.file("f").unwrap())
-        .with_secret_variable("S", &args.secret("s").unwrap());
+        .with_secret_variable("S", args.secret("s").unwrap());
 
     let _ = ctr.stdout().await;
     let _ = ctr.stderr().await;
@@ -780,7 +780,8 @@ fn the_call_the_engine_writes_is_read_by_the_sdk() {
     for words in lines {
         let words: Vec<String> = words.split_whitespace().map(String::from).collect();
         let line = crate::functions::parse_call(&words).unwrap();
-        let spec = crate::functions::call_spec(&line, &functions, Path::new("ci.rs"), crate::api::CURRENT)
+        let spec =
+            crate::functions::call_spec(&line, &functions, Path::new("ci.rs"), crate::api::CURRENT)
                 .unwrap();
         let written = serde_json::to_string(&spec).unwrap();
         let read = CallSpec::from_json(&written).unwrap();

@@ -175,9 +175,7 @@ impl<W: Worker> Solver<W> {
         handle: &str,
     ) -> Result<super::DirValue, SolveError> {
         match self.bound(handle)? {
-            (ModuleArgDef::Directory { directory }, api) => {
-                self.directory(&directory, api).await
-            }
+            (ModuleArgDef::Directory { directory }, api) => self.directory(&directory, api).await,
             (other, _) => Err(mismatch(handle, "directory", &other)),
         }
     }

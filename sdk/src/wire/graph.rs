@@ -155,10 +155,14 @@ pub enum ContainerOp {
     },
     /// Protocol 3: the container a module's function returns (a first op,
     /// like `from`).
-    Module { call: ModuleCallDef },
+    Module {
+        call: ModuleCallDef,
+    },
     /// Protocol 3, in a module: the caller's container given as an
     /// argument, by the handle the engine gave it (a first op).
-    Value { handle: String },
+    Value {
+        handle: String,
+    },
 }
 
 #[cfg(feature = "engine")]
