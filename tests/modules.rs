@@ -10,6 +10,16 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
+/// old.rs's functions, as it declares them.
+const FUNCTIONS: [&str; 6] = [
+    "build_image",
+    "step_network",
+    "count_files",
+    "listing",
+    "version_of",
+    "mixed",
+];
+
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("fixtures/pipelines/modules").join(name)
 }
@@ -94,16 +104,21 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     assert_eq!(got["files"], "2 things");
     assert_eq!(got["entries"], "VERSION a.txt");
     assert_eq!(got["version"], "v1.2");
+    // The caller's container, file and secret, as values: the secret's
+    // plaintext reached neither the module's process nor the index.
+    assert_eq!(got["mixed"], "caller hello 18");
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    assert!(calls.contains("\"mixed\""), "{calls}");
+    assert!(!calls.contains("s3cr3t"), "{calls}");
+    let index = std::fs::read(env.root().join("index.db")).unwrap();
+    assert!(
+        !index.windows(6).any(|w| w == b"s3cr3t"),
+        "the index holds the secret"
+    );
     // It ran as its own process: the listing, then each function.
     let started = take_trace(&trace);
     assert!(started.contains(&"(listing)".to_string()), "{started:?}");
-    for f in [
-        "build_image",
-        "step_network",
-        "count_files",
-        "listing",
-        "version_of",
-    ] {
+    for f in FUNCTIONS {
         assert_eq!(
             started.iter().filter(|s| *s == f).count(),
             1,
@@ -115,30 +130,12 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     // (the caller called `build_image`, which 0.2 would name
     // `build-image`); the same module declaring 0.2 is named in kebab-case.
     let old_names = functions_listed(&env, &fixture("old.rs"));
-    assert_eq!(
-        old_names,
-        [
-            "build_image",
-            "step_network",
-            "count_files",
-            "listing",
-            "version_of"
-        ]
-    );
+    assert_eq!(old_names, FUNCTIONS);
     let text = std::fs::read_to_string(fixture("old.rs")).unwrap();
     let newer = env.dir.path().join("new.rs");
     std::fs::write(&newer, text.replace("api = \"0.1\"", "api = \"0.2\"")).unwrap();
     let new_names = functions_listed(&env, &newer);
-    assert_eq!(
-        new_names,
-        [
-            "build-image",
-            "step-network",
-            "count-files",
-            "listing",
-            "version-of"
-        ]
-    );
+    assert_eq!(new_names, FUNCTIONS.map(|f| f.replace('_', "-")));
     // `rbuild call` takes each module's own names, and serves its version.
     let call = |module: &Path, f: &str| {
         Outcome::from(
@@ -208,13 +205,7 @@ fn an_unchanged_module_call_starts_no_process_and_a_changed_one_runs_again() {
     let fourth = run_caller(&env, &caller, &src, &trace).ok();
     assert_eq!(lines(&fourth)["files"], "2 things");
     let started = take_trace(&trace);
-    for f in [
-        "build_image",
-        "step_network",
-        "count_files",
-        "listing",
-        "version_of",
-    ] {
+    for f in FUNCTIONS {
         assert!(started.contains(&f.to_string()), "{f}: {started:?}");
     }
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
@@ -257,7 +248,7 @@ async fn main() -> rb::Result<()> {{
     // The module's own (0.1) names, not the caller's (0.2) kebab-case.
     failed(
         "name",
-        "has no function \"build-image\" (under its API 0.1 it has: build_image, step_network, count_files, listing, version_of)",
+        "has no function \"build-image\" (under its API 0.1 it has: build_image, step_network, count_files, listing, version_of, mixed)",
     );
     failed(
         "kind",

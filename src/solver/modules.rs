@@ -64,12 +64,7 @@ impl<W: Worker> Solver<W> {
                     text.insert(name.clone(), value.clone());
                 }
                 value => {
-                    let handle = handle_of(value, caller);
-                    self.bound
-                        .map
-                        .lock()
-                        .expect("bound values lock poisoned")
-                        .insert(handle.clone(), (value.clone(), caller));
+                    let handle = self.bind(value, caller);
                     handles.insert(name.clone(), (value.kind(), handle));
                 }
             }
@@ -87,6 +82,26 @@ impl<W: Worker> Solver<W> {
                 crate::modules::run(&solver, &call, text, handles).await
             })
             .await
+    }
+
+    /// Binds a caller's value to its handle. Two secrets of one name and
+    /// source whose plaintexts differ (`set_secret`) get handles of their
+    /// own in this run.
+    fn bind(&self, value: &ModuleArgDef, caller: Api) -> String {
+        let base = handle_of(value, caller);
+        let mut map = self.bound.map.lock().expect("bound values lock poisoned");
+        let mut handle = base.clone();
+        for n in 2.. {
+            match map.get(&handle) {
+                Some((v, a)) if v == value && *a == caller => break,
+                Some(_) => handle = format!("{base}-{n}"),
+                None => {
+                    map.insert(handle.clone(), (value.clone(), caller));
+                    break;
+                }
+            }
+        }
+        handle
     }
 
     /// A caller's value given to a module, by its handle.
@@ -200,12 +215,53 @@ fn mismatch(handle: &str, wanted: &str, got: &ModuleArgDef) -> SolveError {
 
 /// A caller's value's handle: its definition and the caller's version, so
 /// that the same value from the same caller is the same argument (and a
-/// module call's content key can name it).
+/// module call's content key can name it). A secret's is its name and
+/// source, never its plaintext (which a hash would not keep secret).
 fn handle_of(value: &ModuleArgDef, caller: Api) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"rbuild-module-value\0");
     h.update(caller.to_string().as_bytes());
     h.update(b"\0");
-    h.update(serde_json::to_string(value).unwrap_or_default().as_bytes());
+    let def = match value {
+        ModuleArgDef::Secret { secret } => ModuleArgDef::Secret {
+            secret: crate::graph::SecretDef {
+                plaintext: None,
+                ..secret.clone()
+            },
+        },
+        other => other.clone(),
+    };
+    h.update(serde_json::to_string(&def).unwrap_or_default().as_bytes());
     h.finalize().to_hex()[..32].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::SecretDef;
+
+    fn secret(plaintext: &str) -> ModuleArgDef {
+        ModuleArgDef::Secret {
+            secret: SecretDef {
+                name: "token".into(),
+                uri: None,
+                plaintext: Some(plaintext.into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_secrets_handle_does_not_depend_on_its_plaintext() {
+        let api = crate::api::CURRENT;
+        assert_eq!(
+            handle_of(&secret("one"), api),
+            handle_of(&secret("two"), api)
+        );
+        let text = |v: &str| ModuleArgDef::Text { value: v.into() };
+        assert_ne!(handle_of(&text("a"), api), handle_of(&text("b"), api));
+        assert_ne!(
+            handle_of(&text("a"), api),
+            handle_of(&text("a"), crate::api::OLDEST)
+        );
+    }
 }
