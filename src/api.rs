@@ -32,7 +32,7 @@ pub struct Api {
 }
 
 /// The newest API version this rbuild serves (its own `major.minor`).
-pub const CURRENT: Api = Api { major: 0, minor: 2 };
+pub const CURRENT: Api = Api { major: 0, minor: 3 };
 
 /// The oldest API version this rbuild still serves.
 pub const OLDEST: Api = Api { major: 0, minor: 1 };
@@ -56,6 +56,15 @@ pub const STEP_OWN_NETWORK: Api = Api { major: 0, minor: 2 };
 /// names them; before, as declared.
 pub const KEBAB_CASE_NAMES: Api = Api { major: 0, minor: 2 };
 
+/// API 0.3: a secret from `env:`, `file:` or `cmd:` drops one trailing
+/// newline, whatever its source; before, only `cmd:` did.
+pub const SECRETS_DROP_ONE_NEWLINE: Api = Api { major: 0, minor: 3 };
+
+/// API 0.3: a `with_registry_auth` credential that covers nothing a
+/// `publish` pushes to is an error naming both; before, it was ignored
+/// (with a warning) and other credentials were looked for.
+pub const UNMATCHED_REGISTRY_AUTH_FAILS: Api = Api { major: 0, minor: 3 };
+
 /// Every behaviour change a version gates, with the version that made it:
 /// the README's table lists each of these (a test checks it).
 pub const CHANGES: &[(Api, &str)] = &[
@@ -70,6 +79,14 @@ pub const CHANGES: &[(Api, &str)] = &[
     (
         KEBAB_CASE_NAMES,
         "functions and arguments are named in kebab-case",
+    ),
+    (
+        SECRETS_DROP_ONE_NEWLINE,
+        "`env:`, `file:` and `cmd:` secrets all drop one trailing newline",
+    ),
+    (
+        UNMATCHED_REGISTRY_AUTH_FAILS,
+        "a registry credential that matches nothing pushed is an error",
     ),
 ];
 

@@ -338,11 +338,14 @@ mod tests {
     fn a_secret_split_over_two_reads_is_scrubbed_in_the_stored_file_too() {
         let secrets = Arc::new(Secrets::default());
         secrets
-            .resolve(&SecretDef {
-                name: "token".into(),
-                uri: None,
-                plaintext: Some("hunter2-very-secret".into()),
-            })
+            .resolve(
+                &SecretDef {
+                    name: "token".into(),
+                    uri: None,
+                    plaintext: Some("hunter2-very-secret".into()),
+                },
+                crate::secrets::Rule::AllTrim,
+            )
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = OutputStore::new(dir.path());

@@ -423,11 +423,14 @@ mod tests {
         let out = Captured::default();
         let secrets = Arc::new(Secrets::default());
         secrets
-            .resolve(&crate::graph::SecretDef {
-                name: "s".into(),
-                uri: None,
-                plaintext: Some("hunter2".into()),
-            })
+            .resolve(
+                &crate::graph::SecretDef {
+                    name: "s".into(),
+                    uri: None,
+                    plaintext: Some("hunter2".into()),
+                },
+                crate::secrets::Rule::AllTrim,
+            )
             .unwrap();
         let p = Progress::new(mode, Box::new(out.clone()), secrets);
         p.cached("exec echo a");

@@ -221,6 +221,7 @@ async fn answer<M: Worker>(
     {
         c.evaluated.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+    secrets_first(solver, &query, api)?;
     match query {
         Query::ModuleReturn { value } => match capture {
             Some(c) => {
@@ -270,7 +271,9 @@ async fn answer<M: Worker>(
         } => {
             let st = solver.container(&container, api).await?;
             Ok(Value::String(
-                solver.publish(&st, &address, image_format(&format)).await?,
+                solver
+                    .publish(&st, &address, image_format(&format), api)
+                    .await?,
             ))
         }
         Query::Export {
@@ -371,6 +374,41 @@ async fn answer<M: Worker>(
             Ok(Value::Null)
         }
     }
+}
+
+/// Reads every secret the query's values use before any of them is built,
+/// so that a missing `env:` variable or `file:` is reported at once rather
+/// than after the steps before its first use.
+fn secrets_first<M: Worker>(solver: &Solver<M>, query: &Query, api: Api) -> Result<(), SolveError> {
+    fn walk(
+        v: &Value,
+        found: &mut dyn FnMut(&Value) -> Result<(), SolveError>,
+    ) -> Result<(), SolveError> {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "secret" && v.is_object() {
+                        found(v)?;
+                    } else {
+                        walk(v, found)?;
+                    }
+                }
+                Ok(())
+            }
+            Value::Array(items) => items.iter().try_for_each(|v| walk(v, found)),
+            _ => Ok(()),
+        }
+    }
+    let Ok(v) = serde_json::to_value(query) else {
+        return Ok(());
+    };
+    walk(
+        &v,
+        &mut |secret| match serde_json::from_value::<crate::graph::SecretDef>(secret.clone()) {
+            Ok(def) => solver.check_secret(&def, api),
+            Err(_) => Ok(()),
+        },
+    )
 }
 
 fn unexpected(a: ReadAnswer) -> SolveError {

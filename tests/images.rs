@@ -238,6 +238,49 @@ fn pushing_to_the_auth_registry_needs_credentials() {
         "{}",
         denied.stderr
     );
+    // A credential for the registry host, or a repository prefix in it,
+    // covers the push (Docker's and Dagger's addresses).
+    let prefix = target.rsplit_once('/').unwrap().0;
+    for address in [AUTH_REGISTRY, prefix] {
+        let ok = images(&env, &["auth", &target, "rbuild", "rbuild-pass", address]);
+        assert!(published(&ok.ok()).starts_with(&target), "{address}");
+    }
+    // One that covers nothing pushed: under API 0.1 a warning naming it
+    // (and the push goes on without it); from 0.3 on, an error.
+    let elsewhere = "127.0.0.1:5999";
+    let warned = images(&env, &["auth", &target, "rbuild", "rbuild-pass", elsewhere]);
+    assert_ne!(warned.code, 0);
+    assert!(
+        warned.stderr.contains(&format!(
+            "warning: with_registry_auth(\"{elsewhere}\") covers nothing this publish pushes to"
+        )),
+        "{}",
+        warned.stderr
+    );
+    let text = std::fs::read_to_string(repo_root().join("fixtures/pipelines/images.rs")).unwrap();
+    let declared = env.dir.path().join("images-0.3.rs");
+    std::fs::write(
+        &declared,
+        format!("//! ```cargo\n//! [package.metadata.rbuild]\n//! api = \"0.3\"\n//! ```\n{text}"),
+    )
+    .unwrap();
+    let refused = env.run(
+        &declared,
+        &["auth", &target, "rbuild", "rbuild-pass", elsewhere],
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains(&format!(
+            "with_registry_auth(\"{elsewhere}\") covers nothing this publish pushes to: {target} is repository"
+        )) && !refused.stderr.contains("warning: with_registry_auth"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains(&format!(" publish {target}")),
+        "nothing was pushed: {}",
+        refused.stderr
+    );
     let wrong = images(&env, &["auth", &target, "rbuild", "wrong-password"]);
     assert_ne!(wrong.code, 0);
     assert!(wrong.stderr.contains("were refused"), "{}", wrong.stderr);

@@ -9,7 +9,7 @@
 //!
 //! ```cargo
 //! [package.metadata.rbuild]
-//! api = "0.2"
+//! api = "0.3"
 //! ```
 
 use rbuild_sdk as rb;

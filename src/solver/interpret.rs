@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use rbuild_snapshotter::ImageRef;
 use rbuild_snapshotter::tree::Filter;
 
 use super::inputs::Input;
@@ -94,11 +93,12 @@ impl<W: Worker> Solver<W> {
                 username,
                 secret,
             } => {
-                let host = ImageRef::parse(address)
-                    .map(|r| r.registry().to_string())
-                    .unwrap_or_else(|_| address.clone());
-                let secret = self.secret(secret)?;
-                st.registry_auth.insert(host, (username.clone(), secret));
+                // Kept as given: what it covers (a registry host, or a
+                // repository prefix in one) is matched when pushing.
+                super::images::auth_scope(address)?;
+                let secret = self.secret(secret, api)?;
+                st.registry_auth
+                    .insert(address.trim().to_string(), (username.clone(), secret));
             }
             ContainerOp::WithEnvVariable {
                 name,
@@ -116,7 +116,7 @@ impl<W: Worker> Solver<W> {
             ContainerOp::WithoutEnvVariable { name } => st.env.retain(|(n, _)| n != name),
             ContainerOp::WithSecretVariable { name, secret } => {
                 check_env_name(name)?;
-                let secret = self.secret(secret)?;
+                let secret = self.secret(secret, api)?;
                 st.set_env(name, EnvValue::Secret(secret));
             }
             ContainerOp::WithWorkdir { path } => st.workdir = st.resolve(path),
@@ -250,7 +250,7 @@ impl<W: Worker> Solver<W> {
                 st.mounts.insert(st.resolve(path), MountSpec::Temp);
             }
             ContainerOp::WithMountedSecret { path, secret, mode } => {
-                let secret = self.secret(secret)?;
+                let secret = self.secret(secret, api)?;
                 st.mounts.insert(
                     st.resolve(path),
                     MountSpec::Secret {
@@ -462,7 +462,14 @@ impl<W: Worker> Solver<W> {
         }
     }
 
-    pub(super) fn secret(&self, def: &SecretDef) -> Result<Arc<SecretValue>, SolveError> {
+    /// Reads a secret now (errors only): see `session`'s secrets-first pass.
+    pub fn check_secret(&self, def: &SecretDef, api: Api) -> Result<(), SolveError> {
+        self.secret(def, api).map(drop)
+    }
+
+    /// A secret's value, read by `api`'s rule (see [`crate::secrets`]).
+    pub(super) fn secret(&self, def: &SecretDef, api: Api) -> Result<Arc<SecretValue>, SolveError> {
+        let rule = crate::secrets::Rule::of(api);
         // A module's secret argument: the caller's secret, by its handle.
         if let (None, Some(handle)) = (
             &def.plaintext,
@@ -471,9 +478,10 @@ impl<W: Worker> Solver<W> {
                 .and_then(|u| u.strip_prefix(rbuild_sdk::wire::SECRET_HANDLE)),
         ) {
             return match self.bound(handle)? {
-                (crate::graph::ModuleArgDef::Secret { secret }, _) => {
-                    self.secrets.resolve(&secret).map_err(SolveError::Invalid)
-                }
+                (crate::graph::ModuleArgDef::Secret { secret }, caller) => self
+                    .secrets
+                    .resolve(&secret, crate::secrets::Rule::of(caller))
+                    .map_err(SolveError::Invalid),
                 (other, _) => Err(SolveError::Invalid(format!(
                     "secret {:?} is bound to a {}, not a secret",
                     def.name,
@@ -481,7 +489,7 @@ impl<W: Worker> Solver<W> {
                 ))),
             };
         }
-        self.secrets.resolve(def).map_err(SolveError::Invalid)
+        self.secrets.resolve(def, rule).map_err(SolveError::Invalid)
     }
 }
 

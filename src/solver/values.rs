@@ -168,7 +168,7 @@ impl MountSpec {
             }
             MountSpec::Temp => format!("{target}\0tmpfs"),
             MountSpec::Secret { secret, mode } => {
-                format!("{target}\0secret\0{}\0{mode:o}", secret.name)
+                format!("{target}\0secret\0{}\0{mode:o}", secret.key_id())
             }
         }
     }
@@ -504,7 +504,7 @@ pub(crate) fn env_key_parts(env: &[(String, EnvValue)]) -> Vec<String> {
         .iter()
         .map(|(n, v)| match v {
             EnvValue::Plain(p) => format!("{n}={p}"),
-            EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.name),
+            EnvValue::Secret(s) => format!("{n}\0secret\0{}", s.key_id()),
         })
         .collect();
     parts.sort();

@@ -87,6 +87,12 @@ impl Networks {
             }
             a
         };
+        // Shutting down: destroyed before this returns, since nothing may
+        // wait for a background destroy any more (the process is about to
+        // exit, and the namespace would be left behind).
+        if self.inner.stop.is_cancelled() {
+            return self.inner.network.destroy(&a).await;
+        }
         let inner = self.inner.clone();
         self.inner
             .destroying
@@ -119,8 +125,15 @@ impl Networks {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let mut destroying = std::mem::take(&mut *self.inner.destroying.lock().unwrap());
-        while destroying.join_next().await.is_some() {}
+        // Until none is left: a detach that began before the stop may
+        // have added one meanwhile.
+        loop {
+            let mut destroying = std::mem::take(&mut *self.inner.destroying.lock().unwrap());
+            if destroying.is_empty() {
+                break;
+            }
+            while destroying.join_next().await.is_some() {}
+        }
         let ready: Vec<Attachment> = self.inner.ready.lock().unwrap().drain(..).collect();
         // All at once: each is a CNI DEL (a plugin run) and an unmount.
         let mut destroying = tokio::task::JoinSet::new();
