@@ -363,8 +363,12 @@ fn init_creates_a_pipeline_whose_functions_work() {
         .unwrap();
     assert!(!again.status.success(), "init never overwrites");
     let starter = std::fs::read_to_string(env.dir.path().join("ci/pipeline.rs")).unwrap();
+    // rbuild's own major.minor is the current API.
+    let current = env!("CARGO_PKG_VERSION").rsplit_once('.').unwrap().0;
     assert!(
-        starter.contains("//! [package.metadata.rbuild]\n//! api = \"0.2\"\n"),
+        starter.contains(&format!(
+            "//! [package.metadata.rbuild]\n//! api = \"{current}\"\n"
+        )),
         "the starter declares the current API: {starter}"
     );
     let out = env
