@@ -592,7 +592,11 @@ impl<W: Worker> Solver<W> {
     /// Stops an instance (idempotent): its process, namespace, proxies, and
     /// what it held of its own bindings.
     async fn stop_instance(&self, inst: &Arc<Instance>) {
-        let Some(mut r) = inst.run.lock().await.take() else {
+        // Held until the instance is down: a second stop (the run's end
+        // racing `up`'s own) waits for the first rather than returning
+        // while the namespace is still being removed.
+        let mut run = inst.run.lock().await;
+        let Some(mut r) = run.take() else {
             return;
         };
         if let Some(control) = r.control.take()
@@ -611,6 +615,7 @@ impl<W: Worker> Solver<W> {
         drop(r.deps.take());
         self.progress
             .service_stopped(r.no, &inst.plan.description, r.since.elapsed().as_millis());
+        drop(run);
     }
 
     /// `service.start()`: runs until `stop()` or the end of the run.
