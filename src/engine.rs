@@ -210,7 +210,14 @@ pub async fn run_pipeline(
     let _ = engine.index.record_run(&RunRecord {
         started: crate::gc::now_secs() - started.elapsed().as_secs() as i64,
         duration_ms: started.elapsed().as_millis() as i64,
-        pipeline: path.display().to_string(),
+        // A call shows as it was typed: the pipeline and the function.
+        pipeline: match env.iter().find(|(k, _)| *k == rbuild_sdk::wire::CALL_ENV) {
+            Some((_, spec)) => match rbuild_sdk::wire::CallSpec::from_json(spec) {
+                Ok(call) => format!("{} {}", path.display(), call.function),
+                Err(_) => path.display().to_string(),
+            },
+            None => path.display().to_string(),
+        },
         steps_run: ran as i64,
         steps_cached: cached as i64,
         exit_code: code as i64,

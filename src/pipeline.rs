@@ -273,6 +273,29 @@ fn hash_crate(dir: &Path, h: &mut blake3::Hasher) -> Result<()> {
     Ok(())
 }
 
+/// Whether a crate's manifest depends on rbuild-sdk (by name, renamed with
+/// `package = "rbuild-sdk"`, or from its workspace), in any dependency
+/// table. An unreadable manifest is left to cargo to report.
+fn depends_on_sdk(manifest: &str) -> bool {
+    let Ok(doc) = toml::from_str::<toml::Table>(manifest) else {
+        return true;
+    };
+    let names_sdk = |deps: Option<&toml::Value>| {
+        deps.and_then(toml::Value::as_table).is_some_and(|t| {
+            t.iter().any(|(name, spec)| {
+                name == "rbuild-sdk"
+                    || spec.get("package").and_then(toml::Value::as_str) == Some("rbuild-sdk")
+            })
+        })
+    };
+    names_sdk(doc.get("dependencies"))
+        || names_sdk(doc.get("workspace").and_then(|w| w.get("dependencies")))
+        || doc
+            .get("target")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|targets| targets.values().any(|t| names_sdk(t.get("dependencies"))))
+}
+
 /// Whether a crate's manifest takes rbuild-sdk from a registry (and so
 /// needs it patched to the embedded copy).
 fn wants_sdk_patch(manifest: &str) -> bool {
@@ -333,6 +356,12 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
             hash_crate(dir, &mut stamp)?;
             let manifest_path = dir.join("Cargo.toml");
             let manifest = std::fs::read_to_string(&manifest_path)?;
+            if !depends_on_sdk(&manifest) {
+                bail!(
+                    "{} does not depend on rbuild-sdk, so it is not a pipeline (running it would run that crate's own program): add `rbuild-sdk = \"0.1\"` to its [dependencies], or name the pipeline's .rs file",
+                    manifest_path.display()
+                );
+            }
             declared = declarations(&manifest, &manifest_path.display().to_string())?;
             hint_once(&project, declared, dir, false);
             let mut args = Vec::new();
@@ -472,6 +501,21 @@ fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crate_is_a_pipeline_only_when_it_depends_on_the_sdk() {
+        assert!(depends_on_sdk("[dependencies]\nrbuild-sdk = \"0.1\"\n"));
+        assert!(depends_on_sdk(
+            "[dependencies]\nrb = { package = \"rbuild-sdk\", path = \"../sdk\" }\n"
+        ));
+        assert!(depends_on_sdk(
+            "[dependencies]\nrbuild-sdk.workspace = true\n"
+        ));
+        assert!(!depends_on_sdk(
+            "[package]\nname = \"app\"\n[dependencies]\nserde = \"1\"\n"
+        ));
+        assert!(!depends_on_sdk("[package]\nname = \"app\"\n"));
+    }
 
     #[test]
     fn reads_the_embedded_cargo_block() {

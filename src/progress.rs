@@ -72,6 +72,7 @@ pub struct Progress {
     next: AtomicU64,
     ran: AtomicU64,
     cached: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Progress {
@@ -91,6 +92,7 @@ impl Progress {
             next: AtomicU64::new(1),
             ran: AtomicU64::new(0),
             cached: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -280,6 +282,7 @@ impl Progress {
     }
 
     pub fn failed(&self, no: StepNo, what: &str, reason: &str, stderr: &[u8]) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
         self.end_bar(no);
         let mut msg = format!("#{} FAILED: {what}\n#{}   {reason}", no.0, no.0);
         let tail = tail_lines(stderr, STDERR_TAIL_LINES);
@@ -313,12 +316,17 @@ impl Progress {
         if let Render::Tty(t) = &self.render {
             let _ = t.multi.clear();
         }
+        let failed = self.failed.load(Ordering::Relaxed);
+        let failures = match failed {
+            0 => String::new(),
+            n => format!(", {n} failed"),
+        };
         self.line(&format!(
-            "rbuild: {ran} steps run, {cached} cached ({ratio:.0}% hits), in {:.2} s",
+            "rbuild: {ran} steps run, {cached} cached ({ratio:.0}% hits){failures}, in {:.2} s",
             wall_ms as f64 / 1000.0
         ));
         self.json(json!({
-            "event": "summary", "steps_run": ran, "steps_cached": cached,
+            "event": "summary", "steps_run": ran, "steps_cached": cached, "steps_failed": failed,
             "hit_ratio": ratio / 100.0, "wall_ms": wall_ms as u64, "exit_code": exit_code,
         }));
     }

@@ -146,6 +146,8 @@ fn a_failure_names_command_exit_code_stderr_and_pipeline_call() {
         "| bad news",
         "created at",
         "fixtures/pipelines/steps.rs:",
+        // The run's summary counts it.
+        "cached (0% hits), 1 failed, in ",
     ] {
         assert!(
             out.stderr.contains(want),
@@ -195,6 +197,11 @@ fn functions_are_listed_and_called_with_each_argument_type() {
         "{listed}"
     );
     assert!(listed.contains("--token <secret> (required)"), "{listed}");
+    // `history` shows which function a call ran.
+    call(&env, &["scalars", "--text", "hi", "--count", "2"]).ok();
+    let history = env.command().arg("history").output().unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(history.contains("functions.rs scalars"), "{history}");
 
     let out = call(
         &env,

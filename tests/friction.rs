@@ -81,3 +81,34 @@ fn a_secret_that_cannot_be_read_fails_the_run_before_any_step() {
     );
     assert_eq!(out.ran(), 0, "a step ran first: {}", out.stderr);
 }
+
+#[test]
+fn a_crate_that_does_not_use_the_sdk_is_refused_not_run() {
+    let env = TestEnv::new("not-a-pipeline");
+    let app = env.dir.path().join("app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("src/main.rs"),
+        "fn main() { println!(\"the application ran\"); }\n",
+    )
+    .unwrap();
+    let out = env.run(&app, &[]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("does not depend on rbuild-sdk, so it is not a pipeline"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("the application ran"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("Compiling"), "{}", out.stderr);
+}
