@@ -99,6 +99,34 @@ pub fn read_listing(path: &Path, stdout: &str) -> Result<(u32, Vec<FunctionDecl>
     Ok((listing.protocol, functions))
 }
 
+/// `rbuild call`'s own flags before the call (as `rbuild run` takes them):
+/// `-i`/`--interactive` opens a shell in a failed step's container,
+/// `--interactive-command CMD` chooses it. The shell, and the rest.
+pub fn debug_flags(words: Vec<String>) -> Result<(Option<Vec<String>>, Vec<String>)> {
+    let mut interactive = false;
+    let mut command = "/bin/sh".to_string();
+    let mut rest = words.into_iter().peekable();
+    while let Some(w) = rest.peek() {
+        match w.as_str() {
+            "-i" | "--interactive" => interactive = true,
+            "--interactive-command" => {
+                rest.next();
+                command = rest
+                    .peek()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("--interactive-command needs a command"))?;
+            }
+            w if w.starts_with("--interactive-command=") => {
+                command = w["--interactive-command=".len()..].to_string();
+            }
+            _ => break,
+        }
+        rest.next();
+    }
+    let shell = interactive.then(|| command.split_whitespace().map(String::from).collect());
+    Ok((shell, rest.collect()))
+}
+
 /// A parsed `rbuild call` command line.
 #[derive(Debug, PartialEq)]
 pub struct CallLine {
@@ -289,6 +317,21 @@ mod tests {
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn call_takes_run_s_debug_flags_before_the_call() {
+        let (shell, rest) = debug_flags(words("-i build --src .")).unwrap();
+        assert_eq!(shell, Some(vec!["/bin/sh".to_string()]));
+        assert_eq!(rest, words("build --src ."));
+        let (shell, rest) = debug_flags(words(
+            "--interactive --interactive-command=bash ci.rs build",
+        ))
+        .unwrap();
+        assert_eq!(shell, Some(vec!["bash".to_string()]));
+        assert_eq!(rest, words("ci.rs build"));
+        let (shell, rest) = debug_flags(words("build -i")).unwrap();
+        assert_eq!((shell, rest), (None, words("build -i")));
     }
 
     #[test]

@@ -935,7 +935,13 @@ fn interactive_mode_opens_a_shell_in_the_failed_step() {
             steps_pipeline().display()
         ),
     );
-    tmux.wait_for("/work #");
+    // What failed is on the screen before the shell opens.
+    let screen = tmux.wait_for("/work #");
+    let (before, _) = screen.rsplit_once("/work #").unwrap();
+    assert!(
+        before.contains("FAILED: exec") && before.contains("exit code 4"),
+        "{screen}"
+    );
     tmux.keys("pwd; cat here.txt; echo mark=$MARK");
     let screen = tmux.wait_for("mark=debug-me");
     assert!(
@@ -947,6 +953,35 @@ fn interactive_mode_opens_a_shell_in_the_failed_step() {
     let screen = tmux.wait_for("RBUILD-EXIT=");
     assert!(screen.contains("RBUILD-EXIT=1"), "{screen}");
     assert!(screen.contains("exit code 4"), "{screen}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn call_dash_i_opens_a_shell_in_the_failed_step_after_showing_the_failure() {
+    let env = TestEnv::new("call-interactive");
+    let rbuild = env!("CARGO_BIN_EXE_rbuild");
+    let tmux = Tmux::start(
+        &env,
+        &format!(
+            "{rbuild} call -i {} fails",
+            repo_root()
+                .join("fixtures/pipelines/functions.rs")
+                .display()
+        ),
+    );
+    let screen = tmux.wait_for("/work #");
+    let (before, _) = screen.rsplit_once("/work #").unwrap();
+    assert!(
+        before.contains("FAILED: exec")
+            && before.contains("exit code 5")
+            && before.contains("| oops"),
+        "{screen}"
+    );
+    tmux.keys("cat here.txt");
+    tmux.wait_for("left-by-the-call");
+    tmux.keys("exit");
+    let screen = tmux.wait_for("RBUILD-EXIT=");
+    assert!(screen.contains("RBUILD-EXIT=1"), "{screen}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 

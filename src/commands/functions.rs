@@ -60,9 +60,11 @@ pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
 }
 
 pub async fn call(global: &GlobalOpts, words: Vec<String>) -> Result<i32> {
+    let (shell, words) = functions::debug_flags(words)?;
     let line = functions::parse_call(&words)?;
     let path = line.path.clone().map_or_else(default_pipeline, Ok)?;
-    let config = EngineConfig::from(global);
+    let mut config = EngineConfig::from(global);
+    config.debug_shell = shell;
     // Arguments are checked against the declaration before anything runs.
     let declared = functions::describe(&config, &path).await?;
     let spec = functions::call_spec(&line, &declared.functions, &path, declared.api)?;

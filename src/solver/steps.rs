@@ -146,7 +146,10 @@ impl<W: Worker> Solver<W> {
                         return Err(e);
                     }
                 };
-                let (output, forwarder) = self.forward_output(no);
+                let stderr_tail = StderrTail::default();
+                let (output, forwarder) = self.forward_output(no, stderr_tail.clone());
+                // With -i, the failure is shown before the shell opens.
+                let shown_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let req = ExecRequest {
                     key: plan.key,
                     name: step_snapshot_name(&plan.key),
@@ -161,7 +164,28 @@ impl<W: Worker> Solver<W> {
                     output: Some(output),
                     network: network.clone(),
                     terminal: match &self.debug_shell {
-                        Some(command) => TerminalUse::OnFailure(self.interactive(command.clone())),
+                        Some(command) => {
+                            let progress = self.progress.clone();
+                            let (what, at) = (plan.description.clone(), exec.at.clone());
+                            let shown = shown_failed.clone();
+                            let before = move |exit_code: i64| {
+                                let mut reason = format!("exit code {exit_code}");
+                                if let Some(at) = &at {
+                                    reason.push_str(&format!(", created at {at}"));
+                                }
+                                let tail: Vec<String> = stderr_tail
+                                    .lock()
+                                    .expect("stderr tail lock poisoned")
+                                    .iter()
+                                    .cloned()
+                                    .collect();
+                                progress.failed(no, &what, &reason, tail.join("\n").as_bytes());
+                                shown.store(true, std::sync::atomic::Ordering::SeqCst);
+                            };
+                            let mut shell = self.interactive(command.clone());
+                            shell.before = Arc::new(before);
+                            TerminalUse::OnFailure(shell)
+                        }
                         None => TerminalUse::None,
                     },
                     start_gate,
@@ -206,8 +230,10 @@ impl<W: Worker> Solver<W> {
                     if let Some(at) = &exec.at {
                         reason.push_str(&format!(", created at {at}"));
                     }
-                    self.progress
-                        .failed(no, &plan.description, &reason, &outcome.stderr);
+                    if !shown_failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        self.progress
+                            .failed(no, &plan.description, &reason, &outcome.stderr);
+                    }
                     return Err(SolveError::ExecFailed {
                         command: shell_words(&exec.args),
                         exit_code: outcome.exit_code,
@@ -416,6 +442,7 @@ impl<W: Worker> Solver<W> {
     pub(super) fn forward_output(
         &self,
         no: crate::progress::StepNo,
+        stderr_tail: StderrTail,
     ) -> (
         tokio::sync::mpsc::Sender<rbuild_runtime::OutputChunk>,
         tokio::task::JoinHandle<[Capture; 2]>,
@@ -448,6 +475,13 @@ impl<W: Worker> Solver<W> {
                 let shown = scrubber.push(&chunk.bytes);
                 capture.push(&shown);
                 for line in lines.push(&shown) {
+                    if stream == Stream::Stderr {
+                        let mut tail = stderr_tail.lock().expect("stderr tail lock poisoned");
+                        if tail.len() == crate::progress::STDERR_TAIL_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line.clone());
+                    }
                     progress.output(no, stream, &line);
                 }
             }
@@ -641,3 +675,7 @@ impl<W: Worker> Solver<W> {
         .boxed()
     }
 }
+
+/// A running step's last stderr lines (scrubbed), for a failure shown
+/// before `-i`'s shell opens.
+pub(super) type StderrTail = Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;

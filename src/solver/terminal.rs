@@ -14,6 +14,7 @@ impl<W: Worker> Solver<W> {
         Interactive {
             command,
             pause: Arc::new(move |on| progress.pause(on)),
+            before: Arc::new(|_| {}),
         }
     }
 

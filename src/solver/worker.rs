@@ -180,6 +180,9 @@ pub struct Interactive {
     pub command: Vec<String>,
     /// Called with true before the shell takes the terminal, false after.
     pub pause: Arc<dyn Fn(bool) + Send + Sync>,
+    /// Called with the failed step's exit code before a shell on failure
+    /// opens (the failure is shown first).
+    pub before: Arc<dyn Fn(i64) + Send + Sync>,
 }
 
 impl std::fmt::Debug for Interactive {

@@ -259,7 +259,9 @@ impl ContainerdWorker {
         if !req.expect.accepts(exit_code)
             && let TerminalUse::OnFailure(shell) = &req.terminal
         {
-            // The failed step's own filesystem, environment and mounts.
+            // The failed step's own filesystem, environment and mounts,
+            // once the user has seen what failed.
+            (shell.before)(exit_code);
             let _ = self.terminal(debug_run, shell).await;
         }
         let mut changes = None;
