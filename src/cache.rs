@@ -17,7 +17,7 @@ fn open_index(config: &EngineConfig) -> Result<Index> {
 }
 
 /// How long ago, in the largest unit that still shows a change.
-fn age(secs: i64) -> String {
+pub fn age(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -36,7 +36,7 @@ fn size(n: i64) -> String {
 }
 
 /// Bytes under a directory (files only; symlinks not followed).
-fn du(dir: &Path) -> u64 {
+pub fn du(dir: &Path) -> u64 {
     ignore::WalkBuilder::new(dir)
         .standard_filters(false)
         .build()
@@ -262,6 +262,34 @@ impl fmt::Display for History {
                 r.exit_code,
                 r.pipeline
             )?;
+        }
+        Ok(())
+    }
+}
+
+/// `rbuild cache volumes`: each cache volume, largest first.
+pub struct VolumeList {
+    volumes: Vec<crate::volumes::VolumeInfo>,
+    now: i64,
+}
+
+pub fn volumes(config: &EngineConfig) -> VolumeList {
+    VolumeList {
+        volumes: crate::volumes::Volumes::new(&config.root).list(),
+        now: now_secs(),
+    }
+}
+
+impl fmt::Display for VolumeList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>10}  {:>9}  NAME", "SIZE", "LAST USED")?;
+        for v in &self.volumes {
+            let used = match (v.in_use, v.last_used) {
+                (true, _) => "in use".to_string(),
+                (false, Some(t)) => format!("{} ago", age(self.now - t)),
+                (false, None) => "?".to_string(),
+            };
+            write!(f, "\n{:>10}  {used:>9}  {}", human_bytes(v.size), v.name)?;
         }
         Ok(())
     }

@@ -167,6 +167,20 @@ pub enum CacheCommand {
     },
     /// Check the cache's invariants and what killed runs left; exits 1 naming each problem.
     Verify,
+    /// Cache volumes: size and last use (`rm NAME` removes one).
+    Volumes {
+        #[command(subcommand)]
+        command: Option<VolumesCommand>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumesCommand {
+    /// Remove a cache volume (unless a running step holds it).
+    Rm {
+        /// The volume's name, as the pipeline gave it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -62,6 +62,10 @@ impl Volumes {
         use crate::locks::{Waited, try_flock, wait_for_lock};
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir).map_err(Waited::Failed)?;
+        // For `rbuild cache volumes`: its name (the directory's is
+        // shortened and made safe) and when it was last used.
+        let _ = std::fs::write(dir.join(NAME_FILE), name);
+        let _ = std::fs::write(dir.join(USED_FILE), crate::gc::now_secs().to_string());
         let mode = match sharing {
             Sharing::Shared => FlockOperation::NonBlockingLockShared,
             Sharing::Locked => FlockOperation::NonBlockingLockExclusive,
@@ -75,6 +79,67 @@ impl Volumes {
         )
         .await?;
         Ok(VolumeUse { path, _lock: lock })
+    }
+
+    /// Every volume: its name, size, last use and whether a step holds it
+    /// now; largest first.
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let Ok(dirs) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out: Vec<VolumeInfo> = dirs
+            .flatten()
+            .filter(|d| d.path().is_dir())
+            .map(|d| {
+                let dir = d.path();
+                let name = std::fs::read_to_string(dir.join(NAME_FILE))
+                    .unwrap_or_else(|_| d.file_name().to_string_lossy().into_owned());
+                let last_used = std::fs::read_to_string(dir.join(USED_FILE))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                VolumeInfo {
+                    size: instances(&dir).iter().map(|i| crate::cache::du(i)).sum(),
+                    in_use: held(&dir),
+                    name,
+                    last_used,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
+        out
+    }
+
+    /// Removes the volume `name` (every instance), unless a step holds it.
+    pub fn remove(&self, name: &str) -> Result<u64, String> {
+        let dir = self.dir(name);
+        if !dir.is_dir() {
+            return Err(format!(
+                "no cache volume {name:?} (`rbuild cache volumes` lists them)"
+            ));
+        }
+        // Each instance locked exclusively while it goes, so that no step
+        // takes it meanwhile.
+        let mut size = 0;
+        let mut taken = Vec::new();
+        for i in instances(&dir) {
+            let instance = i
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match try_instance(&dir, &instance).map_err(|e| e.to_string())? {
+                Some(u) => taken.push(u),
+                None => {
+                    return Err(format!(
+                        "cache volume {name:?} is in use by a running step: try again when it ends"
+                    ));
+                }
+            }
+            size += crate::cache::du(&i);
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+        drop(taken);
+        Ok(size)
     }
 
     /// Removes every volume instance nobody holds; returns how many volumes went entirely.
@@ -106,6 +171,45 @@ impl Volumes {
         }
         Ok(removed)
     }
+}
+
+/// A volume's name, as the pipeline gave it.
+const NAME_FILE: &str = "name";
+/// When it was last taken (Unix seconds).
+const USED_FILE: &str = "last-used";
+
+/// What `rbuild cache volumes` shows of a volume.
+#[derive(Debug)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub size: u64,
+    pub last_used: Option<i64>,
+    pub in_use: bool,
+}
+
+/// A volume's instance directories (`data`, `private-N`).
+fn instances(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a step holds an instance of the volume now.
+fn held(dir: &Path) -> bool {
+    instances(dir).iter().any(|i| {
+        let name = i
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        matches!(try_instance(dir, &name), Ok(None))
+    })
 }
 
 fn open_lock(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
@@ -207,6 +311,33 @@ mod tests {
         assert!(matches!(r, Err(crate::locks::Waited::Cancelled)));
         drop(held);
         take(&v, "npm", Sharing::Locked).await;
+    }
+
+    #[tokio::test]
+    async fn volumes_are_listed_by_name_and_removed_unless_held() {
+        let root = tempfile::tempdir().unwrap();
+        let v = Volumes::new(root.path());
+        let held = take(&v, "cargo registry", Sharing::Shared).await;
+        std::fs::write(held.path.join("crate"), vec![0u8; 4096]).unwrap();
+        drop(take(&v, "npm", Sharing::Private).await);
+        let listed = v.list();
+        assert_eq!(
+            listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            ["cargo registry", "npm"]
+        );
+        assert_eq!(listed[0].size, 4096);
+        assert!(listed[0].in_use && !listed[1].in_use);
+        assert!(listed[1].last_used.is_some());
+        let e = v.remove("cargo registry").unwrap_err();
+        assert!(e.contains("in use by a running step"), "{e}");
+        drop(held);
+        assert_eq!(v.remove("cargo registry").unwrap(), 4096);
+        assert!(
+            v.remove("cargo registry")
+                .unwrap_err()
+                .contains("no cache volume")
+        );
+        assert_eq!(v.list().len(), 1);
     }
 
     #[test]

@@ -112,3 +112,48 @@ fn a_crate_that_does_not_use_the_sdk_is_refused_not_run() {
     );
     assert!(!out.stderr.contains("Compiling"), "{}", out.stderr);
 }
+
+#[test]
+fn cache_volumes_are_listed_with_their_size_and_removed_by_name() {
+    let env = TestEnv::new("volumes-ls");
+    env.steps(&[
+        &format!("from={BUSYBOX}"),
+        "cache=deps store:/cache",
+        "exec=head -c 300000 /dev/zero > /cache/blob",
+        "print=stdout",
+    ])
+    .ok();
+    let volumes = |args: &[&str]| {
+        Outcome::from(
+            env.command()
+                .args(["cache", "volumes"])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let listed = volumes(&[]).ok();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.ends_with("  deps store"))
+        .unwrap_or_else(|| panic!("{}", listed.stdout));
+    assert!(row.contains("300.0 kB"), "{row}");
+    assert!(row.contains(" ago"), "{row}");
+    let removed = volumes(&["rm", "deps store"]).ok();
+    assert!(
+        removed
+            .stdout
+            .contains("removed cache volume \"deps store\""),
+        "{}",
+        removed.stdout
+    );
+    assert!(!volumes(&[]).ok().stdout.contains("deps store"));
+    let missing = volumes(&["rm", "deps store"]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("no cache volume \"deps store\""),
+        "{}",
+        missing.stderr
+    );
+}

@@ -1,10 +1,10 @@
-//! `rbuild cache ls|du|prune|verify` and `rbuild history`.
+//! `rbuild cache ls|du|prune|verify|volumes` and `rbuild history`.
 
 use anyhow::Result;
 
 use super::out;
 use crate::cache::{self, PruneRequest};
-use crate::cli::{CacheCommand, GlobalOpts};
+use crate::cli::{CacheCommand, GlobalOpts, VolumesCommand};
 use crate::engine::EngineConfig;
 
 pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
@@ -23,6 +23,18 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
                 all,
             };
             out(cache::prune(&config, request).await?);
+        }
+        CacheCommand::Volumes { command: None } => out(cache::volumes(&config)),
+        CacheCommand::Volumes {
+            command: Some(VolumesCommand::Rm { name }),
+        } => {
+            let size = crate::volumes::Volumes::new(&config.root)
+                .remove(&name)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            out(format_args!(
+                "removed cache volume {name:?} ({})",
+                crate::gc::human_bytes(size)
+            ));
         }
         CacheCommand::Verify => {
             let report = cache::verify(&config).await?;
