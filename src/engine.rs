@@ -45,13 +45,13 @@ pub async fn connect(config: &EngineConfig) -> Result<Containerd> {
             let managed = ManagedContainerd::new(&config.root);
             let (c, started) = managed.start(&config.namespace).await?;
             if started {
-                eprintln!(
+                crate::progress::say(&format!(
                     "rbuild: no containerd answers at {}; started rbuild's own (socket {}, state under {}); \
                      later runs reuse it, `rbuild engine stop` stops it",
                     config.address.display(),
                     managed.socket().display(),
                     managed.dir().display()
-                );
+                ));
             }
             Ok(c)
         }
@@ -157,11 +157,12 @@ pub async fn run_pipeline(
     // goes above it rather than through it.
     let tty = config.progress == Mode::Tty;
     let stdout_is_tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if tty {
+    // Under --progress json, its stderr lines become events too.
+    if tty || config.progress == Mode::Json {
         command.stderr(std::process::Stdio::piped());
-        if stdout_is_tty {
-            command.stdout(std::process::Stdio::piped());
-        }
+    }
+    if tty && stdout_is_tty {
+        command.stdout(std::process::Stdio::piped());
     }
     let mut child = command
         .spawn()
@@ -197,7 +198,7 @@ pub async fn run_pipeline(
     drop(session);
     let code = match status {
         None => {
-            eprintln!("rbuild: interrupted; running steps were stopped and cleaned up");
+            crate::progress::say("rbuild: interrupted; running steps were stopped and cleaned up");
             130
         }
         Some(s) => s.code().unwrap_or_else(|| {
@@ -234,11 +235,11 @@ async fn auto_gc(engine: &Engine, config: &EngineConfig, run_started: i64) {
     };
     if let Some(policy) = crate::gc::auto_policy(&config.root, cached, run_started) {
         match crate::gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await {
-            Ok(p) if p.entries > 0 => eprintln!(
+            Ok(p) if p.entries > 0 => crate::progress::say(&format!(
                 "rbuild: the cache was over its limit: removed {} least recently used entries ({})",
                 p.entries,
                 crate::gc::human_bytes(p.bytes)
-            ),
+            )),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "automatic cache pruning failed"),
         }

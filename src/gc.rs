@@ -95,10 +95,10 @@ pub async fn prune(
         if !e.is_disk_full() || !release_reserve(root) {
             return Err(e.into());
         }
-        eprintln!(
+        crate::progress::say(&format!(
             "rbuild: the filesystem holding {} is full; pruning with the space rbuild keeps in reserve",
             root.display()
-        );
+        ));
         index.forget(&doomed)?;
     }
     // Stored output no remaining entry names; the same bytes may be another's.

@@ -44,7 +44,7 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rbuild: {e:#}");
+            progress::say_as("error", "message", &format!("rbuild: {e:#}"));
             1
         }
     };

@@ -243,10 +243,10 @@ fn hint_once(dir: &Path, declared: Declared, pipeline: &Path, single_file: bool)
     if marker.exists() {
         return;
     }
-    eprintln!(
-        "{}",
-        api::undeclared_hint(&pipeline.display().to_string(), single_file)
-    );
+    crate::progress::say(&api::undeclared_hint(
+        &pipeline.display().to_string(),
+        single_file,
+    ));
     let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b""));
 }
 
@@ -451,7 +451,12 @@ fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<Pat
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Under --progress json, cargo's lines become events too.
+        .stderr(if crate::progress::is_json() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -460,6 +465,13 @@ fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<Pat
                 anyhow!("cannot start cargo: {e}")
             }
         })?;
+    let relay = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                crate::progress::say_as("compile", "line", &line);
+            }
+        })
+    });
     let mut executables = Vec::new();
     let stdout = child.stdout.take().expect("piped stdout");
     for line in std::io::BufReader::new(stdout).lines() {
@@ -474,6 +486,9 @@ fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<Pat
         }
     }
     let status = child.wait()?;
+    if let Some(relay) = relay {
+        let _ = relay.join();
+    }
     if !status.success() {
         bail!("it failed to compile (cargo's messages are above)");
     }

@@ -22,6 +22,38 @@ use crate::secrets::Secrets;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StepNo(pub u64);
 
+/// Whether this process reports as JSON (`--progress json`): then every
+/// line rbuild writes to stderr is a JSON object, its own messages
+/// (`{"event": "message"}`), cargo's compile output (`"compile"`) and the
+/// pipeline's own lines (`"pipeline_output"`) included.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets how this process reports (once, before anything is said).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// One line on stderr outside a run's display: as it is, or under
+/// `--progress json` as an event of `kind` with the line under `field`.
+pub fn say_as(kind: &str, field: &str, text: &str) {
+    if is_json() {
+        let mut event = json!({"event": kind});
+        event[field] = json!(text);
+        eprintln!("{event}");
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// A message of rbuild's own (a hint, a notice, an error).
+pub fn say(text: &str) {
+    say_as("message", "text", text);
+}
+
 /// How many stderr lines a failure shows.
 pub const STDERR_TAIL_LINES: usize = 20;
 
@@ -163,6 +195,7 @@ impl Progress {
             Render::Tty(t) => {
                 let _ = t.multi.println(line);
             }
+            Render::Json(_) => self.json(json!({"event": "pipeline_output", "line": line})),
             _ => eprintln!("{line}"),
         }
     }
@@ -207,6 +240,15 @@ impl Progress {
     /// A line a running step wrote.
     pub fn output(&self, no: StepNo, stream: Stream, line: &str) {
         let line = line.trim_end_matches('\r');
+        // Shown on a terminal: escape sequences and control characters as
+        // text, so that a step cannot clear the screen or move the cursor
+        // (JSON escapes them itself).
+        let shown = if matches!(self.render, Render::Json(_)) {
+            std::borrow::Cow::Borrowed(line)
+        } else {
+            neutralized(line)
+        };
+        let line = shown.as_ref();
         match &self.render {
             Render::Tty(t) => {
                 if let Some((bar, what)) = t.bars.lock().unwrap().get(&no) {
@@ -289,7 +331,7 @@ impl Progress {
         if !tail.is_empty() {
             msg.push_str(&format!("\n#{}   stderr (last lines):", no.0));
             for l in tail.lines() {
-                msg.push_str(&format!("\n#{}   | {l}", no.0));
+                msg.push_str(&format!("\n#{}   | {}", no.0, neutralized(l)));
             }
         }
         self.line(&msg);
@@ -519,5 +561,37 @@ mod tests {
         assert_eq!(out[1], "next");
         assert_eq!(lines.finish().as_deref(), Some("last"));
         assert_eq!(lines.finish(), None);
+    }
+}
+
+/// `line` with every control character (C0 but tab, DEL, C1) written as
+/// `\xNN`, escape sequences included: what a terminal shows as text.
+pub fn neutralized(line: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| c.is_control() && c != '\t';
+    if !line.chars().any(control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if control(c) {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod neutralize_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_escape_sequences_show_as_text() {
+        assert_eq!(neutralized("plain\ttext"), "plain\ttext");
+        assert_eq!(neutralized("\u{1b}[2Jcleared"), "\\x1b[2Jcleared");
+        assert_eq!(neutralized("a\rb\u{7}c"), "a\\x0db\\x07c");
+        assert_eq!(neutralized("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(neutralized("ünïcode ✓"), "ünïcode ✓");
     }
 }

@@ -252,6 +252,22 @@ async fn answer<M: Worker>(
                 .await;
             Ok(Value::String(String::from_utf8_lossy(&all).into_owned()))
         }
+        Query::StdoutBytes { container } => {
+            let st = solver.container(&container, api).await?;
+            let out = st.last_exec("stdout_bytes")?;
+            let all = solver
+                .whole_output(&out.stdout, out.stdout_file.as_ref())
+                .await;
+            Ok(Value::String(hex::encode(all)))
+        }
+        Query::StderrBytes { container } => {
+            let st = solver.container(&container, api).await?;
+            let out = st.last_exec("stderr_bytes")?;
+            let all = solver
+                .whole_output(&out.stderr, out.stderr_file.as_ref())
+                .await;
+            Ok(Value::String(hex::encode(all)))
+        }
         Query::ExitCode { container } => {
             let st = solver.container(&container, api).await?;
             Ok(json!(st.last_exec("exit_code")?.exit_code))

@@ -157,3 +157,99 @@ fn cache_volumes_are_listed_with_their_size_and_removed_by_name() {
         missing.stderr
     );
 }
+
+#[test]
+fn under_progress_json_every_line_on_stderr_is_an_event() {
+    let env = TestEnv::new("json-only");
+    // New source, so that cargo compiles it (and says so); undeclared, so
+    // that rbuild hints how to declare an API version.
+    let pipeline = env.dir.path().join("talkative.rs");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"use rbuild_sdk as rb;
+#[tokio::main]
+async fn main() -> rb::Result<()> {{
+    let client = rb::connect().await?;
+    eprintln!("from the pipeline {{}}", "{}");
+    print!("{{}}", client.container().from("{BUSYBOX}").with_exec(["echo", "out"]).stdout().await?);
+    Ok(())
+}}
+"#,
+            env.namespace
+        ),
+    )
+    .unwrap();
+    let (out, _) = run_json(&env, &pipeline, &[]);
+    let out = out.ok();
+    let mut kinds = std::collections::BTreeSet::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{}", out.stderr));
+        kinds.insert(
+            v["event"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no event: {line}"))
+                .to_string(),
+        );
+        if v["event"] == "pipeline_output" {
+            assert_eq!(v["line"], format!("from the pipeline {}", env.namespace));
+        }
+    }
+    for k in ["compile", "message", "pipeline_output", "summary"] {
+        assert!(kinds.contains(k), "no {k} event: {kinds:?}\n{}", out.stderr);
+    }
+    assert_eq!(out.stdout, "out\n", "stdout stays the pipeline's own");
+}
+
+#[test]
+fn a_step_cannot_clear_the_screen_of_plain_output() {
+    let env = TestEnv::new("escapes");
+    let out = env
+        .run_command(
+            &steps_pipeline(),
+            &[
+                &format!("from={BUSYBOX}"),
+                "exec=printf '\\033[2J\\033[Hscreen cleared?\\n'; printf 'bell\\007\\n' >&2",
+                "print=stdout",
+            ],
+        )
+        .env("RBUILD_PROGRESS", "plain")
+        .output()
+        .unwrap();
+    let out = Outcome::from(out).ok();
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{7}'),
+        "a raw escape reached the terminal: {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("| \\x1b[2J\\x1b[Hscreen cleared?"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("| bell\\x07"), "{}", out.stderr);
+    // The bytes themselves are the step's: stdout() returns them as written.
+    assert!(out.stdout.contains("\u{1b}[2J"), "{:?}", out.stdout);
+}
+
+#[test]
+fn output_that_is_not_utf8_is_replaced_as_text_and_exact_as_bytes() {
+    let env = TestEnv::new("bytes");
+    let out = env.run(&declaring(&env, "0.3"), &["bytes"]).ok();
+    assert!(
+        out.stdout.contains("text: \"ok\u{fffd}\u{fffd}\\n\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("bytes: [111, 107, 255, 254, 10]"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("stderr bytes: [101, 128]"),
+        "{}",
+        out.stdout
+    );
+}

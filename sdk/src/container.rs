@@ -490,6 +490,9 @@ impl Container {
     /// out here; all T bytes are in PATH]`), should that file be gone.
     /// Output of hundreds of megabytes is better written to a file in the
     /// container and read from there (`file(path)`, `export`).
+    ///
+    /// As text: bytes that are not UTF-8 are replaced with U+FFFD (`�`);
+    /// [`Container::stdout_bytes`] returns them exactly.
     pub fn stdout(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stdout {
             container: self.def(),
@@ -497,11 +500,28 @@ impl Container {
     }
 
     /// What the last `with_exec` wrote to standard error (secrets scrubbed),
-    /// whole, like [`Container::stdout`].
+    /// whole, like [`Container::stdout`] (and as text, like it).
     pub fn stderr(&self) -> impl Future<Output = Result<String>> + Send + 'static {
         self.ask(Query::Stderr {
             container: self.def(),
         })
+    }
+
+    /// [`Container::stdout`]'s bytes exactly as the step wrote them
+    /// (secrets scrubbed), UTF-8 or not (protocol 3).
+    pub fn stdout_bytes(&self) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static {
+        let hex = self.ask::<String>(Query::StdoutBytes {
+            container: self.def(),
+        });
+        async move { from_hex(&hex.await?) }
+    }
+
+    /// [`Container::stderr`]'s bytes exactly (protocol 3).
+    pub fn stderr_bytes(&self) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static {
+        let hex = self.ask::<String>(Query::StderrBytes {
+            container: self.def(),
+        });
+        async move { from_hex(&hex.await?) }
     }
 
     /// The exit code of the last `with_exec`.
@@ -522,4 +542,24 @@ impl Container {
             Ok(this)
         }
     }
+}
+
+/// Bytes from the engine's hex (JSON carries no raw bytes; a hex decoder
+/// here costs a pipeline's compile nothing, a base64 crate would).
+fn from_hex(hex: &str) -> Result<Vec<u8>> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [h, l] => Some(digit(*h)? << 4 | digit(*l)?),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| {
+            crate::error::Error::new("the engine sent output bytes in a form this SDK cannot read")
+        })
 }

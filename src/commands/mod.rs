@@ -19,6 +19,7 @@ use crate::progress::Mode;
 /// Runs the subcommand; the exit code to leave with.
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     let global = &cli.global;
+    crate::progress::set_json(Mode::from(global.progress).resolve() == Mode::Json);
     match cli.command {
         Command::Run {
             path,

@@ -61,6 +61,8 @@ impl Seen {
         match q {
             Query::Stdout { container }
             | Query::Stderr { container }
+            | Query::StdoutBytes { container }
+            | Query::StderrBytes { container }
             | Query::ExitCode { container }
             | Query::Sync { container }
             | Query::Terminal { container, .. }
@@ -167,9 +169,11 @@ impl Seen {
 
 type Variants<T, const N: usize> = (fn(&T) -> &'static str, [&'static str; N]);
 
-const QUERY: Variants<Query, 25> = variants!(Query {
+const QUERY: Variants<Query, 27> = variants!(Query {
     Stdout,
     Stderr,
+    StdoutBytes,
+    StderrBytes,
     ExitCode,
     Sync,
     Terminal,
@@ -436,6 +440,8 @@ async fn every_builder_and_query(client: &rb::Client) {
 
     let _ = ctr.stdout().await;
     let _ = ctr.stderr().await;
+    let _ = ctr.stdout_bytes().await;
+    let _ = ctr.stderr_bytes().await;
     let _ = ctr.exit_code().await;
     let _ = ctr.sync().await;
     let _ = ctr.terminal().await;
@@ -484,7 +490,7 @@ async fn every_request_the_sdk_sends_is_read_by_the_engine_as_sent() {
     let (client, recorded) = rb::recording_client(TOKEN);
     every_builder_and_query(&client).await;
     let lines = recorded.take();
-    assert_eq!(lines.len(), 29, "one request per query");
+    assert_eq!(lines.len(), 31, "one request per query");
 
     let mut seen = Seen::default();
     for line in &lines {

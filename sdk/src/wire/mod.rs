@@ -32,7 +32,7 @@
 //! |----------|------------|-------------------------------------------------------|
 //! | 1        | 0.1        | the first (older 0.1 SDKs send no version)            |
 //! | 2        | 0.1        | services: `with_service_binding`, `with_docker_healthcheck`, `service.*` queries |
-//! | 3        | 0.1        | modules: `module` and `value` sources, `module.*` queries, a call's `values` and the `return` action |
+//! | 3        | 0.1        | modules: `module` and `value` sources, `module.*` queries, a call's `values` and the `return` action; `container.stdout_bytes`/`stderr_bytes` |
 //!
 //! A change to any shape here (a new op, field or query, a different
 //! default) is a new protocol version: bump [`PROTOCOL`], add a row above,

@@ -72,6 +72,13 @@ pub enum Query {
     /// Text: what the last `with_exec` wrote to standard error.
     #[cfg_attr(feature = "engine", serde(rename = "container.stderr"))]
     Stderr { container: ContainerDef },
+    /// Text: the lowercase hex of the last `with_exec`'s standard output,
+    /// byte for byte (protocol 3).
+    #[cfg_attr(feature = "engine", serde(rename = "container.stdout_bytes"))]
+    StdoutBytes { container: ContainerDef },
+    /// Text: the same of its standard error (protocol 3).
+    #[cfg_attr(feature = "engine", serde(rename = "container.stderr_bytes"))]
+    StderrBytes { container: ContainerDef },
     /// A number: the last `with_exec`'s exit code.
     #[cfg_attr(feature = "engine", serde(rename = "container.exit_code"))]
     ExitCode { container: ContainerDef },
@@ -197,6 +204,8 @@ impl Query {
         match self {
             Query::Stdout { .. } => "container.stdout",
             Query::Stderr { .. } => "container.stderr",
+            Query::StdoutBytes { .. } => "container.stdout_bytes",
+            Query::StderrBytes { .. } => "container.stderr_bytes",
             Query::ExitCode { .. } => "container.exit_code",
             Query::Sync { .. } => "container.sync",
             Query::Terminal { .. } => "container.terminal",
@@ -230,6 +239,8 @@ impl ToJson for Query {
         match self {
             Query::Stdout { container }
             | Query::Stderr { container }
+            | Query::StdoutBytes { container }
+            | Query::StderrBytes { container }
             | Query::ExitCode { container }
             | Query::Sync { container } => tagged!("kind" = kind, container),
             Query::Terminal { container, command } => {
