@@ -4,16 +4,20 @@
 CARGO ?= cargo
 RBUILD := target/release/rbuild
 
-.PHONY: setup build demo test unit faults lint bench clean-fixtures
+.PHONY: setup setup-demo build demo test unit faults lint bench clean-fixtures
 
 setup:
 	bash fixtures/setup.sh
+
+# Only what the demo needs (no Rust toolchain image, service images or dockerd).
+setup-demo:
+	bash fixtures/setup.sh --demo
 
 build:
 	$(CARGO) build --release --bin rbuild
 
 # Runs the demo pipeline twice: the second run is fully cached.
-demo: setup build
+demo: setup-demo build
 	$(RBUILD) run examples/hello/pipeline.rs
 	$(RBUILD) run examples/hello/pipeline.rs
 
