@@ -1662,8 +1662,10 @@ rd_edit() {
 }
 
 rd_rb_run() { # log
+  local ca=()
+  [[ -f $RD_CA ]] && ca=(--ca-cert "$RD_CA")
   RBUILD_ROOT=$RD_ROOT RBUILD_CACHE_DIR=$RB_CACHE RBUILD_NAMESPACE=$RD_NS RBUILD_RUST_IMAGE=$RD_IMAGE \
-    "$RBUILD" run "$RD_PIPELINE" -- "$RD_PROJECT" >"$1.out" 2>"$1"
+    "$RBUILD" run "${ca[@]}" "$RD_PIPELINE" -- "$RD_PROJECT" >"$1.out" 2>"$1"
 }
 
 RD_RB_DEPS_RE='^#[0-9]+ exec cargo build --release --locked'

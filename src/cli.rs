@@ -74,6 +74,16 @@ pub struct GlobalOpts {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) to add to every step's trust store, for a
+    /// TLS-inspecting proxy or a corporate CA; repeatable. Not the host's
+    /// bundle unless named (its path: /etc/ssl/certs/ca-certificates.crt).
+    #[arg(
+        long = "ca-cert",
+        global = true,
+        env = "RBUILD_CA_CERTS",
+        value_delimiter = ','
+    )]
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// `--progress`'s values (the engine's own is `progress::Mode`).

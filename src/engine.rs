@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub progress: Mode,
     /// `-i`: the shell to open in a failed step's container.
     pub debug_shell: Option<Vec<String>>,
+    /// `--ca-cert`: extra CA certificates for every step's trust store.
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// The containerd at the configured address, or else rbuild's own (started
@@ -96,6 +98,10 @@ impl Engine {
             .remove_orphans()
             .await
             .context("clean up after an interrupted run")?;
+        // Bundles are content-addressed and small: kept, not scratch.
+        let extra_ca =
+            crate::solver::ca::ExtraCa::read(&config.ca_certs, &config.root.join("ca-bundles"))
+                .map_err(anyhow::Error::msg)?;
         let secrets = Arc::new(Secrets::default());
         let progress = Arc::new(Progress::stderr(config.progress, secrets.clone()));
         let solver = Solver::new(
@@ -111,6 +117,7 @@ impl Engine {
                 cancel,
                 outputs: crate::output::OutputStore::new(&config.root),
                 pipelines: Some(config.cache_dir.clone()),
+                extra_ca,
             },
         );
         Ok(Engine {

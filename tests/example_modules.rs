@@ -20,7 +20,10 @@ fn the_rust_module_builds_and_tests_a_project_for_the_pipeline_that_calls_it() {
         .unwrap();
     }
     let pipeline = repo_root().join("examples/modules/pipeline.rs");
-    let run = || env.run(&pipeline, &[project.to_str().unwrap()]).ok();
+    let run = || {
+        env.run_trusting_host_ca(&pipeline, &[project.to_str().unwrap()])
+            .ok()
+    };
     let module = repo_root().join("examples/modules/rust");
     let module_ran = |out: &Outcome, f: &str| {
         out.stderr

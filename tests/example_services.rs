@@ -7,12 +7,21 @@
 
 mod common;
 
-use common::{Outcome, TestEnv, count_events as count, repo_root, run_json};
+use common::{HOST_CA, Outcome, TestEnv, count_events as count, events, repo_root};
 use serde_json::Value;
 
+/// With the host's CA bundle in every step's trust store (cargo fetches
+/// through this machine's TLS-inspecting proxy).
 fn run(env: &TestEnv, app: &std::path::Path) -> (Outcome, Vec<Value>) {
     let pipeline = repo_root().join("examples/services/pipeline.rs");
-    run_json(env, &pipeline, &[app.to_str().unwrap()])
+    let mut cmd = env.run_command(&pipeline, &[app.to_str().unwrap()]);
+    cmd.env("RBUILD_PROGRESS", "json");
+    if std::path::Path::new(HOST_CA).exists() {
+        cmd.env("RBUILD_CA_CERTS", HOST_CA);
+    }
+    let out = Outcome::from(cmd.output().expect("start rbuild"));
+    let events = events(&out.stderr);
+    (out, events)
 }
 
 /// Exec steps that started (ran) and that were cached.

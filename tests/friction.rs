@@ -253,3 +253,75 @@ fn output_that_is_not_utf8_is_replaced_as_text_and_exact_as_bytes() {
         out.stdout
     );
 }
+
+#[test]
+fn extra_ca_certificates_join_each_steps_trust_store_keyed_by_content() {
+    let env = TestEnv::new("ca-certs");
+    let pem = |tag: &str| {
+        format!("-----BEGIN CERTIFICATE-----\nrbuild-test-{tag}\n-----END CERTIFICATE-----\n")
+    };
+    let (one, moved) = (
+        env.dir.path().join("corp.crt"),
+        env.dir.path().join("elsewhere.crt"),
+    );
+    std::fs::write(&one, pem("one")).unwrap();
+    std::fs::write(&moved, pem("one")).unwrap();
+    // The first step makes the image's bundle; the second reads its trust store.
+    let args = [
+        format!("from={BUSYBOX}"),
+        "exec=mkdir -p /etc/ssl/certs && echo image-root > /etc/ssl/certs/ca-certificates.crt"
+            .to_string(),
+        "exec=cat /etc/ssl/certs/ca-certificates.crt; echo node=$NODE_EXTRA_CA_CERTS".to_string(),
+        "print=stdout".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = |ca: Option<&std::path::Path>| {
+        let mut cmd = env.run_command(&steps_pipeline(), &args);
+        match ca {
+            Some(p) => cmd.env("RBUILD_CA_CERTS", p),
+            None => cmd.env_remove("RBUILD_CA_CERTS"),
+        };
+        Outcome::from(cmd.output().unwrap()).ok()
+    };
+    let first = run(Some(&one));
+    assert_eq!(
+        first.stdout,
+        format!(
+            "image-root\n{}node=/etc/ssl/certs/ca-certificates.crt\n",
+            pem("one")
+        ),
+        "{}",
+        first.stderr
+    );
+    // The same certificate from another file: the same key, nothing runs.
+    let again = run(Some(&moved));
+    assert_eq!(again.stdout, first.stdout);
+    assert_eq!(again.ran(), 0, "{}", again.stderr);
+    // Another certificate: the step runs again and trusts it.
+    std::fs::write(&one, pem("two")).unwrap();
+    let changed = run(Some(&one));
+    assert!(
+        changed.stdout.contains("rbuild-test-two"),
+        "{}",
+        changed.stdout
+    );
+    assert_eq!(changed.ran(), 1, "{}", changed.stderr);
+    // None: the image's own bundle, as it is.
+    let none = run(None);
+    assert_eq!(none.stdout, "image-root\nnode=\n");
+    // A file that is not a certificate is refused, naming it.
+    let bad = env.dir.path().join("not-a-cert.txt");
+    std::fs::write(&bad, "hello").unwrap();
+    let mut cmd = env.run_command(&steps_pipeline(), &args);
+    let refused = Outcome::from(cmd.env("RBUILD_CA_CERTS", &bad).output().unwrap());
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains(&format!(
+            "CA certificate {} (--ca-cert, RBUILD_CA_CERTS) holds no PEM certificate",
+            bad.display()
+        )),
+        "{}",
+        refused.stderr
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}

@@ -19,7 +19,10 @@ fn dependencies_stay_cached_when_a_source_line_changes() {
         .unwrap();
     }
     let pipeline = repo_root().join("examples/rust-deps");
-    let run = || env.run(&pipeline, &[project.to_str().unwrap()]).ok();
+    let run = || {
+        env.run_trusting_host_ca(&pipeline, &[project.to_str().unwrap()])
+            .ok()
+    };
 
     let first = run();
     assert!(

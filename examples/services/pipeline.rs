@@ -10,6 +10,9 @@
 //! ```
 //!
 //! Run it from the repository root: `rbuild run examples/services/pipeline.rs`.
+//! Behind a TLS-inspecting proxy, give rbuild the proxy's CA (`--ca-cert
+//! FILE` or `RBUILD_CA_CERTS`, such as the host's bundle
+//! `/etc/ssl/certs/ca-certificates.crt`): every step trusts it, cargo included.
 //! A second run is fully cached: the test steps' keys cover the services'
 //! definitions, so nothing has to run and no service starts. See README.md.
 
@@ -37,7 +40,7 @@ async fn main() -> rb::Result<()> {
     let sources = client
         .host()
         .directory(&app_dir, DirOpts::default().exclude(["target/"]));
-    let mut toolchain = client
+    let toolchain = client
         .container()
         .from(RUST)
         .with_workdir("/src")
@@ -46,12 +49,6 @@ async fn main() -> rb::Result<()> {
             &client.cache_volume("services-cargo-registry"),
         )
         .with_mounted_cache("/src/target", &client.cache_volume("services-target"));
-    // Behind a TLS-inspecting proxy, crates.io is only trusted with the
-    // host's CA bundle: lend it to cargo.
-    let ca = "/etc/ssl/certs/ca-certificates.crt";
-    if std::path::Path::new(ca).exists() {
-        toolchain = toolchain.with_mounted_file(ca, client.host().file(ca));
-    }
     let built = toolchain.with_directory("/src", &sources).with_exec([
         "sh",
         "-c",

@@ -60,6 +60,7 @@ impl From<&GlobalOpts> for EngineConfig {
             insecure_registries: g.insecure_registries.clone(),
             progress: Mode::from(g.progress).resolve(),
             debug_shell: None,
+            ca_certs: g.ca_certs.clone(),
         }
     }
 }

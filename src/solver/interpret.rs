@@ -158,11 +158,9 @@ impl<W: Worker> Solver<W> {
                         shell_words(&argv)
                     )));
                 }
-                let plan = StepPlan::exec(
-                    st.rootfs.clone(),
-                    st.exec_plan(argv, at, stdin.clone(), *expect, api),
-                    &self.platform.to_string(),
-                );
+                let mut exec = st.exec_plan(argv, at, stdin.clone(), *expect, api);
+                self.install_ca(&st.rootfs, &mut exec).await?;
+                let plan = StepPlan::exec(st.rootfs.clone(), exec, &self.platform.to_string());
                 let result = self.step(plan).await?;
                 st.rootfs = Tree::Step(result.clone());
                 st.last_exec = Some(result);

@@ -16,6 +16,7 @@
 //! planned: what runs, its identity and hostname), [`inputs`] (every input
 //! of a value's ops evaluated at once), [`terminal`].
 
+pub mod ca;
 mod error;
 mod images;
 mod inputs;
@@ -89,6 +90,8 @@ pub struct Solver<W: Worker> {
     bound: modules::Bound,
     /// Where modules are built (None: module calls are refused).
     pipelines: Option<PathBuf>,
+    /// Extra CA certificates for every step's trust store.
+    extra_ca: Option<ca::ExtraCa>,
 }
 
 /// Settings of a solver.
@@ -109,6 +112,8 @@ pub struct SolverConfig {
     /// Where modules a pipeline calls are built (the pipeline cache);
     /// None: module calls are refused.
     pub pipelines: Option<PathBuf>,
+    /// Extra CA certificates installed in every step's trust store.
+    pub extra_ca: Option<ca::ExtraCa>,
 }
 
 impl<W: Worker> Solver<W> {
@@ -162,6 +167,7 @@ impl<W: Worker> Solver<W> {
             module_calls: Memo::new(),
             bound: Default::default(),
             pipelines: config.pipelines,
+            extra_ca: config.extra_ca,
         })
     }
 

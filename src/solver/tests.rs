@@ -308,6 +308,7 @@ impl Harness {
             cancel: CancellationToken::new(),
             outputs: crate::output::OutputStore::new(self._dir.path()),
             pipelines: None,
+            extra_ca: None,
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const REGISTRY: &str = "127.0.0.1:5000";
 pub const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 pub const BUSYBOX: &str = "127.0.0.1:5000/busybox:latest";
+/// The host's CA bundle (Debian's location).
+pub const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Debian's rustc/cargo (fixtures/setup.sh).
 pub const RUST: &str = "127.0.0.1:5000/rust:1";
 /// Debian's PostgreSQL 15: env POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB
@@ -166,6 +168,17 @@ impl TestEnv {
             .output()
             .expect("start rbuild");
         Outcome::from(out)
+    }
+
+    /// `rbuild run PIPELINE -- ARGS` with the host's CA bundle added to
+    /// every step's trust store (`RBUILD_CA_CERTS`): what a step fetching
+    /// from crates.io through this machine's TLS-inspecting proxy needs.
+    pub fn run_trusting_host_ca(&self, pipeline: &Path, args: &[&str]) -> Outcome {
+        let mut cmd = self.run_command(pipeline, args);
+        if Path::new(HOST_CA).exists() {
+            cmd.env("RBUILD_CA_CERTS", HOST_CA);
+        }
+        Outcome::from(cmd.output().expect("start rbuild"))
     }
 
     /// `rbuild run PIPELINE -- ARGS` in the background.

@@ -10,6 +10,9 @@
 //! one for `target/`.
 //!
 //! Run it with `rbuild run examples/rust-deps -- fixtures/rust-project`.
+//! Behind a TLS-inspecting proxy, give rbuild the proxy's CA (`--ca-cert
+//! FILE` or `RBUILD_CA_CERTS`, such as the host's bundle
+//! `/etc/ssl/certs/ca-certificates.crt`): every step trusts it, cargo included.
 
 use rbuild_sdk::{self as rb, DirOpts};
 
@@ -32,18 +35,12 @@ async fn main() -> rb::Result<()> {
     let registry = client.cache_volume("rust-deps-cargo-registry");
     let target = client.cache_volume("rust-deps-target");
 
-    let mut toolchain = client
+    let toolchain = client
         .container()
         .from(image)
         .with_workdir("/src")
         .with_mounted_cache("/root/.cargo/registry", &registry)
         .with_mounted_cache("/src/target", &target);
-    // Behind a TLS-inspecting proxy, crates.io is only trusted with the
-    // host's CA bundle: lend it to cargo.
-    let ca = "/etc/ssl/certs/ca-certificates.crt";
-    if std::path::Path::new(ca).exists() {
-        toolchain = toolchain.with_mounted_file(ca, client.host().file(ca));
-    }
 
     let dependencies = toolchain
         .with_directory("/src", &manifests)

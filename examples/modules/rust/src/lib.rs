@@ -23,19 +23,12 @@ pub fn image() -> String {
 pub fn toolchain(client: &rb::Client) -> rb::Container {
     let registry = client.cache_volume("rust-module-cargo-registry");
     let target = client.cache_volume("rust-module-target");
-    let mut toolchain = client
+    client
         .container()
         .from(image())
         .with_workdir("/src")
         .with_mounted_cache("/root/.cargo/registry", &registry)
-        .with_mounted_cache("/src/target", &target);
-    // Behind a TLS-inspecting proxy, crates.io is only trusted with the
-    // host's CA bundle: lend it to cargo.
-    let ca = "/etc/ssl/certs/ca-certificates.crt";
-    if std::path::Path::new(ca).exists() {
-        toolchain = toolchain.with_mounted_file(ca, client.host().file(ca));
-    }
-    toolchain
+        .with_mounted_cache("/src/target", &target)
 }
 
 /// The project with its dependencies built (from its manifests alone).
