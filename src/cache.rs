@@ -126,6 +126,7 @@ impl fmt::Display for Usage {
 pub struct PruneReport {
     pruned: Pruned,
     all: bool,
+    pipelines: crate::pipeline::PipelinesPruned,
 }
 
 /// A prune as the user asked for it: sizes like `10GB`, durations like `7d`.
@@ -154,9 +155,25 @@ pub async fn prune(config: &EngineConfig, request: PruneRequest<'_>) -> Result<P
     }
     let engine = Engine::start(config).await?;
     let pruned = gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await?;
+    // Compiled pipelines by the same policy (their own budget), on request
+    // only: the automatic policy after a run leaves them, so that a run
+    // does not make the next one recompile. Only a cache dir of this root's
+    // own (the default, ROOT/cache): one set apart (--cache-dir) may be
+    // shared by several roots, whose runs this prune cannot see.
+    let pipelines = if !config.cache_dir.starts_with(&config.root) {
+        crate::pipeline::PipelinesPruned::default()
+    } else {
+        let cache = config.cache_dir.clone();
+        let (duration, storage, all) = (policy.keep_duration, policy.keep_storage, policy.all);
+        tokio::task::spawn_blocking(move || {
+            crate::pipeline::prune_compiled(&cache, duration, storage, all)
+        })
+        .await?
+    };
     Ok(PruneReport {
         pruned,
         all: policy.all,
+        pipelines,
     })
 }
 
@@ -170,6 +187,20 @@ impl fmt::Display for PruneReport {
         )?;
         if self.all {
             write!(f, ", {} cache volumes", self.pruned.volumes)?;
+        }
+        let p = &self.pipelines;
+        if p.executables > 0 || p.target {
+            write!(
+                f,
+                ", {} compiled pipelines{} ({})",
+                p.executables,
+                if p.target {
+                    " and cargo's target dir"
+                } else {
+                    ""
+                },
+                human_bytes(p.bytes)
+            )?;
         }
         Ok(())
     }

@@ -151,6 +151,7 @@ pub async fn run_pipeline(
     let api = built.declared.api();
     tracing::debug!(%api, declared = ?built.declared, "pipeline API");
 
+    let _in_use = pipeline::hold(&built.executable);
     let session =
         Session::start(engine.solver.clone(), api).context("start the pipeline session")?;
     let mut command = tokio::process::Command::new(&built.executable);

@@ -218,6 +218,7 @@ async fn run_process<W: Worker>(
     what: &str,
 ) -> Result<(ReturnedDef, bool), SolveError> {
     let internal = |m: String| SolveError::Internal(m);
+    let _in_use = crate::pipeline::hold(&built.executable);
     let (session, capture) = Session::start_module(solver.clone(), api)
         .map_err(|e| internal(format!("{what}: start its session: {e}")))?;
     let progress = solver.progress().clone();

@@ -391,6 +391,8 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
         });
     }
 
+    // Held while cargo builds: `cache prune` leaves the target dir alone.
+    let _building = lock_file(&cache.join("target.lock"), false);
     let built = run_cargo(&manifest_path, &cache.join("target"), &extra_args)
         .with_context(|| format!("pipeline {}", path.display()))?;
     std::fs::create_dir_all(&bin_dir)?;
@@ -419,6 +421,117 @@ pub fn build(path: &Path, cache: &Path) -> Result<Built> {
         stamp,
         dir,
     })
+}
+
+/// A `flock` on `path` (created): shared, or exclusive when `exclusive`;
+/// `None` when another holds it the other way (never waits).
+fn lock_file(path: &Path, exclusive: bool) -> Option<std::fs::File> {
+    use rustix::fs::FlockOperation;
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    let op = if exclusive {
+        FlockOperation::NonBlockingLockExclusive
+    } else {
+        FlockOperation::LockShared
+    };
+    rustix::fs::flock(&f, op).ok()?;
+    Some(f)
+}
+
+/// A compiled pipeline running: `cache prune` never removes it.
+pub struct InUse {
+    _lock: Option<std::fs::File>,
+}
+
+/// Marks `executable` as used now (least recently used goes first) and
+/// running until the value is dropped.
+pub fn hold(executable: &Path) -> InUse {
+    if let Ok(f) = std::fs::File::options().write(true).open(executable) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+    InUse {
+        _lock: lock_file(&executable.with_extension("lock"), false),
+    }
+}
+
+/// What pruning compiled pipelines removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PipelinesPruned {
+    pub executables: usize,
+    pub bytes: u64,
+    /// The shared cargo target dir (it is rebuilt when a pipeline changes).
+    pub target: bool,
+}
+
+/// Removes compiled pipelines under `cache`: every one with `all`, else
+/// those unused for `keep_duration` and then, least recently used first,
+/// until they fit in `keep_storage` (the cargo target dir goes first:
+/// it only speeds up recompiles). A running pipeline, or a target dir
+/// cargo is building in, is never removed.
+pub fn prune_compiled(
+    cache: &Path,
+    keep_duration: Option<std::time::Duration>,
+    keep_storage: Option<u64>,
+    all: bool,
+) -> PipelinesPruned {
+    let mut out = PipelinesPruned::default();
+    let mut exes: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    for project in std::fs::read_dir(cache.join("pipelines"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for exe in std::fs::read_dir(project.path().join("bin"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = exe.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = exe.metadata() else { continue };
+            if name.starts_with(".tmp-") || name.ends_with(".lock") || !meta.is_file() {
+                continue;
+            }
+            let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            exes.push((used, meta.len(), exe.path()));
+        }
+    }
+    exes.sort();
+    let target = cache.join("target");
+    let mut total: u64 = exes.iter().map(|e| e.1).sum::<u64>() + crate::cache::du(&target);
+    let over = |total: u64| keep_storage.is_some_and(|k| total > k);
+    if (all || over(total))
+        && target.is_dir()
+        && let Some(_lock) = lock_file(&cache.join("target.lock"), true)
+    {
+        let size = crate::cache::du(&target);
+        if std::fs::remove_dir_all(&target).is_ok() {
+            out.target = true;
+            out.bytes += size;
+            total -= size.min(total);
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for (used, size, exe) in exes {
+        let stale = keep_duration.is_some_and(|d| now.duration_since(used).unwrap_or_default() > d);
+        if !(all || stale || over(total)) {
+            continue;
+        }
+        let lock = exe.with_extension("lock");
+        let Some(_held) = lock_file(&lock, true) else {
+            continue; // running
+        };
+        if std::fs::remove_file(&exe).is_ok() {
+            let _ = std::fs::remove_file(&lock);
+            out.executables += 1;
+            out.bytes += size;
+            total -= size.min(total);
+        }
+    }
+    out
 }
 
 /// Gives a generated pipeline crate rbuild's own lock file when it has none
@@ -516,6 +629,59 @@ fn run_cargo(manifest: &Path, target_dir: &Path, extra: &[String]) -> Result<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiled_pipelines_are_pruned_oldest_first_but_never_while_running() {
+        let cache = tempfile::tempdir().unwrap();
+        let bin = |p: &str| cache.path().join("pipelines").join(p).join("bin");
+        let mut exes = Vec::new();
+        for (i, p) in ["a", "b", "c"].iter().enumerate() {
+            std::fs::create_dir_all(bin(p)).unwrap();
+            let exe = bin(p).join("stamp");
+            std::fs::write(&exe, vec![0u8; 1000]).unwrap();
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&exe)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            exes.push(exe);
+        }
+        std::fs::create_dir_all(cache.path().join("target/release")).unwrap();
+        std::fs::write(cache.path().join("target/release/x"), vec![0u8; 500]).unwrap();
+        // The oldest runs: it stays; the target dir and then b go to fit 1500 bytes.
+        let running = hold(&exes[0]);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(999_999);
+        std::fs::File::options()
+            .write(true)
+            .open(&exes[0])
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let p = prune_compiled(cache.path(), None, Some(2000), false);
+        assert_eq!(
+            p,
+            PipelinesPruned {
+                executables: 1,
+                bytes: 1500,
+                target: true
+            }
+        );
+        assert!(exes[0].exists() && !exes[1].exists() && exes[2].exists());
+        let p = prune_compiled(cache.path(), None, None, true);
+        assert_eq!(
+            (p.executables, exes[0].exists()),
+            (1, true),
+            "not while it runs"
+        );
+        drop(running);
+        assert_eq!(
+            prune_compiled(cache.path(), None, None, true).executables,
+            1
+        );
+        assert!(!exes[0].exists());
+    }
 
     #[test]
     fn a_crate_is_a_pipeline_only_when_it_depends_on_the_sdk() {
