@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::*;
@@ -17,14 +17,6 @@ fn pipeline_declaring(env: &TestEnv, api: &str) -> std::path::PathBuf {
     let path = env.dir.path().join(format!("versions-{api}.rs"));
     std::fs::write(&path, declared).unwrap();
     path
-}
-
-fn lines(out: &Outcome) -> HashMap<String, String> {
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
 }
 
 /// The published image's config, as the registry serves it
@@ -54,14 +46,14 @@ fn host_interfaces() -> BTreeSet<String> {
 #[test]
 fn the_same_pipeline_under_api_0_1_and_0_2_differs_exactly_as_documented() {
     let env = TestEnv::new("api-versions");
-    let old = lines(
-        &env.run(&pipeline_declaring(&env, "0.1"), &[&repo("old")])
-            .ok(),
-    );
-    let new = lines(
-        &env.run(&pipeline_declaring(&env, "0.2"), &[&repo("new")])
-            .ok(),
-    );
+    let old = env
+        .run(&pipeline_declaring(&env, "0.1"), &[&repo("old")])
+        .ok()
+        .fields();
+    let new = env
+        .run(&pipeline_declaring(&env, "0.2"), &[&repo("new")])
+        .ok()
+        .fields();
 
     // with_entrypoint: 0.1 keeps the base image's default args, 0.2 resets them.
     assert_eq!(old["ran"], "entry sh");

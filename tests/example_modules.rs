@@ -10,15 +10,7 @@ use common::*;
 #[test]
 fn the_rust_module_builds_and_tests_a_project_for_the_pipeline_that_calls_it() {
     let env = TestEnv::new("example-modules");
-    let project = env.dir.path().join("project");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    for f in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
-        std::fs::copy(
-            repo_root().join("fixtures/rust-project").join(f),
-            project.join(f),
-        )
-        .unwrap();
-    }
+    let project = env.rust_project();
     let pipeline = repo_root().join("examples/modules/pipeline.rs");
     let run = || {
         env.run_trusting_host_ca(&pipeline, &[project.to_str().unwrap()])

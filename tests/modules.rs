@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -22,14 +21,6 @@ const FUNCTIONS: [&str; 6] = [
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("fixtures/pipelines/modules").join(name)
-}
-
-fn lines(out: &Outcome) -> HashMap<String, String> {
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
 }
 
 /// A source directory for the caller to hand the module.
@@ -82,7 +73,7 @@ fn a_module_declaring_0_1_keeps_its_behaviour_and_names_under_a_0_2_caller() {
     let src = source(&env);
     let trace = env.dir.path().join("trace");
     let out = run_caller(&env, &fixture("caller.rs"), &src, &trace).ok();
-    let got = lines(&out);
+    let got = out.fields();
 
     // with_entrypoint in the module keeps the base's default args (0.1);
     // in the caller it resets them (0.2).
@@ -181,7 +172,7 @@ fn an_unchanged_module_call_starts_no_process_and_a_changed_one_runs_again() {
     // listing they would need. version_of asked the engine for a file's
     // contents, so its result is not remembered: it runs (and lists) again.
     let second = run_caller(&env, &caller, &src, &trace).ok();
-    assert_eq!(lines(&second), lines(&first));
+    assert_eq!(second.fields(), first.fields());
     assert_eq!(take_trace(&trace), ["(listing)", "version_of"]);
     assert_eq!(second.ran(), 0, "{}", second.stderr);
 
@@ -196,14 +187,14 @@ fn an_unchanged_module_call_starts_no_process_and_a_changed_one_runs_again() {
         .set_modified(mtime)
         .unwrap();
     let third = run_caller(&env, &caller, &src, &trace).ok();
-    assert_eq!(lines(&third)["version"], "v1.3");
+    assert_eq!(third.fields()["version"], "v1.3");
     assert_eq!(take_trace(&trace), ["(listing)", "version_of"]);
 
     // The module's source changed: each call runs it again.
     let text = std::fs::read_to_string(&module).unwrap();
     std::fs::write(&module, format!("{text}\n// edited\n")).unwrap();
     let fourth = run_caller(&env, &caller, &src, &trace).ok();
-    assert_eq!(lines(&fourth)["files"], "2 things");
+    assert_eq!(fourth.fields()["files"], "2 things");
     let started = take_trace(&trace);
     for f in FUNCTIONS {
         assert!(started.contains(&f.to_string()), "{f}: {started:?}");

@@ -9,15 +9,7 @@ use common::*;
 #[test]
 fn dependencies_stay_cached_when_a_source_line_changes() {
     let env = TestEnv::new("rustdeps");
-    let project = env.dir.path().join("project");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    for f in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
-        std::fs::copy(
-            repo_root().join("fixtures/rust-project").join(f),
-            project.join(f),
-        )
-        .unwrap();
-    }
+    let project = env.rust_project();
     let pipeline = repo_root().join("examples/rust-deps");
     let run = || {
         env.run_trusting_host_ca(&pipeline, &[project.to_str().unwrap()])

@@ -92,6 +92,15 @@ impl Outcome {
         self
     }
 
+    /// The `name: value` lines of stdout, by name.
+    pub fn fields(&self) -> std::collections::HashMap<String, String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
     /// Progress lines that report a step answered from the cache.
     pub fn cached(&self) -> usize {
         self.stderr
@@ -179,6 +188,20 @@ impl TestEnv {
             cmd.env("RBUILD_CA_CERTS", HOST_CA);
         }
         Outcome::from(cmd.output().expect("start rbuild"))
+    }
+
+    /// A copy of fixtures/rust-project in the test's directory (to edit).
+    pub fn rust_project(&self) -> PathBuf {
+        let project = self.dir.path().join("project");
+        std::fs::create_dir_all(project.join("src")).unwrap();
+        for f in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
+            std::fs::copy(
+                repo_root().join("fixtures/rust-project").join(f),
+                project.join(f),
+            )
+            .unwrap();
+        }
+        project
     }
 
     /// `rbuild run PIPELINE -- ARGS` in the background.
