@@ -84,6 +84,10 @@ pub struct GlobalOpts {
         value_delimiter = ','
     )]
     pub ca_certs: Vec<PathBuf>,
+    /// Refuse a run whose rbuild.lock is missing or does not pin an image
+    /// tag the pipeline uses (for CI).
+    #[arg(long, global = true, env = "RBUILD_LOCKED")]
+    pub locked: bool,
 }
 
 /// `--progress`'s values (the engine's own is `progress::Mode`).
@@ -129,6 +133,11 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// rbuild.lock, the image digests a pipeline's tags are pinned to.
+    Lock {
+        #[command(subcommand)]
+        command: LockCommand,
     },
     /// Recent runs: when, how long, steps run and cached.
     History {
@@ -190,6 +199,16 @@ pub enum VolumesCommand {
     Rm {
         /// The volume's name, as the pipeline gave it.
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LockCommand {
+    /// Resolve every pinned tag again and rewrite the lock (or write an
+    /// empty one: the next run records the tags it uses).
+    Update {
+        /// The pipeline [default: ci/pipeline.rs, else ci/, else pipeline.rs].
+        path: Option<PathBuf>,
     },
 }
 

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub debug_shell: Option<Vec<String>>,
     /// `--ca-cert`: extra CA certificates for every step's trust store.
     pub ca_certs: Vec<PathBuf>,
+    /// `--locked`: every image tag must be pinned in rbuild.lock.
+    pub locked: bool,
 }
 
 /// The containerd at the configured address, or else rbuild's own (started
@@ -151,6 +153,10 @@ pub async fn run_pipeline(
     let api = built.declared.api();
     tracing::debug!(%api, declared = ?built.declared, "pipeline API");
 
+    let lock = crate::lock::ImageLock::open(&built.dir, config.locked)?.map(Arc::new);
+    if let Some(lock) = &lock {
+        engine.solver.set_image_lock(lock.clone());
+    }
     let _in_use = pipeline::hold(&built.executable);
     let session =
         Session::start(engine.solver.clone(), api).context("start the pipeline session")?;
@@ -214,6 +220,11 @@ pub async fn run_pipeline(
             128 + s.signal().unwrap_or(0)
         }),
     };
+    if let Some(lock) = &lock
+        && let Err(e) = lock.save()
+    {
+        crate::progress::say(&format!("rbuild: warning: {e:#}"));
+    }
     engine.progress.summary(started.elapsed().as_millis(), code);
     let (ran, cached) = engine.progress.counts();
     let _ = engine.index.record_run(&RunRecord {

@@ -15,6 +15,7 @@ mod gc;
 mod graph;
 mod index;
 mod key;
+mod lock;
 mod locks;
 mod modules;
 mod output;

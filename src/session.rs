@@ -222,6 +222,7 @@ async fn answer<M: Worker>(
         c.evaluated.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     secrets_first(solver, &query, api)?;
+    locked_first(solver, &query)?;
     match query {
         Query::ModuleReturn { value } => match capture {
             Some(c) => {
@@ -422,6 +423,41 @@ fn secrets_first<M: Worker>(solver: &Solver<M>, query: &Query, api: Api) -> Resu
         &v,
         &mut |secret| match serde_json::from_value::<crate::graph::SecretDef>(secret.clone()) {
             Ok(def) => solver.check_secret(&def, api),
+            Err(_) => Ok(()),
+        },
+    )
+}
+
+/// Under `--locked`, checks that rbuild.lock pins every image tag the
+/// query's values start from before any of them is built.
+fn locked_first<M: Worker>(solver: &Solver<M>, query: &Query) -> Result<(), SolveError> {
+    fn walk(
+        v: &Value,
+        found: &mut dyn FnMut(&str) -> Result<(), SolveError>,
+    ) -> Result<(), SolveError> {
+        match v {
+            Value::Object(map) => {
+                if map.get("op").and_then(Value::as_str) == Some("from")
+                    && let Some(address) = map.get("address").and_then(Value::as_str)
+                {
+                    found(address)?;
+                }
+                map.values().try_for_each(|v| walk(v, found))
+            }
+            Value::Array(items) => items.iter().try_for_each(|v| walk(v, found)),
+            _ => Ok(()),
+        }
+    }
+    let Some(lock) = solver.image_lock() else {
+        return Ok(());
+    };
+    let Ok(v) = serde_json::to_value(query) else {
+        return Ok(());
+    };
+    walk(
+        &v,
+        &mut |address| match rbuild_snapshotter::ImageRef::parse(address) {
+            Ok(image) => lock.pinned(&image).map(drop).map_err(SolveError::Invalid),
             Err(_) => Ok(()),
         },
     )

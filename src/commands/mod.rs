@@ -8,11 +8,12 @@ pub mod completions;
 pub mod engine;
 pub mod functions;
 pub mod init;
+pub mod lock;
 pub mod run;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, GlobalOpts, ProgressMode};
+use crate::cli::{Cli, Command, GlobalOpts, LockCommand, ProgressMode};
 use crate::engine::EngineConfig;
 use crate::progress::Mode;
 
@@ -40,6 +41,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Init { dir } => init::init(&dir),
         Command::Cache { command } => cache::cache(global, command).await,
         Command::History { limit } => cache::history(global, limit),
+        Command::Lock {
+            command: LockCommand::Update { path },
+        } => lock::update(global, path).await,
         Command::Engine { command } => engine::engine(global, command).await,
         Command::Doctor { registries } => engine::doctor(global, registries).await,
         Command::Completions { shell } => completions::completions(shell),
@@ -61,6 +65,7 @@ impl From<&GlobalOpts> for EngineConfig {
             progress: Mode::from(g.progress).resolve(),
             debug_shell: None,
             ca_certs: g.ca_certs.clone(),
+            locked: g.locked,
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct Solver<W: Worker> {
     pipelines: Option<PathBuf>,
     /// Extra CA certificates for every step's trust store.
     extra_ca: Option<ca::ExtraCa>,
+    /// The pipeline's `rbuild.lock`, once it is known (see [`crate::lock`]).
+    image_lock: std::sync::OnceLock<Arc<crate::lock::ImageLock>>,
 }
 
 /// Settings of a solver.
@@ -168,6 +170,7 @@ impl<W: Worker> Solver<W> {
             bound: Default::default(),
             pipelines: config.pipelines,
             extra_ca: config.extra_ca,
+            image_lock: std::sync::OnceLock::new(),
         })
     }
 
@@ -193,6 +196,15 @@ impl<W: Worker> Solver<W> {
 
     pub fn cancel(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Uses `lock` for the run's image tags (set once, before the session).
+    pub fn set_image_lock(&self, lock: Arc<crate::lock::ImageLock>) {
+        let _ = self.image_lock.set(lock);
+    }
+
+    pub fn image_lock(&self) -> Option<&Arc<crate::lock::ImageLock>> {
+        self.image_lock.get()
     }
 
     /// Cancels running steps, stops the run's services, and waits until

@@ -55,7 +55,22 @@ impl<W: Worker> Solver<W> {
         let this = self.clone();
         self.images
             .get_or_start(&self.tasks, reference.to_string(), move || async move {
-                let digest = this.worker.resolve_digest(&reference).await?;
+                // A tag rbuild.lock pins resolves with no request.
+                let lock = this.image_lock.get();
+                let pinned = match lock {
+                    Some(l) => l.pinned(&reference).map_err(SolveError::Invalid)?,
+                    None => None,
+                };
+                let digest = match pinned {
+                    Some(d) => d,
+                    None => {
+                        let d = this.worker.resolve_digest(&reference).await?;
+                        if let Some(l) = lock {
+                            l.resolved(&reference, &d);
+                        }
+                        d
+                    }
+                };
                 let platform = this.platform.to_string();
                 if let Some(json) = this.index.get_image(&digest, &platform)?
                     && let Ok(img) = serde_json::from_str::<ResolvedImage>(&json)
