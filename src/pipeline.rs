@@ -450,7 +450,10 @@ pub struct InUse {
 /// Marks `executable` as used now (least recently used goes first) and
 /// running until the value is dropped.
 pub fn hold(executable: &Path) -> InUse {
-    if let Ok(f) = std::fs::File::options().write(true).open(executable) {
+    // Opened for reading: a write handle on an executable, however brief,
+    // makes a concurrent exec of it fail ("Text file busy"). Its owner
+    // may set its times through a read handle.
+    if let Ok(f) = std::fs::File::open(executable) {
         let _ = f.set_modified(std::time::SystemTime::now());
     }
     InUse {
