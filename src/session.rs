@@ -221,8 +221,7 @@ async fn answer<M: Worker>(
     {
         c.evaluated.store(true, std::sync::atomic::Ordering::SeqCst);
     }
-    secrets_first(solver, &query, api)?;
-    locked_first(solver, &query)?;
+    check_first(solver, &query, api)?;
     match query {
         Query::ModuleReturn { value } => match capture {
             Some(c) => {
@@ -393,74 +392,47 @@ async fn answer<M: Worker>(
     }
 }
 
-/// Reads every secret the query's values use before any of them is built,
-/// so that a missing `env:` variable or `file:` is reported at once rather
-/// than after the steps before its first use.
-fn secrets_first<M: Worker>(solver: &Solver<M>, query: &Query, api: Api) -> Result<(), SolveError> {
-    fn walk(
+/// What is checked of a query's values before any of them is built, in
+/// one walk over them: every secret they use is read, so that a missing
+/// `env:` variable or `file:` is reported at once rather than after the
+/// steps before its first use; and under `--locked`, every image tag they
+/// start from must be pinned in rbuild.lock.
+fn check_first<M: Worker>(solver: &Solver<M>, query: &Query, api: Api) -> Result<(), SolveError> {
+    fn walk<M: Worker>(
         v: &Value,
-        found: &mut dyn FnMut(&Value) -> Result<(), SolveError>,
+        solver: &Solver<M>,
+        api: Api,
+        lock: Option<&crate::lock::ImageLock>,
     ) -> Result<(), SolveError> {
         match v {
             Value::Object(map) => {
+                if let Some(lock) = lock
+                    && map.get("op").and_then(Value::as_str) == Some("from")
+                    && let Some(address) = map.get("address").and_then(Value::as_str)
+                    && let Ok(image) = rbuild_snapshotter::ImageRef::parse(address)
+                {
+                    lock.pinned(&image).map_err(SolveError::Invalid)?;
+                }
                 for (k, v) in map {
-                    if k == "secret" && v.is_object() {
-                        found(v)?;
+                    if k == "secret"
+                        && let Ok(def) =
+                            serde_json::from_value::<crate::graph::SecretDef>(v.clone())
+                    {
+                        solver.check_secret(&def, api)?;
                     } else {
-                        walk(v, found)?;
+                        walk(v, solver, api, lock)?;
                     }
                 }
                 Ok(())
             }
-            Value::Array(items) => items.iter().try_for_each(|v| walk(v, found)),
+            Value::Array(items) => items.iter().try_for_each(|v| walk(v, solver, api, lock)),
             _ => Ok(()),
         }
     }
     let Ok(v) = serde_json::to_value(query) else {
         return Ok(());
     };
-    walk(
-        &v,
-        &mut |secret| match serde_json::from_value::<crate::graph::SecretDef>(secret.clone()) {
-            Ok(def) => solver.check_secret(&def, api),
-            Err(_) => Ok(()),
-        },
-    )
-}
-
-/// Under `--locked`, checks that rbuild.lock pins every image tag the
-/// query's values start from before any of them is built.
-fn locked_first<M: Worker>(solver: &Solver<M>, query: &Query) -> Result<(), SolveError> {
-    fn walk(
-        v: &Value,
-        found: &mut dyn FnMut(&str) -> Result<(), SolveError>,
-    ) -> Result<(), SolveError> {
-        match v {
-            Value::Object(map) => {
-                if map.get("op").and_then(Value::as_str) == Some("from")
-                    && let Some(address) = map.get("address").and_then(Value::as_str)
-                {
-                    found(address)?;
-                }
-                map.values().try_for_each(|v| walk(v, found))
-            }
-            Value::Array(items) => items.iter().try_for_each(|v| walk(v, found)),
-            _ => Ok(()),
-        }
-    }
-    let Some(lock) = solver.image_lock() else {
-        return Ok(());
-    };
-    let Ok(v) = serde_json::to_value(query) else {
-        return Ok(());
-    };
-    walk(
-        &v,
-        &mut |address| match rbuild_snapshotter::ImageRef::parse(address) {
-            Ok(image) => lock.pinned(&image).map(drop).map_err(SolveError::Invalid),
-            Err(_) => Ok(()),
-        },
-    )
+    walk(&v, solver, api, solver.image_lock().map(|l| l.as_ref()))
 }
 
 fn unexpected(a: ReadAnswer) -> SolveError {
