@@ -35,19 +35,18 @@ fn a_pinned_fully_cached_run_sends_no_request_and_locked_refuses_a_new_tag() {
     // Without a lock: tags resolve live, and none is written.
     run(&[], &image).ok();
     assert!(!lock.exists());
-    let update = Outcome::from(
-        env.command()
-            .args(["lock", "update"])
-            .arg(&pipeline)
-            .output()
-            .unwrap(),
-    )
-    .ok();
-    assert!(
-        update.stdout.contains("wrote an empty"),
-        "{}",
-        update.stdout
-    );
+    let update = || {
+        Outcome::from(
+            env.command()
+                .args(["lock", "update"])
+                .arg(&pipeline)
+                .output()
+                .unwrap(),
+        )
+        .ok()
+    };
+    let wrote = update();
+    assert!(wrote.stdout.contains("wrote an empty"), "{}", wrote.stdout);
     // The next run records the tag it used.
     run(&[], &image).ok();
     let text = std::fs::read_to_string(&lock).unwrap();
@@ -79,18 +78,11 @@ fn a_pinned_fully_cached_run_sends_no_request_and_locked_refuses_a_new_tag() {
     assert_eq!(refused.ran(), 0, "{}", refused.stderr);
 
     // `lock update` re-resolves what it pins.
-    let update = Outcome::from(
-        env.command()
-            .args(["lock", "update"])
-            .arg(&pipeline)
-            .output()
-            .unwrap(),
-    )
-    .ok();
+    let refreshed = update();
     assert!(
-        update.stdout.contains("1 tags, 0 changed"),
+        refreshed.stdout.contains("1 tags, 0 changed"),
         "{}",
-        update.stdout
+        refreshed.stdout
     );
     // No lock at all under --locked: refused.
     std::fs::remove_file(&lock).unwrap();
