@@ -44,15 +44,15 @@ pub fn shown(name: &str, api: Api) -> String {
 /// Builds the pipeline and asks it for its functions; what it lists is
 /// read under the API version it declares (not its caller's).
 pub async fn describe(config: &EngineConfig, path: &Path) -> Result<Described> {
-    describe_with(&config.cache_dir, path).await
-}
-
-/// [`describe`], building pipelines into `cache`.
-pub async fn describe_with(cache: &Path, path: &Path) -> Result<Described> {
     let built = {
-        let (path, cache) = (path.to_path_buf(), cache.to_path_buf());
+        let (path, cache) = (path.to_path_buf(), config.cache_dir.clone());
         tokio::task::spawn_blocking(move || pipeline::build(&path, &cache)).await??
     };
+    list(&built, path).await
+}
+
+/// The functions of the pipeline at `path`, already built.
+pub async fn list(built: &pipeline::Built, path: &Path) -> Result<Described> {
     let out = tokio::process::Command::new(&built.executable)
         .env(wire::LIST_ENV, "1")
         .env(rbuild_sdk::PIPELINE_DIR_ENV, &built.dir)

@@ -20,7 +20,7 @@ use crate::functions::{self, shown};
 use crate::graph::ModuleCallDef;
 use crate::index::ModuleCallRecord;
 use crate::session::Session;
-use crate::solver::modules::Called;
+use crate::solver::modules::{Called, article};
 use crate::solver::{SolveError, Solver, Worker};
 
 /// The protocol a module's SDK must speak to be called (`module.return`).
@@ -86,7 +86,7 @@ pub async fn run<W: Worker>(
         Some(d) => d,
         None => {
             let d = Arc::new(
-                functions::describe_with(&cache, &path)
+                functions::list(&built, &path)
                     .await
                     .map_err(|e| invalid(format!("{e:#}")))?,
             );
@@ -334,14 +334,6 @@ fn call_key(
         h.update(format!("\0{kind}\0{k}\0{handle}").as_bytes());
     }
     h.finalize().to_hex().to_string()
-}
-
-fn article(kind: &str) -> String {
-    match kind {
-        "nothing" | "text" => kind.to_string(),
-        k if k.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {k}"),
-        k => format!("a {k}"),
-    }
 }
 
 /// Whether a returned definition carries a secret's plaintext

@@ -35,10 +35,12 @@ impl Called {
     }
 }
 
-fn article(kind: &str) -> String {
+/// A kind of value or argument as a sentence names it: "a directory",
+/// "an int", "text", "nothing".
+pub(crate) fn article(kind: &str) -> String {
     match kind {
-        "nothing" => "nothing".into(),
-        "text" => "text".into(),
+        "nothing" | "text" => kind.to_string(),
+        k if k.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {k}"),
         k => format!("a {k}"),
     }
 }
