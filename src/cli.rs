@@ -88,6 +88,21 @@ pub struct GlobalOpts {
     /// tag the pipeline uses (for CI).
     #[arg(long, global = true, env = "RBUILD_LOCKED")]
     pub locked: bool,
+    /// Look steps up in this remote cache repository (any OCI registry,
+    /// e.g. registry.example.com/team/rbuild-cache) when the local cache
+    /// misses; read-only; repeatable. See README: the remote cache.
+    #[arg(
+        long = "cache-from",
+        global = true,
+        env = "RBUILD_CACHE_FROM",
+        value_delimiter = ','
+    )]
+    pub cache_from: Vec<String>,
+    /// Push the steps this run executes to this remote cache repository
+    /// (in the background; a failed push is a warning), and look steps up
+    /// in it too.
+    #[arg(long = "cache-to", global = true, env = "RBUILD_CACHE_TO")]
+    pub cache_to: Option<String>,
 }
 
 /// `--progress`'s values (the engine's own is `progress::Mode`).
@@ -183,6 +198,10 @@ pub enum CacheCommand {
         /// Remove everything: entries, rbuild's images and unused cache volumes.
         #[arg(long)]
         all: bool,
+        /// Prune this remote cache repository instead (with
+        /// --keep-duration: its entries pushed longer ago go).
+        #[arg(long, requires = "keep_duration", conflicts_with_all = ["keep_storage", "all"])]
+        remote: Option<String>,
     },
     /// Check the cache's invariants and what killed runs left; exits 1 naming each problem.
     Verify,

@@ -38,6 +38,31 @@ pub struct EngineConfig {
     pub ca_certs: Vec<PathBuf>,
     /// `--locked`: every image tag must be pinned in rbuild.lock.
     pub locked: bool,
+    /// `--cache-from`: remote cache repositories read from.
+    pub cache_from: Vec<String>,
+    /// `--cache-to`: the remote cache repository pushed to (and read from).
+    pub cache_to: Option<String>,
+}
+
+impl EngineConfig {
+    /// The remote cache's repositories, checked (a bad one is an error
+    /// before anything runs).
+    pub fn remote(&self) -> Result<crate::solver::remote::RemoteSettings> {
+        let from = self
+            .cache_from
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| crate::remote::parse_repository("--cache-from", r))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+        let to = match self.cache_to.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => {
+                Some(crate::remote::parse_repository("--cache-to", r).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        Ok(crate::solver::remote::RemoteSettings { from, to })
+    }
 }
 
 /// The containerd at the configured address, or else rbuild's own (started
@@ -71,6 +96,7 @@ pub struct Engine {
 
 impl Engine {
     pub async fn start(config: &EngineConfig) -> Result<Engine> {
+        let remote = config.remote()?;
         std::fs::create_dir_all(&config.root)
             .with_context(|| format!("create state root {}", config.root.display()))?;
         let scratch = config.root.join("tmp");
@@ -120,6 +146,7 @@ impl Engine {
                 outputs: crate::output::OutputStore::new(&config.root),
                 pipelines: Some(config.cache_dir.clone()),
                 extra_ca,
+                remote,
             },
         );
         Ok(Engine {
@@ -205,8 +232,12 @@ pub async fn run_pipeline(
     for r in relays {
         let _ = r.await;
     }
-    // Whatever the pipeline left running is of no use to anyone now: stop
+    // Pushes to the remote cache finish (or, after an interrupt, stop);
+    // whatever the pipeline left running is of no use to anyone now: stop
     // it, and wait until every container, task and snapshot is cleaned up.
+    if status.is_some() {
+        engine.solver.finish_pushes().await;
+    }
     engine.solver.shutdown().await;
     engine.solver.worker().finish().await;
     drop(session);

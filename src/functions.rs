@@ -99,32 +99,50 @@ pub fn read_listing(path: &Path, stdout: &str) -> Result<(u32, Vec<FunctionDecl>
     Ok((listing.protocol, functions))
 }
 
-/// `rbuild call`'s own flags before the call (as `rbuild run` takes them):
-/// `-i`/`--interactive` opens a shell in a failed step's container,
-/// `--interactive-command CMD` chooses it. The shell, and the rest.
-pub fn debug_flags(words: Vec<String>) -> Result<(Option<Vec<String>>, Vec<String>)> {
+/// `rbuild call`'s own flags before the call (as `rbuild run` takes them).
+#[derive(Debug, Default, PartialEq)]
+pub struct CallFlags {
+    /// `-i`/`--interactive` (`--interactive-command CMD` chooses it): the
+    /// shell to open in a failed step's container.
+    pub shell: Option<Vec<String>>,
+    /// `--cache-from REPO` (repeatable) and `--cache-to REPO`.
+    pub cache_from: Vec<String>,
+    pub cache_to: Option<String>,
+}
+
+/// Splits `rbuild call`'s own flags off the front of its words: the flags, and the rest.
+pub fn call_flags(words: Vec<String>) -> Result<(CallFlags, Vec<String>)> {
     let mut interactive = false;
     let mut command = "/bin/sh".to_string();
+    let mut flags = CallFlags::default();
     let mut rest = words.into_iter().peekable();
-    while let Some(w) = rest.peek() {
-        match w.as_str() {
-            "-i" | "--interactive" => interactive = true,
-            "--interactive-command" => {
-                rest.next();
-                command = rest
-                    .peek()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("--interactive-command needs a command"))?;
-            }
-            w if w.starts_with("--interactive-command=") => {
-                command = w["--interactive-command=".len()..].to_string();
-            }
-            _ => break,
+    while let Some(w) = rest.peek().cloned() {
+        let (name, inline) = match w.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (w.clone(), None),
+        };
+        let takes_value = ["--interactive-command", "--cache-from", "--cache-to"];
+        if !takes_value.contains(&name.as_str()) && !matches!(name.as_str(), "-i" | "--interactive")
+        {
+            break;
         }
         rest.next();
+        let value = if !takes_value.contains(&name.as_str()) {
+            String::new()
+        } else if let Some(v) = inline {
+            v
+        } else {
+            rest.next().ok_or_else(|| anyhow!("{name} needs a value"))?
+        };
+        match name.as_str() {
+            "-i" | "--interactive" => interactive = true,
+            "--interactive-command" => command = value,
+            "--cache-from" => flags.cache_from.push(value),
+            _ => flags.cache_to = Some(value),
+        }
     }
-    let shell = interactive.then(|| command.split_whitespace().map(String::from).collect());
-    Ok((shell, rest.collect()))
+    flags.shell = interactive.then(|| command.split_whitespace().map(String::from).collect());
+    Ok((flags, rest.collect()))
 }
 
 /// A parsed `rbuild call` command line.
@@ -320,18 +338,22 @@ mod tests {
     }
 
     #[test]
-    fn call_takes_run_s_debug_flags_before_the_call() {
-        let (shell, rest) = debug_flags(words("-i build --src .")).unwrap();
-        assert_eq!(shell, Some(vec!["/bin/sh".to_string()]));
+    fn call_takes_run_s_own_flags_before_the_call() {
+        let shell = |w: &str| call_flags(words(w)).unwrap();
+        let (flags, rest) = shell("-i build --src .");
+        assert_eq!(flags.shell, Some(vec!["/bin/sh".to_string()]));
         assert_eq!(rest, words("build --src ."));
-        let (shell, rest) = debug_flags(words(
-            "--interactive --interactive-command=bash ci.rs build",
-        ))
-        .unwrap();
-        assert_eq!(shell, Some(vec!["bash".to_string()]));
+        let (flags, rest) = shell("--interactive --interactive-command=bash ci.rs build");
+        assert_eq!(flags.shell, Some(vec!["bash".to_string()]));
         assert_eq!(rest, words("ci.rs build"));
-        let (shell, rest) = debug_flags(words("build -i")).unwrap();
-        assert_eq!((shell, rest), (None, words("build -i")));
+        let (flags, rest) = shell("build -i");
+        assert_eq!((flags, rest), (CallFlags::default(), words("build -i")));
+        let (flags, rest) =
+            shell("--cache-from r/a --cache-from=r/b --cache-to r/c test --source=.");
+        assert_eq!(flags.cache_from, words("r/a r/b"));
+        assert_eq!(flags.cache_to.as_deref(), Some("r/c"));
+        assert_eq!(rest, words("test --source=."));
+        assert!(call_flags(words("--cache-to")).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod modules;
 mod output;
 mod pipeline;
 mod progress;
+mod remote;
 mod secrets;
 mod session;
 mod solver;

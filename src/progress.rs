@@ -208,6 +208,14 @@ impl Progress {
         self.json(json!({"event": "cached", "step": no.0, "name": what}));
     }
 
+    /// A step answered by the remote cache (counted as cached).
+    pub fn cached_remote(&self, what: &str, repo: &str) {
+        self.cached.fetch_add(1, Ordering::Relaxed);
+        let no = self.next_step();
+        self.line(&format!("#{} {what} CACHED (remote {repo})", no.0));
+        self.json(json!({"event": "cached", "step": no.0, "name": what, "remote": repo}));
+    }
+
     /// A step waits for a free job slot (`--jobs`); `running` follows.
     pub fn queued(&self, what: &str) -> StepNo {
         let no = self.next_step();
@@ -308,6 +316,14 @@ impl Progress {
         let no = self.next_step();
         self.line(&format!("#{} {text}", no.0));
         self.json(json!({"event": "info", "step": no.0, "text": text}));
+    }
+
+    /// Something the user should know that does not fail the run (a
+    /// remote cache that did not answer): its own line, and a `warning` event.
+    pub fn warn(&self, text: &str) {
+        let no = self.next_step();
+        self.line(&format!("#{} warning: {text}", no.0));
+        self.json(json!({"event": "warning", "step": no.0, "text": text}));
     }
 
     /// A detail of running work (a layer pushed).

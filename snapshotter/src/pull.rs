@@ -264,6 +264,46 @@ async fn write_doc(
 }
 
 /// One layer to unpack into snapshot `chain_id` on `parent`.
+/// One layer of a repository to unpack onto a snapshot (the remote step
+/// cache's import, [`unpack_onto`]).
+pub struct LayerOnto<'a> {
+    pub reference: &'a ImageRef,
+    pub desc: &'a BlobDesc,
+    /// The digest of its uncompressed tar, checked.
+    pub diff_id: &'a str,
+    /// What the result is committed as.
+    pub name: &'a SnapshotId,
+    pub parent: Option<&'a SnapshotId>,
+}
+
+/// Unpacks a layer onto its parent and commits the result under its name:
+/// while it downloads, into the content store too, its uncompressed digest
+/// checked; a blob with the wrong bytes is fetched once more, then an
+/// error. Returns the bytes fetched (None: the content store had it).
+pub async fn unpack_onto(
+    ctd: &Containerd,
+    registry: &Registry,
+    lease: &LeaseId,
+    onto: LayerOnto<'_>,
+) -> Result<Option<u64>, Error> {
+    let reference = onto.reference;
+    let layer = LayerJob {
+        reference,
+        desc: onto.desc,
+        diff_id: onto.diff_id,
+        chain_id: onto.name,
+        parent: onto.parent,
+        labels: HashMap::from([
+            (
+                format!("containerd.io/distribution.source.{}", reference.registry()),
+                reference.repository().to_string(),
+            ),
+            (UNCOMPRESSED_LABEL.to_string(), onto.diff_id.to_string()),
+        ]),
+    };
+    unpack_layer(ctd, registry, lease, &layer).await
+}
+
 struct LayerJob<'a> {
     reference: &'a ImageRef,
     desc: &'a BlobDesc,

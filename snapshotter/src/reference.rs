@@ -53,6 +53,17 @@ impl ImageRef {
         }
     }
 
+    /// The same repository at a tag.
+    pub fn with_tag(&self, tag: &str) -> ImageRef {
+        ImageRef {
+            inner: Reference::with_tag(
+                self.inner.registry().to_string(),
+                self.inner.repository().to_string(),
+                tag.to_string(),
+            ),
+        }
+    }
+
     pub fn as_oci(&self) -> &Reference {
         &self.inner
     }

@@ -465,6 +465,26 @@ impl Registry {
         }
     }
 
+    /// Uploads a small blob held in memory unless the repository has it;
+    /// returns its digest.
+    pub async fn push_bytes(
+        &self,
+        image: &ImageRef,
+        bytes: impl Into<Bytes>,
+    ) -> Result<String, Error> {
+        let bytes: Bytes = bytes.into();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if !self.blob_exists(image, &digest).await? {
+            let size = bytes.len() as u64;
+            self.push_blob(image, &digest, size, || {
+                let b = bytes.clone();
+                async move { Ok(futures::stream::iter([Ok::<_, std::io::Error>(b)])) }
+            })
+            .await?;
+        }
+        Ok(digest)
+    }
+
     /// One attempt of a request whose input cannot be replayed by
     /// [`Registry::retrying`]: Some on success, None when the caller should
     /// try again (after the backoff, which this waits), an error when done.
@@ -527,6 +547,130 @@ impl Registry {
         )
         .await
         .map(|_| ())
+    }
+
+    /// The manifest a tag points at, or None when the repository has no
+    /// such tag (or no such repository): one GET, for lookups by a name
+    /// known in advance (the remote step cache's keys). Not verified
+    /// against a digest (a tag has none); what it names is, when fetched.
+    /// Returns the manifest and its digest.
+    pub async fn manifest_if_tagged(
+        &self,
+        image: &ImageRef,
+    ) -> Result<Option<(Bytes, String)>, Error> {
+        let host = self.host(image);
+        let fetched = self
+            .retrying(image, &host, Direction::From, "looking up the tag", || {
+                host.client
+                    .pull_manifest_raw(image.as_oci(), &host.auth, MANIFEST_MEDIA_TYPES)
+            })
+            .await;
+        match fetched {
+            Ok(found) => Ok(Some(found)),
+            Err(Error::ImageNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every tag of `image`'s repository (paged through; none for a
+    /// repository that does not exist).
+    pub async fn all_tags(&self, image: &ImageRef) -> Result<Vec<String>, Error> {
+        let host = self.host(image);
+        let _ = self
+            .cancellable(
+                image,
+                host.client
+                    .auth(image.as_oci(), &host.auth, RegistryOperation::Pull),
+            )
+            .await?;
+        let mut tags: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let last = tags.last().cloned();
+            let page = self
+                .retrying(image, &host, Direction::From, "listing tags", || {
+                    host.client
+                        .list_tags(image.as_oci(), &host.auth, Some(1000), last.as_deref())
+                })
+                .await;
+            let page = match page {
+                Ok(p) => p.tags,
+                Err(Error::ImageNotFound { .. }) if tags.is_empty() => return Ok(tags),
+                Err(e) => return Err(e),
+            };
+            // Pages need not come sorted, and a registry may ignore `last`.
+            let before = tags.len();
+            for t in page {
+                if seen.insert(t.clone()) {
+                    tags.push(t);
+                }
+            }
+            if tags.len() == before {
+                return Ok(tags);
+            }
+        }
+    }
+
+    /// Deletes the manifest `digest` of `image`'s repository (and so every
+    /// tag that points at it). A registry that does not allow deletes
+    /// answers 405: an error that says so.
+    pub async fn delete_manifest(&self, image: &ImageRef, digest: &str) -> Result<(), Error> {
+        let host = self.host(image);
+        let token = self
+            .cancellable(
+                image,
+                host.client
+                    .auth(image.as_oci(), &host.auth, RegistryOperation::Push),
+            )
+            .await?
+            .ok()
+            .flatten();
+        let scheme = if self.plain_http(image.registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{}/v2/{}/manifests/{digest}",
+            image.registry(),
+            image.repository()
+        );
+        let failed = |reason: String| Error::Registry {
+            reference: image.to_string(),
+            reason,
+        };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| failed(root_cause(&e)))?;
+        let mut request = client.delete(&url);
+        request = match (&token, &host.auth) {
+            (Some(t), _) => request.bearer_auth(t),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            _ => request,
+        };
+        let answer = self
+            .cancellable(image, request.send())
+            .await?
+            .map_err(|e| failed(format!("DELETE {url}: {}", root_cause(&e))))?;
+        match answer.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            405 => Err(failed(format!(
+                "registry {} does not allow deletes (HTTP 405 for DELETE {url}); \
+                 distribution needs storage.delete.enabled: true",
+                image.registry()
+            ))),
+            401 | 403 => Err(Error::PushDenied {
+                reference: image.to_string(),
+                registry: image.registry().to_string(),
+                credentials: host
+                    .credential_source
+                    .clone()
+                    .unwrap_or_else(|| "anonymous".into()),
+            }),
+            code => Err(failed(format!("DELETE {url}: HTTP {code}"))),
+        }
     }
 
     /// Blob requests do not log in by themselves; manifest requests do.

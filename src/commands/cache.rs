@@ -13,9 +13,28 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
         CacheCommand::Ls => out(cache::entries(&config)?),
         CacheCommand::Du => out(cache::usage(&config)?),
         CacheCommand::Prune {
+            remote: Some(repo),
+            keep_duration,
+            ..
+        } => {
+            let repo =
+                crate::remote::parse_repository("--remote", &repo).map_err(anyhow::Error::msg)?;
+            let keep = keep_duration.unwrap_or_default();
+            let keep = humantime::parse_duration(&keep).map_err(|e| {
+                anyhow::anyhow!("--keep-duration {keep:?}: {e} (write it as 2h, 7d, 30min)")
+            })?;
+            let registry = rbuild_snapshotter::Registry::new(rbuild_snapshotter::RegistryOptions {
+                insecure_hosts: config.insecure_registries.clone(),
+                ..Default::default()
+            });
+            let cutoff = std::time::SystemTime::now() - keep;
+            out(crate::remote::prune(&registry, &repo, cutoff).await?);
+        }
+        CacheCommand::Prune {
             keep_storage,
             keep_duration,
             all,
+            remote: None,
         } => {
             let request = PruneRequest {
                 keep_storage: keep_storage.as_deref(),

@@ -60,11 +60,15 @@ pub async fn list(global: &GlobalOpts, path: Option<PathBuf>) -> Result<i32> {
 }
 
 pub async fn call(global: &GlobalOpts, words: Vec<String>) -> Result<i32> {
-    let (shell, words) = functions::debug_flags(words)?;
+    let (flags, words) = functions::call_flags(words)?;
     let line = functions::parse_call(&words)?;
     let path = line.path.clone().map_or_else(default_pipeline, Ok)?;
     let mut config = EngineConfig::from(global);
-    config.debug_shell = shell;
+    config.debug_shell = flags.shell;
+    config.cache_from.extend(flags.cache_from);
+    if flags.cache_to.is_some() {
+        config.cache_to = flags.cache_to;
+    }
     // Arguments are checked against the declaration before anything runs.
     let declared = functions::describe(&config, &path).await?;
     let spec = functions::call_spec(&line, &declared.functions, &path, declared.api)?;

@@ -66,6 +66,8 @@ impl From<&GlobalOpts> for EngineConfig {
             debug_shell: None,
             ca_certs: g.ca_certs.clone(),
             locked: g.locked,
+            cache_from: g.cache_from.clone(),
+            cache_to: g.cache_to.clone(),
         }
     }
 }

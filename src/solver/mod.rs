@@ -24,6 +24,7 @@ mod instances;
 mod interpret;
 mod memo;
 pub mod modules;
+pub mod remote;
 pub mod services;
 mod sources;
 mod steps;
@@ -94,6 +95,8 @@ pub struct Solver<W: Worker> {
     extra_ca: Option<ca::ExtraCa>,
     /// The pipeline's `rbuild.lock`, once it is known (see [`crate::lock`]).
     image_lock: std::sync::OnceLock<Arc<crate::lock::ImageLock>>,
+    /// The remote step cache, when the run has one.
+    remote: Option<remote::RemoteState>,
 }
 
 /// Settings of a solver.
@@ -116,6 +119,8 @@ pub struct SolverConfig {
     pub pipelines: Option<PathBuf>,
     /// Extra CA certificates installed in every step's trust store.
     pub extra_ca: Option<ca::ExtraCa>,
+    /// `--cache-from`/`--cache-to`.
+    pub remote: remote::RemoteSettings,
 }
 
 impl<W: Worker> Solver<W> {
@@ -171,6 +176,7 @@ impl<W: Worker> Solver<W> {
             pipelines: config.pipelines,
             extra_ca: config.extra_ca,
             image_lock: std::sync::OnceLock::new(),
+            remote: remote::RemoteState::new(config.remote),
         })
     }
 

@@ -69,6 +69,7 @@ impl<W: Worker> Solver<W> {
                 stderr_file: rec.stderr_file,
                 exit_code: rec.exit_code,
                 plan: plan.clone(),
+                remote: None,
             })
         }))
     }
@@ -96,6 +97,13 @@ impl<W: Worker> Solver<W> {
             self.progress.cached(&plan.description);
             return Ok(hit);
         }
+        if let Some(hit) = self.remote_hit(plan).await {
+            if let Some(r) = &hit.remote {
+                self.progress
+                    .cached_remote(&plan.description, &crate::remote::shown(&r.repo));
+            }
+            return Ok(hit);
+        }
         self.execute(plan).await
     }
 
@@ -106,6 +114,7 @@ impl<W: Worker> Solver<W> {
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
         let parent = self.materialize(&plan.parent).await?;
+        let parent_snapshot = parent.clone();
         // Where the whole stdout and stderr are, when too long for the index.
         let mut files = [None, None];
         let (snapshot, outcome, started, no) = match &plan.kind {
@@ -321,7 +330,7 @@ impl<W: Worker> Solver<W> {
         rbuild_containerd::kill_point("step-recorded");
         self.worker.keep(&snapshot).await?;
         self.progress.done(no, &plan.description, millis);
-        Ok(Arc::new(StepResult {
+        let result = Arc::new(StepResult {
             key: plan.key,
             snapshot,
             output,
@@ -331,7 +340,10 @@ impl<W: Worker> Solver<W> {
             stderr_file: files[1].clone(),
             exit_code: outcome.exit_code,
             plan: plan.clone(),
-        }))
+            remote: None,
+        });
+        self.push_remote(&result, parent_snapshot, millis as u64);
+        Ok(result)
     }
 
     /// A job slot, for as long as the permit is held.
@@ -658,14 +670,29 @@ impl<W: Worker> Solver<W> {
                     if self.worker.snapshot_exists(&step.snapshot).await? {
                         return Ok(Some(step.snapshot.clone()));
                     }
-                    tracing::warn!(key = %step.key, "cached step's snapshot is gone; running it again");
+                    if step.remote.is_none() {
+                        tracing::warn!(key = %step.key, "cached step's snapshot is gone; running it again");
+                    }
                     self.index.delete_step(&step.key)?;
                     let this = self.clone();
-                    let plan = step.plan.clone();
+                    let step = step.clone();
                     let snap = self
                         .remakes
                         .get_or_start(&self.tasks, step.key.to_hex(), move || async move {
-                            this.execute(&plan).await.map(|r| r.snapshot.clone())
+                            // A remote hit's snapshot comes from its entry;
+                            // one that cannot be used is a miss after all.
+                            if let Some(hit) = &step.remote {
+                                match this.import_remote(&step, hit).await {
+                                    Ok(s) => return Ok(s),
+                                    Err(SolveError::Cancelled) => return Err(SolveError::Cancelled),
+                                    Err(e) => this.progress.warn(&format!(
+                                        "remote cache {}: the entry of {} was not usable, so it runs here: {e}",
+                                        crate::remote::shown(&hit.repo),
+                                        step.plan.description
+                                    )),
+                                }
+                            }
+                            this.execute(&step.plan).await.map(|r| r.snapshot.clone())
                         })
                         .await?;
                     Ok(Some(snap))

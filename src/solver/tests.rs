@@ -309,6 +309,7 @@ impl Harness {
             outputs: crate::output::OutputStore::new(self._dir.path()),
             pipelines: None,
             extra_ca: None,
+            remote: Default::default(),
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

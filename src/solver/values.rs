@@ -342,6 +342,9 @@ pub struct StepResult {
     pub exit_code: i64,
     /// How to make it again if its snapshot has gone missing.
     pub plan: Arc<StepPlan>,
+    /// Where it came from, when the remote cache answered (its snapshot
+    /// is made from there when needed).
+    pub remote: Option<Arc<super::remote::RemoteHit>>,
 }
 
 /// A step: its key, what it starts from, and what it does.

@@ -379,6 +379,38 @@ pub trait ImageWorker: Send + Sync {
         name: Option<&'a str>,
         dest: TarballDest,
     ) -> BoxFuture<'a, Result<Option<SnapshotId>, SolveError>>;
+    /// The remote cache (`crate::remote`): the manifest at an entry's tag,
+    /// None when the repository has none.
+    fn cache_lookup<'a>(
+        &'a self,
+        entry: &'a ImageRef,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SolveError>>;
+    /// A blob of a cache repository (a step's long output), digest checked.
+    fn cache_blob<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        desc: &'a BlobDesc,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SolveError>>;
+    /// Pushes a step's entry to its tag: the diff of `upper` over `lower`
+    /// as its layer (filled into `entry`), output too long for an
+    /// annotation as blobs, then the manifest. Returns the bytes uploaded.
+    fn cache_push<'a>(
+        &'a self,
+        entry_ref: &'a ImageRef,
+        lower: Option<&'a SnapshotId>,
+        upper: &'a SnapshotId,
+        entry: crate::remote::Entry,
+        outputs: [Vec<u8>; 2],
+    ) -> BoxFuture<'a, Result<u64, SolveError>>;
+    /// Unpacks an entry's layer onto `parent`, committed as snapshot
+    /// `name`; returns the bytes downloaded.
+    fn cache_unpack<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        entry: &'a crate::remote::Entry,
+        parent: Option<&'a SnapshotId>,
+        name: &'a SnapshotId,
+    ) -> BoxFuture<'a, Result<u64, SolveError>>;
     /// Loads an OCI image tarball into the content store and describes it.
     fn import_image<'a>(
         &'a self,

@@ -122,6 +122,111 @@ impl ImageWorker for ContainerdWorker {
         })
     }
 
+    fn cache_lookup<'a>(
+        &'a self,
+        entry: &'a ImageRef,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SolveError>> {
+        Box::pin(async move {
+            Ok(self
+                .registry
+                .manifest_if_tagged(entry)
+                .await?
+                .map(|(body, _)| body.to_vec()))
+        })
+    }
+
+    fn cache_blob<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        desc: &'a BlobDesc,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SolveError>> {
+        Box::pin(async move {
+            Ok(self
+                .registry
+                .fetch_blob(repo, &desc.as_oci_client())
+                .await?)
+        })
+    }
+
+    fn cache_push<'a>(
+        &'a self,
+        entry_ref: &'a ImageRef,
+        lower: Option<&'a SnapshotId>,
+        upper: &'a SnapshotId,
+        mut entry: crate::remote::Entry,
+        outputs: [Vec<u8>; 2],
+    ) -> BoxFuture<'a, Result<u64, SolveError>> {
+        use crate::remote::{self, Stream};
+        Box::pin(async move {
+            let lease = self.lease().await?;
+            let format = ImageFormat {
+                compression: export::Compression::Zstd,
+                media_types: export::MediaTypes::Oci,
+                real_timestamps: true,
+            };
+            let layer =
+                export::diff_layer(&self.ctd, lease, &self.scratch, lower, upper, format).await?;
+            let mut uploaded = 0u64;
+            let digest = layer.desc.digest.clone();
+            if !self.registry.blob_exists(entry_ref, &digest).await? {
+                let open =
+                    || async { rbuild_snapshotter::content::read_stream(&self.ctd, &digest).await };
+                self.registry
+                    .push_blob(entry_ref, &digest, layer.desc.size as u64, open)
+                    .await?;
+                uploaded += layer.desc.size as u64;
+            }
+            entry.layer = layer.desc;
+            entry.diff_id = layer.diff_id;
+            for (stream, bytes, media_type) in [
+                (&mut entry.stdout, &outputs[0], remote::STDOUT_TYPE),
+                (&mut entry.stderr, &outputs[1], remote::STDERR_TYPE),
+            ] {
+                if bytes.len() > remote::INLINE_OUTPUT {
+                    let digest = self.registry.push_bytes(entry_ref, bytes.clone()).await?;
+                    uploaded += bytes.len() as u64;
+                    *stream = Stream::Blob(BlobDesc {
+                        media_type: media_type.into(),
+                        digest,
+                        size: bytes.len() as i64,
+                    });
+                } else {
+                    *stream = Stream::Inline(bytes.clone());
+                }
+            }
+            self.registry
+                .push_bytes(entry_ref, remote::EMPTY_BODY)
+                .await?;
+            self.registry
+                .push_manifest(entry_ref, &entry.manifest(), remote::MANIFEST_TYPE)
+                .await?;
+            Ok(uploaded)
+        })
+    }
+
+    fn cache_unpack<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        entry: &'a crate::remote::Entry,
+        parent: Option<&'a SnapshotId>,
+        name: &'a SnapshotId,
+    ) -> BoxFuture<'a, Result<u64, SolveError>> {
+        Box::pin(async move {
+            let lease = self.lease().await?;
+            let onto = rbuild_snapshotter::pull::LayerOnto {
+                reference: repo,
+                desc: &entry.layer,
+                diff_id: &entry.diff_id,
+                name,
+                parent,
+            };
+            let fetched =
+                rbuild_snapshotter::pull::unpack_onto(&self.ctd, &self.registry, lease, onto)
+                    .await?;
+            Ok(fetched.unwrap_or(0))
+        })
+    }
+
     fn import_image<'a>(
         &'a self,
         source: Source,

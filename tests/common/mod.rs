@@ -109,11 +109,25 @@ impl Outcome {
             .count()
     }
 
+    /// Progress lines that report a step answered from a remote cache.
+    pub fn remote_cached(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('#') && l.contains(" CACHED (remote "))
+            .count()
+    }
+
     /// Progress lines that report a step that ran (containers started).
     pub fn ran(&self) -> usize {
         self.stderr
             .lines()
-            .filter(|l| l.starts_with('#') && l.contains(" exec ") && !l.ends_with(" CACHED"))
+            .filter(|l| {
+                l.starts_with('#')
+                    && l.contains(" exec ")
+                    && !l.ends_with(" CACHED")
+                    && !l.contains(" CACHED (remote ")
+                    && l.split_whitespace().nth(1).is_none_or(|w| w != "download")
+            })
             .count()
     }
 }
