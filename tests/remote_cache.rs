@@ -31,7 +31,7 @@ fn pipeline_args(last: &str) -> Vec<String> {
     ]
 }
 
-const PRINT: &str = "echo rand=$(cat /rand) big=$(wc -c < /big)";
+const PRINT: &str = "echo rand=$(cat /rand) big=$(wc -c < /big) | tee /report";
 
 fn run(env: &TestEnv, flags: &[&str], args: &[String]) -> Outcome {
     let mut cmd = env.command();
@@ -92,8 +92,29 @@ fn a_fleet_of_runners_shares_one_cache_through_a_registry() {
     assert_eq!(step_snapshots(&r2), 0);
     assert!(!warm.stderr.contains("pull "), "{}", warm.stderr);
 
-    // Asked for a file of the last step, runner 2 downloads the layers it
-    // needs (and records them locally: the next run needs no registry).
+    // Asked for a file the last step wrote, runner 2 downloads that
+    // step's layer alone (the file is read from it; no snapshot is made).
+    let mut report = args.clone();
+    report.push("read=/report".into());
+    let out = run(&r2, &["--cache-from", &repo], &report).ok();
+    assert_eq!(out.ran(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.ends_with(&format!("rand={rand} big=300000\n")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        proxy.requests(Match::BlobGet),
+        blobs_before + 1,
+        "{:?}",
+        proxy.log()
+    );
+    assert_eq!(step_snapshots(&r2), 0);
+    assert!(!out.stderr.contains("pull "), "{}", out.stderr);
+
+    // Asked for a file the first step wrote, it makes the step's files:
+    // the base image and both layers (the last one looked into first),
+    // recorded locally, so that the next run needs no registry.
     let mut read = args.clone();
     read.push("read=/rand".into());
     let files = run(&r2, &["--cache-from", &repo], &read).ok();
@@ -101,7 +122,7 @@ fn a_fleet_of_runners_shares_one_cache_through_a_registry() {
     assert!(files.stdout.ends_with(&rand), "{}", files.stdout);
     assert_eq!(
         proxy.requests(Match::BlobGet),
-        blobs_before + 2,
+        blobs_before + 4,
         "{:?}",
         proxy.log()
     );
@@ -113,7 +134,7 @@ fn a_fleet_of_runners_shares_one_cache_through_a_registry() {
     // Runner 3, empty, after a one-line change runs only the changed step,
     // on the first step's result from the cache.
     let r3 = TestEnv::new("fleet3");
-    let changed = pipeline_args(&format!("{PRINT} changed=yes"));
+    let changed = pipeline_args(&format!("echo changed=yes; {PRINT}"));
     let third = run(&r3, &["--cache-from", &repo], &changed).ok();
     assert_eq!(third.ran(), 1, "{}", third.stderr);
     assert_eq!(third.remote_cached(), 1, "{}", third.stderr);

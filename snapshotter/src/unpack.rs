@@ -167,23 +167,7 @@ fn apply_limited(
     limit: u64,
     exceeded: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Result<String, ApplyError> {
-    let blob = BufReader::with_capacity(1 << 20, blob);
-    let decoded: Box<dyn Read> = match compression {
-        Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
-        Compression::Zstd => Box::new(
-            zstd::Decoder::with_buffer(blob)
-                .map_err(io_err(|| "start zstd decompression".into()))?,
-        ),
-    };
-    let mut hashed = Hashing {
-        inner: Limited {
-            inner: decoded,
-            left: limit,
-            exceeded,
-        },
-        hasher: Sha256::new(),
-    };
+    let mut hashed = decoded(blob, compression, limit, exceeded)?;
     let mut dirs = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashed);
@@ -213,6 +197,100 @@ fn apply_limited(
         times(dir, *mtime)?;
     }
     Ok(format!("sha256:{:x}", hashed.hasher.finalize()))
+}
+
+/// A layer blob decompressed, bounded to `limit` bytes and hashed as it is read.
+fn decoded<'a>(
+    blob: impl Read + 'a,
+    compression: Compression,
+    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+) -> Result<Hashing<Limited<Box<dyn Read + 'a>>>, ApplyError> {
+    let blob = BufReader::with_capacity(1 << 20, blob);
+    let decoded: Box<dyn Read + 'a> = match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(
+            zstd::Decoder::with_buffer(blob)
+                .map_err(io_err(|| "start zstd decompression".into()))?,
+        ),
+    };
+    Ok(Hashing {
+        inner: Limited {
+            inner: decoded,
+            left: limit,
+            exceeded,
+        },
+        hasher: Sha256::new(),
+    })
+}
+
+/// Looks for the regular file `path` in a layer and, when it is there,
+/// writes its bytes (with its mode) to `dest`. `true` only when the layer
+/// alone decides what is at `path`: a regular file entry, and each of its
+/// parents a directory entry of the layer (so nothing of the layers below
+/// shows through; a symlink below is replaced by the directory above).
+/// Reads the whole blob either way and returns the digest of the
+/// uncompressed tar, for the caller to compare with the diff ID before it
+/// uses what was written.
+pub fn file_in_layer(
+    blob: impl Read,
+    compression: Compression,
+    path: &str,
+    dest: &Path,
+    limit: u64,
+) -> Result<(bool, String), ApplyError> {
+    let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut hashed = decoded(blob, compression, limit, exceeded)?;
+    let wanted: Vec<&OsStr> = match clean(Path::new(path)) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Ok((false, String::new())),
+    };
+    let mut parents_seen = vec![false; wanted.len() - 1];
+    let mut found = false;
+    {
+        let mut archive = tar::Archive::new(&mut hashed);
+        let entries = archive
+            .entries()
+            .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if e.to_string().contains("unexpected EOF") => break,
+                Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
+            };
+            let entry_path = entry
+                .path()
+                .map_err(|e| ApplyError::Invalid(format!("bad entry path: {e}")))?
+                .into_owned();
+            let parts = clean(&entry_path)?;
+            let kind = entry.header().entry_type();
+            if parts == wanted {
+                found = false;
+                if kind == tar::EntryType::Regular {
+                    let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+                    if let Some(dir) = dest.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(io_err(|| format!("create {}", dir.display())))?;
+                    }
+                    let mut out = std::fs::File::create(dest)
+                        .map_err(io_err(|| format!("create {}", dest.display())))?;
+                    io::copy(&mut entry, &mut out)
+                        .map_err(io_err(|| format!("write {}", dest.display())))?;
+                    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+                        .map_err(io_err(|| format!("chmod {}", dest.display())))?;
+                    found = true;
+                }
+            } else if parts.len() < wanted.len() && wanted.starts_with(&parts) && !parts.is_empty()
+            {
+                parents_seen[parts.len() - 1] = kind.is_dir();
+            }
+        }
+    }
+    io::copy(&mut hashed, &mut io::sink())
+        .map_err(|e| ApplyError::Invalid(format!("broken layer stream: {e}")))?;
+    let digest = format!("sha256:{:x}", hashed.hasher.finalize());
+    Ok((found && parents_seen.iter().all(|s| *s), digest))
 }
 
 /// The components of an entry's path below the root; an error for `..`.
@@ -600,6 +678,54 @@ mod tests {
             fs::metadata(dir.path().join("zeros")).unwrap().len(),
             4 << 20
         );
+    }
+
+    #[test]
+    fn a_file_is_read_from_a_layer_only_when_the_layer_decides_it() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, body: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(body.len() as u64);
+            h.set_mode(0o750);
+            if kind == tar::EntryType::Symlink {
+                h.set_link_name("f").unwrap();
+            }
+            h.set_cksum();
+            tar.append_data(&mut h, path, body).unwrap();
+        };
+        add("./a/", tar::EntryType::Directory, b"");
+        add("./a/f", tar::EntryType::Regular, b"in a");
+        add("./top", tar::EntryType::Regular, b"at the root");
+        add("./b/f", tar::EntryType::Regular, b"no parent entry");
+        add("./a/link", tar::EntryType::Symlink, b"");
+        let layer = tar.into_inner().unwrap();
+        let full = apply(
+            &layer[..],
+            Compression::None,
+            &target(tempfile::tempdir().unwrap().path()),
+            1 << 20,
+        )
+        .unwrap();
+        let find = |path: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("out");
+            let (found, digest) =
+                file_in_layer(&layer[..], Compression::None, path, &dest, 1 << 20).unwrap();
+            if found {
+                assert_eq!(digest, full, "the whole layer is read and hashed");
+            }
+            found.then(|| {
+                let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+                (fs::read(&dest).unwrap(), mode)
+            })
+        };
+        assert_eq!(find("/a/f"), Some((b"in a".to_vec(), 0o750)));
+        assert_eq!(find("top"), Some((b"at the root".to_vec(), 0o750)));
+        // What lies below the layer could decide these.
+        for undecided in ["/b/f", "/a/missing", "/a/link", "/a", "/", "/../top"] {
+            assert_eq!(find(undecided), None, "{undecided}");
+        }
     }
 
     #[test]

@@ -236,6 +236,64 @@ impl<W: Worker> Solver<W> {
         Ok(step.snapshot.clone())
     }
 
+    /// A file of a remote hit whose snapshot is not made, read from the
+    /// step's own layer alone when that decides it: a fully cached run that
+    /// outputs a file the last step wrote downloads that step's layer, not
+    /// its parents' and not its base image. None: the snapshot answers.
+    pub(super) async fn read_remote(
+        &self,
+        tree: &Tree,
+        path: &str,
+        op: &ReadOp,
+    ) -> Option<ReadAnswer> {
+        let Tree::Step(step) = tree else {
+            return None;
+        };
+        let hit = step.remote.as_ref()?;
+        let file_op = matches!(
+            op,
+            ReadOp::Contents | ReadOp::Size | ReadOp::Digest | ReadOp::Export(_)
+        );
+        if !file_op
+            || self
+                .worker
+                .snapshot_exists(&step.snapshot)
+                .await
+                .unwrap_or(true)
+        {
+            return None;
+        }
+        let what = format!(
+            "read {path} of {} from the remote cache",
+            step.plan.description
+        );
+        let no = self.progress.started(&what);
+        let started = Instant::now();
+        let answer = self
+            .image_worker()
+            .ok()?
+            .cache_read(&hit.repo, &hit.entry, path, op.clone())
+            .await;
+        let ms = started.elapsed().as_millis();
+        match answer {
+            Ok(Some(a)) => {
+                let size = hit.entry.layer.size as f64 / 1e6;
+                self.progress
+                    .finished(no, ms, &format!("its layer, {size:.1} MB"));
+                Some(a)
+            }
+            Ok(None) => {
+                self.progress
+                    .finished(no, ms, "not in its layer alone; making the step's files");
+                None
+            }
+            Err(e) => {
+                self.progress.finished(no, ms, &format!("not usable: {e}"));
+                None
+            }
+        }
+    }
+
     /// With `--cache-to`, pushes a step that ran here, in the background.
     pub(super) fn push_remote(
         self: &Arc<Self>,

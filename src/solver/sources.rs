@@ -22,6 +22,9 @@ impl<W: Worker> Solver<W> {
         path: &str,
         op: ReadOp,
     ) -> Result<ReadAnswer, SolveError> {
+        if let Some(answer) = self.read_remote(tree, path, &op).await {
+            return Ok(answer);
+        }
         let source = self.source(tree, path).await?;
         self.worker.read(source, op).await
     }

@@ -411,6 +411,16 @@ pub trait ImageWorker: Send + Sync {
         parent: Option<&'a SnapshotId>,
         name: &'a SnapshotId,
     ) -> BoxFuture<'a, Result<u64, SolveError>>;
+    /// Answers a read of a file from an entry's own layer, when the layer
+    /// alone decides what is at `path` (see `unpack::file_in_layer`);
+    /// None when it does not (the caller then makes the snapshot).
+    fn cache_read<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        entry: &'a crate::remote::Entry,
+        path: &'a str,
+        op: ReadOp,
+    ) -> BoxFuture<'a, Result<Option<ReadAnswer>, SolveError>>;
     /// Loads an OCI image tarball into the content store and describes it.
     fn import_image<'a>(
         &'a self,

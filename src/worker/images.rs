@@ -227,6 +227,76 @@ impl ImageWorker for ContainerdWorker {
         })
     }
 
+    fn cache_read<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        entry: &'a crate::remote::Entry,
+        path: &'a str,
+        op: ReadOp,
+    ) -> BoxFuture<'a, Result<Option<ReadAnswer>, SolveError>> {
+        use futures::StreamExt;
+        use rbuild_snapshotter::unpack;
+        Box::pin(async move {
+            let Some(compression) = unpack::Compression::of_media_type(&entry.layer.media_type)
+            else {
+                return Ok(None);
+            };
+            let dir = tempfile::Builder::new()
+                .prefix("remote-read-")
+                .tempdir_in(&self.scratch)
+                .map_err(|e| SolveError::Internal(format!("scratch directory: {e}")))?;
+            let root = dir.path().join("root");
+            let dest = root.join(path.trim_start_matches('/'));
+            let mut stream = self
+                .registry
+                .blob_stream(repo, &entry.layer.as_oci_client(), "layer")
+                .await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let wanted = path.to_string();
+            let found = tokio::task::spawn_blocking(move || {
+                let reader = rbuild_snapshotter::content::ChannelReader::new(rx);
+                unpack::file_in_layer(
+                    reader,
+                    compression,
+                    &wanted,
+                    &dest,
+                    unpack::max_layer_size(),
+                )
+            });
+            while let Some(chunk) = stream.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+            drop(tx);
+            let found = found
+                .await
+                .map_err(|e| SolveError::Internal(format!("layer reader: {e}")))?;
+            match found {
+                // Only bytes whose layer matched its digests are used.
+                Ok((true, digest)) if digest == entry.diff_id => {
+                    let path = path.to_string();
+                    tokio::task::spawn_blocking(move || {
+                        let answer = rbuild_snapshotter::fileops::read_tree(&root, &path, op);
+                        drop(dir);
+                        answer
+                    })
+                    .await
+                    .map_err(|e| SolveError::Internal(format!("read task: {e}")))?
+                    .map(Some)
+                    .map_err(SolveError::from)
+                }
+                Ok(_) => Ok(None),
+                Err(e) => Err(SolveError::Image(format!(
+                    "layer {} of {}: {e}",
+                    entry.layer.digest,
+                    crate::remote::shown(repo)
+                ))),
+            }
+        })
+    }
+
     fn import_image<'a>(
         &'a self,
         source: Source,

@@ -126,7 +126,9 @@ impl Outcome {
                     && l.contains(" exec ")
                     && !l.ends_with(" CACHED")
                     && !l.contains(" CACHED (remote ")
-                    && l.split_whitespace().nth(1).is_none_or(|w| w != "download")
+                    && l.split_whitespace()
+                        .nth(1)
+                        .is_none_or(|w| w != "download" && w != "read")
             })
             .count()
     }
