@@ -13,9 +13,10 @@
 //!   background while the run goes on, at most [`PUSH_SLOTS`] at once;
 //!   the run waits for them at its end ([`Solver::finish_pushes`]) and a
 //!   push that failed is a warning, never the run's failure.
-//! - **What is shared.** Steps run in containers and file operations on
-//!   their results. Not imports of host directories or tarballs: the
-//!   runner has those files, and reading them is what their key is made of.
+//! - **What is shared.** Steps run in containers and file operations,
+//!   host files copied into a container included (so the base image need
+//!   not be pulled to copy them). Not the import of a host directory by
+//!   itself, nor a tarball's: the runner has those files.
 //! - **Trust.** A hit is believed: whoever can push to a repository can
 //!   give its readers any result for any key (README: the remote cache).
 
@@ -88,19 +89,20 @@ pub struct RemoteHit {
 }
 
 /// Whether a step's result is shared through the remote cache (see the
-/// module's documentation).
+/// module's documentation): not a host directory's import (the runner
+/// reads its own files faster than it would download them, and a step
+/// that copies them into a container is shared), not a tarball's.
 pub(super) fn shareable(plan: &StepPlan) -> bool {
     match &plan.kind {
         StepKind::Exec(_) => true,
         StepKind::Tarball { .. } => false,
-        StepKind::Apply(actions) => !actions.iter().any(|a| match a {
-            PlannedAction::CopyDir { source, .. } => matches!(source.tree, Tree::Host(_)),
-            PlannedAction::CopyFile { source, .. } => matches!(source.tree, Tree::Host(_)),
-            PlannedAction::Diff { base, other } => {
-                matches!(base.tree, Tree::Host(_)) || matches!(other.tree, Tree::Host(_))
-            }
-            PlannedAction::Write { .. } | PlannedAction::Remove { .. } => false,
-        }),
+        StepKind::Apply(actions) => {
+            !(matches!(plan.parent, Tree::Empty)
+                && matches!(
+                    actions.as_slice(),
+                    [PlannedAction::CopyDir { source, .. }] if matches!(source.tree, Tree::Host(_))
+                ))
+        }
     }
 }
 
@@ -356,7 +358,7 @@ impl<W: Worker> Solver<W> {
             exit_code: result.exit_code,
             stdout: Stream::Inline(Vec::new()),
             stderr: Stream::Inline(Vec::new()),
-            description: result.plan.description.clone(),
+            description: self.secrets.scrub_str(&result.plan.description),
             duration_ms,
             created: rbuild_containerd::rfc3339(std::time::SystemTime::now()),
             layer: rbuild_snapshotter::BlobDesc {
