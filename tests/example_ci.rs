@@ -91,7 +91,7 @@ fn job(env: &TestEnv, dir: &Path, lines: &[String], vars: &HashMap<&str, String>
                 None => sh.env_remove(k),
             };
         }
-        sh.envs(vars.iter().map(|(k, v)| (k, v)));
+        sh.envs(vars.iter());
         let out = Outcome::from(sh.output().unwrap());
         assert_eq!(out.code, 0, "{line}\n{}\n{}", out.stdout, out.stderr);
         last = Some(out);
