@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RBUILD := target/release/rbuild
 
-.PHONY: setup setup-demo build demo test unit faults lint bench clean-fixtures
+.PHONY: setup setup-demo build deb demo test unit faults lint bench clean-fixtures
 
 setup:
 	bash fixtures/setup.sh
@@ -15,6 +15,11 @@ setup-demo:
 
 build:
 	$(CARGO) build --release --bin rbuild
+
+# The Debian package of the release build (target/debian/rbuild_VERSION_ARCH.deb),
+# for CI runners: `apt-get install ./rbuild_*.deb` (examples/ci/README.md).
+deb: build
+	bash packaging/deb.sh $(RBUILD) target/debian
 
 # Runs the demo pipeline twice: the second run is fully cached.
 demo: setup-demo build
