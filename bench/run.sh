@@ -6,9 +6,9 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready"
-#                          which scenarios to run (default: all thirteen; a
-#                          fourteenth, "services", is opt-in: its cold run
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote"
+#                          which scenarios to run (default: all fourteen; a
+#                          fifteenth, "services", is opt-in: its cold run
 #                          builds examples/services from nothing, minutes)
 #   BENCH_NETNS_BIP=172.31.254.1/24
 #                          netns: the bridge of the second dockerd (BuildKit's
@@ -44,6 +44,13 @@
 #   BENCH_COMPILE_COLD_REPS=3
 #                          compile: first compiles with a new cache dir, and
 #                          bare cargo builds with a new target dir (at least 1)
+#   BENCH_REMOTE_REPS=3    remote: rounds of cold, export, fresh-runner and
+#                          changed runs per engine (at least 3)
+#   BENCH_REMOTE_SCALE_N=1000
+#                          remote: the chain a fresh runner answers from the
+#                          remote cache (REPS runs; one cold run pushes it)
+#   BENCH_REMOTE_RUSTDEPS=1
+#                          remote: also rust-deps (0: only 10 steps and the chain)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
 #                          earlier runs instead of starting from empty
@@ -53,7 +60,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready"
+ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote"
 SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
@@ -206,7 +213,7 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | branches | ignored | ready | services) ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | branches | ignored | ready | remote | services) ;;
     *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS services)" ;;
   esac
 done
@@ -247,6 +254,7 @@ cleanup() {
   if [[ -n $PULL_STARTED ]]; then pull_purge_all || true; fi
   if [[ -n $PUB_STARTED ]]; then pub_purge || true; fi
   if declare -F nn_dockerd_down >/dev/null; then nn_dockerd_down || true; fi
+  if declare -F re_dockerd_down >/dev/null; then re_dockerd_down || true; fi
   if [[ -n $STARTED_DOCKERD && ${BENCH_KEEP_DOCKERD:-0} != 1 ]]; then
     say "stopping the dockerd this run started (pid $STARTED_DOCKERD)"
     kill "$STARTED_DOCKERD" 2>/dev/null || true
@@ -3409,10 +3417,14 @@ EOF
   fi
 }
 
+# ----------------------------------------------------------------- remote --
+# shellcheck source=bench/remote.sh
+source "$REPO/bench/remote.sh"
+
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
 uses_docker() {
-  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps || want netns || want branches || want ignored ||
+  want steps || want hostdir || want publish || want pull || want parallel || want rustdeps || want netns || want branches || want ignored || want remote ||
     { want scale && [[ $SC_BK_N != 0 ]]; }
 }
 if uses_docker; then
@@ -3476,6 +3488,10 @@ if want services; then
   say "services: the examples/services matrix cold and cached"
   bench_services
 fi
+if want remote; then
+  say "remote: $RE_REPS rounds of each engine's cold, export, fresh-runner and changed runs; $RE_SC_N steps from the remote cache"
+  bench_remote
+fi
 if want compile; then
   say "compile: $CP_COLD_REPS first compiles, $REPS after an edit and $REPS unchanged (and bare cargo)"
   bench_compile
@@ -3499,6 +3515,7 @@ fi
   if want ignored; then report_ignored; fi
   if want ready; then report_ready; fi
   if want services; then report_services; fi
+  if want remote; then report_remote; fi
   report_profiles
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"

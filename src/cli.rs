@@ -219,6 +219,17 @@ pub enum VolumesCommand {
         /// The volume's name, as the pipeline gave it.
         name: String,
     },
+    /// Push a cache volume to a remote cache repository (e.g. after a CI
+    /// job on the branch that writes the cache).
+    Push {
+        /// The volume's name, as the pipeline gave it.
+        name: String,
+        /// The repository (the one --cache-to names).
+        repo: String,
+    },
+    /// Replace a cache volume with its copy in a remote cache repository
+    /// (e.g. before a CI job on a fresh runner); none there leaves it as it is.
+    Pull { name: String, repo: String },
 }
 
 #[derive(Subcommand, Debug)]

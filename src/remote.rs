@@ -13,6 +13,8 @@
 //! Plain values only: the registry requests are the worker's
 //! (`ImageWorker::cache_*`), the decisions the solver's (`solver::remote`).
 
+pub mod volumes;
+
 use base64::Engine as _;
 use rbuild_snapshotter::{BlobDesc, ImageRef};
 use serde_json::{Value, json};

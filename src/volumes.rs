@@ -89,7 +89,7 @@ impl Volumes {
         };
         let mut out: Vec<VolumeInfo> = dirs
             .flatten()
-            .filter(|d| d.path().is_dir())
+            .filter(|d| d.path().is_dir() && !d.file_name().to_string_lossy().starts_with('.'))
             .map(|d| {
                 let dir = d.path();
                 let name = std::fs::read_to_string(dir.join(NAME_FILE))
@@ -142,6 +142,35 @@ impl Volumes {
         Ok(size)
     }
 
+    /// The primary instance of volume `name` (made if new), exclusively,
+    /// without waiting: an error naming it when a step holds it.
+    pub fn take_primary(&self, name: &str) -> Result<VolumeUse, String> {
+        let dir = self.dir(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let _ = std::fs::write(dir.join(NAME_FILE), name);
+        try_instance(&dir, "data")
+            .map_err(|e| format!("cache volume {name:?}: {e}"))?
+            .ok_or_else(|| {
+                format!("cache volume {name:?} is in use by a running step: try again when it ends")
+            })
+    }
+
+    /// Puts the directory `with` (on the same filesystem, under the state
+    /// root) in place of the held instance's contents.
+    pub fn replace(&self, held: &VolumeUse, with: &Path) -> std::io::Result<()> {
+        let old = held
+            .path
+            .with_extension(format!("old-{}", std::process::id()));
+        std::fs::rename(&held.path, &old)?;
+        std::fs::rename(with, &held.path)?;
+        std::fs::remove_dir_all(&old)
+    }
+
+    /// Where a pull unpacks before it replaces a volume (beside the volumes).
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join(".incoming")
+    }
+
     /// Removes every volume instance nobody holds; returns how many volumes went entirely.
     pub fn remove_unused(&self) -> std::io::Result<usize> {
         let Ok(dirs) = std::fs::read_dir(&self.root) else {
@@ -149,6 +178,9 @@ impl Volumes {
         };
         let mut removed = 0;
         for dir in dirs.flatten() {
+            if dir.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let dir = dir.path();
             let mut busy = false;
             for entry in std::fs::read_dir(&dir)?.flatten() {

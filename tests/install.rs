@@ -33,7 +33,12 @@ impl Chroot {
     fn run(&self, what: &str, args: &[&str]) -> String {
         let mut cmd = Command::new("chroot");
         cmd.arg(&self.root)
-            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"])
+            .args([
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+            ])
             .arg("DEBIAN_FRONTEND=noninteractive")
             .args(args);
         sh(what, &mut cmd)
@@ -77,7 +82,11 @@ fn the_debian_package_installs_and_runs_on_a_clean_debian() {
     std::fs::create_dir(&root).unwrap();
     sh(
         "unpack the clean rootfs",
-        Command::new("tar").arg("-xf").arg(CLEAN_ROOTFS).arg("-C").arg(&root),
+        Command::new("tar")
+            .arg("-xf")
+            .arg(CLEAN_ROOTFS)
+            .arg("-C")
+            .arg(&root),
     );
     assert!(
         !root.join("usr/bin/containerd").exists() && !root.join("usr/bin/cargo").exists(),
@@ -89,7 +98,9 @@ fn the_debian_package_installs_and_runs_on_a_clean_debian() {
     std::fs::write(root.join("usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n").unwrap();
     sh(
         "chmod policy-rc.d",
-        Command::new("chmod").arg("755").arg(root.join("usr/sbin/policy-rc.d")),
+        Command::new("chmod")
+            .arg("755")
+            .arg(root.join("usr/sbin/policy-rc.d")),
     );
     sh(
         "mount /proc",
@@ -107,14 +118,17 @@ fn the_debian_package_installs_and_runs_on_a_clean_debian() {
     );
 
     let version = chroot.run("rbuild --version", &["rbuild", "--version"]);
-    assert!(
-        version.contains(env!("CARGO_PKG_VERSION")),
-        "{version}"
-    );
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
     for tool in ["containerd", "runc", "cargo"] {
-        chroot.run(&format!("{tool} is installed"), &["sh", "-c", &format!("command -v {tool}")]);
+        chroot.run(
+            &format!("{tool} is installed"),
+            &["sh", "-c", &format!("command -v {tool}")],
+        );
     }
-    assert!(chroot.root.join("usr/lib/cni/bridge").exists(), "the CNI plugins");
+    assert!(
+        chroot.root.join("usr/lib/cni/bridge").exists(),
+        "the CNI plugins"
+    );
     let cargo = chroot.run("cargo --version", &["cargo", "--version"]);
     let minor: u32 = cargo
         .split_whitespace()

@@ -307,3 +307,64 @@ fn old_entries_are_pruned_from_the_registry_and_bad_repositories_refused() {
         bad.stderr
     );
 }
+
+#[test]
+fn cache_volumes_travel_by_name() {
+    let repo = cache_repo(common::REGISTRY);
+    let volume = "remote-test-cargo";
+    let write = vec![
+        format!("from={BUSYBOX}"),
+        format!("cache={volume}:/cache"),
+        "exec=mkdir -p /cache/deps && head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /cache/deps/token && touch -d @1700000000 /cache/deps/token && echo wrote".into(),
+        "print=stdout".into(),
+    ];
+    let first = TestEnv::new("volume1");
+    run(&first, &[], &write).ok();
+    let pushed = common::stdout_of(
+        first
+            .command()
+            .args(["cache", "volumes", "push", volume, &repo]),
+    );
+    assert!(
+        pushed.contains(&format!("pushed cache volume {volume:?} to {repo}")),
+        "{pushed}"
+    );
+
+    // A fresh runner: nothing to pull under another name; the volume by its own.
+    let fresh = TestEnv::new("volume2");
+    let none = common::stdout_of(fresh.command().args([
+        "cache",
+        "volumes",
+        "pull",
+        "no-such-volume",
+        &repo,
+    ]));
+    assert!(none.contains("left as it is"), "{none}");
+    let pulled = common::stdout_of(
+        fresh
+            .command()
+            .args(["cache", "volumes", "pull", volume, &repo]),
+    );
+    assert!(
+        pulled.contains(&format!("pulled cache volume {volume:?}")),
+        "{pulled}"
+    );
+    let read = |env: &TestEnv| {
+        let args = vec![
+            format!("from={BUSYBOX}"),
+            format!("cache={volume}:/cache"),
+            "exec=echo token=$(cat /cache/deps/token) mtime=$(stat -c %Y /cache/deps/token)".into(),
+            "print=stdout".into(),
+        ];
+        run(env, &[], &args).ok()
+    };
+    let there = read(&first);
+    let here = read(&fresh);
+    assert_eq!(field(&here, "token"), field(&there, "token"));
+    assert_eq!(field(&here, "mtime"), "1700000000");
+    let listed = common::stdout_of(fresh.command().args(["cache", "volumes"]));
+    assert!(
+        listed.contains(volume) && !listed.contains(".incoming"),
+        "{listed}"
+    );
+}

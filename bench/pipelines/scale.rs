@@ -5,7 +5,10 @@
 //! result of step i-1. Step 1 also writes `BENCH_NONCE` into `/nonce`, so a
 //! new nonce changes its output and every step after it misses too (early
 //! cutoff would let them hit if step 1's changes were the same); the same
-//! nonce again hits all N. It prints the last step's file and the nonce.
+//! nonce again hits all N. It prints the last step's file and the nonce;
+//! with a second argument `stdout`, each step also prints `fI` and the run
+//! prints the last step's stdout (the remote scenario: a fresh runner's
+//! output then needs no step's files).
 
 use rbuild_sdk as rb;
 
@@ -20,6 +23,7 @@ async fn main() -> rb::Result<()> {
             std::process::exit(2);
         }
     };
+    let stdout_only = std::env::args().nth(2).as_deref() == Some("stdout");
     let nonce = std::env::var("BENCH_NONCE").unwrap_or_default();
     let client = rb::connect().await?;
 
@@ -30,7 +34,16 @@ async fn main() -> rb::Result<()> {
         } else {
             format!("echo {i} > /f{i}")
         };
+        let cmd = if stdout_only {
+            format!("{cmd} && echo f{i}")
+        } else {
+            cmd
+        };
         container = container.with_exec(["sh", "-c", cmd.as_str()]);
+    }
+    if stdout_only {
+        print!("{}", container.stdout().await?);
+        return Ok(());
     }
     let last = container.file(format!("/f{n}")).contents().await?;
     let nonce_file = container.file("/nonce").contents().await?;

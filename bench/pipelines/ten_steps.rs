@@ -3,6 +3,8 @@
 //! `bench/run.sh` runs it with `rbuild run`. The first step's command carries
 //! `BENCH_NONCE`, so a new nonce changes all ten cache keys (a cold run that
 //! reuses the compiled pipeline) and the same nonce again hits all ten.
+//! `BENCH_LAST` is appended to the last step's command (the remote
+//! scenario's one-line change; empty elsewhere).
 
 use rbuild_sdk as rb;
 
@@ -12,6 +14,7 @@ const STEPS: usize = 10;
 #[tokio::main]
 async fn main() -> rb::Result<()> {
     let nonce = std::env::var("BENCH_NONCE").unwrap_or_default();
+    let last = std::env::var("BENCH_LAST").unwrap_or_default();
     let client = rb::connect().await?;
 
     let mut container = client.container().from(IMAGE);
@@ -21,6 +24,8 @@ async fn main() -> rb::Result<()> {
             // after it miss too (with identical changes, early cutoff would
             // let them hit).
             format!("echo step {n} {nonce} > /nonce")
+        } else if n == STEPS {
+            format!("echo step {n}{last}")
         } else {
             format!("echo step {n}")
         };

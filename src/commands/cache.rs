@@ -23,10 +23,7 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
             let keep = humantime::parse_duration(&keep).map_err(|e| {
                 anyhow::anyhow!("--keep-duration {keep:?}: {e} (write it as 2h, 7d, 30min)")
             })?;
-            let registry = rbuild_snapshotter::Registry::new(rbuild_snapshotter::RegistryOptions {
-                insecure_hosts: config.insecure_registries.clone(),
-                ..Default::default()
-            });
+            let registry = registry(&config);
             let cutoff = std::time::SystemTime::now() - keep;
             out(crate::remote::prune(&registry, &repo, cutoff).await?);
         }
@@ -55,6 +52,12 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
                 crate::gc::human_bytes(size)
             ));
         }
+        CacheCommand::Volumes {
+            command: Some(VolumesCommand::Push { name, repo }),
+        } => out(volume_transfer(&config, &name, &repo, true).await?),
+        CacheCommand::Volumes {
+            command: Some(VolumesCommand::Pull { name, repo }),
+        } => out(volume_transfer(&config, &name, &repo, false).await?),
         CacheCommand::Verify => {
             let report = cache::verify(&config).await?;
             let code = if report.is_clean() { 0 } else { 1 };
@@ -63,6 +66,32 @@ pub async fn cache(global: &GlobalOpts, command: CacheCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `cache volumes push|pull NAME REPO`.
+async fn volume_transfer(
+    config: &EngineConfig,
+    name: &str,
+    repo: &str,
+    push: bool,
+) -> Result<String> {
+    let repo = crate::remote::parse_repository("REPO", repo).map_err(anyhow::Error::msg)?;
+    let registry = registry(config);
+    let volumes = crate::volumes::Volumes::new(&config.root);
+    let done = if push {
+        crate::remote::volumes::push(&registry, &volumes, name, &repo).await
+    } else {
+        crate::remote::volumes::pull(&registry, &volumes, name, &repo).await
+    };
+    done.map_err(anyhow::Error::msg)
+}
+
+/// A registry client with the user's settings, for commands outside a run.
+fn registry(config: &EngineConfig) -> rbuild_snapshotter::Registry {
+    rbuild_snapshotter::Registry::new(rbuild_snapshotter::RegistryOptions {
+        insecure_hosts: config.insecure_registries.clone(),
+        ..Default::default()
+    })
 }
 
 pub fn history(global: &GlobalOpts, limit: usize) -> Result<i32> {

@@ -35,3 +35,4 @@ pub use format::{
 };
 pub use layer::{Layer, diff_layer, scratch_dir};
 pub use push::{BlobPush, publish};
+pub use rewrite::pack_dir;

@@ -84,6 +84,34 @@ pub(super) fn rewrite_layer(
     Ok((diff_id, digest, size))
 }
 
+/// A directory of the host (a cache volume) as a zstd layer in `output`,
+/// its real times, owners and modes kept. Returns (uncompressed digest,
+/// compressed digest, size), as [`rewrite_layer`] does.
+pub fn pack_dir(dir: &Path, output: &Path) -> Result<(String, String, u64), Error> {
+    let out = std::fs::File::create(output).map_err(|e| Error::io("create", output, e))?;
+    let compressed = Hashed::default();
+    let uncompressed = Hashed::default();
+    let io = |e: std::io::Error| Error::io("write layer", output, e);
+    let enc = zstd::stream::write::Encoder::new(
+        HashingWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, out),
+            hash: compressed.clone(),
+        },
+        3,
+    )
+    .map_err(io)?;
+    let tar = HashingWriter {
+        inner: enc,
+        hash: uncompressed.clone(),
+    };
+    let tar = crate::overlay_diff::write_layer(&[dir.to_path_buf()], tar)
+        .map_err(|e| Error::io("pack", dir, e))?;
+    tar.inner.finish().map_err(io)?.flush().map_err(io)?;
+    let (diff_id, _) = uncompressed.finish();
+    let (digest, size) = compressed.finish();
+    Ok((diff_id, digest, size))
+}
+
 /// Copies the entries of a tar into `out`, optionally with every timestamp
 /// at the epoch (PAX time records dropped, GNU atime/ctime zeroed). Long
 /// names and links, xattrs and other PAX records are kept.
