@@ -26,7 +26,7 @@ RE_STARTED_DOCKERD=
 [[ $RE_SC_N =~ ^[0-9]+$ && $RE_SC_N -ge 1 ]] || die "BENCH_REMOTE_SCALE_N must be a number >= 1 (got '$RE_SC_N')"
 
 # Repositories of this bench run only (nothing cached from an earlier one).
-re_repo() { echo "127.0.0.1:5000/rbuild-bench-remote-$RUN_ID/$1"; }
+re_repo() { echo "127.0.0.1:5000/rbuild-bench-remote-${RUN_ID,,}/$1"; }
 
 # re_rb NS ROOT LOG ARGS...: `rbuild [ARGS]` in a runner (env from the caller).
 re_rb() {

@@ -74,6 +74,17 @@ pub fn parse_repository(flag: &str, s: &str) -> Result<ImageRef, String> {
              (no tag or digest: each cached step is a tag of it)"
         ));
     }
+    let path = s.split_once('/').map_or("", |(_, p)| p);
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "{flag} {s:?}: a repository's path is lowercase in OCI registries (try {:?})",
+            format!(
+                "{}/{}",
+                s.split('/').next().unwrap_or_default(),
+                path.to_lowercase()
+            )
+        ));
+    }
     ImageRef::parse(s).map_err(|e| format!("{flag} {s:?}: {e}"))
 }
 
@@ -392,6 +403,11 @@ mod tests {
                 "127.0.0.1:5000/team/cache:rbuild-step-{}",
                 key("a").to_hex()
             )
+        );
+        let upper = parse_repository("--cache-to", "127.0.0.1:5000/Team/Cache").unwrap_err();
+        assert!(
+            upper.contains("lowercase") && upper.contains("127.0.0.1:5000/team/cache"),
+            "{upper}"
         );
         for bad in ["127.0.0.1:5000/cache:main", "cache", "reg/cache@sha256:00"] {
             let e = parse_repository("--cache-to", bad).unwrap_err();

@@ -368,3 +368,39 @@ fn cache_volumes_travel_by_name() {
         "{listed}"
     );
 }
+
+#[test]
+fn a_fresh_runner_with_extra_cas_needs_no_image_to_plan() {
+    let repo = cache_repo(common::REGISTRY);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("corp.crt");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nrbuild-test-fleet\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let args = vec![
+        format!("from={BUSYBOX}"),
+        "exec=mkdir -p /etc/ssl/certs && echo image-root > /etc/ssl/certs/ca-certificates.crt"
+            .to_string(),
+        "exec=echo lines=$(wc -l < /etc/ssl/certs/ca-certificates.crt) rand=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \\n')".to_string(),
+        "print=stdout".to_string(),
+    ];
+    let with_ca = |env: &TestEnv, flag: &str| {
+        let mut cmd = env.command();
+        cmd.env("RBUILD_CA_CERTS", &pem)
+            .args(["--progress", "plain", flag, &repo, "run"])
+            .arg(steps_pipeline())
+            .arg("--")
+            .args(&args);
+        Outcome::from(cmd.output().unwrap()).ok()
+    };
+    let first = with_ca(&TestEnv::new("ca-fleet1"), "--cache-to");
+    assert_eq!(field(&first, "lines"), "4", "{}", first.stdout);
+    let fresh = TestEnv::new("ca-fleet2");
+    let second = with_ca(&fresh, "--cache-from");
+    assert_eq!(second.ran(), 0, "{}", second.stderr);
+    assert_eq!(field(&second, "rand"), field(&first, "rand"));
+    assert!(!second.stderr.contains("pull "), "{}", second.stderr);
+    assert_eq!(step_snapshots(&fresh), 0);
+}

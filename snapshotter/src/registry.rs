@@ -106,6 +106,11 @@ pub struct Registry {
     options: RegistryOptions,
     clients: Arc<Mutex<HashMap<String, Host>>>,
     base: Arc<BaseClients>,
+    /// Repositories (`registry/repository`) this client has logged in to
+    /// for pushing, and blobs (`registry/repository@digest`) it knows they
+    /// have: a run that pushes many blobs asks once (a token request per
+    /// blob is what makes pushing to GHCR or GitLab slow).
+    pushing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The HTTP clients hosts share (tokens and stored credentials are kept per
@@ -147,6 +152,7 @@ impl Registry {
             options,
             clients: Arc::default(),
             base: Arc::default(),
+            pushing: Arc::default(),
         }
     }
 
@@ -392,22 +398,49 @@ impl Registry {
 
     /// Whether the registry has a blob in `image`'s repository.
     pub async fn blob_exists(&self, image: &ImageRef, digest: &str) -> Result<bool, Error> {
+        let repo = format!("{}/{}", image.registry(), image.repository());
+        let blob = format!("{repo}@{digest}");
+        if self.knows(&blob) {
+            return Ok(true);
+        }
         let host = self.host(image);
         self.authenticate(image, &host).await?;
         // Existence is checked with push rights: a repository that does not
         // exist yet is then a plain "no", not a denial.
-        let _ = self
-            .cancellable(
-                image,
-                host.client
-                    .auth(image.as_oci(), &host.auth, RegistryOperation::Push),
-            )
-            .await?;
+        if !self.knows(&repo) {
+            let _ = self
+                .cancellable(
+                    image,
+                    host.client
+                        .auth(image.as_oci(), &host.auth, RegistryOperation::Push),
+                )
+                .await?;
+            self.learn(repo);
+        }
         let what = format!("checking for blob {digest}");
-        self.retrying(image, &host, Direction::To, &what, || {
-            host.client.blob_exists(image.as_oci(), digest)
-        })
-        .await
+        let exists = self
+            .retrying(image, &host, Direction::To, &what, || {
+                host.client.blob_exists(image.as_oci(), digest)
+            })
+            .await?;
+        if exists {
+            self.learn(blob);
+        }
+        Ok(exists)
+    }
+
+    fn knows(&self, what: &str) -> bool {
+        self.pushing
+            .lock()
+            .expect("push memo poisoned")
+            .contains(what)
+    }
+
+    fn learn(&self, what: String) {
+        self.pushing
+            .lock()
+            .expect("push memo poisoned")
+            .insert(what);
     }
 
     /// Asks the registry to mount a blob from another repository of it; false when it would not.
@@ -459,7 +492,14 @@ impl Registry {
                 })
                 .await?;
             match pushed {
-                Some(()) => return Ok(()),
+                Some(()) => {
+                    self.learn(format!(
+                        "{}/{}@{digest}",
+                        image.registry(),
+                        image.repository()
+                    ));
+                    return Ok(());
+                }
                 None => retry += 1,
             }
         }

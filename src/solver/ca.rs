@@ -8,8 +8,8 @@
 //! extra certificates appended, mounted over it for the step only: the
 //! image and the step's result are unchanged (nothing enters a layer), and
 //! Node.js, which keeps its own roots, is pointed at it
-//! (`NODE_EXTRA_CA_CERTS`) unless the step sets that itself. The mounted
-//! bundle is a key input by its content, so a step re-runs when a
+//! (`NODE_EXTRA_CA_CERTS`) unless the step sets that itself. The
+//! certificates are a key input by their content, so a step re-runs when a
 //! certificate changes, not when only the file naming it moves.
 
 use std::path::{Path, PathBuf};
@@ -73,8 +73,18 @@ impl ExtraCa {
     }
 }
 
+/// The target of a plan's [`MountSpec::Ca`]: it mounts at the bundles the
+/// step's root filesystem has, found when the step runs ([`Solver::ca_mounts`]).
+pub const CA_MOUNT: &str = "";
+
 impl<W: Worker> Solver<W> {
     /// Adds the extra certificates to `plan`'s trust store (see the module).
+    ///
+    /// In the key: the certificates' content. Which bundles the root
+    /// filesystem has, and what they hold, is already in the key (the
+    /// parent's identity), so nothing is read from it until the step runs:
+    /// a fresh runner answering the step from the remote cache need not
+    /// fetch its image to plan it.
     pub(super) async fn install_ca(
         self: &Arc<Self>,
         rootfs: &Tree,
@@ -86,13 +96,38 @@ impl<W: Worker> Solver<W> {
         if matches!(rootfs, Tree::Empty) {
             return Ok(());
         }
+        plan.mounts
+            .push((CA_MOUNT.to_string(), MountSpec::Ca(ca.clone())));
+        Ok(())
+    }
+
+    /// For a step that runs: each system bundle its root filesystem (the
+    /// snapshot `parent`) has, with the extra certificates appended, to be
+    /// mounted over it; and `NODE_EXTRA_CA_CERTS` (pointing at the first),
+    /// unless the step sets that itself.
+    pub(super) async fn ca_mounts(
+        self: &Arc<Self>,
+        exec: &ExecPlan,
+        parent: Option<&SnapshotId>,
+    ) -> Result<(Vec<MountRequest>, Option<String>), SolveError> {
+        let Some(ca) = exec.mounts.iter().find_map(|(_, m)| match m {
+            MountSpec::Ca(ca) => Some(ca),
+            _ => None,
+        }) else {
+            return Ok((Vec::new(), None));
+        };
+        let mut mounts = Vec::new();
         let mut first = None;
         for bundle in TRUST_BUNDLES {
             // A bundle the pipeline mounts itself is its own business.
-            if plan.mounts.iter().any(|(t, _)| t == bundle) {
+            if exec.mounts.iter().any(|(t, _)| t == bundle) {
                 continue;
             }
-            let Ok(ReadAnswer::Bytes(base)) = self.read(rootfs, bundle, ReadOp::Contents).await
+            let source = Source::Snapshot {
+                snapshot: parent.cloned(),
+                path: bundle.to_string(),
+            };
+            let Ok(ReadAnswer::Bytes(base)) = self.worker.read(source, ReadOp::Contents).await
             else {
                 continue;
             };
@@ -104,22 +139,18 @@ impl<W: Worker> Solver<W> {
             let file = write_bundle(&ca.dir, &combined)?;
             let listing = self.host_file(&file.display().to_string()).await?;
             let name = listing.entries[0].rel.clone();
-            plan.mounts.push((
-                bundle.to_string(),
-                MountSpec::File(FileValue {
-                    tree: Tree::Host(listing),
-                    path: format!("/{name}"),
-                }),
-            ));
+            mounts.push(MountRequest::Snapshot {
+                target: bundle.to_string(),
+                snapshot: self.materialize(&Tree::Host(listing)).await?,
+                path: format!("/{name}"),
+                file: true,
+            });
             first.get_or_insert(bundle);
         }
-        if let Some(bundle) = first
-            && !plan.env.iter().any(|(n, _)| n == "NODE_EXTRA_CA_CERTS")
-        {
-            plan.env
-                .push(("NODE_EXTRA_CA_CERTS".into(), EnvValue::Plain(bundle.into())));
-        }
-        Ok(())
+        let node = first
+            .filter(|_| !exec.env.iter().any(|(n, _)| n == "NODE_EXTRA_CA_CERTS"))
+            .map(|b| format!("NODE_EXTRA_CA_CERTS={b}"));
+        Ok((mounts, node))
     }
 }
 

@@ -119,7 +119,9 @@ impl<W: Worker> Solver<W> {
         let mut files = [None, None];
         let (snapshot, outcome, started, no) = match &plan.kind {
             StepKind::Exec(exec) => {
-                let mounts = self.mount_requests(&exec.mounts).await?;
+                let mut mounts = self.mount_requests(&exec.mounts).await?;
+                let (ca_mounts, ca_env) = self.ca_mounts(exec, parent.as_ref()).await?;
+                mounts.extend(ca_mounts);
                 let no = self.progress.queued(&plan.description);
                 // Bound services start now, for a step that really runs
                 // (invariant 9), and never hold a job slot (a service is
@@ -164,7 +166,7 @@ impl<W: Worker> Solver<W> {
                     name: step_snapshot_name(&plan.key),
                     parent,
                     args: exec.args.clone(),
-                    env: exec.process_env(),
+                    env: exec.process_env().into_iter().chain(ca_env).collect(),
                     cwd: exec.cwd.clone(),
                     user: exec.user.clone(),
                     mounts,
@@ -555,6 +557,8 @@ impl<W: Worker> Solver<W> {
                     plaintext: Arc::new(secret.plaintext().to_vec()),
                     mode: *mode,
                 },
+                // Made when the step runs, from its root filesystem (`ca_mounts`).
+                MountSpec::Ca(_) => continue,
             });
         }
         Ok(out)

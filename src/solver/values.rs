@@ -151,9 +151,18 @@ pub enum EnvValue {
 pub enum MountSpec {
     Directory(DirValue),
     File(FileValue),
-    Cache { volume: String, sharing: Sharing },
+    Cache {
+        volume: String,
+        sharing: Sharing,
+    },
     Temp,
-    Secret { secret: Arc<SecretValue>, mode: u32 },
+    Secret {
+        secret: Arc<SecretValue>,
+        mode: u32,
+    },
+    /// Extra CA certificates over the trust bundles the root filesystem
+    /// has (`super::ca`); its target is `ca::CA_MOUNT`.
+    Ca(super::ca::ExtraCa),
 }
 
 impl MountSpec {
@@ -170,6 +179,7 @@ impl MountSpec {
             MountSpec::Secret { secret, mode } => {
                 format!("{target}\0secret\0{}\0{mode:o}", secret.key_id())
             }
+            MountSpec::Ca(ca) => format!("{target}\0ca\0{}", blake3::hash(&ca.pem).to_hex()),
         }
     }
 }
