@@ -340,11 +340,8 @@ step, in sequence (each step's key needs its parent's result).
 EOF
   if [[ -n ${RE_BK_RD_FRESH_RAN:-} ]]; then
     cat <<EOF
-BuildKit's inline cache on the fresh dockerd: rust-deps' last round ran
-$RE_BK_RD_FRESH_RAN RUN steps and found $RE_BK_RD_FRESH_CACHED CACHED: an inline cache describes
-the exported image's own layers only (\`mode=min\`), and this Dockerfile's
-last stage is \`FROM scratch\` with files copied from the others, so the
-stages that built them are not in it.
+BuildKit's inline cache on the fresh dockerd, rust-deps' last round: it ran
+$RE_BK_RD_FRESH_RAN RUN steps and found $RE_BK_RD_FRESH_CACHED CACHED.
 EOF
   fi
 }

@@ -505,6 +505,26 @@ impl Registry {
         }
     }
 
+    /// Uploads a blob from a file unless the repository has it.
+    pub async fn push_file(
+        &self,
+        image: &ImageRef,
+        path: &std::path::Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), Error> {
+        if self.blob_exists(image, digest).await? {
+            return Ok(());
+        }
+        let open = || async {
+            let f = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| Error::io("read", path, e))?;
+            Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
+        };
+        self.push_blob(image, digest, size, open).await
+    }
+
     /// Uploads a small blob held in memory unless the repository has it;
     /// returns its digest.
     pub async fn push_bytes(

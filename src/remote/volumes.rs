@@ -88,25 +88,10 @@ pub async fn push(
     let fail = |e: rbuild_snapshotter::Error| {
         format!("pushing cache volume {name:?} to {}: {e}", shown(repo))
     };
-    if !registry.blob_exists(&at, &digest).await.map_err(fail)? {
-        let path = file.path().to_path_buf();
-        let open = || {
-            let path = path.clone();
-            async move {
-                let f = tokio::fs::File::open(&path).await.map_err(|e| {
-                    rbuild_snapshotter::Error::Download {
-                        digest: String::new(),
-                        reason: format!("read {}: {e}", path.display()),
-                    }
-                })?;
-                Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
-            }
-        };
-        registry
-            .push_blob(&at, &digest, size, open)
-            .await
-            .map_err(fail)?;
-    }
+    registry
+        .push_file(&at, file.path(), &digest, size)
+        .await
+        .map_err(fail)?;
     registry.push_bytes(&at, EMPTY_BODY).await.map_err(fail)?;
     let layer = BlobDesc {
         media_type: LAYER_TYPE.into(),

@@ -301,6 +301,7 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         result: &Arc<StepResult>,
         parent: Option<SnapshotId>,
+        upper: Option<std::path::PathBuf>,
         duration_ms: u64,
     ) {
         let Some(remote) = self.remote.as_ref() else {
@@ -319,7 +320,11 @@ impl<W: Worker> Solver<W> {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let outcome = this.push_one(&to, &result, parent, duration_ms).await;
+            let started = Instant::now();
+            let outcome = this
+                .push_one(&to, &result, parent, upper.as_deref(), duration_ms)
+                .await;
+            tracing::debug!(step = %result.plan.description, ms = started.elapsed().as_millis() as u64, ok = outcome.is_ok(), "remote cache push");
             let Some(remote) = this.remote.as_ref() else {
                 return;
             };
@@ -344,6 +349,7 @@ impl<W: Worker> Solver<W> {
         to: &ImageRef,
         result: &StepResult,
         parent: Option<SnapshotId>,
+        upper: Option<&std::path::Path>,
         duration_ms: u64,
     ) -> Result<u64, SolveError> {
         let stdout = self
@@ -373,6 +379,7 @@ impl<W: Worker> Solver<W> {
                 &entry_ref(to, &result.key),
                 parent.as_ref(),
                 &result.snapshot,
+                upper,
                 entry,
                 [stdout, stderr],
             )

@@ -82,6 +82,14 @@ impl<W: Worker> Solver<W> {
             self.progress.cached(&plan.description);
             return Ok(hit);
         }
+        // A remote hit runs nothing, so it needs no lock.
+        if let Some(hit) = self.remote_hit(plan).await {
+            if let Some(r) = &hit.remote {
+                self.progress
+                    .cached_remote(&plan.description, &crate::remote::shown(&r.repo));
+            }
+            return Ok(hit);
+        }
         // Another rbuild may be running this very step: wait for it, then
         // take its result.
         let _lock = self
@@ -95,13 +103,6 @@ impl<W: Worker> Solver<W> {
             .await?;
         if let Some(hit) = self.cached(plan)? {
             self.progress.cached(&plan.description);
-            return Ok(hit);
-        }
-        if let Some(hit) = self.remote_hit(plan).await {
-            if let Some(r) = &hit.remote {
-                self.progress
-                    .cached_remote(&plan.description, &crate::remote::shown(&r.repo));
-            }
             return Ok(hit);
         }
         self.execute(plan).await
@@ -312,6 +313,7 @@ impl<W: Worker> Solver<W> {
             }
         };
         let millis = started.elapsed().as_millis();
+        let upper = outcome.upper.clone();
         let output = plan.output_id(outcome.changes.as_deref());
         // Measured once, for cache management; unknown (-1) if containerd can't tell.
         let size = self.worker.usage(&snapshot).await.unwrap_or(-1);
@@ -344,7 +346,7 @@ impl<W: Worker> Solver<W> {
             plan: plan.clone(),
             remote: None,
         });
-        self.push_remote(&result, parent_snapshot, millis as u64);
+        self.push_remote(&result, parent_snapshot, upper, millis as u64);
         Ok(result)
     }
 

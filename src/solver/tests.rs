@@ -131,6 +131,7 @@ impl Worker for Fake {
                 stderr: b"line1\nboom\n".to_vec(),
                 snapshot: None,
                 changes: None,
+                upper: None,
                 full_filesystem: None,
             });
         }
@@ -156,6 +157,7 @@ impl Worker for Fake {
             .into_bytes(),
             stderr: vec![],
             snapshot: Some(SnapshotId(name)),
+            upper: None,
             full_filesystem: None,
         })
     }

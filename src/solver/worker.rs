@@ -214,6 +214,9 @@ pub struct ExecOutcome {
     pub snapshot: Option<SnapshotId>,
     /// Digest of what the step changed, when that was cheap to know.
     pub changes: Option<String>,
+    /// The committed snapshot's own directory (its overlay upper dir: what
+    /// the step changed), when it is one; valid while the snapshot lives.
+    pub upper: Option<PathBuf>,
     /// A failed step's filesystem that was full (what it says, where): the
     /// likely reason it failed.
     pub full_filesystem: Option<String>,
@@ -228,6 +231,7 @@ impl ExecOutcome {
             stderr: Vec::new(),
             snapshot: Some(snapshot),
             changes: None,
+            upper: None,
             full_filesystem: None,
         }
     }
@@ -392,13 +396,15 @@ pub trait ImageWorker: Send + Sync {
         desc: &'a BlobDesc,
     ) -> BoxFuture<'a, Result<Vec<u8>, SolveError>>;
     /// Pushes a step's entry to its tag: the diff of `upper` over `lower`
-    /// as its layer (filled into `entry`), output too long for an
+    /// as its layer (filled into `entry`; read straight from `upper_dir`,
+    /// the snapshot's own directory, when given), output too long for an
     /// annotation as blobs, then the manifest. Returns the bytes uploaded.
     fn cache_push<'a>(
         &'a self,
         entry_ref: &'a ImageRef,
         lower: Option<&'a SnapshotId>,
         upper: &'a SnapshotId,
+        upper_dir: Option<&'a std::path::Path>,
         entry: crate::remote::Entry,
         outputs: [Vec<u8>; 2],
     ) -> BoxFuture<'a, Result<u64, SolveError>>;

@@ -242,6 +242,7 @@ impl ContainerdWorker {
                 stderr: Vec::new(),
                 snapshot: None,
                 changes: None,
+                upper: None,
                 full_filesystem: None,
             });
         }
@@ -266,6 +267,7 @@ impl ContainerdWorker {
         }
         let mut changes = None;
         let mut snapshot = None;
+        let mut upper_dir = None;
         let mut full_filesystem = None;
         if !req.expect.accepts(exit_code) {
             let mut written: Vec<(PathBuf, String)> = Vec::new();
@@ -287,6 +289,7 @@ impl ContainerdWorker {
         }
         if req.expect.accepts(exit_code) {
             if let Some((upper, lowers)) = snapshots::overlay_dirs(rootfs) {
+                upper_dir = Some(upper.clone());
                 let started = Instant::now();
                 let budget = changes_digest_budget();
                 let digest = tokio::task::spawn_blocking(move || {
@@ -314,6 +317,7 @@ impl ContainerdWorker {
             stderr: outcome.stderr,
             snapshot,
             changes,
+            upper: upper_dir,
             full_filesystem,
         })
     }

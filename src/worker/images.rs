@@ -153,29 +153,67 @@ impl ImageWorker for ContainerdWorker {
         entry_ref: &'a ImageRef,
         lower: Option<&'a SnapshotId>,
         upper: &'a SnapshotId,
+        upper_dir: Option<&'a std::path::Path>,
         mut entry: crate::remote::Entry,
         outputs: [Vec<u8>; 2],
     ) -> BoxFuture<'a, Result<u64, SolveError>> {
         use crate::remote::{self, Stream};
         Box::pin(async move {
-            let lease = self.lease().await?;
-            let format = ImageFormat {
-                compression: export::Compression::Zstd,
-                media_types: export::MediaTypes::Oci,
-                real_timestamps: true,
-            };
-            let layer =
-                export::diff_layer(&self.ctd, lease, &self.scratch, lower, upper, format).await?;
+            let started = std::time::Instant::now();
             let mut uploaded = 0u64;
-            let digest = layer.desc.digest.clone();
-            if !self.registry.blob_exists(entry_ref, &digest).await? {
-                let open =
-                    || async { rbuild_snapshotter::content::read_stream(&self.ctd, &digest).await };
-                self.registry
-                    .push_blob(entry_ref, &digest, layer.desc.size as u64, open)
-                    .await?;
-                uploaded += layer.desc.size as u64;
-            }
+            let layer = match upper_dir.filter(|d| d.is_dir()) {
+                // One pass over the step's own directory, into a file.
+                Some(dir) => {
+                    let file = tempfile::NamedTempFile::new_in(&self.scratch)
+                        .map_err(|e| SolveError::Internal(format!("scratch file: {e}")))?;
+                    let (dir, out) = (dir.to_path_buf(), file.path().to_path_buf());
+                    let (diff_id, digest, size) =
+                        tokio::task::spawn_blocking(move || export::pack_dir(&dir, &out))
+                            .await
+                            .map_err(|e| SolveError::Internal(format!("layer task: {e}")))??;
+                    if !self.registry.blob_exists(entry_ref, &digest).await? {
+                        self.registry
+                            .push_file(entry_ref, file.path(), &digest, size)
+                            .await?;
+                        uploaded += size;
+                    }
+                    Layer {
+                        desc: BlobDesc {
+                            media_type: remote::LAYER_TYPE.into(),
+                            digest,
+                            size: size as i64,
+                        },
+                        diff_id,
+                    }
+                }
+                None => {
+                    let lease = self.lease().await?;
+                    let format = ImageFormat {
+                        compression: export::Compression::Zstd,
+                        media_types: export::MediaTypes::Oci,
+                        real_timestamps: true,
+                    };
+                    let layer =
+                        export::diff_layer(&self.ctd, lease, &self.scratch, lower, upper, format)
+                            .await?;
+                    let digest = layer.desc.digest.clone();
+                    if !self.registry.blob_exists(entry_ref, &digest).await? {
+                        let open = || async {
+                            rbuild_snapshotter::content::read_stream(&self.ctd, &digest).await
+                        };
+                        self.registry
+                            .push_blob(entry_ref, &digest, layer.desc.size as u64, open)
+                            .await?;
+                        uploaded += layer.desc.size as u64;
+                    }
+                    layer
+                }
+            };
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                size = layer.desc.size,
+                "remote cache: the step's layer pushed"
+            );
             entry.layer = layer.desc;
             entry.diff_id = layer.diff_id;
             for (stream, bytes, media_type) in [
