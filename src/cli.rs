@@ -103,6 +103,11 @@ pub struct GlobalOpts {
     /// in it too.
     #[arg(long = "cache-to", global = true, env = "RBUILD_CACHE_TO")]
     pub cache_to: Option<String>,
+    /// Fail, naming the step, rather than run any step: every step must
+    /// come from the cache (local or remote). A CI check that a warm
+    /// runner really is warm.
+    #[arg(long, global = true, env = "RBUILD_EXPECT_CACHED")]
+    pub expect_cached: bool,
 }
 
 /// `--progress`'s values (the engine's own is `progress::Mode`).

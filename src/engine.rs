@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub cache_from: Vec<String>,
     /// `--cache-to`: the remote cache repository pushed to (and read from).
     pub cache_to: Option<String>,
+    /// `--expect-cached`: fail rather than run a step.
+    pub expect_cached: bool,
 }
 
 impl EngineConfig {
@@ -147,6 +149,7 @@ impl Engine {
                 pipelines: Some(config.cache_dir.clone()),
                 extra_ca,
                 remote,
+                expect_cached: config.expect_cached,
             },
         );
         Ok(Engine {

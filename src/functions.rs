@@ -108,6 +108,8 @@ pub struct CallFlags {
     /// `--cache-from REPO` (repeatable) and `--cache-to REPO`.
     pub cache_from: Vec<String>,
     pub cache_to: Option<String>,
+    /// `--expect-cached`.
+    pub expect_cached: bool,
 }
 
 /// Splits `rbuild call`'s own flags off the front of its words: the flags, and the rest.
@@ -122,8 +124,8 @@ pub fn call_flags(words: Vec<String>) -> Result<(CallFlags, Vec<String>)> {
             _ => (w.clone(), None),
         };
         let takes_value = ["--interactive-command", "--cache-from", "--cache-to"];
-        if !takes_value.contains(&name.as_str()) && !matches!(name.as_str(), "-i" | "--interactive")
-        {
+        let switch = matches!(name.as_str(), "-i" | "--interactive" | "--expect-cached");
+        if !takes_value.contains(&name.as_str()) && !switch {
             break;
         }
         rest.next();
@@ -138,6 +140,7 @@ pub fn call_flags(words: Vec<String>) -> Result<(CallFlags, Vec<String>)> {
             "-i" | "--interactive" => interactive = true,
             "--interactive-command" => command = value,
             "--cache-from" => flags.cache_from.push(value),
+            "--expect-cached" => flags.expect_cached = true,
             _ => flags.cache_to = Some(value),
         }
     }
@@ -354,6 +357,9 @@ mod tests {
         assert_eq!(flags.cache_to.as_deref(), Some("r/c"));
         assert_eq!(rest, words("test --source=."));
         assert!(call_flags(words("--cache-to")).is_err());
+        let (flags, rest) = shell("--expect-cached test");
+        assert!(flags.expect_cached && flags.shell.is_none());
+        assert_eq!(rest, words("test"));
     }
 
     #[test]

@@ -48,6 +48,17 @@ fn field(out: &Outcome, name: &str) -> String {
         .to_string()
 }
 
+/// `cache verify` is clean and the run left nothing behind.
+fn assert_consistent(env: &TestEnv) {
+    let verify = env.command().args(["cache", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
 fn step_snapshots(env: &TestEnv) -> usize {
     env.ctr(&["snapshots", "ls"])
         .lines()
@@ -142,13 +153,7 @@ fn a_fleet_of_runners_shares_one_cache_through_a_registry() {
     assert_eq!(field(&third, "big"), "300000");
     assert_eq!(field(&third, "changed"), "yes");
     for env in [&r1, &r2, &r3] {
-        let verify = env.command().args(["cache", "verify"]).output().unwrap();
-        assert!(
-            verify.status.success(),
-            "{}",
-            String::from_utf8_lossy(&verify.stdout)
-        );
-        assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+        assert_consistent(env);
     }
 }
 
@@ -264,13 +269,7 @@ fn a_blob_with_the_wrong_bytes_is_a_miss() {
         "{}",
         out.stdout
     );
-    let verify = env.command().args(["cache", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_consistent(&env);
 }
 
 #[test]

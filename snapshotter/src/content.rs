@@ -52,6 +52,31 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// Runs the blocking `read` on a thread of its own over `stream` (a
+/// blob from a registry): the chunks are handed to it as they come, an
+/// error item ends the stream as a read error. Returns what `read` did.
+pub async fn read_blocking<S, T>(
+    mut stream: S,
+    read: impl FnOnce(ChannelReader) -> T + Send + 'static,
+) -> std::io::Result<T>
+where
+    S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+    T: Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel(16);
+    let reading = tokio::task::spawn_blocking(move || read(ChannelReader::new(rx)));
+    while let Some(chunk) = stream.next().await {
+        let failed = chunk.is_err();
+        // The reader may have stopped early; what it did is the answer.
+        if tx.send(chunk).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    reading.await.map_err(std::io::Error::other)
+}
+
 /// What a blob write found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {

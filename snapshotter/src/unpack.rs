@@ -169,26 +169,11 @@ fn apply_limited(
 ) -> Result<String, ApplyError> {
     let mut hashed = decoded(blob, compression, limit, exceeded)?;
     let mut dirs = Vec::new();
-    {
-        let mut archive = tar::Archive::new(&mut hashed);
-        let entries = archive
-            .entries()
-            .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = match entry {
-                Ok(entry) => entry,
-                // The stream ends in the padding after the last entry's data
-                // or without end-of-archive blocks (some tools write layers
-                // so); containerd's Go reader takes that as the end, and so
-                // does this one. Every entry so far was read whole, and the
-                // digest still has to match the diff ID.
-                Err(e) if e.to_string().contains("unexpected EOF") => break,
-                Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
-            };
-            apply_entry(&mut entry, target, &mut dirs)?;
-            rbuild_containerd::kill_point("unpack-mid");
-        }
-    }
+    each_entry(&mut hashed, |entry| {
+        apply_entry(entry, target, &mut dirs)?;
+        rbuild_containerd::kill_point("unpack-mid");
+        Ok(())
+    })?;
     // The digest covers the whole stream, the end-of-archive blocks too.
     io::copy(&mut hashed, &mut io::sink())
         .map_err(|e| ApplyError::Invalid(format!("broken layer stream: {e}")))?;
@@ -248,49 +233,62 @@ pub fn file_in_layer(
     };
     let mut parents_seen = vec![false; wanted.len() - 1];
     let mut found = false;
-    {
-        let mut archive = tar::Archive::new(&mut hashed);
-        let entries = archive
-            .entries()
-            .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = match entry {
-                Ok(entry) => entry,
-                Err(e) if e.to_string().contains("unexpected EOF") => break,
-                Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
-            };
-            let entry_path = entry
-                .path()
-                .map_err(|e| ApplyError::Invalid(format!("bad entry path: {e}")))?
-                .into_owned();
-            let parts = clean(&entry_path)?;
-            let kind = entry.header().entry_type();
-            if parts == wanted {
-                found = false;
-                if kind == tar::EntryType::Regular {
-                    let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-                    if let Some(dir) = dest.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(io_err(|| format!("create {}", dir.display())))?;
-                    }
-                    let mut out = std::fs::File::create(dest)
-                        .map_err(io_err(|| format!("create {}", dest.display())))?;
-                    io::copy(&mut entry, &mut out)
-                        .map_err(io_err(|| format!("write {}", dest.display())))?;
-                    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
-                        .map_err(io_err(|| format!("chmod {}", dest.display())))?;
-                    found = true;
+    each_entry(&mut hashed, |entry| {
+        let entry_path = entry
+            .path()
+            .map_err(|e| ApplyError::Invalid(format!("bad entry path: {e}")))?
+            .into_owned();
+        let parts = clean(&entry_path)?;
+        let kind = entry.header().entry_type();
+        if parts == wanted {
+            found = false;
+            if kind == tar::EntryType::Regular {
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(io_err(|| format!("create {}", dir.display())))?;
                 }
-            } else if parts.len() < wanted.len() && wanted.starts_with(&parts) && !parts.is_empty()
-            {
-                parents_seen[parts.len() - 1] = kind.is_dir();
+                let mut out = std::fs::File::create(dest)
+                    .map_err(io_err(|| format!("create {}", dest.display())))?;
+                io::copy(entry, &mut out)
+                    .map_err(io_err(|| format!("write {}", dest.display())))?;
+                std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err(|| format!("chmod {}", dest.display())))?;
+                found = true;
             }
+        } else if parts.len() < wanted.len() && wanted.starts_with(&parts) && !parts.is_empty() {
+            parents_seen[parts.len() - 1] = kind.is_dir();
         }
-    }
+        Ok(())
+    })?;
     io::copy(&mut hashed, &mut io::sink())
         .map_err(|e| ApplyError::Invalid(format!("broken layer stream: {e}")))?;
     let digest = format!("sha256:{:x}", hashed.hasher.finalize());
     Ok((found && parents_seen.iter().all(|s| *s), digest))
+}
+
+/// Calls `f` on each entry of the tar read from `r`. The stream may end in
+/// the padding after the last entry's data or without end-of-archive
+/// blocks (some tools write layers so); containerd's Go reader takes that
+/// as the end, and so does this one. Every entry so far was read whole,
+/// and the caller's digest still has to match.
+fn each_entry<R: Read>(
+    r: R,
+    mut f: impl FnMut(&mut tar::Entry<'_, R>) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
+    let mut archive = tar::Archive::new(r);
+    let entries = archive
+        .entries()
+        .map_err(|e| ApplyError::Invalid(format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if e.to_string().contains("unexpected EOF") => break,
+            Err(e) => return Err(ApplyError::Invalid(format!("broken tar archive: {e}"))),
+        };
+        f(&mut entry)?;
+    }
+    Ok(())
 }
 
 /// The components of an entry's path below the root; an error for `..`.

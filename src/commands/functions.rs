@@ -69,6 +69,7 @@ pub async fn call(global: &GlobalOpts, words: Vec<String>) -> Result<i32> {
     if flags.cache_to.is_some() {
         config.cache_to = flags.cache_to;
     }
+    config.expect_cached |= flags.expect_cached;
     // Arguments are checked against the declaration before anything runs.
     let declared = functions::describe(&config, &path).await?;
     let spec = functions::call_spec(&line, &declared.functions, &path, declared.api)?;

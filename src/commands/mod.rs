@@ -68,6 +68,7 @@ impl From<&GlobalOpts> for EngineConfig {
             locked: g.locked,
             cache_from: g.cache_from.clone(),
             cache_to: g.cache_to.clone(),
+            expect_cached: g.expect_cached,
         }
     }
 }

@@ -6,7 +6,6 @@
 //! directory (real times, owners and modes: cargo's `target/` fingerprints
 //! stay valid), in a manifest like a step's (docs/remote-cache.md).
 
-use futures::StreamExt;
 use rbuild_snapshotter::{BlobDesc, ImageRef, Registry, unpack};
 use serde_json::{Value, json};
 
@@ -136,34 +135,25 @@ pub async fn pull(
         .map_err(|e| e.to_string())?;
     let root = tmp.path().join("data");
     std::fs::create_dir(&root).map_err(|e| e.to_string())?;
-    let mut stream = registry
+    let stream = registry
         .blob_stream(&at, &layer.as_oci_client(), "volume")
         .await
         .map_err(fail)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let target = unpack::Target {
         root: root.clone(),
         lowers: Vec::new(),
     };
-    let applying = tokio::task::spawn_blocking(move || {
+    let applied = rbuild_snapshotter::content::read_blocking(stream, move |reader| {
         unpack::apply(
-            rbuild_snapshotter::content::ChannelReader::new(rx),
+            reader,
             unpack::Compression::Zstd,
             &target,
             unpack::max_layer_size(),
         )
-    });
-    while let Some(chunk) = stream.next().await {
-        let failed = chunk.is_err();
-        if tx.send(chunk).await.is_err() || failed {
-            break;
-        }
-    }
-    drop(tx);
-    let applied = applying
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cache volume {name:?} from {}: {e}", shown(repo)))?;
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cache volume {name:?} from {}: {e}", shown(repo)))?;
     if applied != diff_id {
         return Err(format!(
             "cache volume {name:?} from {}: its layer unpacked to {applied}, not {diff_id}; left as it was",

@@ -97,6 +97,8 @@ pub struct Solver<W: Worker> {
     image_lock: std::sync::OnceLock<Arc<crate::lock::ImageLock>>,
     /// The remote step cache, when the run has one.
     remote: Option<remote::RemoteState>,
+    /// `--expect-cached`: a step that would run is an error instead.
+    expect_cached: bool,
 }
 
 /// Settings of a solver.
@@ -121,6 +123,8 @@ pub struct SolverConfig {
     pub extra_ca: Option<ca::ExtraCa>,
     /// `--cache-from`/`--cache-to`.
     pub remote: remote::RemoteSettings,
+    /// `--expect-cached`: refuse to run any step (every one must hit).
+    pub expect_cached: bool,
 }
 
 impl<W: Worker> Solver<W> {
@@ -177,6 +181,7 @@ impl<W: Worker> Solver<W> {
             extra_ca: config.extra_ca,
             image_lock: std::sync::OnceLock::new(),
             remote: remote::RemoteState::new(config.remote),
+            expect_cached: config.expect_cached,
         })
     }
 

@@ -114,6 +114,9 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
+        if self.expect_cached {
+            return Err(self.not_cached(plan));
+        }
         let parent = self.materialize(&plan.parent).await?;
         let parent_snapshot = parent.clone();
         // Where the whole stdout and stderr are, when too long for the index.
@@ -348,6 +351,23 @@ impl<W: Worker> Solver<W> {
         });
         self.push_remote(&result, parent_snapshot, upper, millis as u64);
         Ok(result)
+    }
+
+    /// `--expect-cached`'s error for a step that would run, shown as the
+    /// step's failure too.
+    fn not_cached(&self, plan: &StepPlan) -> SolveError {
+        let at = match &plan.kind {
+            StepKind::Exec(exec) => exec.at.as_deref(),
+            _ => None,
+        };
+        let message = format!(
+            "--expect-cached: {} is not in the cache{}, so it would run; nothing was run",
+            plan.description,
+            at.map(|a| format!(" (created at {a})")).unwrap_or_default()
+        );
+        let no = self.progress.queued(&plan.description);
+        self.progress.failed(no, &plan.description, &message, &[]);
+        SolveError::Invalid(message)
     }
 
     /// A job slot, for as long as the permit is held.

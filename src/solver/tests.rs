@@ -312,6 +312,7 @@ impl Harness {
             pipelines: None,
             extra_ca: None,
             remote: Default::default(),
+            expect_cached: false,
         };
         (Solver::new(fake, self.index.clone(), progress, config), out)
     }

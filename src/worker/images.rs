@@ -272,7 +272,6 @@ impl ImageWorker for ContainerdWorker {
         path: &'a str,
         op: ReadOp,
     ) -> BoxFuture<'a, Result<Option<ReadAnswer>, SolveError>> {
-        use futures::StreamExt;
         use rbuild_snapshotter::unpack;
         Box::pin(async move {
             let Some(compression) = unpack::Compression::of_media_type(&entry.layer.media_type)
@@ -285,14 +284,12 @@ impl ImageWorker for ContainerdWorker {
                 .map_err(|e| SolveError::Internal(format!("scratch directory: {e}")))?;
             let root = dir.path().join("root");
             let dest = root.join(path.trim_start_matches('/'));
-            let mut stream = self
+            let stream = self
                 .registry
                 .blob_stream(repo, &entry.layer.as_oci_client(), "layer")
                 .await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
             let wanted = path.to_string();
-            let found = tokio::task::spawn_blocking(move || {
-                let reader = rbuild_snapshotter::content::ChannelReader::new(rx);
+            let found = rbuild_snapshotter::content::read_blocking(stream, move |reader| {
                 unpack::file_in_layer(
                     reader,
                     compression,
@@ -300,17 +297,9 @@ impl ImageWorker for ContainerdWorker {
                     &dest,
                     unpack::max_layer_size(),
                 )
-            });
-            while let Some(chunk) = stream.next().await {
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    break;
-                }
-            }
-            drop(tx);
-            let found = found
-                .await
-                .map_err(|e| SolveError::Internal(format!("layer reader: {e}")))?;
+            })
+            .await
+            .map_err(|e| SolveError::Internal(format!("layer reader: {e}")))?;
             match found {
                 // Only bytes whose layer matched its digests are used.
                 Ok((true, digest)) if digest == entry.diff_id => {
