@@ -68,12 +68,7 @@ re_dockerd_fresh() {
 
 re_dockerd_down() {
   [[ -n $RE_STARTED_DOCKERD ]] || return 0
-  kill "$RE_STARTED_DOCKERD" 2>/dev/null || true
-  local i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$RE_STARTED_DOCKERD" 2>/dev/null || break
-    sleep 0.1
-  done
+  stop_pid "$RE_STARTED_DOCKERD"
   RE_STARTED_DOCKERD=
 }
 

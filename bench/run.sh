@@ -3041,14 +3041,19 @@ nn_dockerd_up() {
     --bip="$NN_BIP" --iptables=false --ip6tables=false --ip-masq=false
 }
 
-nn_dockerd_down() {
-  [[ -n $NN_STARTED_DOCKERD ]] || return 0
-  kill "$NN_STARTED_DOCKERD" 2>/dev/null || true
+# stop_pid PID: SIGTERM, then up to 10 s for it to be gone.
+stop_pid() {
+  kill "$1" 2>/dev/null || true
   local i
   for ((i = 0; i < 100; i++)); do
-    kill -0 "$NN_STARTED_DOCKERD" 2>/dev/null || break
+    kill -0 "$1" 2>/dev/null || break
     sleep 0.1
   done
+}
+
+nn_dockerd_down() {
+  [[ -n $NN_STARTED_DOCKERD ]] || return 0
+  stop_pid "$NN_STARTED_DOCKERD"
   ip link del docker0 2>/dev/null || true
   NN_STARTED_DOCKERD=
 }
