@@ -505,16 +505,17 @@ impl Registry {
         }
     }
 
-    /// Uploads a blob from a file unless the repository has it.
+    /// Uploads a blob from a file unless the repository has it; true when
+    /// it was uploaded.
     pub async fn push_file(
         &self,
         image: &ImageRef,
         path: &std::path::Path,
         digest: &str,
         size: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         if self.blob_exists(image, digest).await? {
-            return Ok(());
+            return Ok(false);
         }
         let open = || async {
             let f = tokio::fs::File::open(path)
@@ -522,7 +523,8 @@ impl Registry {
                 .map_err(|e| Error::io("read", path, e))?;
             Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
         };
-        self.push_blob(image, digest, size, open).await
+        self.push_blob(image, digest, size, open).await?;
+        Ok(true)
     }
 
     /// Uploads a small blob held in memory unless the repository has it;

@@ -171,10 +171,11 @@ impl ImageWorker for ContainerdWorker {
                         tokio::task::spawn_blocking(move || export::pack_dir(&dir, &out))
                             .await
                             .map_err(|e| SolveError::Internal(format!("layer task: {e}")))??;
-                    if !self.registry.blob_exists(entry_ref, &digest).await? {
-                        self.registry
-                            .push_file(entry_ref, file.path(), &digest, size)
-                            .await?;
+                    if self
+                        .registry
+                        .push_file(entry_ref, file.path(), &digest, size)
+                        .await?
+                    {
                         uploaded += size;
                     }
                     Layer {
