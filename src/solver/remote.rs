@@ -142,7 +142,10 @@ impl<W: Worker> Solver<W> {
                 }
             };
             match self.remote_result(plan, repo, entry).await {
-                Ok(hit) => return Some(hit),
+                Ok(hit) => {
+                    self.progress.cached_remote(&plan.description, &shown(repo));
+                    return Some(hit);
+                }
                 Err(e) => {
                     tracing::warn!(%at, error = %e, "remote cache entry's output unreadable; a miss");
                     continue;
@@ -215,21 +218,7 @@ impl<W: Worker> Solver<W> {
                 return Err(e);
             }
         };
-        let size = self.worker.usage(&step.snapshot).await.unwrap_or(-1);
-        self.index.put_step(&crate::index::StepRecord {
-            key: step.key,
-            snapshot: step.snapshot.clone(),
-            output: step.output.clone(),
-            stdout: step.stdout.clone(),
-            stderr: step.stderr.clone(),
-            stdout_file: step.stdout_file.clone(),
-            stderr_file: step.stderr_file.clone(),
-            exit_code: step.exit_code,
-            duration_ms: hit.entry.duration_ms,
-            description: plan.description.clone(),
-            size,
-        })?;
-        self.worker.keep(&step.snapshot).await?;
+        self.record(step, hit.entry.duration_ms).await?;
         self.progress.finished(
             no,
             started.elapsed().as_millis(),

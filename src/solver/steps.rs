@@ -84,10 +84,6 @@ impl<W: Worker> Solver<W> {
         }
         // A remote hit runs nothing, so it needs no lock.
         if let Some(hit) = self.remote_hit(plan).await {
-            if let Some(r) = &hit.remote {
-                self.progress
-                    .cached_remote(&plan.description, &crate::remote::shown(&r.repo));
-            }
             return Ok(hit);
         }
         // Another rbuild may be running this very step: wait for it, then
@@ -318,25 +314,6 @@ impl<W: Worker> Solver<W> {
         let millis = started.elapsed().as_millis();
         let upper = outcome.upper.clone();
         let output = plan.output_id(outcome.changes.as_deref());
-        // Measured once, for cache management; unknown (-1) if containerd can't tell.
-        let size = self.worker.usage(&snapshot).await.unwrap_or(-1);
-        rbuild_containerd::kill_point("step-committed");
-        self.index.put_step(&StepRecord {
-            key: plan.key,
-            snapshot: snapshot.clone(),
-            output: output.clone(),
-            stdout: outcome.stdout.clone(),
-            stderr: outcome.stderr.clone(),
-            stdout_file: files[0].clone(),
-            stderr_file: files[1].clone(),
-            exit_code: outcome.exit_code,
-            duration_ms: millis as u64,
-            description: plan.description.clone(),
-            size,
-        })?;
-        rbuild_containerd::kill_point("step-recorded");
-        self.worker.keep(&snapshot).await?;
-        self.progress.done(no, &plan.description, millis);
         let result = Arc::new(StepResult {
             key: plan.key,
             snapshot,
@@ -349,8 +326,37 @@ impl<W: Worker> Solver<W> {
             plan: plan.clone(),
             remote: None,
         });
+        self.record(&result, millis as u64).await?;
+        self.progress.done(no, &plan.description, millis);
         self.push_remote(&result, parent_snapshot, upper, millis as u64);
         Ok(result)
+    }
+
+    /// Records a step whose snapshot is committed: its index row second
+    /// (with its size, measured once, for cache management; -1 when
+    /// containerd can't tell), then the snapshot marked kept.
+    pub(super) async fn record(
+        &self,
+        step: &StepResult,
+        duration_ms: u64,
+    ) -> Result<(), SolveError> {
+        let size = self.worker.usage(&step.snapshot).await.unwrap_or(-1);
+        rbuild_containerd::kill_point("step-committed");
+        self.index.put_step(&StepRecord {
+            key: step.key,
+            snapshot: step.snapshot.clone(),
+            output: step.output.clone(),
+            stdout: step.stdout.clone(),
+            stderr: step.stderr.clone(),
+            stdout_file: step.stdout_file.clone(),
+            stderr_file: step.stderr_file.clone(),
+            exit_code: step.exit_code,
+            duration_ms,
+            description: step.plan.description.clone(),
+            size,
+        })?;
+        rbuild_containerd::kill_point("step-recorded");
+        self.worker.keep(&step.snapshot).await
     }
 
     /// `--expect-cached`'s error for a step that would run, shown as the
