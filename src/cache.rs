@@ -12,7 +12,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::gc::{self, Policy, Pruned, human_bytes, now_secs};
 use crate::index::{CacheEntry, Index, RunRecord};
 
-fn open_index(config: &EngineConfig) -> Result<Index> {
+pub fn open_index(config: &EngineConfig) -> Result<Index> {
     Ok(Index::open(&config.root.join("index.db"))?)
 }
 
@@ -154,7 +154,14 @@ pub async fn prune(config: &EngineConfig, request: PruneRequest<'_>) -> Result<P
         bail!("say what to prune: --keep-storage SIZE, --keep-duration DURATION or --all");
     }
     let engine = Engine::start(config).await?;
-    let pruned = gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await?;
+    let pruned = gc::prune(
+        &engine.index,
+        engine.solver.worker(),
+        &config.root,
+        &policy,
+        "pruned (rbuild cache prune)",
+    )
+    .await?;
     // Compiled pipelines by the same policy (their own budget), on request
     // only: the automatic policy after a run leaves them, so that a run
     // does not make the next one recompile. Only a cache dir of this root's
@@ -279,19 +286,27 @@ impl fmt::Display for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>8}  {:>9}  {:>5}  {:>6}  {:>4}  PIPELINE",
-            "WHEN", "DURATION", "RUN", "CACHED", "EXIT"
+            "{:>5}  {:>8}  {:>9}  {:>5}  {:>6}  {:>4}  PIPELINE",
+            "ID", "WHEN", "DURATION", "RUN", "CACHED", "EXIT"
         )?;
         for r in &self.runs {
             write!(
                 f,
-                "\n{:>8}  {:>8.2}s  {:>5}  {:>6}  {:>4}  {}",
+                "\n{:>5}  {:>8}  {:>8.2}s  {:>5}  {:>6}  {:>4}  {}",
+                r.id,
                 format!("{} ago", age(self.now - r.started)),
                 r.duration_ms as f64 / 1000.0,
                 r.steps_run,
                 r.steps_cached,
                 r.exit_code,
                 r.pipeline
+            )?;
+        }
+        if let Some(r) = self.runs.first() {
+            write!(
+                f,
+                "\n\nwhy steps ran: rbuild explain {} [STEP]; a picture of the run: rbuild report {} -o report.html",
+                r.id, r.id
             )?;
         }
         Ok(())

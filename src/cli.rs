@@ -165,6 +165,23 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: usize,
     },
+    /// Why steps ran: a run's missed steps with their reasons, or one
+    /// step's key compared part by part with the step it replaced.
+    Explain {
+        /// A run id from `rbuild history` [default: last].
+        run: Option<String>,
+        /// A step's number in that run (`3` or `#3`), or words of its name.
+        step: Option<String>,
+    },
+    /// Write a run as one self-contained HTML page: a timeline of its
+    /// steps, its critical path, where the time went, totals.
+    Report {
+        /// A run id from `rbuild history` [default: last].
+        run: Option<String>,
+        /// Where to write the page.
+        #[arg(short = 'o', long = "output", default_value = "rbuild-report.html")]
+        output: PathBuf,
+    },
     /// The containerd rbuild uses: status, or start/stop rbuild's own.
     Engine {
         #[command(subcommand)]

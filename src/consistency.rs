@@ -121,7 +121,7 @@ pub async fn repair(index: &Index, worker: &ContainerdWorker) -> Result<Repaired
         }
     }
     done.rows_removed = gone.len();
-    index.forget(&gone)?;
+    index.forget(&gone, "lost (its snapshot was gone)")?;
     if done.rooted + done.released + done.rows_removed > 0 {
         tracing::info!(
             rooted = done.rooted,

@@ -261,7 +261,9 @@ pub async fn run_pipeline(
     }
     engine.progress.summary(started.elapsed().as_millis(), code);
     let (ran, cached) = engine.progress.counts();
-    let _ = engine.index.record_run(&RunRecord {
+    let timeline = engine.progress.timeline();
+    let recorded = engine.index.record_run(&RunRecord {
+        id: 0,
         started: crate::gc::now_secs() - started.elapsed().as_secs() as i64,
         duration_ms: started.elapsed().as_millis() as i64,
         // A call shows as it was typed: the pipeline and the function.
@@ -276,6 +278,18 @@ pub async fn run_pipeline(
         steps_cached: cached as i64,
         exit_code: code as i64,
     });
+    match recorded {
+        Ok(run) => {
+            let rows: Vec<(u64, String)> = timeline
+                .iter()
+                .map(|e| (e.no, serde_json::to_string(e).expect("timeline serializes")))
+                .collect();
+            if let Err(e) = engine.index.put_run_steps(run, &rows) {
+                tracing::warn!(error = %e, "could not record the run's timeline");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record the run"),
+    }
     auto_gc(&engine, config, run_started).await;
     Ok(code)
 }
@@ -287,7 +301,15 @@ async fn auto_gc(engine: &Engine, config: &EngineConfig, run_started: i64) {
         Err(_) => return,
     };
     if let Some(policy) = crate::gc::auto_policy(&config.root, cached, run_started) {
-        match crate::gc::prune(&engine.index, engine.solver.worker(), &config.root, &policy).await {
+        match crate::gc::prune(
+            &engine.index,
+            engine.solver.worker(),
+            &config.root,
+            &policy,
+            "evicted (the cache was over its size limit)",
+        )
+        .await
+        {
             Ok(p) if p.entries > 0 => crate::progress::say(&format!(
                 "rbuild: the cache was over its limit: removed {} least recently used entries ({})",
                 p.entries,

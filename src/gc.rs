@@ -86,12 +86,13 @@ pub async fn prune(
     worker: &ContainerdWorker,
     root: &Path,
     policy: &Policy,
+    cause: &str,
 ) -> Result<Pruned> {
     let entries = index.entries()?;
     let doomed = select(&entries, policy, now_secs());
     // Rows first: from now on nothing will reuse these results. On a full
     // disk, the space kept in reserve lets the index record that.
-    if let Err(e) = index.forget(&doomed) {
+    if let Err(e) = index.forget(&doomed, cause) {
         if !e.is_disk_full() || !release_reserve(root) {
             return Err(e.into());
         }
@@ -99,7 +100,7 @@ pub async fn prune(
             "rbuild: the filesystem holding {} is full; pruning with the space rbuild keeps in reserve",
             root.display()
         ));
-        index.forget(&doomed)?;
+        index.forget(&doomed, cause)?;
     }
     // Stored output no remaining entry names; the same bytes may be another's.
     let outputs = OutputStore::new(root);

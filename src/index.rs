@@ -26,6 +26,8 @@ use rbuild_snapshotter::export::Layer;
 use rbuild_snapshotter::tree::{KnownHashes, StatKey, StatRecord};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod explain;
+
 use crate::key::CacheKey;
 use crate::output::OutputFile;
 
@@ -68,6 +70,8 @@ pub struct CacheEntry {
 /// One `rbuild run` for `rbuild history`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRecord {
+    /// Its id (0 before it is recorded).
+    pub id: i64,
     pub started: i64,
     pub duration_ms: i64,
     pub pipeline: String,
@@ -273,6 +277,7 @@ impl Index {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         tx.execute_batch(SCHEMA).map_err(err)?;
+        tx.execute_batch(explain::SCHEMA).map_err(err)?;
         // Columns added since the first index: results' content identity, sizes, output files.
         // And to the stat cache: when a file's content was first seen.
         let host_files = [("seen_ns", "INTEGER NOT NULL DEFAULT 0")];
@@ -418,8 +423,10 @@ impl Index {
         })
     }
 
-    /// Removes entries (and the layers made from their snapshots) in one transaction.
-    pub fn forget(&self, entries: &[CacheEntry]) -> Result<(), IndexError> {
+    /// Removes entries (and the layers made from their snapshots) in one
+    /// transaction; their recorded keys remember that they went (`cause`:
+    /// how, for explaining the next miss).
+    pub fn forget(&self, entries: &[CacheEntry], cause: &str) -> Result<(), IndexError> {
         let mut conn = self.conn.lock().expect("index mutex poisoned");
         let err = |source: rusqlite::Error| IndexError::new("steps", source);
         let tx = conn
@@ -434,6 +441,8 @@ impl Index {
             )
             .map_err(err)?;
         }
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        Index::mark_gone(&tx, &keys, cause).map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -456,7 +465,8 @@ impl Index {
         })
     }
 
-    pub fn record_run(&self, run: &RunRecord) -> Result<(), IndexError> {
+    /// Records a run; returns its id.
+    pub fn record_run(&self, run: &RunRecord) -> Result<i64, IndexError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO runs (started, duration_ms, pipeline, steps_run, steps_cached, exit_code)
@@ -470,7 +480,7 @@ impl Index {
                     run.exit_code
                 ],
             )?;
-            Ok(())
+            Ok(c.last_insert_rowid())
         })
     }
 
@@ -478,7 +488,7 @@ impl Index {
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, IndexError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT started, duration_ms, pipeline, steps_run, steps_cached, exit_code
+                "SELECT started, duration_ms, pipeline, steps_run, steps_cached, exit_code, id
                  FROM runs ORDER BY id DESC LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![limit as i64], |r| {
@@ -489,6 +499,7 @@ impl Index {
                     steps_run: r.get(3)?,
                     steps_cached: r.get(4)?,
                     exit_code: r.get(5)?,
+                    id: r.get(6)?,
                 })
             })?;
             rows.collect()
@@ -497,10 +508,16 @@ impl Index {
 
     /// Forgets a step whose snapshot turned out to be gone.
     pub fn delete_step(&self, key: &CacheKey) -> Result<(), IndexError> {
-        self.with(|c| {
-            c.execute("DELETE FROM steps WHERE key = ?1", params![key.to_hex()])?;
-            Ok(())
-        })
+        let mut conn = self.conn.lock().expect("index mutex poisoned");
+        let err = |source| IndexError::new("steps", source);
+        let tx = conn.transaction().map_err(err)?;
+        let n = tx
+            .execute("DELETE FROM steps WHERE key = ?1", params![key.to_hex()])
+            .map_err(err)?;
+        if n > 0 {
+            Index::mark_gone(&tx, &[&key.to_hex()], "lost (its snapshot was gone)").map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 
     /// What the stat cache knows about files under `root`, by path relative to it.

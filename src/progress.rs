@@ -17,6 +17,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::secrets::Secrets;
+use crate::timeline::{Recorder, StepTag};
 
 /// A step's number in this run, as shown to the user (`#3`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,6 +106,8 @@ pub struct Progress {
     ran: AtomicU64,
     cached: AtomicU64,
     failed: AtomicU64,
+    /// The run's timeline, for `rbuild explain`, `report` and traces.
+    timeline: Recorder,
 }
 
 impl Progress {
@@ -117,10 +120,12 @@ impl Progress {
             }),
             _ => Render::Plain(Mutex::new(out)),
         };
+        let started = Instant::now();
         Progress {
             render,
             secrets,
-            started: Instant::now(),
+            timeline: Recorder::new(started),
+            started,
             next: AtomicU64::new(1),
             ran: AtomicU64::new(0),
             cached: AtomicU64::new(0),
@@ -201,31 +206,52 @@ impl Progress {
     }
 
     /// A step answered from the cache: one line.
+    #[cfg(test)]
     pub fn cached(&self, what: &str) {
+        self.cached_tagged(what, &StepTag::default());
+    }
+
+    /// A step answered from the cache, with what the solver knows of it.
+    pub fn cached_tagged(&self, what: &str, tag: &StepTag) -> StepNo {
         self.cached.fetch_add(1, Ordering::Relaxed);
         let no = self.next_step();
+        self.timeline.begin(no.0, what, tag, true);
+        self.timeline.end(no.0, "cached", None);
         self.line(&format!("#{} {what} CACHED", no.0));
-        self.json(json!({"event": "cached", "step": no.0, "name": what}));
+        self.json(json!({"event": "cached", "step": no.0, "name": what, "key": tag.key}));
+        no
     }
 
     /// A step answered by the remote cache (counted as cached).
-    pub fn cached_remote(&self, what: &str, repo: &str) {
+    pub fn cached_remote(&self, what: &str, repo: &str, tag: &StepTag) {
         self.cached.fetch_add(1, Ordering::Relaxed);
         let no = self.next_step();
+        self.timeline.begin(no.0, what, tag, true);
+        self.timeline
+            .end(no.0, "remote", Some(&format!("remote {repo}")));
         self.line(&format!("#{} {what} CACHED (remote {repo})", no.0));
-        self.json(json!({"event": "cached", "step": no.0, "name": what, "remote": repo}));
+        self.json(
+            json!({"event": "cached", "step": no.0, "name": what, "remote": repo, "key": tag.key}),
+        );
     }
 
     /// A step waits for a free job slot (`--jobs`); `running` follows.
     pub fn queued(&self, what: &str) -> StepNo {
+        self.queued_tagged(what, &StepTag::default())
+    }
+
+    /// A step that missed the cache waits for a job slot (`tag.reason`: why it missed).
+    pub fn queued_tagged(&self, what: &str, tag: &StepTag) -> StepNo {
         let no = self.next_step();
+        self.timeline.begin(no.0, what, tag, false);
         self.bar(no, what, true);
-        self.json(json!({"event": "queued", "step": no.0, "name": what}));
+        self.json(json!({"event": "queued", "step": no.0, "name": what, "key": tag.key}));
         no
     }
 
     /// A queued step starts running.
     pub fn running(&self, no: StepNo, what: &str) {
+        self.timeline.running(no.0);
         if let Render::Tty(t) = &self.render
             && let Some((bar, w)) = t.bars.lock().unwrap().get(&no)
         {
@@ -234,15 +260,58 @@ impl Progress {
         }
         self.line(&format!("#{} {what}", no.0));
         self.json(json!({"event": "started", "step": no.0, "name": what}));
+        self.miss(no);
     }
 
     /// A step (or a pull) starts running at once; its end is reported with the number returned.
     pub fn started(&self, what: &str) -> StepNo {
+        self.started_tagged(what, &StepTag::default())
+    }
+
+    /// A step that missed the cache starts at once (`tag.reason`: why it missed).
+    pub fn started_tagged(&self, what: &str, tag: &StepTag) -> StepNo {
         let no = self.next_step();
+        self.timeline.begin(no.0, what, tag, true);
         self.bar(no, what, false);
         self.line(&format!("#{} {what}", no.0));
-        self.json(json!({"event": "started", "step": no.0, "name": what}));
+        self.json(json!({"event": "started", "step": no.0, "name": what, "key": tag.key}));
+        self.miss(no);
         no
+    }
+
+    /// Why a step that runs missed the cache: one line under it, and a
+    /// `miss` event.
+    fn miss(&self, no: StepNo) {
+        let reason = self.timeline.reason(no.0);
+        if reason.is_empty() {
+            return;
+        }
+        self.line(&format!("#{}   cache miss: {reason}", no.0));
+        self.json(json!({"event": "miss", "step": no.0, "reason": reason}));
+    }
+
+    /// Work that already happened and is not a step (a host directory
+    /// scanned, since `since`): an info line, and its place in the timeline.
+    pub fn past(&self, text: &str, kind: &'static str, since: Instant) {
+        let no = self.next_step();
+        self.timeline.past(no.0, text, kind, since);
+        self.line(&format!("#{} {text}", no.0));
+        self.json(json!({"event": "info", "step": no.0, "text": text}));
+    }
+
+    /// Of a running step's time, what committing its result took.
+    pub fn commit_time(&self, no: StepNo, millis: u64) {
+        self.timeline.commit(no.0, millis);
+    }
+
+    /// Bytes a step pulled or pushed (for the run's totals).
+    pub fn bytes(&self, no: StepNo, pulled: u64, pushed: u64) {
+        self.timeline.bytes(no.0, pulled, pushed);
+    }
+
+    /// The run's timeline so far.
+    pub fn timeline(&self) -> Vec<crate::timeline::Entry> {
+        self.timeline.entries()
     }
 
     /// A line a running step wrote.
@@ -277,6 +346,7 @@ impl Progress {
     /// A step ran to success.
     pub fn done(&self, no: StepNo, what: &str, millis: u128) {
         self.ran.fetch_add(1, Ordering::Relaxed);
+        self.timeline.end(no.0, "ran", None);
         self.end_bar(no);
         match &self.render {
             Render::Tty(_) => self.line(&format!("#{} {what} DONE in {}", no.0, human_ms(millis))),
@@ -288,6 +358,11 @@ impl Progress {
     /// A service starts (its own line, which its output goes under).
     pub fn service_started(&self, what: &str) -> StepNo {
         let no = self.next_step();
+        let tag = StepTag {
+            kind: "service",
+            ..StepTag::default()
+        };
+        self.timeline.begin(no.0, what, &tag, true);
         self.bar(no, what, false);
         self.line(&format!("#{} {what} starting", no.0));
         self.json(json!({"event": "service_started", "step": no.0, "name": what}));
@@ -302,6 +377,7 @@ impl Progress {
 
     /// A service stopped (its last consumer ended, `stop()`, or the run's end).
     pub fn service_stopped(&self, no: StepNo, what: &str, millis: u128) {
+        self.timeline.end(no.0, "ran", None);
         self.end_bar(no);
         self.line(&format!(
             "#{} {what} stopped after {}",
@@ -334,6 +410,7 @@ impl Progress {
 
     /// Work that is not a step (an image pull) finished.
     pub fn finished(&self, no: StepNo, millis: u128, detail: &str) {
+        self.timeline.end(no.0, "ran", Some(detail));
         self.end_bar(no);
         self.line(&format!("#{} DONE in {millis} ms ({detail})", no.0));
         self.json(json!({"event": "done", "step": no.0, "ms": millis as u64, "detail": detail}));
@@ -341,6 +418,7 @@ impl Progress {
 
     pub fn failed(&self, no: StepNo, what: &str, reason: &str, stderr: &[u8]) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        self.timeline.end(no.0, "failed", Some(reason));
         self.end_bar(no);
         let mut msg = format!("#{} FAILED: {what}\n#{}   {reason}", no.0, no.0);
         let tail = tail_lines(stderr, STDERR_TAIL_LINES);

@@ -1,4 +1,4 @@
-//! `rbuild cache ls|du|prune|verify|volumes` and `rbuild history`.
+//! `rbuild cache ls|du|prune|verify|volumes`, `rbuild history`, `explain` and `report`.
 
 use anyhow::Result;
 
@@ -96,5 +96,20 @@ fn registry(config: &EngineConfig) -> rbuild_snapshotter::Registry {
 
 pub fn history(global: &GlobalOpts, limit: usize) -> Result<i32> {
     out(cache::history(&EngineConfig::from(global), limit)?);
+    Ok(0)
+}
+
+/// `rbuild explain [RUN] [STEP]`.
+pub fn explain(global: &GlobalOpts, run: Option<String>, step: Option<String>) -> Result<i32> {
+    let index = cache::open_index(&EngineConfig::from(global))?;
+    let run = crate::report::load(&index, run.as_deref())?;
+    out(crate::report::explain(&index, &run, step.as_deref())?);
+    Ok(0)
+}
+
+/// `rbuild report [RUN] -o FILE`.
+pub fn report(global: &GlobalOpts, run: Option<String>, output: &std::path::Path) -> Result<i32> {
+    let index = cache::open_index(&EngineConfig::from(global))?;
+    crate::progress::say(&crate::report::write(&index, run.as_deref(), output)?);
     Ok(0)
 }

@@ -41,6 +41,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Init { dir } => init::init(&dir),
         Command::Cache { command } => cache::cache(global, command).await,
         Command::History { limit } => cache::history(global, limit),
+        Command::Explain { run, step } => cache::explain(global, run, step),
+        Command::Report { run, output } => cache::report(global, run, &output),
         Command::Lock {
             command: LockCommand::Update { path },
         } => lock::update(global, path).await,

@@ -109,6 +109,9 @@ impl<W: Worker> Solver<W> {
         let started = Instant::now();
         let progress = self.progress.clone();
         let report = move |blob: &rbuild_snapshotter::BlobDesc, how: BlobPush| {
+            if matches!(how, BlobPush::Uploaded) {
+                progress.bytes(no, 0, blob.size.max(0) as u64);
+            }
             progress.detail(
                 no,
                 &format!(

@@ -18,6 +18,7 @@
 
 pub mod ca;
 mod error;
+mod explain;
 mod images;
 mod inputs;
 mod instances;

@@ -143,7 +143,11 @@ impl<W: Worker> Solver<W> {
             };
             match self.remote_result(plan, repo, entry).await {
                 Ok(hit) => {
-                    self.progress.cached_remote(&plan.description, &shown(repo));
+                    self.progress.cached_remote(
+                        &plan.description,
+                        &shown(repo),
+                        &self.tag(plan, None),
+                    );
                     return Some(hit);
                 }
                 Err(e) => {
@@ -219,6 +223,7 @@ impl<W: Worker> Solver<W> {
             }
         };
         self.record(step, hit.entry.duration_ms).await?;
+        self.remember(&step.key, &self.describe(&step.plan));
         self.progress.finished(
             no,
             started.elapsed().as_millis(),

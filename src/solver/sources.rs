@@ -174,14 +174,18 @@ impl<W: Worker> Solver<W> {
                 tokio::task::spawn_blocking(move || index.put_known_hashes(&dir, &fresh))
                     .await
                     .map_err(|e| SolveError::Internal(format!("stat cache task: {e}")))??;
-                this.progress.info(&format!(
-                    "context {}: {} entries, {} files read ({:.1} MB) in {} ms",
-                    root.display(),
-                    listing.entries.len(),
-                    listing.files_hashed,
-                    listing.bytes_hashed as f64 / 1e6,
-                    started.elapsed().as_millis()
-                ));
+                this.progress.past(
+                    &format!(
+                        "context {}: {} entries, {} files read ({:.1} MB) in {} ms",
+                        root.display(),
+                        listing.entries.len(),
+                        listing.files_hashed,
+                        listing.bytes_hashed as f64 / 1e6,
+                        started.elapsed().as_millis()
+                    ),
+                    "scan",
+                    started,
+                );
                 Ok(Arc::new(listing))
             })
             .await

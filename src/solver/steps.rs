@@ -79,7 +79,8 @@ impl<W: Worker> Solver<W> {
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
         if let Some(hit) = self.cached(plan)? {
-            self.progress.cached(&plan.description);
+            self.progress
+                .cached_tagged(&plan.description, &self.tag(plan, None));
             return Ok(hit);
         }
         // A remote hit runs nothing, so it needs no lock.
@@ -98,7 +99,8 @@ impl<W: Worker> Solver<W> {
             })
             .await?;
         if let Some(hit) = self.cached(plan)? {
-            self.progress.cached(&plan.description);
+            self.progress
+                .cached_tagged(&plan.description, &self.tag(plan, None));
             return Ok(hit);
         }
         self.execute(plan).await
@@ -110,9 +112,14 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
+        // Why it missed, from what earlier runs recorded; then this key's own record.
+        let described = self.describe(plan);
+        let why = self.why_missed(plan, &described.recorded);
         if self.expect_cached {
-            return Err(self.not_cached(plan));
+            return Err(self.not_cached(plan, &why));
         }
+        self.remember(&plan.key, &described);
+        let tag = self.tag(plan, Some(&why));
         let parent = self.materialize(&plan.parent).await?;
         let parent_snapshot = parent.clone();
         // Where the whole stdout and stderr are, when too long for the index.
@@ -122,7 +129,7 @@ impl<W: Worker> Solver<W> {
                 let mut mounts = self.mount_requests(&exec.mounts).await?;
                 let (ca_mounts, ca_env) = self.ca_mounts(exec, parent.as_ref()).await?;
                 mounts.extend(ca_mounts);
-                let no = self.progress.queued(&plan.description);
+                let no = self.progress.queued_tagged(&plan.description, &tag);
                 // Bound services start now, for a step that really runs
                 // (invariant 9), and never hold a job slot (a service is
                 // not a job). Meanwhile the step's container and task are
@@ -262,7 +269,7 @@ impl<W: Worker> Solver<W> {
                 (snapshot, outcome, started, no)
             }
             StepKind::Tarball { image, name } => {
-                let no = self.progress.started(&plan.description);
+                let no = self.progress.started_tagged(&plan.description, &tag);
                 let started = Instant::now();
                 let dest = TarballDest::Snapshot {
                     key: plan.key,
@@ -291,7 +298,7 @@ impl<W: Worker> Solver<W> {
                 for a in actions {
                     resolved.push(self.file_action(a).await?);
                 }
-                let no = self.progress.started(&plan.description);
+                let no = self.progress.started_tagged(&plan.description, &tag);
                 let started = Instant::now();
                 let req = ApplyRequest {
                     key: plan.key,
@@ -312,6 +319,7 @@ impl<W: Worker> Solver<W> {
             }
         };
         let millis = started.elapsed().as_millis();
+        self.progress.commit_time(no, outcome.commit_ms);
         let upper = outcome.upper.clone();
         let output = plan.output_id(outcome.changes.as_deref());
         let result = Arc::new(StepResult {
@@ -361,15 +369,17 @@ impl<W: Worker> Solver<W> {
 
     /// `--expect-cached`'s error for a step that would run, shown as the
     /// step's failure too.
-    fn not_cached(&self, plan: &StepPlan) -> SolveError {
+    fn not_cached(&self, plan: &StepPlan, why: &crate::explain::Why) -> SolveError {
         let at = match &plan.kind {
             StepKind::Exec(exec) => exec.at.as_deref(),
             _ => None,
         };
         let message = format!(
-            "--expect-cached: {} is not in the cache{}, so it would run; nothing was run",
+            "--expect-cached: {} is not in the cache{}, so it would run; nothing was run\n  \
+             cache miss: {}",
             plan.description,
-            at.map(|a| format!(" (created at {a})")).unwrap_or_default()
+            at.map(|a| format!(" (created at {a})")).unwrap_or_default(),
+            why.short()
         );
         let no = self.progress.queued(&plan.description);
         self.progress.failed(no, &plan.description, &message, &[]);
@@ -659,10 +669,16 @@ impl<W: Worker> Solver<W> {
                     self.pulls
                         .get_or_start(&self.tasks, image.manifest.digest.clone(), move || async move {
                             let what = format!("pull {}", image.reference);
-                            let no = this.progress.started(&what);
+                            let tag = crate::timeline::StepTag {
+                                kind: "pull",
+                                key: format!("image:{}", image.manifest.digest),
+                                ..Default::default()
+                            };
+                            let no = this.progress.started_tagged(&what, &tag);
                             let started = Instant::now();
                             match this.worker.pull_image(&image).await {
                                 Ok((snapshot, report)) => {
+                                    this.progress.bytes(no, report.bytes_fetched, 0);
                                     this.progress.finished(
                                         no,
                                         started.elapsed().as_millis(),

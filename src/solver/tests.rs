@@ -133,6 +133,7 @@ impl Worker for Fake {
                 changes: None,
                 upper: None,
                 full_filesystem: None,
+                commit_ms: 0,
             });
         }
         let name = req.name.0.clone();
@@ -159,6 +160,7 @@ impl Worker for Fake {
             snapshot: Some(SnapshotId(name)),
             upper: None,
             full_filesystem: None,
+            commit_ms: 0,
         })
     }
 
@@ -959,6 +961,7 @@ fn a_step_without_bindings_keeps_the_key_it_had_before_services() {
         expect: Expect::Success,
         bindings,
         own_network: false,
+        api: "0.1".into(),
     };
     let key = StepPlan::exec(Tree::Empty, exec(Vec::new()), "linux/amd64").key;
     // The key as it was made before services existed, field by field.

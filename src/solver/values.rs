@@ -236,6 +236,7 @@ impl ContainerState {
             expect,
             bindings: self.bindings.clone(),
             own_network: api >= crate::api::STEP_OWN_NETWORK,
+            api: api.to_string(),
         }
     }
 
@@ -394,6 +395,9 @@ pub struct ExecPlan {
     /// A network namespace of its own even without bindings (API 0.2 on);
     /// else such a step is on the host's network.
     pub own_network: bool,
+    /// The pipeline's declared API version, for explanations; not part of
+    /// the key (what it changes is, part by part).
+    pub api: String,
 }
 
 impl ExecPlan {

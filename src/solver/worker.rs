@@ -220,6 +220,8 @@ pub struct ExecOutcome {
     /// A failed step's filesystem that was full (what it says, where): the
     /// likely reason it failed.
     pub full_filesystem: Option<String>,
+    /// How long digesting and committing its result took.
+    pub commit_ms: u64,
 }
 
 impl ExecOutcome {
@@ -233,6 +235,7 @@ impl ExecOutcome {
             changes: None,
             upper: None,
             full_filesystem: None,
+            commit_ms: 0,
         }
     }
 }

@@ -244,6 +244,7 @@ impl ContainerdWorker {
                 changes: None,
                 upper: None,
                 full_filesystem: None,
+                commit_ms: 0,
             });
         }
         let debug_run = ContainerRun {
@@ -287,7 +288,9 @@ impl ContainerdWorker {
                 .iter()
                 .find_map(|(path, what)| full_filesystem_note(path, what));
         }
+        let mut commit_ms = 0;
         if req.expect.accepts(exit_code) {
+            let committing = Instant::now();
             if let Some((upper, lowers)) = snapshots::overlay_dirs(rootfs) {
                 upper_dir = Some(upper.clone());
                 let started = Instant::now();
@@ -310,6 +313,7 @@ impl ContainerdWorker {
                 changes = digest;
             }
             snapshot = Some(self.commit(active, &req.name, &req.key).await?);
+            commit_ms = committing.elapsed().as_millis() as u64;
         }
         Ok(ExecOutcome {
             exit_code,
@@ -319,6 +323,7 @@ impl ContainerdWorker {
             changes,
             upper: upper_dir,
             full_filesystem,
+            commit_ms,
         })
     }
 
