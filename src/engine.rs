@@ -262,7 +262,7 @@ pub async fn run_pipeline(
     engine.progress.summary(started.elapsed().as_millis(), code);
     let (ran, cached) = engine.progress.counts();
     let timeline = engine.progress.timeline();
-    let recorded = engine.index.record_run(&RunRecord {
+    let mut run = RunRecord {
         id: 0,
         started: crate::gc::now_secs() - started.elapsed().as_secs() as i64,
         duration_ms: started.elapsed().as_millis() as i64,
@@ -277,19 +277,21 @@ pub async fn run_pipeline(
         steps_run: ran as i64,
         steps_cached: cached as i64,
         exit_code: code as i64,
-    });
-    match recorded {
-        Ok(run) => {
+    };
+    match engine.index.record_run(&run) {
+        Ok(id) => {
+            run.id = id;
             let rows: Vec<(u64, String)> = timeline
                 .iter()
                 .map(|e| (e.no, serde_json::to_string(e).expect("timeline serializes")))
                 .collect();
-            if let Err(e) = engine.index.put_run_steps(run, &rows) {
+            if let Err(e) = engine.index.put_run_steps(id, &rows) {
                 tracing::warn!(error = %e, "could not record the run's timeline");
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not record the run"),
     }
+    crate::otlp::export(&run, engine.progress.started_at(), &timeline).await;
     auto_gc(&engine, config, run_started).await;
     Ok(code)
 }

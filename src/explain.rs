@@ -304,6 +304,14 @@ pub fn compare(old: &Recorded, new: &Recorded, listings: &dyn Listings) -> Vec<C
             text,
         });
     }
+    // An input image that changed comes first: what else changed (its
+    // env, say) follows from it.
+    out.sort_by_key(|c| {
+        !matches!(
+            (old.parts.get(&c.part), new.parts.get(&c.part)),
+            (Some(Part::Image { .. }), Some(Part::Image { .. }))
+        )
+    });
     if old.api != new.api {
         out.push(Change {
             part: "api".into(),

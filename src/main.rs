@@ -19,6 +19,7 @@ mod key;
 mod lock;
 mod locks;
 mod modules;
+mod otlp;
 mod output;
 mod pipeline;
 mod progress;

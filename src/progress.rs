@@ -309,6 +309,11 @@ impl Progress {
         self.timeline.bytes(no.0, pulled, pushed);
     }
 
+    /// When this run's progress (and its timeline's clock) started.
+    pub fn started_at(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() - self.started.elapsed()
+    }
+
     /// The run's timeline so far.
     pub fn timeline(&self) -> Vec<crate::timeline::Entry> {
         self.timeline.entries()

@@ -39,9 +39,9 @@ pub struct Entry {
     /// The identities of the step results and images it started from.
     pub deps: Vec<String>,
     #[serde(skip)]
-    started: bool,
+    pub(crate) started: bool,
     #[serde(skip)]
-    ended: bool,
+    pub(crate) ended: bool,
 }
 
 /// What the solver knows of a step that progress does not.

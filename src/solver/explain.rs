@@ -91,10 +91,10 @@ impl<W: Worker> Solver<W> {
         }
     }
 
-    /// Records what a step's key is made of (and the host listings it
-    /// names, once each), for explaining the next miss. A failure to
-    /// record is only a warning: it costs an explanation, not the run.
-    pub(super) fn remember(&self, key: &crate::key::CacheKey, described: &Described) {
+    /// Records the host listings a step's key names (once each), so that
+    /// a changed directory can say which paths changed: before the miss
+    /// is explained, which compares this run's listing with the last.
+    pub(super) fn remember_listings(&self, described: &Described) {
         let result = (|| {
             for l in &described.listings {
                 if l.entries.len() > explain::MAX_LISTED || self.index.has_listing(&l.digest)? {
@@ -103,9 +103,19 @@ impl<W: Worker> Solver<W> {
                 self.index
                     .put_listing(&l.digest, &l.root.display().to_string(), &listed(l))?;
             }
-            self.index.put_inputs(&key.to_hex(), &described.recorded)
+            Ok::<_, crate::index::IndexError>(())
         })();
         if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record a host listing for explanations");
+        }
+    }
+
+    /// Records what a step's key is made of, for explaining the next miss.
+    /// A failure to record is only a warning: it costs an explanation,
+    /// not the run.
+    pub(super) fn remember(&self, key: &crate::key::CacheKey, described: &Described) {
+        self.remember_listings(described);
+        if let Err(e) = self.index.put_inputs(&key.to_hex(), &described.recorded) {
             tracing::warn!(error = %e, "could not record a step's key for explanations");
         }
     }

@@ -114,6 +114,7 @@ impl<W: Worker> Solver<W> {
     ) -> Result<Arc<StepResult>, SolveError> {
         // Why it missed, from what earlier runs recorded; then this key's own record.
         let described = self.describe(plan);
+        self.remember_listings(&described);
         let why = self.why_missed(plan, &described.recorded);
         if self.expect_cached {
             return Err(self.not_cached(plan, &why));

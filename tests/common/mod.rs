@@ -128,7 +128,7 @@ impl Outcome {
                     && !l.contains(" CACHED (remote ")
                     && l.split_whitespace()
                         .nth(1)
-                        .is_none_or(|w| w != "download" && w != "read")
+                        .is_none_or(|w| w != "download" && w != "read" && w != "cache")
             })
             .count()
     }
