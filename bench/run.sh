@@ -6,7 +6,7 @@
 # the same tables on stdout. See bench/README.md.
 #
 # Environment:
-#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote"
+#   BENCH_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote explain"
 #                          which scenarios to run (default: all fourteen; a
 #                          fifteenth, "services", is opt-in: its cold run
 #                          builds examples/services from nothing, minutes)
@@ -51,6 +51,7 @@
 #                          remote cache (REPS runs; one cold run pushes it)
 #   BENCH_REMOTE_RUSTDEPS=1
 #                          remote: also rust-deps (0: only 10 steps and the chain)
+#   BENCH_EXPLAIN_N=300    explain: the chain whose misses are explained (at least 2)
 #   BENCH_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   BENCH_RESET=0          keep rbuild's bench state (index, snapshots) from
 #                          earlier runs instead of starting from empty
@@ -60,7 +61,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote"
+ALL_SCENARIOS="steps hostdir cutoff publish pull parallel scale rustdeps compile netns branches ignored ready remote explain"
 SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
 REPS=${BENCH_REPS:-10}
 HD_REPS=${BENCH_HOSTDIR_REPS:-5}
@@ -213,7 +214,7 @@ die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $PULL_REPS =~ ^[0-9]+$ && $PULL_REPS -ge 3 ]] || die "BENCH_PULL_REPS must be a number >= 3 (got '$PULL_REPS')"
 for s in $SCENARIOS; do
   case $s in
-    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | branches | ignored | ready | remote | services) ;;
+    steps | hostdir | cutoff | publish | pull | parallel | scale | rustdeps | compile | netns | branches | ignored | ready | remote | explain | services) ;;
     *) die "BENCH_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS services)" ;;
   esac
 done
@@ -3425,6 +3426,8 @@ EOF
 # ----------------------------------------------------------------- remote --
 # shellcheck source=bench/remote.sh
 source "$REPO/bench/remote.sh"
+# shellcheck source=bench/explain.sh
+source "$REPO/bench/explain.sh"
 
 # ------------------------------------------------------------------ main --
 # uses_docker: does a selected scenario use dockerd (BuildKit, push, pull)?
@@ -3497,6 +3500,10 @@ if want remote; then
   say "remote: $RE_REPS rounds of each engine's cold, export, fresh-runner and changed runs; $RE_SC_N steps from the remote cache"
   bench_remote
 fi
+if want explain; then
+  say "explain: a $EX_N-step chain cold and changed, a 20,000-file directory changed"
+  bench_explain
+fi
 if want compile; then
   say "compile: $CP_COLD_REPS first compiles, $REPS after an edit and $REPS unchanged (and bare cargo)"
   bench_compile
@@ -3521,6 +3528,7 @@ fi
   if want ready; then report_ready; fi
   if want services; then report_services; fi
   if want remote; then report_remote; fi
+  if want explain; then report_explain; fi
   report_profiles
 } >"$RESULTS.tmp"
 mv -f "$RESULTS.tmp" "$RESULTS"

@@ -389,7 +389,8 @@ fn changed(name: &str, old: &Part, new: &Part, listings: &dyn Listings) -> Strin
                 }
             }
             _ => format!(
-                "host directory {nr} changed ({} → {}; too large to list which paths)",
+                "host directory {nr} changed ({} → {}; which paths is not recorded: \
+                 too many entries, or recorded too long ago)",
                 short_digest(od),
                 short_digest(nd)
             ),
@@ -670,6 +671,21 @@ mod tests {
             ("k-near-old".to_string(), 1, near),
         ];
         assert_eq!(replaced(&new, &candidates).unwrap().0, "k-near-new");
+    }
+
+    #[test]
+    fn an_api_version_change_is_named_after_what_it_changed() {
+        let mut old = rec(&[("network", Part::value("the host's"))]);
+        old.api = "0.1".into();
+        let new = rec(&[("network", Part::value("a namespace of its own"))]);
+        let c = compare(&old, &new, &no_listings);
+        assert_eq!(
+            c.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+            [
+                r#"network changed: "the host's" → "a namespace of its own""#,
+                "the pipeline's API version changed: 0.1 → 0.3"
+            ]
+        );
     }
 
     #[test]

@@ -357,10 +357,22 @@ impl Index {
     }
 
     /// Records a complete step. Call only after its snapshot is committed.
+    #[cfg(test)]
     pub fn put_step(&self, rec: &StepRecord) -> Result<(), IndexError> {
+        self.put_step_with(rec, None)
+    }
+
+    /// Records a complete step and, in the same transaction (one sync, not
+    /// two), what its key is made of (for explaining a later miss).
+    pub fn put_step_with(
+        &self,
+        rec: &StepRecord,
+        inputs: Option<&crate::explain::Recorded>,
+    ) -> Result<(), IndexError> {
         let now = now_secs();
         self.with(|c| {
-            c.execute(
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
                 "INSERT INTO steps (key, snapshot, stdout, stderr, exit_code, duration_ms,
                                     created, last_used, description, output, size,
                                     stdout_file, stderr_file)
@@ -386,7 +398,10 @@ impl Index {
                     file_name(&rec.stderr_file)
                 ],
             )?;
-            Ok(())
+            if let Some(inputs) = inputs {
+                explain::write_inputs(&tx, &rec.key.to_hex(), inputs)?;
+            }
+            tx.commit()
         })
     }
 

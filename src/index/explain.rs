@@ -4,8 +4,10 @@
 //!
 //! All of it is bounded: at most [`PER_SITE`] keys per call site and
 //! [`PER_ROOT`] listings per host directory are kept (the newest), the
-//! timelines of the last [`RUNS_KEPT`] runs, and a key whose result is
-//! gone is forgotten [`GONE_KEPT_SECS`] after it went.
+//! timelines of the last [`RUNS_KEPT`] runs; a key whose result is gone is
+//! forgotten [`GONE_KEPT_SECS`] after it went (a key that never finished,
+//! and a listing, that long after they were recorded), when the index
+//! next forgets entries.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -37,6 +39,12 @@ CREATE TABLE IF NOT EXISTS run_steps (
 ) STRICT;
 ";
 
+/// When a recorded key was last used: its cache entry's last use (a hit
+/// marks it), else when it was recorded. A key that hit again after a
+/// newer one ran is the one the next miss replaces.
+const RECENT: &str = "max(step_inputs.created, \
+    coalesce((SELECT last_used FROM steps WHERE steps.key = step_inputs.key), 0))";
+
 /// Keys kept per call site (a loop at one line makes several).
 pub const PER_SITE: i64 = 8;
 /// Listings kept per host directory.
@@ -60,18 +68,10 @@ impl Index {
     /// Records what `key` is made of (replacing an earlier record of it),
     /// keeping the newest [`PER_SITE`] keys of its site.
     pub fn put_inputs(&self, key: &str, rec: &Recorded) -> Result<(), IndexError> {
-        let json = serde_json::to_string(rec).expect("recorded parts serialize");
         self.with(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO step_inputs (key, site, created, recorded) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![key, rec.site, now_secs(), json])?;
-            c.prepare_cached(
-                "DELETE FROM step_inputs WHERE site = ?1 AND key NOT IN
-                 (SELECT key FROM step_inputs WHERE site = ?1 ORDER BY created DESC, rowid DESC LIMIT ?2)",
-            )?
-            .execute(params![rec.site, PER_SITE])?;
-            Ok(())
+            let tx = c.unchecked_transaction()?;
+            write_inputs(&tx, key, rec)?;
+            tx.commit()
         })
     }
 
@@ -87,13 +87,14 @@ impl Index {
         .map(Option::flatten)
     }
 
-    /// The other keys recorded at `site`, newest first.
+    /// The other keys recorded at `site`, most recently used first (their
+    /// `created` is that time).
     pub fn inputs_at(&self, site: &str, except: &str) -> Result<Vec<RecordedKey>, IndexError> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT key, created, recorded, gone, gone_cause FROM step_inputs
-                 WHERE site = ?1 AND key != ?2 ORDER BY created DESC, rowid DESC",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT key, {RECENT}, recorded, gone, gone_cause FROM step_inputs
+                 WHERE site = ?1 AND key != ?2 ORDER BY {RECENT} DESC, rowid DESC"
+            ))?;
             let rows = stmt.query_map(params![site, except], recorded_row)?;
             Ok(rows
                 .collect::<rusqlite::Result<Vec<_>>>()?
@@ -116,10 +117,17 @@ impl Index {
         for k in keys {
             stmt.execute(params![k, now, cause])?;
         }
-        // What went long ago explains nothing any more.
+        // What went long ago explains nothing any more: keys gone, keys
+        // that never finished (no entry), listings not seen since.
+        let long_ago = now - GONE_KEPT_SECS;
         tx.execute(
-            "DELETE FROM step_inputs WHERE gone > 0 AND gone < ?1",
-            params![now - GONE_KEPT_SECS],
+            "DELETE FROM step_inputs WHERE (gone > 0 AND gone < ?1)
+             OR (gone = 0 AND created < ?1 AND key NOT IN (SELECT key FROM steps))",
+            params![long_ago],
+        )?;
+        tx.execute(
+            "DELETE FROM host_listings WHERE created < ?1",
+            params![long_ago],
         )?;
         Ok(())
     }
@@ -199,6 +207,26 @@ impl Index {
             rows.collect()
         })
     }
+}
+
+/// Writes `key`'s record and keeps its site's newest [`PER_SITE`] keys
+/// (inside the caller's transaction).
+pub(super) fn write_inputs(
+    c: &rusqlite::Connection,
+    key: &str,
+    rec: &Recorded,
+) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(rec).expect("recorded parts serialize");
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO step_inputs (key, site, created, recorded) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![key, rec.site, now_secs(), json])?;
+    c.prepare_cached(&format!(
+        "DELETE FROM step_inputs WHERE site = ?1 AND key NOT IN
+         (SELECT key FROM step_inputs WHERE site = ?1 ORDER BY {RECENT} DESC, rowid DESC LIMIT ?2)"
+    ))?
+    .execute(params![rec.site, PER_SITE])?;
+    Ok(())
 }
 
 /// A `step_inputs` row; None for a record this rbuild cannot read.

@@ -222,8 +222,10 @@ impl<W: Worker> Solver<W> {
                 return Err(e);
             }
         };
-        self.record(step, hit.entry.duration_ms).await?;
-        self.remember(&step.key, &self.describe(&step.plan));
+        let described = self.describe(&step.plan);
+        self.remember_listings(&described);
+        self.record(step, hit.entry.duration_ms, Some(&described.recorded))
+            .await?;
         self.progress.finished(
             no,
             started.elapsed().as_millis(),

@@ -112,15 +112,38 @@ impl<W: Worker> Solver<W> {
         self: &Arc<Self>,
         plan: &Arc<StepPlan>,
     ) -> Result<Arc<StepResult>, SolveError> {
-        // Why it missed, from what earlier runs recorded; then this key's own record.
+        // Why it missed, from what earlier runs recorded.
+        let explaining = Instant::now();
         let described = self.describe(plan);
         self.remember_listings(&described);
         let why = self.why_missed(plan, &described.recorded);
         if self.expect_cached {
             return Err(self.not_cached(plan, &why));
         }
-        self.remember(&plan.key, &described);
         let tag = self.tag(plan, Some(&why));
+        // What explanations cost a step that runs (bench/explain.sh reads it).
+        tracing::debug!(
+            key = %plan.key.short(),
+            us = explaining.elapsed().as_micros() as u64,
+            "miss explained"
+        );
+        // Its key's parts are recorded with its index row; a step that
+        // fails (or is stopped) has them recorded alone, so that its next
+        // miss says its last run did not finish.
+        let result = self.run_missed(plan, &tag, &described).await;
+        if result.is_err() {
+            self.remember(&plan.key, &described);
+        }
+        result
+    }
+
+    /// Runs a step that missed and records it (see [`Solver::execute`]).
+    async fn run_missed(
+        self: &Arc<Self>,
+        plan: &Arc<StepPlan>,
+        tag: &crate::timeline::StepTag,
+        described: &super::explain::Described,
+    ) -> Result<Arc<StepResult>, SolveError> {
         let parent = self.materialize(&plan.parent).await?;
         let parent_snapshot = parent.clone();
         // Where the whole stdout and stderr are, when too long for the index.
@@ -130,7 +153,7 @@ impl<W: Worker> Solver<W> {
                 let mut mounts = self.mount_requests(&exec.mounts).await?;
                 let (ca_mounts, ca_env) = self.ca_mounts(exec, parent.as_ref()).await?;
                 mounts.extend(ca_mounts);
-                let no = self.progress.queued_tagged(&plan.description, &tag);
+                let no = self.progress.queued_tagged(&plan.description, tag);
                 // Bound services start now, for a step that really runs
                 // (invariant 9), and never hold a job slot (a service is
                 // not a job). Meanwhile the step's container and task are
@@ -270,7 +293,7 @@ impl<W: Worker> Solver<W> {
                 (snapshot, outcome, started, no)
             }
             StepKind::Tarball { image, name } => {
-                let no = self.progress.started_tagged(&plan.description, &tag);
+                let no = self.progress.started_tagged(&plan.description, tag);
                 let started = Instant::now();
                 let dest = TarballDest::Snapshot {
                     key: plan.key,
@@ -299,7 +322,7 @@ impl<W: Worker> Solver<W> {
                 for a in actions {
                     resolved.push(self.file_action(a).await?);
                 }
-                let no = self.progress.started_tagged(&plan.description, &tag);
+                let no = self.progress.started_tagged(&plan.description, tag);
                 let started = Instant::now();
                 let req = ApplyRequest {
                     key: plan.key,
@@ -335,7 +358,8 @@ impl<W: Worker> Solver<W> {
             plan: plan.clone(),
             remote: None,
         });
-        self.record(&result, millis as u64).await?;
+        self.record(&result, millis as u64, Some(&described.recorded))
+            .await?;
         self.progress.done(no, &plan.description, millis);
         self.push_remote(&result, parent_snapshot, upper, millis as u64);
         Ok(result)
@@ -348,10 +372,11 @@ impl<W: Worker> Solver<W> {
         &self,
         step: &StepResult,
         duration_ms: u64,
+        inputs: Option<&crate::explain::Recorded>,
     ) -> Result<(), SolveError> {
         let size = self.worker.usage(&step.snapshot).await.unwrap_or(-1);
         rbuild_containerd::kill_point("step-committed");
-        self.index.put_step(&StepRecord {
+        let row = StepRecord {
             key: step.key,
             snapshot: step.snapshot.clone(),
             output: step.output.clone(),
@@ -363,7 +388,8 @@ impl<W: Worker> Solver<W> {
             duration_ms,
             description: step.plan.description.clone(),
             size,
-        })?;
+        };
+        self.index.put_step_with(&row, inputs)?;
         rbuild_containerd::kill_point("step-recorded");
         self.worker.keep(&step.snapshot).await
     }

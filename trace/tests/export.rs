@@ -87,20 +87,7 @@ fn dead_endpoint() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_is_an_error_not_a_hang() {
     for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
-        let mut config = Config::new(&dead_endpoint(), protocol);
-        config.timeout = Duration::from_secs(3);
-        let begun = Instant::now();
-        let error = export_to(&common::run(), &config).await.unwrap_err();
-        let took = begun.elapsed();
-        eprintln!("{protocol:?}: {error} after {took:?}");
-        assert!(
-            matches!(
-                error,
-                TraceError::Export { .. } | TraceError::Timeout { .. }
-            ),
-            "{error:?}"
-        );
-        assert!(took < Duration::from_secs(4), "took {took:?}");
+        fails_without_hanging(&dead_endpoint(), protocol, Duration::from_secs(3)).await;
     }
 }
 
@@ -152,20 +139,30 @@ async fn a_silent_collector_times_out() {
         }
     });
     for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
-        let mut config = Config::new(&endpoint, protocol);
-        config.timeout = Duration::from_secs(1);
-        let begun = Instant::now();
-        let error = export_to(&common::run(), &config).await.unwrap_err();
-        let took = begun.elapsed();
-        eprintln!("{protocol:?}: {error} after {took:?}");
-        assert!(
-            matches!(
-                error,
-                TraceError::Export { .. } | TraceError::Timeout { .. }
-            ),
-            "{error:?}"
-        );
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        fails_without_hanging(&endpoint, protocol, Duration::from_secs(1)).await;
     }
     hold.abort();
+}
+
+/// An export to `endpoint` fails with an error (not a panic) and returns;
+/// the bound is the export's timeout with generous room, so only a hang
+/// fails it (this is no speed claim).
+async fn fails_without_hanging(endpoint: &str, protocol: Protocol, timeout: Duration) {
+    let mut config = Config::new(endpoint, protocol);
+    config.timeout = timeout;
+    let begun = Instant::now();
+    let error = export_to(&common::run(), &config).await.unwrap_err();
+    let took = begun.elapsed();
+    eprintln!("{protocol:?}: {error} after {took:?}");
+    assert!(
+        matches!(
+            error,
+            TraceError::Export { .. } | TraceError::Timeout { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        took < timeout + Duration::from_secs(30),
+        "hung for {took:?}"
+    );
 }
