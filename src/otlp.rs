@@ -35,6 +35,9 @@ pub fn trace(run: &RunRecord, started: SystemTime, steps: &[Entry]) -> RunTrace 
                         end,
                     ));
                 }
+                for p in &e.phases {
+                    phases.push((p.name.clone(), ms(p.start_ms), ms(p.end_ms)));
+                }
                 StepSpan {
                     no: e.no,
                     name: e.name.clone(),

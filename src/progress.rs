@@ -304,6 +304,12 @@ impl Progress {
         self.timeline.commit(no.0, millis);
     }
 
+    /// Work for the step with key `key` beside its running time, from
+    /// `since` to now (its push to the remote cache), with the bytes pushed.
+    pub fn phase(&self, key: &str, name: &str, since: Instant, pushed: u64) {
+        self.timeline.phase(key, name, since, pushed);
+    }
+
     /// Bytes a step pulled or pushed (for the run's totals).
     pub fn bytes(&self, no: StepNo, pulled: u64, pushed: u64) {
         self.timeline.bytes(no.0, pulled, pushed);

@@ -72,13 +72,18 @@ pub fn explain(index: &Index, run: &Run, step: Option<&str>) -> Result<String> {
             .iter()
             .filter(|e| is_step(e) && matches!(e.status.as_str(), "cached" | "remote"))
             .count();
+        let failed = missed.iter().filter(|e| e.status == "failed").count();
         writeln!(
             out,
-            "run {} ({}, {}): {} steps ran, {cached} cached",
+            "run {} ({}, {}): {} steps ran{}, {cached} cached",
             r.id,
             r.pipeline,
             explain::when(r.started),
-            missed.len()
+            missed.len(),
+            match failed {
+                0 => String::new(),
+                n => format!(" ({n} failed)"),
+            }
         )?;
         for e in missed {
             writeln!(out, "#{} {}", e.no, e.name)?;

@@ -38,10 +38,21 @@ pub struct Entry {
     pub bytes_pushed: u64,
     /// The identities of the step results and images it started from.
     pub deps: Vec<String>,
+    /// Work done for it beside its running time (its push to the remote
+    /// cache, after it ended).
+    pub phases: Vec<Phase>,
     #[serde(skip)]
     pub(crate) started: bool,
     #[serde(skip)]
     pub(crate) ended: bool,
+}
+
+/// A part of a step's work with its own times (ms since the run started).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 /// What the solver knows of a step that progress does not.
@@ -167,6 +178,21 @@ impl Recorder {
         self.with(no, |e| e.commit_ms = ms);
     }
 
+    /// Work for the step with key `key` from `since` to now (a push), and
+    /// the bytes it pushed.
+    pub fn phase(&self, key: &str, name: &str, since: Instant, pushed: u64) {
+        let (start_ms, end_ms) = (self.ms(since), self.now());
+        let mut entries = self.entries.lock().expect("timeline lock");
+        if let Some(e) = entries.values_mut().rev().find(|e| e.key == key) {
+            e.phases.push(Phase {
+                name: name.to_string(),
+                start_ms,
+                end_ms,
+            });
+            e.bytes_pushed += pushed;
+        }
+    }
+
     pub fn bytes(&self, no: u64, pulled: u64, pushed: u64) {
         self.with(no, |e| {
             e.bytes_pulled += pulled;
@@ -256,6 +282,11 @@ pub fn time_by_kind(entries: &[Entry]) -> BTreeMap<&'static str, u64> {
             .into_iter()
             .map(|k| (k, 0))
             .collect();
+    for e in entries {
+        for p in e.phases.iter().filter(|p| p.name == "push") {
+            *out.get_mut("push").unwrap() += p.end_ms.saturating_sub(p.start_ms);
+        }
+    }
     for e in entries.iter().filter(|e| e.status != "cached") {
         let ran = e.end_ms.saturating_sub(e.start_ms);
         let kind = match e.kind.as_str() {

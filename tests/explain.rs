@@ -356,9 +356,12 @@ fn a_run_exports_its_trace_to_an_otlp_receiver() {
         ])
     };
     steps(&env, &[], &with("1")).ok();
+    // With a remote cache to push to: the push is a phase of its step.
+    let repo = common::repo("explain-otlp");
+    let repo = repo.trim_end_matches(":1");
     let out = Outcome::from(
         env.command()
-            .args(["--progress", "plain", "run"])
+            .args(["--progress", "plain", "--cache-to", repo, "run"])
             .arg(steps_pipeline())
             .arg("--")
             .args(with("2"))
@@ -395,13 +398,41 @@ fn a_run_exports_its_trace_to_an_otlp_receiver() {
         assert_eq!(s.parent_span_id, root.span_id);
         assert!(s.start_unix_nano >= root.start_unix_nano && s.end_unix_nano <= root.end_unix_nano);
     }
-    // Its commit is a child span of the step that ran.
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.name == "commit" && s.parent_span_id == ran.span_id),
-        "{spans:#?}"
-    );
+    // Its commit and its push to the remote cache are child spans of the
+    // step that ran.
+    for phase in ["commit", "push"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == phase && s.parent_span_id == ran.span_id),
+            "no {phase} under the step in {spans:#?}"
+        );
+    }
+
+    // The same over gRPC (the receiver serves both on one port): a cached run.
+    let before = receiver.requests().len();
+    Outcome::from(
+        env.command()
+            .args(["--progress", "plain", "run"])
+            .arg(steps_pipeline())
+            .arg("--")
+            .args(with("2"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), before + 1, "{requests:#?}");
+    assert_eq!(requests[before].protocol, "grpc");
+    let cached: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "exec sh -c 'echo $V'")
+        .collect();
+    assert_eq!(cached.len(), 2);
+    assert_eq!(cached[1].attributes["rbuild.cache.status"], "cached");
 }
 
 #[test]

@@ -324,6 +324,10 @@ impl<W: Worker> Solver<W> {
             let Some(remote) = this.remote.as_ref() else {
                 return;
             };
+            if let Ok(bytes) = &outcome {
+                this.progress
+                    .phase(&result.key.to_hex(), "push", started, *bytes);
+            }
             let mut stats = remote.stats.lock().expect("push stats poisoned");
             match outcome {
                 Ok(bytes) => {
