@@ -116,6 +116,16 @@ pub async fn prune(
     for e in &doomed {
         worker.release(&e.snapshot).await?;
     }
+    // Module calls remembered (a definition each, no snapshot): by age
+    // with --keep-duration, all with --all, and never more than a bound.
+    let before = if policy.all {
+        Some(i64::MAX)
+    } else {
+        policy
+            .keep_duration
+            .map(|d| now_secs() - d.as_secs() as i64)
+    };
+    index.prune_module_calls(before)?;
     let mut pruned = Pruned {
         entries: doomed.len(),
         bytes: doomed.iter().map(|e| e.size.max(0) as u64).sum(),

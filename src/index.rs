@@ -676,6 +676,9 @@ impl Index {
     }
 }
 
+/// Module calls remembered at most (the newest), whatever the prune policy.
+pub const MODULE_CALLS_KEPT: i64 = 1000;
+
 /// A module function's result, remembered by the call's content key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleCallRecord {
@@ -702,6 +705,24 @@ impl Index {
         })
     }
 
+    /// Forgets module calls remembered before `before` (seconds; none: no
+    /// age limit), and all but the newest [`MODULE_CALLS_KEPT`] in any case.
+    /// A forgotten call only runs its module again.
+    pub fn prune_module_calls(&self, before: Option<i64>) -> Result<usize, IndexError> {
+        self.with(|c| {
+            let mut n = 0;
+            if let Some(t) = before {
+                n += c.execute("DELETE FROM module_calls WHERE created < ?1", params![t])?;
+            }
+            n += c.execute(
+                "DELETE FROM module_calls WHERE key NOT IN
+                 (SELECT key FROM module_calls ORDER BY created DESC, rowid DESC LIMIT ?1)",
+                params![MODULE_CALLS_KEPT],
+            )?;
+            Ok(n)
+        })
+    }
+
     pub fn put_module_call(&self, key: &str, rec: &ModuleCallRecord) -> Result<(), IndexError> {
         self.with(|c| {
             c.execute(
@@ -717,6 +738,31 @@ impl Index {
 mod tests {
     use super::*;
     use crate::key::KeyBuilder;
+
+    #[test]
+    fn module_calls_are_pruned_by_age_and_bounded_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.db")).unwrap();
+        let rec = ModuleCallRecord {
+            api: "0.3".into(),
+            returned: "{}".into(),
+        };
+        for i in 0..(MODULE_CALLS_KEPT + 5) {
+            idx.put_module_call(&format!("k{i}"), &rec).unwrap();
+        }
+        assert_eq!(idx.prune_module_calls(None).unwrap(), 5);
+        assert!(idx.get_module_call("k0").unwrap().is_none());
+        assert!(
+            idx.get_module_call(&format!("k{}", MODULE_CALLS_KEPT + 4))
+                .unwrap()
+                .is_some()
+        );
+        // Everything remembered before now + 1 s goes.
+        assert_eq!(
+            idx.prune_module_calls(Some(now_secs() + 1)).unwrap() as i64,
+            MODULE_CALLS_KEPT
+        );
+    }
 
     #[test]
     fn a_module_call_is_remembered_by_its_key() {
