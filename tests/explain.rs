@@ -76,6 +76,11 @@ fn expect_cached_passes_a_warm_run_and_refuses_to_run_a_miss() {
 
 /// `rbuild run steps.rs -- ARGS` with plain progress (`extra`: more flags before `run`).
 fn steps(env: &TestEnv, extra: &[&str], args: &[String]) -> Outcome {
+    steps_with(env, extra, args, &[])
+}
+
+/// [`steps`] with environment variables `vars` set.
+fn steps_with(env: &TestEnv, extra: &[&str], args: &[String], vars: &[(&str, &str)]) -> Outcome {
     Outcome::from(
         env.command()
             .args(["--progress", "plain"])
@@ -84,6 +89,7 @@ fn steps(env: &TestEnv, extra: &[&str], args: &[String]) -> Outcome {
             .arg(steps_pipeline())
             .arg("--")
             .args(args)
+            .envs(vars.iter().copied())
             .output()
             .unwrap(),
     )
@@ -359,16 +365,14 @@ fn a_run_exports_its_trace_to_an_otlp_receiver() {
     // With a remote cache to push to: the push is a phase of its step.
     let repo = common::repo("explain-otlp");
     let repo = repo.trim_end_matches(":1");
-    let out = Outcome::from(
-        env.command()
-            .args(["--progress", "plain", "--cache-to", repo, "run"])
-            .arg(steps_pipeline())
-            .arg("--")
-            .args(with("2"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-            .env("OTEL_SERVICE_NAME", "rbuild-explain-test")
-            .output()
-            .unwrap(),
+    let out = steps_with(
+        &env,
+        &["--cache-to", repo],
+        &with("2"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_SERVICE_NAME", "rbuild-explain-test"),
+        ],
     )
     .ok();
     let spans = receiver.wait_for_spans(4, std::time::Duration::from_secs(20));
@@ -411,16 +415,14 @@ fn a_run_exports_its_trace_to_an_otlp_receiver() {
 
     // The same over gRPC (the receiver serves both on one port): a cached run.
     let before = receiver.requests().len();
-    Outcome::from(
-        env.command()
-            .args(["--progress", "plain", "run"])
-            .arg(steps_pipeline())
-            .arg("--")
-            .args(with("2"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .output()
-            .unwrap(),
+    steps_with(
+        &env,
+        &[],
+        &with("2"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
     )
     .ok();
     let requests = receiver.requests();
