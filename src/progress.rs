@@ -282,12 +282,16 @@ impl Progress {
     /// Why a step that runs missed the cache: one line under it, and a
     /// `miss` event.
     fn miss(&self, no: StepNo) {
-        let reason = self.timeline.reason(no.0);
+        let (reason, replaced) = self.timeline.reason(no.0);
         if reason.is_empty() {
             return;
         }
         self.line(&format!("#{}   cache miss: {reason}", no.0));
-        self.json(json!({"event": "miss", "step": no.0, "reason": reason}));
+        let mut event = json!({"event": "miss", "step": no.0, "reason": reason});
+        if !replaced.is_empty() {
+            event["replaced"] = json!(replaced);
+        }
+        self.json(event);
     }
 
     /// Work that already happened and is not a step (a host directory

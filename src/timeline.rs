@@ -164,13 +164,14 @@ impl Recorder {
         });
     }
 
-    /// Why step `no` missed ("" if it did not, or nobody said).
-    pub fn reason(&self, no: u64) -> String {
+    /// Why step `no` missed ("" if it did not, or nobody said), and the
+    /// key it replaced ("" if none).
+    pub fn reason(&self, no: u64) -> (String, String) {
         self.entries
             .lock()
             .expect("timeline lock")
             .get(&no)
-            .map(|e| e.reason.clone())
+            .map(|e| (e.reason.clone(), e.replaced.clone()))
             .unwrap_or_default()
     }
 

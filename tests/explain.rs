@@ -147,6 +147,8 @@ fn a_changed_env_value_is_named_in_every_progress_mode_and_explain_compares_part
     let miss: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "miss").collect();
     assert_eq!(miss.len(), 1, "{}", third.stderr);
     assert_eq!(miss[0]["reason"], r#"env FOO changed: "2" → "3""#);
+    // And the key it replaced (the second run's step).
+    assert_eq!(miss[0]["replaced"].as_str().map(str::len), Some(64));
     let step = miss[0]["step"].as_u64().unwrap();
 
     // `rbuild explain` lists the run's misses; with a step, every part.

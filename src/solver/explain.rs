@@ -32,7 +32,10 @@ impl<W: Worker> Solver<W> {
             StepKind::Exec(exec) => {
                 d.exec(exec, &self.platform.to_string());
                 (
-                    exec.at.clone().unwrap_or_else(|| plan.description.clone()),
+                    exec.at
+                        .as_deref()
+                        .map(portable_site)
+                        .unwrap_or_else(|| plan.description.clone()),
                     exec.api.clone(),
                 )
             }
@@ -170,6 +173,18 @@ impl<W: Worker> Solver<W> {
             },
             deps,
         }
+    }
+}
+
+/// A call site (`/home/ci/builds/2/app/ci/pipeline.rs:14`) as its last
+/// directory, file and line (`ci/pipeline.rs:14`), so that the same
+/// pipeline checked out elsewhere (another CI build directory) has the
+/// same sites.
+fn portable_site(at: &str) -> String {
+    let mut parts = at.rsplitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(file), Some(dir), Some(_)) => format!("{dir}/{file}"),
+        _ => at.to_string(),
     }
 }
 
@@ -420,5 +435,24 @@ impl Parts<'_> {
             }
         }
         site.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable_site;
+
+    #[test]
+    fn a_site_is_the_same_in_another_checkout() {
+        assert_eq!(
+            portable_site("/home/ci/builds/2/app/ci/pipeline.rs:14"),
+            "ci/pipeline.rs:14"
+        );
+        assert_eq!(
+            portable_site("/tmp/x/ci/pipeline.rs:14"),
+            portable_site("/srv/y/ci/pipeline.rs:14")
+        );
+        assert_eq!(portable_site("ci/pipeline.rs:3"), "ci/pipeline.rs:3");
+        assert_eq!(portable_site("pipeline.rs:3"), "pipeline.rs:3");
     }
 }
