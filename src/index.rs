@@ -501,12 +501,22 @@ impl Index {
 
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, IndexError> {
+        self.runs_where(limit, None)
+    }
+
+    /// Run `id`, if it is recorded.
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, IndexError> {
+        Ok(self.runs_where(1, Some(id))?.pop())
+    }
+
+    /// The newest `limit` runs, or only run `id`.
+    fn runs_where(&self, limit: usize, id: Option<i64>) -> Result<Vec<RunRecord>, IndexError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT started, duration_ms, pipeline, steps_run, steps_cached, exit_code, id
-                 FROM runs ORDER BY id DESC LIMIT ?1",
+                 FROM runs WHERE ?2 IS NULL OR id = ?2 ORDER BY id DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let rows = stmt.query_map(params![limit as i64, id], |r| {
                 Ok(RunRecord {
                     started: r.get(0)?,
                     duration_ms: r.get(1)?,

@@ -24,11 +24,10 @@ pub struct Run {
 
 /// Run `which` (an id from `rbuild history`, or `last`/none: the newest).
 pub fn load(index: &Index, which: Option<&str>) -> Result<Run> {
-    let runs = index.runs(10_000)?;
     let record = match which.unwrap_or("last") {
-        "last" => runs
-            .into_iter()
-            .next()
+        "last" => index
+            .runs(1)?
+            .pop()
             .ok_or_else(|| anyhow!("no run is recorded yet: run a pipeline first"))?,
         id => {
             let id: i64 = id.trim_start_matches('#').parse().map_err(|_| {
@@ -36,7 +35,7 @@ pub fn load(index: &Index, which: Option<&str>) -> Result<Run> {
                     "run {id:?}: not a run id (see `rbuild history` for the ids, or say `last`)"
                 )
             })?;
-            runs.into_iter().find(|r| r.id == id).ok_or_else(|| {
+            index.run(id)?.ok_or_else(|| {
                 anyhow!("run {id} is not recorded (see `rbuild history` for the runs kept)")
             })?
         }

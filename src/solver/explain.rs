@@ -113,11 +113,11 @@ impl<W: Worker> Solver<W> {
         }
     }
 
-    /// Records what a step's key is made of, for explaining the next miss.
-    /// A failure to record is only a warning: it costs an explanation,
-    /// not the run.
+    /// Records what a step's key is made of alone (for a step that did
+    /// not record a row; its listings were recorded before its miss was
+    /// explained). A failure to record is only a warning: it costs an
+    /// explanation, not the run.
     pub(super) fn remember(&self, key: &crate::key::CacheKey, described: &Described) {
-        self.remember_listings(described);
         if let Err(e) = self.index.put_inputs(&key.to_hex(), &described.recorded) {
             tracing::warn!(error = %e, "could not record a step's key for explanations");
         }
