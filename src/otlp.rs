@@ -13,6 +13,7 @@ use crate::timeline::Entry;
 /// The run's trace: its steps' times are offsets from `started`.
 pub fn trace(run: &RunRecord, started: SystemTime, steps: &[Entry]) -> RunTrace {
     let ms = Duration::from_millis;
+    let (pulled, pushed) = crate::timeline::bytes(steps);
     RunTrace {
         pipeline: run.pipeline.clone(),
         run_id: run.id,
@@ -57,22 +58,8 @@ pub fn trace(run: &RunRecord, started: SystemTime, steps: &[Entry]) -> RunTrace 
         attributes: vec![
             ("rbuild.steps_run".into(), run.steps_run.to_string()),
             ("rbuild.steps_cached".into(), run.steps_cached.to_string()),
-            (
-                "rbuild.bytes_pulled".into(),
-                steps
-                    .iter()
-                    .map(|e| e.bytes_pulled)
-                    .sum::<u64>()
-                    .to_string(),
-            ),
-            (
-                "rbuild.bytes_pushed".into(),
-                steps
-                    .iter()
-                    .map(|e| e.bytes_pushed)
-                    .sum::<u64>()
-                    .to_string(),
-            ),
+            ("rbuild.bytes_pulled".into(), pulled.to_string()),
+            ("rbuild.bytes_pushed".into(), pushed.to_string()),
         ],
     }
 }

@@ -213,26 +213,34 @@ impl Progress {
 
     /// A step answered from the cache, with what the solver knows of it.
     pub fn cached_tagged(&self, what: &str, tag: &StepTag) -> StepNo {
-        self.cached.fetch_add(1, Ordering::Relaxed);
-        let no = self.next_step();
-        self.timeline.begin(no.0, what, tag, true);
-        self.timeline.end(no.0, "cached", None);
-        self.line(&format!("#{} {what} CACHED", no.0));
-        self.json(json!({"event": "cached", "step": no.0, "name": what, "key": tag.key}));
-        no
+        self.hit(what, tag, None)
     }
 
     /// A step answered by the remote cache (counted as cached).
     pub fn cached_remote(&self, what: &str, repo: &str, tag: &StepTag) {
+        self.hit(what, tag, Some(repo));
+    }
+
+    /// A cache hit, local or from the remote cache `remote`: one line.
+    fn hit(&self, what: &str, tag: &StepTag, remote: Option<&str>) -> StepNo {
         self.cached.fetch_add(1, Ordering::Relaxed);
         let no = self.next_step();
         self.timeline.begin(no.0, what, tag, true);
-        self.timeline
-            .end(no.0, "remote", Some(&format!("remote {repo}")));
-        self.line(&format!("#{} {what} CACHED (remote {repo})", no.0));
-        self.json(
-            json!({"event": "cached", "step": no.0, "name": what, "remote": repo, "key": tag.key}),
-        );
+        let mut event = json!({"event": "cached", "step": no.0, "name": what, "key": tag.key});
+        match remote {
+            None => {
+                self.timeline.end(no.0, "cached", None);
+                self.line(&format!("#{} {what} CACHED", no.0));
+            }
+            Some(repo) => {
+                self.timeline
+                    .end(no.0, "remote", Some(&format!("remote {repo}")));
+                self.line(&format!("#{} {what} CACHED (remote {repo})", no.0));
+                event["remote"] = json!(repo);
+            }
+        }
+        self.json(event);
+        no
     }
 
     /// A step waits for a free job slot (`--jobs`); `running` follows.

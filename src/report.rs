@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::explain::{self, Recorded};
 use crate::index::{Index, RunRecord};
-use crate::timeline::{Entry, time_by_kind};
+use crate::timeline::{Entry, bytes, time_by_kind};
 
 /// The page, with `__RBUILD_REPORT_DATA__` where the run's data goes.
 const TEMPLATE: &str = include_str!("report/template.html");
@@ -222,6 +222,7 @@ pub fn data(run: &Run) -> serde_json::Value {
             .filter(|e| is_step(e) && s.contains(&e.status.as_str()))
             .count()
     };
+    let (pulled, pushed) = bytes(&run.steps);
     json!({
         "rbuild_version": env!("CARGO_PKG_VERSION"),
         "run": {
@@ -235,8 +236,8 @@ pub fn data(run: &Run) -> serde_json::Value {
             "steps_run": r.steps_run,
             "steps_cached": r.steps_cached,
             "steps_failed": count(&["failed"]),
-            "bytes_pulled": run.steps.iter().map(|e| e.bytes_pulled).sum::<u64>(),
-            "bytes_pushed": run.steps.iter().map(|e| e.bytes_pushed).sum::<u64>(),
+            "bytes_pulled": pulled,
+            "bytes_pushed": pushed,
             "time_ms": time_by_kind(&run.steps),
         },
         "steps": run.steps,

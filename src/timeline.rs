@@ -275,6 +275,13 @@ pub fn mark_critical(entries: &mut [Entry]) {
     }
 }
 
+/// Bytes pulled and pushed by all `entries`.
+pub fn bytes(entries: &[Entry]) -> (u64, u64) {
+    entries.iter().fold((0, 0), |(pulled, pushed), e| {
+        (pulled + e.bytes_pulled, pushed + e.bytes_pushed)
+    })
+}
+
 /// Time by kind of work (pull, exec, commit, publish, scan, push, other),
 /// in milliseconds of running time.
 pub fn time_by_kind(entries: &[Entry]) -> BTreeMap<&'static str, u64> {
